@@ -1,0 +1,60 @@
+# dashcam-manager — build, test, demo.
+#   make test       every test (unit, integration, system tests in a VM), installing what is missing
+#   make test-fast  unit and integration tests only
+#   make lint       static checks
+#   make deb        ../dashcam-manager_<version>_all.deb -> dist/
+#   make demo       the whole job in a VM: camera full of footage -> staging -> home server
+
+PYTHON := /usr/bin/python3
+VERSION := $(shell dpkg-parsechangelog -S Version 2>/dev/null || sed -n '1s/.*(\(.*\)).*/\1/p' debian/changelog)
+DEB := dist/dashcam-manager_$(VERSION)_all.deb
+PYTEST := $(PYTHON) -m pytest -p no:cacheprovider
+
+# Debian packages the build, the tests and the VM need (installed by `make deps` when missing)
+DEPS := debhelper dh-python python3-all python3-setuptools python3-yaml python3-pyudev \
+	python3-systemd python3-pytest python3-pyflakes lintian fakeroot rsync openssh-client \
+	openssh-server uhubctl sqlite3 udev systemd mtools dosfstools e2fsprogs \
+	qemu-system-x86 qemu-utils debootstrap mosquitto python3-paho-mqtt
+
+.PHONY: all deps test test-fast test-system lint deb demo clean
+
+all: deb
+
+deps:
+	@missing=$$(for p in $(DEPS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		if [ "$$(id -u)" != 0 ]; then echo "make deps: run as root to install: $$missing" >&2; exit 1; fi; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+lint: deps
+	$(PYTHON) -m pyflakes src tests bench
+	$(PYTHON) -m compileall -q src tests
+	$(PYTHON) -m dashcam_helpers.cli --help >/dev/null 2>&1 || PYTHONPATH=src $(PYTHON) -m dashcam_helpers --help >/dev/null
+	! grep -rn 'StrictHostKeyChecking=no' src systemd udev debian etc bench tests README.md
+	@for f in systemd/*; do [ -e "$$f" ] || continue; done
+
+test-fast: deps lint
+	PYTHONPATH=src $(PYTEST) -m "not system" tests
+
+test-system: deps deb
+	PYTHONPATH=src $(PYTEST) -m system tests
+
+test: deps lint deb
+	PYTHONPATH=src $(PYTEST) tests
+
+deb: deps
+	rm -rf dist && mkdir -p dist
+	dpkg-buildpackage -b -us -uc -rfakeroot --build-profiles=nocheck >dist/build.log 2>&1 || { tail -40 dist/build.log; exit 1; }
+	mv ../dashcam-manager_$(VERSION)_*.deb ../dashcam-manager_$(VERSION)_*.buildinfo ../dashcam-manager_$(VERSION)_*.changes dist/
+	lintian --fail-on error,warning --suppress-tags newer-standards-version $(DEB)
+	@echo "built $(DEB)"
+
+demo: deps deb
+	@if [ -x tests/system/demo.py ]; then $(PYTHON) tests/system/demo.py $(DEB); \
+	else echo "make demo arrives with the VM system tests (tests/system); the package is built: $(DEB)"; fi
+
+clean:
+	rm -rf dist build .pybuild debian/.debhelper debian/dashcam-manager debian/files debian/*.substvars debian/*.log debian/debhelper-build-stamp
+	find . -name __pycache__ -prune -exec rm -rf {} +

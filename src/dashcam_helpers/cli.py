@@ -1,0 +1,100 @@
+"""dashcamctl: the one command line of dashcam-manager.
+
+Every systemd unit of the package is one short run of one subcommand. Subcommand
+modules are imported only when chosen, so a policy tick does not pay for ingest code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from typing import Callable, Dict, List, Optional, Tuple
+
+from . import __version__
+from .errors import EX_CONFIG, EX_FAILURE, DashcamError
+
+log = logging.getLogger("dashcam")
+
+# subcommand -> (module, function, one-line help). Each function takes (args) and returns an exit code.
+COMMANDS: Dict[str, Tuple[str, str, str]] = {
+    "check-config": ("commands", "check_config", "validate a configuration file, print every problem"),
+    "files": ("commands", "files", "list the footage ledger"),
+}
+
+
+def _add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dashcamctl",
+        description="Keep a USB dashcam recording, bring its footage home, mind the battery.",
+        epilog="Exit codes: 0 ok, 1 failure, 75 try later, 78 bad configuration.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--config", metavar="PATH", help="configuration file (default: $DASHCAM_CONFIG or /etc/dashcam/config.yaml)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="log every action that would change hardware, mounts, files or the server; do none"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def add(name: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=COMMANDS[name][2], description=COMMANDS[name][2])
+
+    p = add("check-config")
+    p.add_argument("file", nargs="?", help="file to check (default: the --config file)")
+    _add_json(p)
+
+    p = add("files")
+    p.add_argument("--state", choices=("seen", "staged", "uploaded", "verified", "pruned", "failed"))
+    _add_json(p)
+
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from . import log as logsetup
+
+    logsetup.setup(args.verbose)
+    module_name, func_name, _ = COMMANDS[args.command]
+    func: Callable[[argparse.Namespace], int] = getattr(
+        importlib.import_module(f".{module_name}", __package__), func_name
+    )
+    from .config import ConfigError
+
+    try:
+        return int(func(args) or 0)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(f"{e.path}: {problem}", file=sys.stderr)
+        return EX_CONFIG
+    except DashcamError as e:
+        log.error("%s", e)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EX_FAILURE
+    except Exception as e:  # a bug: one clear line, the traceback only in debug output
+        log.debug("traceback", exc_info=True)
+        log.error("internal error in %s: %s: %s (run with -v for the traceback)", args.command, type(e).__name__, e)
+        return EX_FAILURE
+
+
+def print_json(data) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,406 @@
+"""Configuration: load /etc/dashcam/config.yaml, validate it against schema.yaml, freeze it.
+
+Every problem in a file is collected and reported at once, one line each, naming the
+file and the key path. A valid file becomes a tree of frozen dataclasses, so the rest
+of the program never guesses at defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+DEFAULT_PATH = "/etc/dashcam/config.yaml"
+ENV_VAR = "DASHCAM_CONFIG"
+SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` holds one line per mistake."""
+
+    def __init__(self, path: str, problems: List[str]):
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(f"{path}: {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class Paths:
+    local_staging: str
+    state_dir: str
+    log_path: Optional[str]
+
+    @property
+    def ready(self) -> str:
+        return os.path.join(self.local_staging, "ready")
+
+    @property
+    def incoming(self) -> str:
+        return os.path.join(self.local_staging, "incoming")
+
+    @property
+    def ledger(self) -> str:
+        return os.path.join(self.state_dir, "ledger.sqlite3")
+
+
+@dataclass(frozen=True)
+class Camera:
+    name: str
+    backend: str
+    hub_location: str
+    port_number: int
+    data_device: Optional[str]
+    mount_base: str
+    record_script: Optional[str]
+    data_script: Optional[str]
+    off_script: Optional[str]
+    after_ingest: str
+    max_data_minutes: int
+    match_serial: Optional[str]
+    match_vendor_model: Optional[str]
+    match_fs_uuid: Optional[str]
+    match_fs_label: Optional[str]
+    match_usb_port: Optional[str]
+
+    @property
+    def authorized_device(self) -> str:
+        """The USB device whose sysfs ``authorized`` attribute switches data."""
+        return self.data_device or self.hub_location
+
+    @property
+    def usb_port(self) -> str:
+        """The USB port path the camera is expected on, e.g. ``1-1.1``."""
+        return self.match_usb_port or f"{self.hub_location}.{self.port_number}"
+
+
+@dataclass(frozen=True)
+class Ingest:
+    globs: Tuple[str, ...]
+    extensions: Tuple[str, ...]
+    newest_first: bool
+    reserve_bytes: int
+    reserve_percent: float
+    after_date: Optional[str]
+
+
+@dataclass(frozen=True)
+class Upload:
+    method: str
+    host: str
+    user: str
+    port: int
+    dest_path: str
+    ssh_key: str
+    known_hosts: str
+    bwlimit: int
+    connect_timeout: int
+    io_timeout: int
+    keep_days: int
+
+
+@dataclass(frozen=True)
+class Battery:
+    source: str
+    command: Optional[str]
+    timeout_seconds: int
+    voltage_table: Tuple[Tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    disconnect_percent: int
+    shutdown_percent: int
+    hysteresis_percent: int
+    shutdown_debounce: int
+    unknown_low_minutes: int
+
+
+@dataclass(frozen=True)
+class Poll:
+    interval_seconds: Optional[int]
+    mount_timeout_seconds: int
+    upload_retries: int
+
+
+@dataclass(frozen=True)
+class Tools:
+    uhubctl: str
+    lifepo4wered_cli: str
+    rsync: str
+    ssh: str
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    paths: Paths
+    camera: Camera
+    ingest: Ingest
+    upload: Upload
+    battery: Battery
+    thresholds: Thresholds
+    poll: Poll
+    tools: Tools
+    warnings: Tuple[str, ...] = ()
+
+
+SECTION_CLASSES = {
+    "paths": Paths,
+    "camera": Camera,
+    "ingest": Ingest,
+    "upload": Upload,
+    "battery": Battery,
+    "thresholds": Thresholds,
+    "poll": Poll,
+    "tools": Tools,
+}
+
+_schema_cache: Optional[Dict[str, Any]] = None
+
+
+def _yaml():
+    import yaml  # imported on use: the policy tick should not pay for it when it can avoid it
+
+    return yaml
+
+
+def schema() -> Dict[str, Any]:
+    global _schema_cache
+    if _schema_cache is None:
+        yaml = _yaml()
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        with open(SCHEMA_PATH, encoding="utf-8") as f:
+            _schema_cache = yaml.load(f, Loader=loader)
+    return _schema_cache
+
+
+def _unique_key_loader():
+    """A safe YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+    yaml = _yaml()
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class Loader(base):  # type: ignore[misc, valid-type]
+        pass
+
+    def construct_mapping(loader, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (line {seen[key]} and line {mark.line + 1})", mark
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return loader.construct_mapping(node, deep=deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return Loader
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return "a mapping" if isinstance(value, dict) else "a list"
+    return str(value)
+
+
+def _bounds(spec: Dict[str, Any]) -> str:
+    lo, hi = spec.get("min"), spec.get("max")
+    if lo is not None and hi is not None:
+        return f" {lo}-{hi}"
+    if lo is not None:
+        return f" >= {lo}"
+    if hi is not None:
+        return f" <= {hi}"
+    return ""
+
+
+def _check_value(key: str, value: Any, spec: Dict[str, Any], problems: List[str]) -> Any:
+    """Check one value against its spec; return the normalised value (problems appended on error)."""
+    kind = spec["type"]
+    if value is None:
+        if spec.get("nullable"):
+            return None
+        problems.append(f"{key}: must be set, got nothing (null)")
+        return None
+    if kind == "int" or kind == "number":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        if kind == "number":
+            ok = ok or isinstance(value, float)
+        noun = "an integer" if kind == "int" else "a number"
+        if not ok:
+            problems.append(f"{key}: must be {noun}{_bounds(spec)}, got {_show(value)}")
+            return None
+        if ("min" in spec and value < spec["min"]) or ("max" in spec and value > spec["max"]):
+            problems.append(f"{key}: must be {noun}{_bounds(spec)}, got {_show(value)}")
+            return None
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            problems.append(f"{key}: must be true or false, got {_show(value)}")
+            return None
+        return value
+    if kind in ("str", "path"):
+        if isinstance(value, int) and not isinstance(value, bool) and kind == "str":
+            value = str(value)  # YAML reads a bare serial number or port like 12345 as an integer
+        if not isinstance(value, str) or not value:
+            problems.append(f"{key}: must be a non-empty {'path' if kind == 'path' else 'string'}, got {_show(value)}")
+            return None
+        if kind == "path" and not value.startswith("/"):
+            problems.append(f"{key}: must be an absolute path, got {_show(value)}")
+            return None
+        if "choices" in spec and value not in spec["choices"]:
+            problems.append(f"{key}: must be one of {', '.join(spec['choices'])}, got {_show(value)}")
+            return None
+        if "pattern" in spec and not re.fullmatch(spec["pattern"], value):
+            problems.append(f"{key}: {_show(value)} is not valid ({spec['doc']})")
+            return None
+        return value
+    if kind == "list":
+        if not isinstance(value, list):
+            problems.append(f"{key}: must be a list, got {_show(value)}")
+            return None
+        item_spec = {"type": spec["items"], "doc": spec["doc"]}
+        before = len(problems)
+        items = tuple(_check_value(f"{key}[{i}]", v, item_spec, problems) for i, v in enumerate(value))
+        return items if len(problems) == before else None
+    if kind == "table":
+        if not isinstance(value, list) or not value:
+            problems.append(f"{key}: must be a non-empty list of [millivolts, percent] pairs, got {_show(value)}")
+            return None
+        rows = []
+        for i, row in enumerate(value):
+            if (
+                not isinstance(row, list)
+                or len(row) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in row)
+                or not 0 <= row[1] <= 100
+                or row[0] <= 0
+            ):
+                problems.append(f"{key}[{i}]: must be a [millivolts, percent 0-100] pair of integers, got {row!r}")
+                return None
+            rows.append((row[0], row[1]))
+        if any(a[0] <= b[0] for a, b in zip(rows, rows[1:])):
+            problems.append(f"{key}: steps must be ordered from the highest voltage down")
+            return None
+        return tuple(rows)
+    raise AssertionError(f"schema: unknown type {kind!r} for {key}")
+
+
+def _did_you_mean(word: str, known: List[str]) -> str:
+    close = difflib.get_close_matches(word, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+
+
+def validate(raw: Any, path: str = "<config>") -> Config:
+    """Validate parsed YAML; return a Config or raise ConfigError listing every problem."""
+    problems: List[str] = []
+    warnings: List[str] = []
+    sch = schema()
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(path, [f"the file must hold a mapping of sections, got {_show(raw)}"])
+    for section in raw:
+        if section not in sch:
+            problems.append(f"{section}: unknown section{_did_you_mean(str(section), list(sch))}")
+    sections: Dict[str, Any] = {}
+    for section, sspec in sch.items():
+        given = raw.get(section)
+        if given is None:
+            given = {}
+        if not isinstance(given, dict):
+            problems.append(f"{section}: must be a mapping of keys, got {_show(given)}")
+            given = {}
+        keys = sspec["keys"]
+        for key in given:
+            if key not in keys:
+                problems.append(f"{section}.{key}: unknown key{_did_you_mean(str(key), list(keys))}")
+        values: Dict[str, Any] = {}
+        for key, spec in keys.items():
+            dotted = f"{section}.{key}"
+            if key in given:
+                values[key] = _check_value(dotted, given[key], spec, problems)
+                if "replaced_by" in spec:
+                    warnings.append(f"{dotted}: no longer used; replaced by {spec['replaced_by']}")
+            elif spec.get("required"):
+                problems.append(f"{dotted}: required ({spec['doc']})")
+                values[key] = None
+            else:
+                default = spec.get("default")
+                if spec["type"] == "list" and default is not None:
+                    default = tuple(default)
+                elif spec["type"] == "table" and default is not None:
+                    default = tuple(tuple(r) for r in default)
+                values[key] = default
+        sections[section] = values
+    _cross_checks(sections, problems)
+    if problems:
+        raise ConfigError(path, problems)
+    built = {name: SECTION_CLASSES[name](**values) for name, values in sections.items()}
+    return Config(path=path, warnings=tuple(warnings), **built)
+
+
+def _cross_checks(s: Dict[str, Dict[str, Any]], problems: List[str]) -> None:
+    t = s["thresholds"]
+    if isinstance(t["shutdown_percent"], int) and isinstance(t["disconnect_percent"], int):
+        if t["shutdown_percent"] >= t["disconnect_percent"]:
+            problems.append(
+                f"thresholds.shutdown_percent: must be below thresholds.disconnect_percent "
+                f"({t['disconnect_percent']}), got {t['shutdown_percent']}"
+            )
+    cam = s["camera"]
+    if cam["backend"] == "scripts":
+        for key in ("record_script", "data_script", "off_script"):
+            if cam[key] is None:
+                problems.append(f"camera.{key}: required when camera.backend is scripts")
+    bat = s["battery"]
+    if bat["source"] == "command" and bat["command"] is None:
+        problems.append("battery.command: required when battery.source is command")
+
+
+def config_path(explicit: Optional[str] = None) -> str:
+    return explicit or os.environ.get(ENV_VAR) or DEFAULT_PATH
+
+
+def load(path: Optional[str] = None) -> Config:
+    """Read, parse and validate a config file. Raises ConfigError for every kind of failure."""
+    path = config_path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError(path, ["no such file (dashcamctl --config PATH or DASHCAM_CONFIG choose another)"])
+    except PermissionError:
+        raise ConfigError(path, ["permission denied (the file is readable by root and the dashcam group)"])
+    except IsADirectoryError:
+        raise ConfigError(path, ["is a directory, not a file"])
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, [f"not UTF-8 text ({e.reason} at byte {e.start})"])
+    yaml = _yaml()
+    try:
+        raw = yaml.load(text, Loader=_unique_key_loader())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = getattr(e, "problem", None) or str(e)
+        raise ConfigError(path, [f"{where}not valid YAML: {what}"])
+    return validate(raw, path)
+
+
+def as_dict(cfg: Config) -> Dict[str, Any]:
+    """The effective configuration (defaults filled in) as plain data, for --json output."""
+    out = dataclasses.asdict(cfg)
+    out.pop("warnings", None)
+    return out

@@ -1,0 +1,320 @@
+"""The footage ledger: one SQLite database (WAL) holding every clip the camera ever offered.
+
+A row is keyed by (camera, path on the card, size, mtime): a loop-recording camera that
+reuses a name writes a new size or mtime, hence a new row. States only move forward:
+
+    seen -> staged -> uploaded -> verified -> pruned        (failed: a read error, retried later)
+
+Every transition is a committed transaction made *after* the bytes it describes are
+durable, so a crash anywhere restarts from the ledger with nothing lost or done twice.
+The same database keeps the small state the policy needs between ticks (battery
+readings, last transitions): nothing is kept in ad-hoc text files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+
+STATES = ("seen", "staged", "uploaded", "verified", "pruned", "failed")
+
+# which state may follow which: forward only; a failed read may be retried
+TRANSITIONS = {
+    "seen": {"staged", "failed"},
+    "failed": {"staged", "failed"},
+    "staged": {"uploaded", "verified"},
+    "uploaded": {"verified"},
+    "verified": {"pruned"},
+    "pruned": set(),
+}
+
+MIGRATIONS: Sequence[str] = (
+    # 1: the first schema
+    """
+    CREATE TABLE footage (
+        id          INTEGER PRIMARY KEY,
+        camera      TEXT    NOT NULL,
+        source_path TEXT    NOT NULL,          -- relative to the card's root
+        size        INTEGER NOT NULL,
+        mtime_ns    INTEGER NOT NULL,
+        event       INTEGER NOT NULL DEFAULT 0, -- event/locked clip
+        sha256      TEXT,
+        staged_path TEXT,                       -- relative to <local_staging>/ready
+        remote_path TEXT,                       -- relative to upload.dest_path
+        state       TEXT    NOT NULL CHECK (state IN ('seen','staged','uploaded','verified','pruned','failed')),
+        reason      TEXT,                       -- why the last attempt failed
+        retries     INTEGER NOT NULL DEFAULT 0,
+        seen_at     REAL,
+        staged_at   REAL,
+        uploaded_at REAL,
+        verified_at REAL,
+        pruned_at   REAL,
+        updated_at  REAL    NOT NULL,
+        UNIQUE (camera, source_path, size, mtime_ns)
+    );
+    CREATE INDEX footage_state ON footage (state);
+    CREATE TABLE readings (
+        id         INTEGER PRIMARY KEY,
+        wall       REAL    NOT NULL,  -- time.time(), for people
+        boot_id    TEXT,              -- monotonic times compare only within one boot
+        monotonic  REAL    NOT NULL,  -- time.monotonic() (CLOCK_MONOTONIC), for durations
+        millivolts INTEGER,           -- NULL: unknown reading
+        percent    INTEGER,
+        external   INTEGER,           -- 1 on external power, 0 on battery, NULL unknown
+        source     TEXT    NOT NULL,
+        reason     TEXT               -- why a reading is unknown
+    );
+    CREATE TABLE state (
+        key        TEXT PRIMARY KEY,
+        value      TEXT NOT NULL,      -- JSON
+        updated_at REAL NOT NULL
+    );
+    """,
+)
+
+
+class LedgerError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Clip:
+    id: int
+    camera: str
+    source_path: str
+    size: int
+    mtime_ns: int
+    event: bool
+    sha256: Optional[str]
+    staged_path: Optional[str]
+    remote_path: Optional[str]
+    state: str
+    reason: Optional[str]
+    retries: int
+    seen_at: Optional[float]
+    staged_at: Optional[float]
+    uploaded_at: Optional[float]
+    verified_at: Optional[float]
+    pruned_at: Optional[float]
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Clip":
+        d = dict(row)
+        d["event"] = bool(d["event"])
+        return cls(**d)
+
+
+class Ledger:
+    """A connection to the ledger. Use as a context manager; one per process is enough."""
+
+    def __init__(self, path: str, *, clock=time.time):
+        self.path = path
+        self.clock = clock
+        directory = os.path.dirname(path) or "."
+        try:
+            os.makedirs(directory, exist_ok=True)
+            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        except (OSError, sqlite3.Error) as e:
+            raise LedgerError(f"cannot open the ledger {path}: {e}") from e
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed transition survives a power cut (NORMAL may lose the last ones in WAL mode)
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise LedgerError(
+                f"{self.path} has schema version {version}, newer than this dashcam-manager knows "
+                f"({len(MIGRATIONS)}); was the package downgraded?"
+            )
+        for number in range(version, len(MIGRATIONS)):
+            with self.transaction() as db:
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number + 1}")
+
+    @property
+    def schema_version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    # --- footage ---------------------------------------------------------------------------
+
+    def known_keys(self, camera: str) -> Set[Tuple[str, int, int]]:
+        """(source_path, size, mtime_ns) of every clip of ``camera`` that needs no copy.
+
+        One query for a whole scan, so a rescan of a card with thousands of known clips
+        costs one index walk, not a query per file. Failed clips are not in it: they are retried.
+        """
+        rows = self.db.execute(
+            "SELECT source_path, size, mtime_ns FROM footage WHERE camera = ? AND state != 'failed'", (camera,)
+        )
+        return {(r[0], r[1], r[2]) for r in rows}
+
+    def find(self, camera: str, source_path: str, size: int, mtime_ns: int) -> Optional[Clip]:
+        row = self.db.execute(
+            "SELECT * FROM footage WHERE camera = ? AND source_path = ? AND size = ? AND mtime_ns = ?",
+            (camera, source_path, size, mtime_ns),
+        ).fetchone()
+        return Clip.from_row(row) if row else None
+
+    def get(self, clip_id: int) -> Clip:
+        row = self.db.execute("SELECT * FROM footage WHERE id = ?", (clip_id,)).fetchone()
+        if row is None:
+            raise LedgerError(f"no clip with id {clip_id}")
+        return Clip.from_row(row)
+
+    def record_staged(
+        self,
+        camera: str,
+        source_path: str,
+        size: int,
+        mtime_ns: int,
+        *,
+        event: bool,
+        sha256: str,
+        staged_path: str,
+    ) -> int:
+        """Record a clip whose bytes are already durable in staging. Returns its id."""
+        now = self.clock()
+        with self.transaction() as db:
+            existing = db.execute(
+                "SELECT id, state FROM footage WHERE camera = ? AND source_path = ? AND size = ? AND mtime_ns = ?",
+                (camera, source_path, size, mtime_ns),
+            ).fetchone()
+            if existing is not None:
+                self._check_transition(existing["state"], "staged", existing["id"])
+                db.execute(
+                    "UPDATE footage SET state = 'staged', sha256 = ?, staged_path = ?, event = ?, reason = NULL,"
+                    " staged_at = ?, updated_at = ? WHERE id = ?",
+                    (sha256, staged_path, int(event), now, now, existing["id"]),
+                )
+                return int(existing["id"])
+            cur = db.execute(
+                "INSERT INTO footage (camera, source_path, size, mtime_ns, event, sha256, staged_path, state,"
+                " seen_at, staged_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'staged', ?, ?, ?)",
+                (camera, source_path, size, mtime_ns, int(event), sha256, staged_path, now, now, now),
+            )
+            return int(cur.lastrowid)
+
+    def record_failed(self, camera: str, source_path: str, size: int, mtime_ns: int, *, event: bool, reason: str) -> int:
+        """A clip could not be read from the card: keep the reason, count the attempt."""
+        now = self.clock()
+        with self.transaction() as db:
+            existing = db.execute(
+                "SELECT id, state FROM footage WHERE camera = ? AND source_path = ? AND size = ? AND mtime_ns = ?",
+                (camera, source_path, size, mtime_ns),
+            ).fetchone()
+            if existing is not None:
+                self._check_transition(existing["state"], "failed", existing["id"])
+                db.execute(
+                    "UPDATE footage SET state = 'failed', reason = ?, retries = retries + 1, updated_at = ? WHERE id = ?",
+                    (reason, now, existing["id"]),
+                )
+                return int(existing["id"])
+            cur = db.execute(
+                "INSERT INTO footage (camera, source_path, size, mtime_ns, event, state, reason, retries,"
+                " seen_at, updated_at) VALUES (?, ?, ?, ?, ?, 'failed', ?, 1, ?, ?)",
+                (camera, source_path, size, mtime_ns, int(event), reason, now, now),
+            )
+            return int(cur.lastrowid)
+
+    def advance(self, clip_id: int, state: str, **fields: Any) -> None:
+        """Move a clip forward to ``state`` (uploaded, verified, pruned), setting extra columns."""
+        allowed = {"remote_path", "reason", "staged_path"}
+        bad = set(fields) - allowed
+        if bad:
+            raise LedgerError(f"advance() cannot set {', '.join(sorted(bad))}")
+        now = self.clock()
+        with self.transaction() as db:
+            row = db.execute("SELECT state FROM footage WHERE id = ?", (clip_id,)).fetchone()
+            if row is None:
+                raise LedgerError(f"no clip with id {clip_id}")
+            self._check_transition(row["state"], state, clip_id)
+            sets = ["state = ?", "updated_at = ?"]
+            values: List[Any] = [state, now]
+            if state in ("uploaded", "verified", "pruned"):
+                sets.append(f"{state}_at = ?")
+                values.append(now)
+            for key, value in fields.items():
+                sets.append(f"{key} = ?")
+                values.append(value)
+            values.append(clip_id)
+            db.execute(f"UPDATE footage SET {', '.join(sets)} WHERE id = ?", values)
+
+    def note_problem(self, clip_id: int, reason: str) -> None:
+        """Record why an attempt on a clip failed (e.g. an upload) without changing its state."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE footage SET reason = ?, retries = retries + 1, updated_at = ? WHERE id = ?",
+                (reason, self.clock(), clip_id),
+            )
+
+    @staticmethod
+    def _check_transition(old: str, new: str, clip_id: int) -> None:
+        if new not in TRANSITIONS[old]:
+            raise LedgerError(f"clip {clip_id}: a clip cannot go from {old} to {new}")
+
+    def files(self, state: Optional[str] = None) -> List[Clip]:
+        if state is not None and state not in STATES:
+            raise LedgerError(f"unknown state {state!r} (one of {', '.join(STATES)})")
+        if state is None:
+            rows = self.db.execute("SELECT * FROM footage ORDER BY id")
+        else:
+            rows = self.db.execute("SELECT * FROM footage WHERE state = ? ORDER BY id", (state,))
+        return [Clip.from_row(r) for r in rows]
+
+    def backlog(self) -> Tuple[int, int]:
+        """(files, bytes) staged but not yet verified on the server."""
+        row = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM footage WHERE state IN ('staged', 'uploaded')"
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def counts(self) -> Dict[str, int]:
+        rows = self.db.execute("SELECT state, COUNT(*) FROM footage GROUP BY state")
+        out = {s: 0 for s in STATES}
+        out.update({r[0]: r[1] for r in rows})
+        return out
+
+    # --- small state between runs ----------------------------------------------------------
+
+    def get_state(self, key: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def put_state(self, key: str, value: Any) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO state (key, value, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                (key, json.dumps(value), self.clock()),
+            )

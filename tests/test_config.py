@@ -1,0 +1,301 @@
+"""The configuration schema, exhaustively: every key, every kind of mistake, every message names its key."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import FIXTURES, MINIMAL, ROOT, deep_merge
+from dashcam_helpers import config
+
+SCHEMA = config.schema()
+ALL_KEYS = [(s, k, spec) for s, sec in SCHEMA.items() for k, spec in sec["keys"].items()]
+WRONG_TYPE = {
+    "int": "ssh",
+    "number": "five",
+    "str": ["a", "list"],
+    "path": "relative/path",
+    "bool": "yes please",
+    "list": "not-a-list",
+    "table": "not-a-table",
+}
+
+
+def problems_for(raw) -> list:
+    with pytest.raises(config.ConfigError) as e:
+        config.validate(raw, "test.yaml")
+    return e.value.problems
+
+
+def with_key(section, key, value):
+    return deep_merge(MINIMAL, {section: {key: value}})
+
+
+def ids(params):
+    return [f"{s}.{k}" for s, k, _ in params]
+
+
+@pytest.mark.parametrize("section,key,spec", ALL_KEYS, ids=ids(ALL_KEYS))
+def test_every_key_refuses_a_wrong_type_naming_the_key(section, key, spec):
+    problems = problems_for(with_key(section, key, WRONG_TYPE[spec["type"]]))
+    assert any(p.startswith(f"{section}.{key}") for p in problems), problems
+
+
+RANGED = [(s, k, spec) for s, k, spec in ALL_KEYS if "min" in spec or "max" in spec]
+
+
+@pytest.mark.parametrize("section,key,spec", RANGED, ids=ids(RANGED))
+def test_every_bounded_key_refuses_values_out_of_range(section, key, spec):
+    for bound, delta in (("min", -1), ("max", +1)):
+        if bound in spec:
+            value = spec[bound] + delta
+            problems = problems_for(with_key(section, key, value))
+            assert problems == [p for p in problems if p.startswith(f"{section}.{key}: must be")], problems
+            assert str(value) in problems[0]
+
+
+@pytest.mark.parametrize("section,key,spec", RANGED, ids=ids(RANGED))
+def test_every_bounded_key_accepts_its_bounds(section, key, spec):
+    for bound in ("min", "max"):
+        if bound in spec:
+            value = spec[bound]
+            raw = with_key(section, key, value)
+            if section == "thresholds":  # keep the cross-check shutdown < disconnect satisfied
+                raw = deep_merge(raw, {"thresholds": {"shutdown_percent": 0, "disconnect_percent": 100}})
+                raw["thresholds"][key] = value
+                if raw["thresholds"]["shutdown_percent"] >= raw["thresholds"]["disconnect_percent"]:
+                    continue
+            config.validate(raw, "test.yaml")
+
+
+REQUIRED = [(s, k, spec) for s, k, spec in ALL_KEYS if spec.get("required")]
+
+
+@pytest.mark.parametrize("section,key,spec", REQUIRED, ids=ids(REQUIRED))
+def test_every_required_key_is_reported_when_missing(section, key, spec):
+    raw = deep_merge(MINIMAL, {})
+    del raw[section][key]
+    assert problems_for(raw) == [f"{section}.{key}: required ({spec['doc']})"]
+
+
+@pytest.mark.parametrize("section", list(SCHEMA))
+def test_an_unknown_key_in_every_section_is_named(section):
+    problems = problems_for(with_key(section, "no_such_key", 1))
+    assert len(problems) == 1 and problems[0].startswith(f"{section}.no_such_key: unknown key"), problems
+
+
+def test_an_unknown_section_is_named_with_a_suggestion():
+    problems = problems_for(deep_merge(MINIMAL, {"uplaod": {"host": "x"}}))
+    assert problems == ["uplaod: unknown section (did you mean 'upload'?)"]
+
+
+def test_an_unknown_key_suggests_the_close_one():
+    assert problems_for(with_key("upload", "prot", 22)) == ["upload.prot: unknown key (did you mean 'port'?)"]
+
+
+CHOICES = [(s, k, spec) for s, k, spec in ALL_KEYS if "choices" in spec]
+
+
+@pytest.mark.parametrize("section,key,spec", CHOICES, ids=ids(CHOICES))
+def test_every_choice_key_lists_its_choices(section, key, spec):
+    problems = problems_for(with_key(section, key, "bogus"))
+    assert problems == [f"{section}.{key}: must be one of {', '.join(spec['choices'])}, got 'bogus'"]
+
+
+PATTERNED = [(s, k, spec) for s, k, spec in ALL_KEYS if "pattern" in spec]
+
+
+@pytest.mark.parametrize("section,key,spec", PATTERNED, ids=ids(PATTERNED))
+def test_every_patterned_key_refuses_a_malformed_value(section, key, spec):
+    problems = problems_for(with_key(section, key, "bad value; rm -rf /"))
+    assert len(problems) == 1 and problems[0].startswith(f"{section}.{key}: 'bad value; rm -rf /' is not valid")
+
+
+NOT_NULLABLE = [(s, k, spec) for s, k, spec in ALL_KEYS if not spec.get("nullable")]
+
+
+@pytest.mark.parametrize("section,key,spec", NOT_NULLABLE, ids=ids(NOT_NULLABLE))
+def test_keys_that_need_a_value_refuse_null(section, key, spec):
+    assert problems_for(with_key(section, key, None)) == [f"{section}.{key}: must be set, got nothing (null)"]
+
+
+def test_several_mistakes_are_all_reported_at_once():
+    raw = deep_merge(
+        MINIMAL,
+        {
+            "upload": {"port": "ssh", "bwlimit": -5},
+            "thresholds": {"disconnect_percent": 150},
+            "camera": {"backend": "magic"},
+            "battery": {"source": "command"},
+        },
+    )
+    problems = problems_for(raw)
+    assert problems == [
+        "camera.backend: must be one of uhubctl, scripts, got 'magic'",
+        "upload.port: must be an integer 1-65535, got 'ssh'",
+        "upload.bwlimit: must be an integer >= 0, got -5",
+        "thresholds.disconnect_percent: must be an integer 0-100, got 150",
+        "battery.command: required when battery.source is command",
+    ]
+
+
+def test_shutdown_threshold_must_be_below_disconnect():
+    raw = deep_merge(MINIMAL, {"thresholds": {"disconnect_percent": 20, "shutdown_percent": 30}})
+    assert problems_for(raw) == [
+        "thresholds.shutdown_percent: must be below thresholds.disconnect_percent (20), got 30"
+    ]
+
+
+def test_scripts_backend_needs_its_three_scripts():
+    problems = problems_for(deep_merge(MINIMAL, {"camera": {"backend": "scripts", "data_script": "/bin/true"}}))
+    assert problems == [
+        "camera.record_script: required when camera.backend is scripts",
+        "camera.off_script: required when camera.backend is scripts",
+    ]
+
+
+def test_voltage_table_must_be_pairs_ordered_from_the_top():
+    assert problems_for(with_key("battery", "voltage_table", [[3200, 20], [3300, 60]])) == [
+        "battery.voltage_table: steps must be ordered from the highest voltage down"
+    ]
+    assert problems_for(with_key("battery", "voltage_table", [[3200, 120]])) == [
+        "battery.voltage_table[0]: must be a [millivolts, percent 0-100] pair of integers, got [3200, 120]"
+    ]
+
+
+def test_list_items_are_checked_one_by_one():
+    assert problems_for(with_key("ingest", "extensions", ["mp4", 7.5])) == [
+        "ingest.extensions[1]: must be a non-empty string, got 7.5"
+    ]
+
+
+def test_a_bare_number_is_accepted_where_a_string_is_expected():
+    cfg = config.validate(with_key("camera", "match_serial", 12345))
+    assert cfg.camera.match_serial == "12345"
+
+
+def test_the_whole_file_must_be_a_mapping():
+    assert problems_for(["a", "list"]) == ["the file must hold a mapping of sections, got a list"]
+    assert problems_for(deep_merge(MINIMAL, {"camera": "usb"})) == ["camera: must be a mapping of keys, got 'usb'"]
+
+
+def test_defaults_fill_every_key_and_the_result_is_frozen():
+    cfg = config.validate(MINIMAL)
+    assert cfg.upload.port == 22
+    assert cfg.paths.state_dir == "/var/lib/dashcam"
+    assert cfg.paths.ledger == "/var/lib/dashcam/ledger.sqlite3"
+    assert cfg.battery.source == "lifepo4wered"
+    assert cfg.battery.voltage_table[0] == (3650, 100)
+    assert cfg.camera.usb_port == "1-1.1"
+    assert cfg.camera.authorized_device == "1-1"
+    assert "Normal/**" in cfg.ingest.globs
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.upload.port = 2222  # type: ignore[misc]
+
+
+def test_dataclasses_mirror_the_schema_one_to_one():
+    for section, spec in SCHEMA.items():
+        cls = config.SECTION_CLASSES[section]
+        assert [f.name for f in dataclasses.fields(cls)] == list(spec["keys"]), section
+    assert set(config.SECTION_CLASSES) == set(SCHEMA)
+
+
+def test_every_key_has_a_doc_and_an_allowed_type():
+    for section, key, spec in ALL_KEYS:
+        assert spec.get("doc"), f"{section}.{key} has no doc"
+        assert spec["type"] in WRONG_TYPE, f"{section}.{key}"
+        if not spec.get("required") and not spec.get("nullable"):
+            assert "default" in spec, f"{section}.{key} needs a default"
+
+
+def test_the_seed_config_loads_with_warnings_naming_what_replaced_its_old_keys():
+    cfg = config.load(str(FIXTURES / "seed-config.yaml"))
+    assert cfg.upload.host == "192.168.1.203"
+    assert cfg.upload.user == "camera_uploader"
+    assert cfg.upload.ssh_key == "/etc/camera_service/id_rsa"
+    assert cfg.camera.hub_location == "1-1" and cfg.camera.port_number == 1
+    assert cfg.camera.mount_base == "/mnt/cam"
+    assert cfg.paths.local_staging == "/var/lib/camera_service/staging"
+    assert (cfg.thresholds.disconnect_percent, cfg.thresholds.shutdown_percent) == (50, 25)
+    assert (cfg.poll.mount_timeout_seconds, cfg.poll.upload_retries) == (20, 3)
+    assert cfg.warnings == (
+        "paths.log_path: no longer used; replaced by the systemd journal (journalctl -t dashcam)",
+        "poll.interval_seconds: no longer used; replaced by dashcam-policy.timer "
+        "(OnUnitActiveSec=, set it in a drop-in: systemctl edit dashcam-policy.timer)",
+    )
+
+
+SHIPPED = ROOT / "etc" / "dashcam" / "config.yaml"
+
+
+def test_the_shipped_config_is_valid_and_spells_out_every_default():
+    cfg = config.load(str(SHIPPED))
+    assert cfg.warnings == ()
+    raw = yaml.safe_load(SHIPPED.read_text())
+    for section, key, spec in ALL_KEYS:
+        if "replaced_by" in spec:
+            continue
+        assert key in raw[section], f"{section}.{key} missing from the shipped config"
+        if not spec.get("required"):
+            default = spec.get("default")
+            assert raw[section][key] == default, f"{section}.{key}: shipped {raw[section][key]!r}, default {default!r}"
+
+
+def test_every_key_of_the_shipped_config_has_a_comment_above_it():
+    lines = SHIPPED.read_text().splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"^  ([a-z0-9_]+):", line)
+        if m:
+            j = i - 1
+            while j >= 0 and re.match(r"^  [a-z0-9_]+:", lines[j]):  # keys documented together
+                j -= 1
+            assert lines[j].lstrip().startswith("#"), f"no comment above {m.group(1)}"
+
+
+def test_the_man_page_documents_every_key():
+    page = (ROOT / "debian" / "dashcamctl.8").read_text()
+    for section, key, _ in ALL_KEYS:
+        assert f"{section}.{key}" in page.replace("\\&", ""), f"{section}.{key} not in dashcamctl.8"
+
+
+def test_yaml_syntax_errors_name_the_line(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("upload:\n  host: [unclosed\n")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(str(p))
+    assert len(e.value.problems) == 1 and "not valid YAML" in e.value.problems[0]
+    assert re.match(r"line \d+, column \d+: ", e.value.problems[0])
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("upload:\n  host: a\n  user: b\n  dest_path: c\n  host: d\n")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(str(p))
+    assert "key 'host' appears twice (line 2 and line 5)" in e.value.problems[0]
+
+
+def test_a_missing_file_is_one_clear_problem(tmp_path):
+    with pytest.raises(config.ConfigError) as e:
+        config.load(str(tmp_path / "nope.yaml"))
+    assert e.value.problems[0].startswith("no such file")
+
+
+def test_an_empty_file_reports_the_required_keys(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(str(p))
+    assert [x.split(":")[0] for x in e.value.problems] == ["upload.host", "upload.user", "upload.dest_path"]
+
+
+def test_config_path_prefers_the_option_then_the_environment(monkeypatch):
+    monkeypatch.delenv("DASHCAM_CONFIG", raising=False)
+    assert config.config_path() == "/etc/dashcam/config.yaml"
+    monkeypatch.setenv("DASHCAM_CONFIG", "/tmp/env.yaml")
+    assert config.config_path() == "/tmp/env.yaml"
+    assert config.config_path("/tmp/opt.yaml") == "/tmp/opt.yaml"
