@@ -29,11 +29,10 @@ deps:
 	fi
 
 lint: deps
-	$(PYTHON) -m pyflakes src tests bench
-	$(PYTHON) -m compileall -q src tests
-	$(PYTHON) -m dashcam_helpers.cli --help >/dev/null 2>&1 || PYTHONPATH=src $(PYTHON) -m dashcam_helpers --help >/dev/null
-	! grep -rn 'StrictHostKeyChecking=no' src systemd udev debian etc bench tests README.md
-	@for f in systemd/*; do [ -e "$$f" ] || continue; done
+	$(PYTHON) -m pyflakes $(wildcard src tests bench)
+	PYTHONPATH=src $(PYTHON) -m dashcam_helpers --help >/dev/null
+	@# the project never turns off host key checking, not even in a test
+	@! grep -rn 'StrictHostKeyChecking=no' $(wildcard src systemd udev debian etc bench tests README.md)
 
 test-fast: deps lint
 	PYTHONPATH=src $(PYTEST) -m "not system" tests
