@@ -147,8 +147,10 @@ def _uhubctl(cfg, action: Optional[str], dry_run: bool = False) -> runner.Result
     try:
         return runner.run(argv, timeout=UHUBCTL_TIMEOUT, dry_run=dry_run, changes_state=action is not None)
     except runner.CommandFailed as e:
+        said = [line.strip() for line in (e.stderr or e.stdout).splitlines() if line.strip()]
         raise CameraError(
-            f"uhubctl found no switchable hub at {cfg.camera.hub_location} ({e}); "
+            f"uhubctl found no switchable hub at {cfg.camera.hub_location} "
+            f"({said[0] if said else runner.describe_returncode(e.returncode)}); "
             "check camera.hub_location with `uhubctl`"
         )
     except runner.CommandError as e:
