@@ -269,3 +269,14 @@ def test_the_fake_uhubctl_replays_the_fixture(fake_hw):
     ).stdout
     assert out == SEED_OFF
     assert json.loads(fake_hw.uhubctl_state.read_text())["1-1"]["1"] is False
+
+
+def test_uhubctl_output_without_a_new_status_is_not_taken_as_success(fake_hw, make_config, tmp_path):
+    odd = tmp_path / "odd-uhubctl"
+    odd.write_text("#!/bin/sh\necho 'Sent power off request'\necho 'something else entirely'\n")
+    odd.chmod(0o755)
+    fake_hw.usb_device("1-1")
+    cfg = config.load(str(make_config({"tools": {"uhubctl": str(odd)}})))
+    with pytest.raises(camera.CameraError, match="expected port 1 of hub 1-1 powered off, found no 'New status'"):
+        camera.set_mode(cfg, "off")
+    assert camera.current_mode(cfg) == "unknown"

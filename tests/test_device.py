@@ -234,3 +234,21 @@ def test_match_with_real_pyudev_reads_a_real_device():
     props, port = device.facts(dev)
     assert props["DEVNAME"].endswith(names[0])
     assert device.lookup_block("sdzz9") is None
+
+
+def test_match_exits_0_for_a_real_device_configured_by_its_udev_serial(dashcamctl, make_config):
+    """No camera here, but any block device udev knows a serial of proves the real pyudev path end to end."""
+    names = sorted(os.listdir("/sys/class/block")) if os.path.isdir("/sys/class/block") else []
+    serials = {}
+    for name in names:
+        dev = device.lookup_block(name)
+        serial = dev is not None and device.facts(dev)[0].get("ID_SERIAL")
+        if serial:
+            serials[name] = serial
+    if not serials:
+        pytest.skip("udev knows no serial of any block device here")
+    name, serial = next(iter(serials.items()))
+    r = dashcamctl("--config", str(make_config({"camera": {"match_serial": serial}})), "match", f"/dev/{name}")
+    assert r.returncode == 0, r.stderr
+    r = dashcamctl("--config", str(make_config({"camera": {"match_serial": serial + "-other"}})), "match", name)
+    assert r.returncode == 1, r.stderr
