@@ -69,3 +69,65 @@ def dashcamctl(tmp_path):
         )
 
     return run
+
+
+FAKES = ROOT / "tests" / "fakes"  # fake lifepo4wered-cli and uhubctl; their knobs are documented at their top
+
+
+class FakeHardware:
+    """The fake tools first on PATH, their state and call logs, and a fake sysfs tree, all under tmp_path."""
+
+    def __init__(self, tmp_path: Path):
+        self.root = tmp_path / "hw"
+        self.sysfs = self.root / "sys"
+        self.uhubctl_state = self.root / "uhubctl-state.json"
+        self.uhubctl_calls = self.root / "uhubctl-calls.jsonl"
+        self.battery_calls = self.root / "lifepo4wered-calls.jsonl"
+        self.battery_state = self.root / "lifepo4wered-state"
+        self.env: Dict[str, str] = {
+            "PATH": f"{FAKES}{os.pathsep}{os.environ.get('PATH', '')}",
+            "DASHCAM_SYSFS": str(self.sysfs),
+            "UHUBCTL_FAKE_STATE": str(self.uhubctl_state),
+            "UHUBCTL_FAKE_CALLS": str(self.uhubctl_calls),
+            "LIFEPO4WERED_FAKE_CALLS": str(self.battery_calls),
+            "LIFEPO4WERED_FAKE_STATE": str(self.battery_state),
+        }
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def usb_device(self, name: str = "1-1", authorized: str = "1") -> Path:
+        """A USB device directory with its ``authorized`` attribute in the fake sysfs."""
+        d = self.sysfs / "bus" / "usb" / "devices" / name
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "authorized").write_text(authorized + "\n")
+        return d / "authorized"
+
+    def authorized(self, name: str = "1-1") -> str:
+        return (self.sysfs / "bus" / "usb" / "devices" / name / "authorized").read_text().strip()
+
+    def uhubctl_argvs(self):
+        import json
+
+        if not self.uhubctl_calls.exists():
+            return []
+        return [json.loads(line) for line in self.uhubctl_calls.read_text().splitlines()]
+
+    def battery_call_count(self) -> int:
+        return len(self.battery_calls.read_text().splitlines()) if self.battery_calls.exists() else 0
+
+    def set_battery(self, text: str) -> None:
+        """Lines for the fake lifepo4wered-cli state file: "NAME = value" or "mode = i2c-fail"."""
+        self.battery_state.write_text(text)
+
+    def port_power(self, hub: str = "1-1", port: int = 1) -> bool:
+        import json
+
+        return json.loads(self.uhubctl_state.read_text())[hub][str(port)]
+
+
+@pytest.fixture
+def fake_hw(tmp_path, monkeypatch):
+    """Fakes first on PATH (for subprocesses via ``env=fake_hw.env`` and for in-process code)."""
+    hw = FakeHardware(tmp_path)
+    for k, v in hw.env.items():
+        monkeypatch.setenv(k, v)
+    return hw

@@ -22,6 +22,9 @@ log = logging.getLogger("dashcam")
 COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "check-config": ("commands", "check_config", "validate a configuration file, print every problem"),
     "files": ("commands", "files", "list the footage ledger"),
+    "status": ("status", "status", "battery, power source, camera mode and attachment"),
+    "mode": ("camera", "mode_command", "switch the camera to record, data or off, and confirm it took"),
+    "match": ("device", "match_command", "exit 0 if a block device is the configured camera, 1 if not"),
 }
 
 
@@ -56,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("files")
     p.add_argument("--state", choices=("seen", "staged", "uploaded", "verified", "pruned", "failed"))
     _add_json(p)
+
+    p = add("status")
+    _add_json(p)
+
+    p = add("mode")
+    p.add_argument("mode", choices=("record", "data", "off"), help="record: power on, data off; data: power and data on; off: power off")
+
+    p = add("match")
+    p.add_argument("devname", metavar="DEVNAME", help="block device, e.g. sda1 or /dev/sda1")
 
     return parser
 

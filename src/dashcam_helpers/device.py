@@ -1,0 +1,188 @@
+"""Which block device is the camera: udev properties through pyudev.
+
+The decision is a pure function, ``matches(criteria, properties, usb_port)``, of a
+device's udev properties and the sys_name of its USB device ancestor (its port path,
+e.g. ``1-1.1``); the pyudev glue around it only gathers those facts.
+
+A device is the camera when ANY configured criterion matches it:
+  camera.match_serial        ID_SERIAL or ID_SERIAL_SHORT
+  camera.match_vendor_model  ID_VENDOR_ID:ID_MODEL_ID (case-insensitive hex)
+  camera.match_fs_uuid       ID_FS_UUID (case-insensitive)
+  camera.match_fs_label      ID_FS_LABEL
+  camera.match_usb_port      the USB port path
+With none of them set, the camera is whatever is plugged into <hub_location>.<port_number>.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+log = logging.getLogger("dashcam.device")
+
+Criteria = List[Tuple[str, str]]  # (criterion name, wanted value)
+
+
+def criteria(cfg) -> Criteria:
+    """The configured match criteria; the default port when none is set."""
+    cam = cfg.camera
+    out: Criteria = []
+    for name, value in (
+        ("serial", cam.match_serial),
+        ("vendor_model", cam.match_vendor_model),
+        ("fs_uuid", cam.match_fs_uuid),
+        ("fs_label", cam.match_fs_label),
+        ("usb_port", cam.match_usb_port),
+    ):
+        if value is not None:
+            out.append((name, str(value)))
+    if not out:
+        out.append(("usb_port", cam.usb_port))
+    return out
+
+
+def _criterion_matches(name: str, wanted: str, props: Mapping[str, str], usb_port: Optional[str]) -> bool:
+    if name == "serial":
+        return wanted in (props.get("ID_SERIAL"), props.get("ID_SERIAL_SHORT"))
+    if name == "vendor_model":
+        vendor, model = props.get("ID_VENDOR_ID"), props.get("ID_MODEL_ID")
+        return bool(vendor and model) and f"{vendor}:{model}".lower() == wanted.lower()
+    if name == "fs_uuid":
+        uuid = props.get("ID_FS_UUID")
+        return bool(uuid) and uuid.lower() == wanted.lower()
+    if name == "fs_label":
+        return props.get("ID_FS_LABEL") == wanted
+    if name == "usb_port":
+        return usb_port == wanted
+    raise ValueError(f"unknown match criterion {name!r}")
+
+
+def which_match(crit: Criteria, props: Mapping[str, str], usb_port: Optional[str]) -> Optional[str]:
+    """The first criterion (as ``name=value``) the device meets, or None."""
+    for name, wanted in crit:
+        if _criterion_matches(name, wanted, props, usb_port):
+            return f"{name}={wanted}"
+    return None
+
+
+def matches(crit: Criteria, props: Mapping[str, str], usb_port: Optional[str]) -> bool:
+    return which_match(crit, props, usb_port) is not None
+
+
+def kernel_name(devname: str) -> str:
+    """``/dev/sda1`` or ``sda1`` -> ``sda1``."""
+    name = devname.strip()
+    if name.startswith("/dev/"):
+        name = name[len("/dev/"):]
+    return name
+
+
+# ---------------------------------------------------------------------------- pyudev glue
+
+
+def facts(device) -> Tuple[Dict[str, str], Optional[str]]:
+    """(udev properties, USB port path) of a pyudev Device (or anything shaped like one)."""
+    props = {str(k): str(v) for k, v in dict(device.properties).items()}
+    usb = device.find_parent("usb", "usb_device")
+    return props, (usb.sys_name if usb is not None else None)
+
+
+def _context():
+    import pyudev
+
+    return pyudev.Context()
+
+
+def lookup_block(devname: str, context=None):
+    """The pyudev Device of a block device by kernel name; None when there is none."""
+    import pyudev
+
+    context = context or _context()
+    try:
+        return pyudev.Devices.from_name(context, "block", kernel_name(devname))
+    except pyudev.DeviceNotFoundError:
+        return None
+
+
+def is_camera(cfg, devname: str, *, lookup: Callable[[str], Any] = lookup_block) -> bool:
+    """True when the block device ``devname`` is the configured camera."""
+    device = lookup(devname)
+    if device is None:
+        log.info("%s: no such block device", kernel_name(devname))
+        return False
+    props, port = facts(device)
+    hit = which_match(criteria(cfg), props, port)
+    if hit:
+        log.debug("%s is the camera (%s)", kernel_name(devname), hit)
+    else:
+        log.debug(
+            "%s is not the camera (serial %s, usb port %s, fs uuid %s)",
+            kernel_name(devname), props.get("ID_SERIAL"), port, props.get("ID_FS_UUID"),
+        )
+    return hit is not None
+
+
+def _is_camera_volume(crit: Criteria, device) -> bool:
+    """The camera's block device that holds its filesystem (what ingest mounts)."""
+    props, port = facts(device)
+    return bool(props.get("ID_FS_TYPE")) and matches(crit, props, port)
+
+
+def camera_attached(cfg, *, context=None) -> Optional[str]:
+    """Devnode of the camera's filesystem block device now, or None (also when udev is unavailable)."""
+    try:
+        context = context or _context()
+        crit = criteria(cfg)
+        for device in context.list_devices(subsystem="block"):
+            if _is_camera_volume(crit, device):
+                return device.device_node
+    except Exception as e:  # no libudev, no /sys: "not attached" is the honest answer for status
+        log.debug("cannot list block devices: %s", e)
+    return None
+
+
+def _monitor(context=None):
+    import pyudev
+
+    monitor = pyudev.Monitor.from_netlink(context or _context())
+    monitor.filter_by("block")
+    return monitor
+
+
+def wait_for_camera(cfg, timeout: float, *, monitor=None, context=None, clock=time.monotonic) -> Optional[str]:
+    """Wait up to ``timeout`` s for the camera's filesystem block device; its devnode, or None.
+
+    Listens to udev events (no polling, no sleeps). The monitor starts before looking at what
+    is already there, so a device that appears in between is not missed.
+    """
+    crit = criteria(cfg)
+    monitor = monitor if monitor is not None else _monitor(context)
+    monitor.start()
+    present = camera_attached(cfg, context=context)
+    if present:
+        return present
+    deadline = clock() + timeout
+    while True:
+        left = deadline - clock()
+        if left <= 0:
+            log.info("camera did not appear within %g s", timeout)
+            return None
+        ready, _, _ = select.select([monitor], [], [], left)
+        if not ready:
+            continue
+        device = monitor.poll(timeout=0)
+        if device is None or device.action not in ("add", "change"):
+            continue
+        if _is_camera_volume(crit, device):
+            log.info("camera appeared as %s", device.device_node)
+            return device.device_node
+
+
+def match_command(args) -> int:
+    """dashcamctl match DEVNAME: exit 0 when it is the configured camera, 1 otherwise."""
+    from .commands import load_config
+
+    cfg = load_config(args)
+    return 0 if is_camera(cfg, args.devname) else 1

@@ -1,0 +1,67 @@
+"""dashcamctl status: battery and camera as read back, with the fakes first on PATH and a fake sysfs."""
+
+from __future__ import annotations
+
+import json
+
+from dashcam_helpers import status
+
+
+def test_status_json_shows_the_ups_reading_and_the_camera_mode(fake_hw, dashcamctl, make_config):
+    fake_hw.usb_device("1-1", authorized="0")
+    r = dashcamctl("--config", str(make_config()), "status", "--json", env=fake_hw.env)
+    assert r.returncode == 0, r.stderr
+    facts = json.loads(r.stdout)
+    assert facts["battery"]["millivolts"] == 3611
+    assert facts["battery"]["external"] is True
+    assert facts["battery"]["percent"] == 95 and facts["battery"]["source"] == "lifepo4wered"
+    assert facts["battery"]["raw"]["VIN_THRESHOLD"] == 4498
+    assert facts["camera"]["mode"] == "record"
+    assert facts["camera"]["attached"] is None  # no camera on this machine
+    assert fake_hw.uhubctl_argvs() == [["-l", "1-1", "-p", "1"]]  # status switches nothing
+
+
+def test_status_follows_a_switch(fake_hw, dashcamctl, make_config):
+    fake_hw.usb_device("1-1", authorized="1")
+    cfg = str(make_config())
+    assert dashcamctl("--config", cfg, "mode", "off", env=fake_hw.env).returncode == 0
+    assert json.loads(dashcamctl("--config", cfg, "status", "--json", env=fake_hw.env).stdout)["camera"]["mode"] == "off"
+    assert dashcamctl("--config", cfg, "mode", "data", env=fake_hw.env).returncode == 0
+    assert json.loads(dashcamctl("--config", cfg, "status", "--json", env=fake_hw.env).stdout)["camera"]["mode"] == "data"
+
+
+def test_status_with_a_failing_ups_reports_unknown_not_zero(fake_hw, dashcamctl, make_config):
+    fake_hw.set_battery("mode = i2c-fail\n")
+    r = dashcamctl("--config", str(make_config()), "status", "--json", env=fake_hw.env)
+    assert r.returncode == 0, r.stderr
+    b = json.loads(r.stdout)["battery"]
+    assert b["percent"] is None and b["millivolts"] is None and b["known"] is False
+    assert "I2C failed" in b["reason"]
+
+
+def test_status_text_reads_like_a_sentence(fake_hw, dashcamctl, make_config):
+    fake_hw.usb_device("1-1", authorized="0")
+    r = dashcamctl("--config", str(make_config()), "status", env=fake_hw.env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "battery:  95 %, 3611 mV, external power [lifepo4wered]"
+    assert lines[1] == "camera:   record, storage not attached [uhubctl]"
+
+
+def test_status_without_hub_or_ups_still_answers(fake_hw, dashcamctl, make_config):
+    cfg = make_config({"camera": {"hub_location": "7-7"}, "tools": {"lifepo4wered_cli": "/nonexistent/cli"}})
+    r = dashcamctl("--config", str(cfg), "status", env=fake_hw.env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].startswith("battery:  unknown (")
+    assert r.stdout.splitlines()[1].startswith("camera:   unknown,")
+
+
+def test_a_broken_section_does_not_hide_the_others(make_config, monkeypatch):
+    from dashcam_helpers import config
+
+    def broken(cfg):
+        raise RuntimeError("ledger on fire")
+
+    monkeypatch.setattr(status, "SECTIONS", [("ledger", broken), ("battery", lambda cfg: {"source": "none"})])
+    facts = status.gather(config.load(str(make_config())))
+    assert facts == {"ledger": {"error": "RuntimeError: ledger on fire"}, "battery": {"source": "none"}}
