@@ -46,7 +46,7 @@ log = logging.getLogger("dashcam.mqtt")
 # Budget of one publish from the policy tick. Connection attempts get CONNECT_TIMEOUT; the
 # whole session (DNS, TCP, TLS, CONNACK, PUBACKs) runs in a daemon thread that the tick
 # waits for at most TICK_BUDGET seconds, then leaves behind (the process exits soon after).
-TICK_BUDGET = 0.8
+TICK_BUDGET = 0.7
 CONNECT_TIMEOUT = 0.5
 
 ONLINE, OFFLINE = "online", "offline"
@@ -404,6 +404,10 @@ class _Refused(Exception):
     """The broker said no (or we cannot even ask): the user has to fix something."""
 
 
+class _NoAnswer(Exception):
+    """Connected, but no CONNACK before the deadline."""
+
+
 def read_password(path: str) -> str:
     """The first line of the password file. Errors name the file, never its content."""
     try:
@@ -433,7 +437,7 @@ def _connack_text(paho, rc: Any) -> str:
 def connect(cfg, paho, deadline: float):
     """A client connected to the broker (CONNACK received) with the will ``offline`` set.
     Raises OSError/ValueError when the broker cannot be reached, _Refused when it says no,
-    TimeoutError when it does not answer before ``deadline`` (time.monotonic())."""
+    _NoAnswer when it does not answer before ``deadline`` (time.monotonic())."""
     m = cfg.mqtt
     client = _new_client(paho, client_id(cfg))
     client.will_set(topics(cfg).availability, OFFLINE, qos=1, retain=True)
@@ -457,7 +461,7 @@ def connect(cfg, paho, deadline: float):
             break
     rc = connack.get("rc")
     if rc is None:
-        raise TimeoutError(f"no answer from the broker {m.host}:{m.port}")
+        raise _NoAnswer(f"no answer from the broker {m.host}:{m.port}")
     if getattr(rc, "value", rc) != 0:
         raise _Refused(f"the broker {m.host}:{m.port} refused the connection: {_connack_text(paho, rc)}")
     return client
@@ -482,7 +486,7 @@ def _session(cfg, paho, messages: List[Tuple[str, str, bool]], deadline: float, 
     except _Refused as e:
         result["error"] = str(e)
         result["refused"] = True
-    except TimeoutError as e:
+    except _NoAnswer as e:
         result["error"] = str(e)
     except (OSError, ValueError) as e:  # refused, unreachable, DNS, TLS (ssl.SSLError is an OSError)
         result["error"] = f"cannot reach the broker {m.host}:{m.port}: {e}"
