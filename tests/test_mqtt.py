@@ -429,3 +429,148 @@ def test_an_unreadable_password_file_is_named_and_nothing_breaks(make_config, tm
     outcome = mqtt.send(cfg, [("x", "1", False)])
     assert not outcome.ok and outcome.misconfigured
     assert f"cannot read mqtt.password_file {tmp_path / 'nope'}" in outcome.why
+
+
+# ------------------------------------------------------------------ dashcamctl mqtt-publish
+
+
+def test_mqtt_publish_reports_success_and_home_assistant_gets_the_ledger_facts(make_config, broker, listen, dashcamctl):
+    path = make_config({"mqtt": {"host": "127.0.0.1", "port": broker.port, "base_topic": "dashcam/testpi"}})
+    from dashcam_helpers.ledger import Ledger
+
+    cfg = config.load(str(path))
+    os.makedirs(cfg.paths.local_staging)  # the package's tmpfiles.d creates it on the Pi
+    with Ledger(cfg.paths.ledger) as ledger:
+        ledger.put_state("last_upload", {"wall": 1764530000, "files": 3, "bytes": 300, "result": "ok", "reason": None})
+    r = dashcamctl("--config", str(path), "mqtt-publish")
+    assert r.returncode == 0, r.stderr
+    assert f"published to 127.0.0.1:{broker.port}" in r.stdout and "dashcam/testpi/state" in r.stdout
+    ha = listen("dashcam/testpi/state")
+    state = json.loads(ha.wait_for("dashcam/testpi/state"))
+    assert (state["last_upload_result"], state["last_upload"]) == ("ok", "2025-11-30T19:13:20+00:00")
+    assert state["backlog_files"] == 0 and state["staging_free_bytes"] > 0
+
+
+def test_mqtt_publish_with_the_broker_down_says_so_and_exits_try_later(make_config, dashcamctl):
+    path = make_config({"mqtt": {"host": "127.0.0.1", "port": free_port()}})
+    r = dashcamctl("--config", str(path), "mqtt-publish")
+    assert r.returncode == 75
+    assert "nothing published: cannot reach the broker 127.0.0.1" in r.stderr and "Connection refused" in r.stderr
+
+
+def test_mqtt_publish_without_an_mqtt_section_is_a_config_error(make_config, dashcamctl):
+    r = dashcamctl("--config", str(make_config()), "mqtt-publish")
+    assert r.returncode == 78 and "mqtt is not configured" in r.stderr
+
+
+def test_mqtt_publish_offline_marks_the_device_offline(make_config, broker, listen, dashcamctl):
+    path = make_config({"mqtt": {"host": "127.0.0.1", "port": broker.port, "base_topic": "dashcam/testpi"}})
+    assert dashcamctl("--config", str(path), "mqtt-publish").returncode == 0
+    r = dashcamctl("--config", str(path), "mqtt-publish", "--offline", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["ok"] is True
+    ha = listen("dashcam/testpi/availability")
+    assert ha.wait_for("dashcam/testpi/availability") == "offline"
+
+
+# ------------------------------------------------------------------ notifications
+
+DAY = 24 * 3600
+
+
+def upload(wall, result="ok", files=2, size=2000):
+    return {"last_upload": {"wall": wall, "files": files, "bytes": size, "result": result, "reason": None},
+            "staging": {"backlog_files": 7}}
+
+
+def test_the_first_tick_takes_its_bearings_without_announcing_history():
+    events, memory = mqtt.events_from_facts(upload(1000), {}, now=1010)
+    assert events == [] and memory["upload_seen"] == 1000
+
+
+def test_uploads_are_announced_and_ones_within_the_interval_are_added_up_not_lost():
+    _, mem = mqtt.events_from_facts(upload(1000), {}, now=1000)
+    events, mem = mqtt.events_from_facts(upload(2000, files=3, size=300), mem, now=2000)
+    assert [(e["event_type"], e["files"], e["bytes"]) for e in events] == [("clips_uploaded", 3, 300)]
+    assert events[0]["message"] == "3 clip(s) uploaded (300 bytes)"
+    events, mem = mqtt.events_from_facts(upload(2100, files=1, size=10), mem, now=2100)
+    assert events == []  # within 15 minutes of the last one: kept
+    events, mem = mqtt.events_from_facts(upload(2200, files=4, size=40), mem, now=2200)
+    assert events == []
+    events, mem = mqtt.events_from_facts(upload(2200, files=4, size=40), mem, now=2000 + 15 * 60)
+    assert [(e["files"], e["bytes"]) for e in events] == [(5, 50)]
+
+
+def test_uploads_failing_for_a_day_are_announced_once_a_day():
+    _, mem = mqtt.events_from_facts(upload(1000), {}, now=1000)
+    events, mem = mqtt.events_from_facts(upload(2000, "unreachable"), mem, now=2000)
+    assert events == []
+    events, mem = mqtt.events_from_facts(upload(2000 + DAY - 60, "unreachable"), mem, now=2000 + DAY - 1)
+    assert events == []
+    events, mem = mqtt.events_from_facts(upload(2000 + DAY, "failed"), mem, now=2000 + DAY)
+    assert [e["event_type"] for e in events] == ["upload_failing"]
+    assert events[0]["since"] == 2000 and events[0]["backlog_files"] == 7
+    events, mem = mqtt.events_from_facts(upload(2000 + DAY + 30, "failed"), mem, now=2000 + DAY + 30)
+    assert events == []
+    events, mem = mqtt.events_from_facts(upload(2000 + 2 * DAY, "failed"), mem, now=2000 + 2 * DAY)
+    assert [e["event_type"] for e in events] == ["upload_failing"]
+    events, mem = mqtt.events_from_facts(upload(2000 + 2 * DAY + 40, "ok"), mem, now=2000 + 2 * DAY + 40)
+    assert mem["failing_since"] is None
+
+
+def test_a_failed_card_read_is_announced():
+    _, mem = mqtt.events_from_facts({"last_ingest": {"wall": 100, "result": "ok"}}, {}, now=100)
+    events, mem = mqtt.events_from_facts(
+        {"last_ingest": {"wall": 200, "result": "failed", "files": 1, "reason": "I/O error on DCIM/x.MP4"}}, mem, now=200)
+    assert [e["event_type"] for e in events] == ["card_read_error"]
+    assert "I/O error" in events[0]["message"]
+
+
+def test_events_go_out_on_the_tick_connection_and_their_rate_limit_lives_in_the_ledger(make_config, broker, listen):
+    cfg = mqtt_config(make_config, broker.port, notifications=True)
+    ha = listen("dashcam/testpi/event")
+    now = time.time()
+    mqtt.publish_state(cfg, upload(now - 100))
+    mqtt.publish_state(cfg, upload(now - 50, files=3, size=300))
+    event = json.loads(ha.wait_for("dashcam/testpi/event"))
+    assert (event["event_type"], event["files"]) == ("clips_uploaded", 3)
+    assert mqtt.publish_event(cfg, "low_battery_shutdown", {"percent": 22}) is True
+    wait_until(lambda: len(ha.all) == 2, what="the shutdown event")
+    assert json.loads(ha.all[1][1])["message"] == "battery low (22 %): the Pi shuts down"
+    assert mqtt.publish_event(cfg, "low_battery_shutdown", {"percent": 21}) is False  # rate-limited
+    from dashcam_helpers.ledger import Ledger
+
+    with Ledger(cfg.paths.ledger) as ledger:
+        assert set(ledger.get_state("mqtt_events")["sent"]) == {"clips_uploaded", "low_battery_shutdown"}
+    disc = listen("homeassistant/event/#")
+    conf = json.loads(disc.wait_for(f"homeassistant/event/{mqtt.topics(cfg).node_id}/events/config"))
+    assert conf["state_topic"] == "dashcam/testpi/event" and "clips_uploaded" in conf["event_types"]
+
+
+def test_events_stay_pending_while_the_broker_is_away(make_config, tmp_path, caplog):
+    port = free_port()
+    cfg = mqtt_config(make_config, port, notifications=True)
+    now = time.time()
+    b = Broker(tmp_path)  # first tick with a broker: the bearings are saved
+    cfg_up = mqtt_config(make_config, b.port, notifications=True)
+    mqtt.publish_state(cfg_up, upload(now - 100))
+    mqtt.publish_state(cfg, upload(now - 50, files=3, size=300))  # broker away: nothing sent
+    ha = Listener(b.port, "dashcam/testpi/event")
+    try:
+        mqtt.publish_state(cfg_up, upload(now - 50, files=3, size=300))
+        assert json.loads(ha.wait_for("dashcam/testpi/event"))["files"] == 3
+    finally:
+        ha.close()
+        b.stop()
+
+
+def test_no_events_without_notifications(make_config, broker, listen):
+    cfg = mqtt_config(make_config, broker.port)
+    ha = listen("dashcam/testpi/event")
+    now = time.time()
+    mqtt.publish_state(cfg, upload(now - 100))
+    mqtt.publish_state(cfg, upload(now - 50))
+    assert mqtt.publish_event(cfg, "low_battery_shutdown", {"percent": 22}) is False
+    mqtt.publish_state(cfg, FACTS)  # a later state proves the broker had time to pass any event on
+    time.sleep(0.3)
+    assert ha.all == []

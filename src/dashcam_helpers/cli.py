@@ -22,6 +22,7 @@ log = logging.getLogger("dashcam")
 COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "check-config": ("commands", "check_config", "validate a configuration file, print every problem"),
     "files": ("commands", "files", "list the footage ledger"),
+    "mqtt-publish": ("mqtt", "command", "publish the current status to MQTT / Home Assistant once, and report how it went"),
 }
 
 
@@ -55,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("files")
     p.add_argument("--state", choices=("seen", "staged", "uploaded", "verified", "pruned", "failed"))
+    _add_json(p)
+
+    p = add("mqtt-publish")
+    p.add_argument("--offline", action="store_true", help="publish only availability 'offline' (clean shutdown)")
     _add_json(p)
 
     return parser

@@ -618,3 +618,86 @@ def _save_memory(cfg, memory: Dict[str, Any]) -> None:
 def _due_events(cfg, facts: Dict[str, Any], now: float) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
     events, memory = events_from_facts(facts, _load_memory(cfg), now)
     return memory, events
+
+
+# ---------------------------------------------------------------- dashcamctl mqtt-publish
+
+CLI_BUDGET = 5.0  # by hand, wait long enough to report the real reason, not the tick's impatience
+
+
+def _ledger_facts(cfg) -> Dict[str, Any]:
+    """The facts the ledger and the staging filesystem know (backlog, free space, last runs)."""
+    import os
+
+    from .ledger import Ledger
+
+    facts: Dict[str, Any] = {}
+    with Ledger(cfg.paths.ledger) as ledger:
+        files, size = ledger.backlog()
+        facts["staging"] = {"backlog_files": files, "backlog_bytes": size}
+        for key in ("last_ingest", "last_upload"):
+            value = ledger.get_state(key)
+            if isinstance(value, dict):
+                facts[key] = value
+    try:
+        st = os.statvfs(cfg.paths.local_staging)
+        facts["staging"]["free_bytes"] = st.f_bavail * st.f_frsize
+    except OSError:
+        pass
+    return facts
+
+
+def gather_facts(cfg) -> Dict[str, Any]:
+    """What `dashcamctl status --json` reports, plus what the ledger knows (for mqtt-publish)."""
+    import importlib
+
+    facts: Dict[str, Any] = {}
+    try:
+        facts.update(_ledger_facts(cfg))
+    except Exception as e:
+        log.debug("mqtt: ledger facts unavailable: %s", e)
+    try:
+        status = importlib.import_module(".status", __package__)
+        facts.update(status.gather(cfg))
+    except ImportError:
+        log.debug("mqtt: no status module; publishing the ledger's facts only")
+    return facts
+
+
+def command(args) -> int:
+    """dashcamctl mqtt-publish [--offline] [--json]: publish once, say clearly how it went."""
+    from .cli import print_json
+    from .commands import load_config
+    from .errors import BadConfig, DashcamError, TryLater
+
+    cfg = load_config(args)
+    if cfg.mqtt is None:
+        raise BadConfig(f"{cfg.path}: mqtt is not configured (no mqtt section, or mqtt.enabled is false)")
+    t = topics(cfg)
+    broker = f"{cfg.mqtt.host}:{cfg.mqtt.port}"
+    if args.offline:
+        messages = [(t.availability, OFFLINE, True)]
+        doc = None
+    else:
+        facts = gather_facts(cfg)
+        doc = state_document(facts)
+        messages = state_messages(cfg, facts)
+    if args.dry_run:
+        for topic, payload, retain in messages:
+            print(f"would publish{' (retained)' if retain else ''} {topic} {payload}")
+        return 0
+    outcome = send(cfg, messages, budget=CLI_BUDGET)
+    if args.json:
+        print_json({"ok": outcome.ok, "error": outcome.why or None, "broker": broker, "state_topic": t.state,
+                    "availability_topic": t.availability, "messages": len(messages), "state": doc})
+    if not outcome:
+        err = DashcamError if outcome.misconfigured else TryLater
+        raise err(f"mqtt: nothing published: {outcome.why}")
+    if not args.json:
+        if args.offline:
+            print(f"published to {broker}: {t.availability} = offline")
+        else:
+            print(f"published to {broker}: {len(messages) - 2} discovery configs under "
+                  f"{cfg.mqtt.discovery_prefix}/, {t.availability} = online, state on {t.state}")
+            print(f'Home Assistant shows it as the device "{t.device_name}" (Settings > Devices & services > MQTT)')
+    return 0
