@@ -574,3 +574,8 @@ def test_no_events_without_notifications(make_config, broker, listen):
     mqtt.publish_state(cfg, FACTS)  # a later state proves the broker had time to pass any event on
     time.sleep(0.3)
     assert ha.all == []
+
+
+def test_the_shutdown_unit_command_is_quiet_without_mqtt(make_config, dashcamctl):
+    r = dashcamctl("--config", str(make_config()), "mqtt-publish", "--offline", "--if-configured")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")

@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("mqtt-publish")
     p.add_argument("--offline", action="store_true", help="publish only availability 'offline' (clean shutdown)")
+    p.add_argument("--if-configured", action="store_true", help="exit 0 quietly when MQTT is not configured")
     _add_json(p)
 
     return parser
