@@ -315,6 +315,7 @@ def test_the_last_will_marks_the_device_offline_when_the_publisher_dies(make_con
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        proc.stdout.close()
 
 
 def test_a_tick_that_ends_cleanly_leaves_the_device_online(make_config, broker, listen):
