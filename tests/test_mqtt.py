@@ -580,3 +580,23 @@ def test_no_events_without_notifications(make_config, broker, listen):
 def test_the_shutdown_unit_command_is_quiet_without_mqtt(make_config, dashcamctl):
     r = dashcamctl("--config", str(make_config()), "mqtt-publish", "--offline", "--if-configured")
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+
+
+def test_a_tick_publishing_while_an_ingest_holds_a_connection_does_not_knock_it_offline(make_config, broker, listen):
+    cfg = mqtt_config(make_config, broker.port)
+    ha = listen("dashcam/testpi/availability")
+    other = subprocess.Popen(
+        [sys.executable, "-c", PUBLISHER, cfg.path],
+        env={**os.environ, "PYTHONPATH": str(SRC)}, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert other.stdout.readline().strip() == "published"
+        mqtt.publish_state(cfg, FACTS)  # same host, same config, another process
+        mqtt.publish_state(cfg, FACTS)
+        time.sleep(0.3)  # a will from a pushed-off connection would arrive right away
+        assert other.poll() is None
+        assert "offline" not in [p for _, p in ha.all]
+    finally:
+        other.kill()
+        other.wait()
+        other.stdout.close()

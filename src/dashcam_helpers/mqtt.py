@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import re
 import socket
 import threading
@@ -88,7 +89,12 @@ def topics(cfg, hostname: Optional[str] = None) -> Topics:
 
 
 def client_id(cfg, hostname: Optional[str] = None) -> str:
-    return cfg.mqtt.client_id or f"dashcam-{_slug(hostname or _hostname())}"[:64]
+    """mqtt.client_id verbatim, else dashcam-<hostname>-<pid>. The pid matters: the policy
+    tick, an ingest and an upload may publish at the same moment, and a broker that sees a
+    client id twice drops the older connection (whose will then says "offline")."""
+    if cfg.mqtt.client_id:
+        return cfg.mqtt.client_id
+    return f"dashcam-{_slug(hostname or _hostname())}"[:56] + f"-{os.getpid()}"
 
 
 # ---------------------------------------------------------------- sensors (data, not code)
@@ -339,6 +345,7 @@ def events_from_facts(
         mem["upload_seen"] = up_wall
         if upload.get("result") == "ok":
             mem["failing_since"] = None
+            pending.pop("upload_failing", None)  # news that is no longer true
             files, size = _int(upload.get("files")) or 0, _int(upload.get("bytes")) or 0
             if files and not baseline:
                 p = pending.setdefault("clips_uploaded", {"files": 0, "bytes": 0})
@@ -627,8 +634,6 @@ CLI_BUDGET = 5.0  # by hand, wait long enough to report the real reason, not the
 
 def _ledger_facts(cfg) -> Dict[str, Any]:
     """The facts the ledger and the staging filesystem know (backlog, free space, last runs)."""
-    import os
-
     from .ledger import Ledger
 
     facts: Dict[str, Any] = {}
