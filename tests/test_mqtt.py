@@ -519,6 +519,16 @@ def test_uploads_failing_for_a_day_are_announced_once_a_day():
     assert mem["failing_since"] is None
 
 
+def test_a_failing_notice_held_back_by_the_rate_limit_is_dropped_once_uploads_work_again():
+    _, mem = mqtt.events_from_facts(upload(1000, "failed"), {}, now=1000)
+    events, mem = mqtt.events_from_facts(upload(1000 + DAY, "failed"), mem, now=1000 + DAY)
+    assert [e["event_type"] for e in events] == ["upload_failing"]
+    events, mem = mqtt.events_from_facts(upload(1000 + 2 * DAY - 10, "failed"), mem, now=1000 + 2 * DAY - 10)
+    assert events == [] and "upload_failing" in mem["pending"]  # due, but a day has not passed since the last
+    events, mem = mqtt.events_from_facts(upload(1000 + 2 * DAY - 5, "ok", files=0), mem, now=1000 + 2 * DAY + 10)
+    assert events == [] and mem["pending"] == {}
+
+
 def test_a_failed_card_read_is_announced():
     _, mem = mqtt.events_from_facts({"last_ingest": {"wall": 100, "result": "ok"}}, {}, now=100)
     events, mem = mqtt.events_from_facts(
