@@ -30,8 +30,13 @@ def problems_for(raw) -> list:
     return e.value.problems
 
 
+# what an optional section needs besides the key under test, so that key's problem is the only one
+OPTIONAL_SECTION_MINIMAL = {"mqtt": {"host": "broker.lan"}}
+
+
 def with_key(section, key, value):
-    return deep_merge(MINIMAL, {section: {key: value}})
+    base = deep_merge(MINIMAL, {section: OPTIONAL_SECTION_MINIMAL.get(section, {})})
+    return deep_merge(base, {section: {key: value}})
 
 
 def ids(params):
@@ -76,7 +81,7 @@ REQUIRED = [(s, k, spec) for s, k, spec in ALL_KEYS if spec.get("required")]
 
 @pytest.mark.parametrize("section,key,spec", REQUIRED, ids=ids(REQUIRED))
 def test_every_required_key_is_reported_when_missing(section, key, spec):
-    raw = deep_merge(MINIMAL, {})
+    raw = with_key(section, key, "placeholder")
     del raw[section][key]
     assert problems_for(raw) == [f"{section}.{key}: required ({spec['doc']})"]
 
@@ -229,6 +234,8 @@ def test_the_seed_config_loads_with_warnings_naming_what_replaced_its_old_keys()
 
 
 SHIPPED = ROOT / "etc" / "dashcam" / "config.yaml"
+# optional sections ship present (every key documented) but switched off
+SHIPPED_SWITCHED_OFF = {("mqtt", "enabled")}
 
 
 def test_the_shipped_config_is_valid_and_spells_out_every_default():
@@ -239,9 +246,43 @@ def test_the_shipped_config_is_valid_and_spells_out_every_default():
         if "replaced_by" in spec:
             continue
         assert key in raw[section], f"{section}.{key} missing from the shipped config"
+        if (section, key) in SHIPPED_SWITCHED_OFF:
+            continue
         if not spec.get("required"):
             default = spec.get("default")
             assert raw[section][key] == default, f"{section}.{key}: shipped {raw[section][key]!r}, default {default!r}"
+
+
+def test_the_shipped_config_publishes_nothing_until_mqtt_is_switched_on():
+    cfg = config.load(str(SHIPPED))
+    assert cfg.mqtt is None
+    raw = yaml.safe_load(SHIPPED.read_text())
+    assert raw["mqtt"]["enabled"] is False
+    raw["mqtt"]["enabled"] = True
+    on = config.validate(raw, "switched-on.yaml")
+    assert on.mqtt is not None and on.mqtt.host == raw["mqtt"]["host"] and on.mqtt.port == 1883
+
+
+def test_an_absent_or_disabled_mqtt_section_means_no_mqtt():
+    assert config.validate(MINIMAL).mqtt is None
+    assert config.validate(deep_merge(MINIMAL, {"mqtt": None})).mqtt is None
+    assert config.validate(deep_merge(MINIMAL, {"mqtt": {"host": "b", "enabled": False}})).mqtt is None
+    cfg = config.validate(deep_merge(MINIMAL, {"mqtt": {"host": "b"}}))
+    assert (cfg.mqtt.discovery_prefix, cfg.mqtt.base_topic, cfg.mqtt.notifications) == ("homeassistant", None, False)
+
+
+def test_an_mqtt_section_without_a_host_says_so():
+    assert problems_for(deep_merge(MINIMAL, {"mqtt": {"port": 8883}})) == [
+        f"mqtt.host: required ({SCHEMA['mqtt']['keys']['host']['doc']})"
+    ]
+
+
+def test_mqtt_settings_that_would_be_ignored_are_refused():
+    raw = deep_merge(MINIMAL, {"mqtt": {"host": "b", "password_file": "/etc/dashcam/mqtt.pw", "ca_file": "/etc/ca.pem"}})
+    assert problems_for(raw) == [
+        "mqtt.password_file: needs mqtt.username (a broker takes a password only with a user)",
+        "mqtt.ca_file: only used with TLS; set mqtt.tls: true",
+    ]
 
 
 def test_every_key_of_the_shipped_config_has_a_comment_above_it():

@@ -25,6 +25,7 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "status": ("status", "status", "battery, power source, camera mode and attachment"),
     "mode": ("camera", "mode_command", "switch the camera to record, data or off, and confirm it took"),
     "match": ("device", "match_command", "exit 0 if a block device is the configured camera, 1 if not"),
+    "mqtt-publish": ("mqtt", "command", "publish the current status to MQTT / Home Assistant once, and report how it went"),
 }
 
 
@@ -68,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("match")
     p.add_argument("devname", metavar="DEVNAME", help="block device, e.g. sda1 or /dev/sda1")
+
+    p = add("mqtt-publish")
+    p.add_argument("--offline", action="store_true", help="publish only availability 'offline' (clean shutdown)")
+    p.add_argument("--if-configured", action="store_true", help="exit 0 quietly when MQTT is not configured")
+    _add_json(p)
 
     return parser
 

@@ -136,6 +136,23 @@ class Tools:
 
 
 @dataclass(frozen=True)
+class Mqtt:
+    enabled: bool
+    host: str
+    port: int
+    tls: bool
+    ca_file: Optional[str]
+    username: Optional[str]
+    password_file: Optional[str]
+    discovery_prefix: str
+    base_topic: Optional[str]
+    client_id: Optional[str]
+    keepalive: int
+    expire_after: int
+    notifications: bool
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     paths: Paths
@@ -146,6 +163,7 @@ class Config:
     thresholds: Thresholds
     poll: Poll
     tools: Tools
+    mqtt: Optional[Mqtt] = None  # optional section: None when absent or enabled: false
     warnings: Tuple[str, ...] = ()
 
 
@@ -158,6 +176,7 @@ SECTION_CLASSES = {
     "thresholds": Thresholds,
     "poll": Poll,
     "tools": Tools,
+    "mqtt": Mqtt,
 }
 
 _schema_cache: Optional[Dict[str, Any]] = None
@@ -318,6 +337,8 @@ def validate(raw: Any, path: str = "<config>") -> Config:
     sections: Dict[str, Any] = {}
     for section, sspec in sch.items():
         given = raw.get(section)
+        if given is None and sspec.get("optional"):
+            continue  # an optional section left out (or empty) is simply not used
         if given is None:
             given = {}
         if not isinstance(given, dict):
@@ -349,6 +370,9 @@ def validate(raw: Any, path: str = "<config>") -> Config:
     if problems:
         raise ConfigError(path, problems)
     built = {name: SECTION_CLASSES[name](**values) for name, values in sections.items()}
+    for name in list(built):
+        if is_optional_section(name) and not getattr(built[name], "enabled", True):
+            built[name] = None  # present but switched off: the rest of the program sees no section
     return Config(path=path, warnings=tuple(warnings), **built)
 
 
@@ -368,6 +392,17 @@ def _cross_checks(s: Dict[str, Dict[str, Any]], problems: List[str]) -> None:
     bat = s["battery"]
     if bat["source"] == "command" and bat["command"] is None:
         problems.append("battery.command: required when battery.source is command")
+    mq = s.get("mqtt")
+    if mq is not None:
+        if mq["password_file"] is not None and mq["username"] is None:
+            problems.append("mqtt.password_file: needs mqtt.username (a broker takes a password only with a user)")
+        if mq["ca_file"] is not None and mq["tls"] is False:
+            problems.append("mqtt.ca_file: only used with TLS; set mqtt.tls: true")
+
+
+def is_optional_section(section: str) -> bool:
+    """True for a section the file may leave out (cfg.<section> is then None)."""
+    return bool(schema()[section].get("optional"))
 
 
 def config_path(explicit: Optional[str] = None) -> str:
