@@ -22,6 +22,7 @@ log = logging.getLogger("dashcam")
 COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "check-config": ("commands", "check_config", "validate a configuration file, print every problem"),
     "files": ("commands", "files", "list the footage ledger"),
+    "policy": ("policy", "command", "one tick of the battery policy: decide the camera mode, start the upload, shut down when low"),
 }
 
 
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("files")
     p.add_argument("--state", choices=("seen", "staged", "uploaded", "verified", "pruned", "failed"))
+    _add_json(p)
+
+    p = add("policy")
     _add_json(p)
 
     return parser

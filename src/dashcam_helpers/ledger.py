@@ -318,3 +318,37 @@ class Ledger:
                 " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                 (key, json.dumps(value), self.clock()),
             )
+
+    # --- battery readings (written by the policy tick, one per tick) ----------------------------
+
+    def add_reading(
+        self,
+        *,
+        wall: float,
+        boot_id: Optional[str],
+        monotonic: float,
+        millivolts: Optional[int],
+        percent: Optional[int],
+        external: Optional[bool],
+        source: str,
+        reason: Optional[str] = None,
+        keep: Optional[int] = None,
+    ) -> None:
+        """Record one battery reading; with ``keep``, drop all but the newest ``keep`` readings.
+
+        Pruning goes by row id, not by time: a wall clock that jumps (no RTC) prunes nothing wrongly.
+        """
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO readings (wall, boot_id, monotonic, millivolts, percent, external, source, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (wall, boot_id, monotonic, millivolts, percent, None if external is None else int(external), source, reason),
+            )
+            if keep is not None:
+                db.execute("DELETE FROM readings WHERE id <= ?", (cur.lastrowid - keep,))
+
+    def recent_readings(self, limit: int) -> List[sqlite3.Row]:
+        """The newest ``limit`` readings, oldest first."""
+        rows = self.db.execute("SELECT * FROM readings ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        rows.reverse()
+        return rows
