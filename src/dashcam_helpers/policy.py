@@ -79,6 +79,7 @@ class Facts:
     recorded_seconds: float = 0.0  # how long the camera was seen recording since the last ingest
     unknown_since: Optional[float] = None  # first unknown reading of the current unknown streak, this boot
     last_external: Optional[bool] = None  # the last known "on external power", from any reading
+    battery_low: Optional[bool] = None  # the camera latch as the previous tick left it (None: no previous tick)
     staging_free: int = 0
     staging_reserve: int = 0
     backlog_files: int = 0
@@ -98,7 +99,8 @@ class Decision:
     shutdown: bool
     stop_units: Tuple[str, ...]
     reason: str  # why, in one line: the camera part; the upload part
-    battery: str = ""  # how the battery was judged, for the log line
+    battery: str = ""  # how the battery was judged: external | ok | low | critical | unknown
+    battery_low: Optional[bool] = None  # the camera latch for the next tick (True: low, camera off)
 
 
 @dataclass(frozen=True)
@@ -150,24 +152,27 @@ def assess(history: Sequence[Sample], facts: Facts, cfg) -> Power:
             False,
             f"battery {level} below shutdown_percent {t.shutdown_percent} for {t.shutdown_debounce} readings",
         )
-    # the camera latch, with hysteresis: off below disconnect, on again only at disconnect + hysteresis.
-    # Each step looks at the median of MEDIAN_WINDOW consecutive battery readings; in the band between
-    # the two the most recent decisive median holds; with none, the camera's present state holds.
-    on_batt = [s.percent for s in this_boot if s.known and s.external is not True]
+    # the camera latch, with hysteresis: off below disconnect, on again only at disconnect + hysteresis,
+    # judged on the median of the last MEDIAN_WINDOW battery readings of this boot (one spike is no
+    # trend). In the band between the two, the latch stays as the previous tick left it
+    # (facts.battery_low); with none, the camera's present state holds.
+    on_batt = [s.percent for s in this_boot if s.known and s.external is not True][-MEDIAN_WINDOW:]
     back_on = t.disconnect_percent + t.hysteresis_percent
-    for end in range(len(on_batt), 0, -1):
-        m = _median(on_batt[max(0, end - MEDIAN_WINDOW) : end])
-        if m < t.disconnect_percent:
-            return Power("low", False, f"battery {level}, below disconnect_percent {t.disconnect_percent}")
-        if m >= back_on:
-            if end == len(on_batt):
-                return Power("ok", True, f"battery {level} on battery")
-            return Power("ok", True, f"battery {level} on battery (holding: last decisive reading >= {back_on}%)")
-    band = f"battery {level}, between disconnect_percent {t.disconnect_percent} and {back_on}%"
+    m = _median(on_batt) if on_batt else pct
+    shown = level if m == pct else f"{level}, median of the last {len(on_batt)} {m}%"
+    if m < t.disconnect_percent:
+        return Power("low", False, f"battery {shown} below disconnect_percent {t.disconnect_percent}")
+    if m >= back_on:
+        return Power("ok", True, f"battery {shown} on battery")
+    band = f"battery {shown} between disconnect_percent {t.disconnect_percent} and {back_on}%"
+    if facts.battery_low is True:
+        return Power("low", False, f"{band}, low since it fell below {t.disconnect_percent}%")
+    if facts.battery_low is False:
+        return Power("ok", True, f"{band}, ok since it was last at or above {back_on}%")
     if facts.camera_mode in ("record", "data"):
         return Power("ok", True, f"{band}: camera stays on")
     if facts.camera_mode == "off":
-        return Power("low", False, f"{band}")
+        return Power("low", False, band)
     return Power("unknown", None, f"{band} and the camera mode unknown")
 
 
@@ -272,6 +277,7 @@ def decide(history: Sequence[Sample], facts: Facts, cfg) -> Decision:
             stop_units=(INGEST_UNITS, UPLOAD_UNIT),
             reason=f"shutdown: {power.why}; stop ingest and upload, camera off, power off",
             battery=power.state,
+            battery_low=True,
         )
     camera, why, stop = _camera(power, facts, cfg)
     upload, upload_why = _upload(facts)
@@ -282,7 +288,16 @@ def decide(history: Sequence[Sample], facts: Facts, cfg) -> Decision:
         stop_units=stop,
         reason=f"{why}; {upload_why}",
         battery=power.state,
+        battery_low=_latch(power, facts),
     )
+
+
+def _latch(power: Power, facts: Facts) -> Optional[bool]:
+    if power.state == "external":
+        return False  # charged meanwhile: the thresholds start afresh when the power goes
+    if power.state in ("ok", "low"):
+        return power.state == "low"
+    return facts.battery_low  # unknown: the latch stays
 
 
 # --- gathering and acting (injectable: tests pass fakes, dashcamctl passes the System ones) -----
@@ -537,6 +552,7 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
         recorded_seconds=recorded,
         unknown_since=unknown_since,
         last_external=last_external,
+        battery_low=st.get("battery_low"),
         staging_free=free,
         staging_reserve=reserve,
         backlog_files=backlog_files,
@@ -575,6 +591,7 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
             "seen_ingest": last_ingest,
             "unknown_since": unknown_since,
             "last_external": last_external,
+            "battery_low": decision.battery_low,
         },
     )
     record = {
