@@ -100,6 +100,8 @@ CASES = [
     ("C in the band after a good reading: stays on", batt(60, 52, 52), dict(), None, False, False, "camera stays record"),
     ("C in the band with no decisive reading, off: stays off", batt(52, 52), dict(camera_mode="off"), None, False, False, "camera stays off"),
     ("C below disconnect during an ingest: stop it, camera off", batt(45, 45, 45), dict(camera_mode="data", data_since=T0 - 60, ingest_running=True), "off", False, False, "camera off"),
+    ("C in the band, latched low by an earlier tick: off", batt(52, 52, 52), dict(battery_low=True), "off", False, False, "low since it fell below 50%"),
+    ("C in the band, latched ok by an earlier tick: on", batt(52, 52, 52), dict(battery_low=False, camera_mode="off"), "record", False, False, "ok since it was last at or above 55%"),
     ("C 3 readings below shutdown -> shutdown", batt(20, 20, 20), dict(), "off", False, True, "below shutdown_percent 25 for 3 readings"),
     ("C shutdown with the camera already off", batt(20, 20, 20), dict(camera_mode="off", backlog_files=3, reachable=True), None, False, True, "power off"),
     ("C 2 of 3 below shutdown: camera off, no shutdown", batt(30, 20, 20), dict(), "off", False, False, "below disconnect_percent"),
@@ -186,3 +188,14 @@ def test_monotonic_values_of_another_boot_are_never_compared():
     new = batt(20, start=12.0)
     d = decide(old + new, facts(old + new, now=12.0), CFG)
     assert not d.shutdown  # one reading of this boot is not three
+
+
+def test_the_latch_carried_to_the_next_tick():
+    assert decide(batt(45, 45, 45), facts(batt(45, 45, 45)), CFG).battery_low is True
+    assert decide(H, facts(H, battery_low=True), CFG).battery_low is False
+    band = batt(52, 52, 52)
+    assert decide(band, facts(band, battery_low=True), CFG).battery_low is True
+    unknown = batt(None, start=T0)
+    assert decide(unknown, facts(unknown, battery_low=True, unknown_since=T0), CFG).battery_low is True
+    charging = batt(20, external=True)
+    assert decide(charging, facts(charging, battery_low=True), CFG).battery_low is False
