@@ -7,8 +7,6 @@ data mode watchdog 30 min, footage fetched again after 30 min of recording.
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from conftest import MINIMAL, deep_merge
@@ -176,7 +174,7 @@ JUMPS = [0.0, 365 * 86400.0, -365 * 86400.0, -1.7e9, 3600.0]
 @pytest.mark.parametrize("jump", JUMPS)
 @pytest.mark.parametrize("name,history,overrides,camera,upload,shutdown,phrase", CASES, ids=[c[0] for c in CASES])
 def test_a_wall_clock_jump_changes_no_decision(jump, name, history, overrides, camera, upload, shutdown, phrase):
-    jumped = [dataclasses.replace(s, wall=(s.wall or 0) + jump * (i % 2)) for i, s in enumerate(history)]
+    jumped = [s.replace(wall=(s.wall or 0) + jump * (i % 2)) for i, s in enumerate(history)]
     before = decide(history, facts(history, **overrides), CFG)
     after = decide(jumped, facts(jumped, **overrides), CFG)
     assert before == after

@@ -8,16 +8,15 @@ of the program never guesses at defaults.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 DEFAULT_PATH = "/etc/dashcam/config.yaml"
 ENV_VAR = "DASHCAM_CONFIG"
-SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
+# a str, not a pathlib.Path: importing pathlib costs the policy tick more than the rest of this module
+SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.yaml")
 
 
 class ConfigError(Exception):
@@ -300,6 +299,8 @@ def _check_value(key: str, value: Any, spec: Dict[str, Any], problems: List[str]
 
 
 def _did_you_mean(word: str, known: List[str]) -> str:
+    import difflib  # only for a mistake in the file: not on the path of a good one
+
     close = difflib.get_close_matches(word, known, n=1)
     return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
 
@@ -424,7 +425,7 @@ def _cache_key(path: str) -> List[Any]:
 
     st = os.stat(path)
     key: List[Any] = [os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-    for own in (str(SCHEMA_PATH), __file__):
+    for own in (SCHEMA_PATH, __file__):
         ost = os.stat(own)
         key += [ost.st_size, ost.st_mtime_ns]
     return key + [__version__]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 log = logging.getLogger("dashcam.policy")
@@ -48,68 +47,130 @@ LAST_KEY = "last_policy"  # contract: the last decision, what it saw and what it
 # --- what decide() sees -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One battery reading as the policy remembers it (a row of the ledger's readings table)."""
+class Record:
+    """A small immutable record: construction with defaults, equality, repr, replace().
 
-    monotonic: float
-    boot_id: Optional[str]
-    percent: Optional[int]
-    external: Optional[bool]
-    millivolts: Optional[int] = None
-    wall: Optional[float] = None  # for people; never used to decide
+    Not @dataclass: creating a dataclass costs about 1.5 ms of code generation per class
+    (measured here; more on a Pi), paid by every tick (bench/policy).
+    """
+
+    __slots__: Tuple[str, ...] = ()
+    DEFAULTS: Dict[str, Any] = {}
+
+    def __init__(self, *args: Any, **values: Any):
+        if len(args) > len(self.__slots__):
+            raise TypeError(f"{type(self).__name__}: too many values")
+        values.update(zip(self.__slots__, args))
+        unknown = set(values) - set(self.__slots__)
+        if unknown:
+            raise TypeError(f"{type(self).__name__}: unknown field(s) {', '.join(sorted(unknown))}")
+        for name in self.__slots__:
+            if name in values:
+                value = values[name]
+            elif name in self.DEFAULTS:
+                value = self.DEFAULTS[name]
+            else:
+                raise TypeError(f"{type(self).__name__}: missing field {name}")
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is read-only")
+
+    def astuple(self) -> Tuple[Any, ...]:
+        return tuple(getattr(self, n) for n in self.__slots__)
+
+    def asdict(self) -> Dict[str, Any]:
+        return {n: getattr(self, n) for n in self.__slots__}
+
+    def replace(self, **values: Any):
+        return type(self)(**{**self.asdict(), **values})
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.astuple() == other.astuple()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self.astuple())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self.__slots__)})"
+
+
+class Sample(Record):
+    """One battery reading as the policy remembers it (a row of the ledger's readings table).
+
+    monotonic, boot_id, percent (None: unknown), external (None: unknown), millivolts,
+    wall (for people; never used to decide).
+    """
+
+    __slots__ = ("monotonic", "boot_id", "percent", "external", "millivolts", "wall")
+    DEFAULTS = {"millivolts": None, "wall": None}
 
     @property
     def known(self) -> bool:
         return self.percent is not None
 
 
-@dataclass(frozen=True)
-class Facts:
-    """Everything else decide() needs, gathered by the tick. Times are this boot's monotonic seconds."""
+class Facts(Record):
+    """Everything else decide() needs, gathered by the tick. Times are this boot's monotonic seconds.
 
-    now: float
-    boot_id: str
-    reachable: bool
-    was_reachable: Optional[bool] = None  # at the previous tick of this boot; None: first tick of the boot
-    camera_mode: str = "unknown"  # record | data | off | unknown
-    camera_attached: Optional[bool] = None  # the camera's storage is visible (probed in data mode only)
-    data_since: Optional[float] = None  # when the camera entered (or was first seen in) data mode
-    ingested_since_data: bool = False  # an ingest finished since the camera entered data mode
-    recorded_seconds: float = 0.0  # how long the camera was seen recording since the last ingest
-    unknown_since: Optional[float] = None  # first unknown reading of the current unknown streak, this boot
-    last_external: Optional[bool] = None  # the last known "on external power", from any reading
-    battery_low: Optional[bool] = None  # the camera latch as the previous tick left it (None: no previous tick)
-    staging_free: int = 0
-    staging_reserve: int = 0
-    backlog_files: int = 0
-    backlog_bytes: int = 0
-    ingest_running: bool = False
-    upload_running: bool = False
+    now, boot_id: this tick
+    reachable: the server answers; was_reachable: at the previous tick of this boot (None: first)
+    camera_mode: record | data | off | unknown
+    camera_attached: the camera's storage is visible (probed in data mode only, else None)
+    data_since: when the camera entered (or was first seen in) data mode
+    ingested_since_data: an ingest finished since the camera entered data mode
+    recorded_seconds: how long the camera was seen recording since the last ingest
+    unknown_since: first unknown reading of the current unknown streak, this boot
+    last_external: the last known "on external power", from any reading
+    battery_low: the camera latch as the previous tick left it (None: no previous tick)
+    staging_free, staging_reserve: bytes
+    backlog_files, backlog_bytes: staged, not yet verified on the server
+    ingest_running, upload_running: the units are active (None: not asked, it did not matter)
+    """
+
+    __slots__ = (
+        "now", "boot_id", "reachable", "was_reachable", "camera_mode", "camera_attached", "data_since",
+        "ingested_since_data", "recorded_seconds", "unknown_since", "last_external", "battery_low",
+        "staging_free", "staging_reserve", "backlog_files", "backlog_bytes", "ingest_running", "upload_running",
+    )  # fmt: skip
+    DEFAULTS = {
+        "was_reachable": None,
+        "camera_mode": "unknown",
+        "camera_attached": None,
+        "data_since": None,
+        "ingested_since_data": False,
+        "recorded_seconds": 0.0,
+        "unknown_since": None,
+        "last_external": None,
+        "battery_low": None,
+        "staging_free": 0,
+        "staging_reserve": 0,
+        "backlog_files": 0,
+        "backlog_bytes": 0,
+        "ingest_running": False,
+        "upload_running": False,
+    }
 
     @property
     def staging_has_room(self) -> bool:
         return self.staging_free > self.staging_reserve
 
 
-@dataclass(frozen=True)
-class Decision:
-    camera: Optional[str]  # the mode to switch the camera to; None: leave it
-    start_upload: bool
-    shutdown: bool
-    stop_units: Tuple[str, ...]
-    reason: str  # why, in one line: the camera part; the upload part
-    battery: str = ""  # how the battery was judged: external | ok | low | critical | unknown
-    battery_low: Optional[bool] = None  # the camera latch for the next tick (True: low, camera off)
+class Decision(Record):
+    """camera: the mode to switch the camera to (None: leave it); start_upload; shutdown;
+    stop_units: units to stop first; reason: why, in one line (the camera part; the upload part);
+    battery: how the battery was judged (external | ok | low | critical | unknown);
+    battery_low: the camera latch for the next tick (True: low, camera off)."""
+
+    __slots__ = ("camera", "start_upload", "shutdown", "stop_units", "reason", "battery", "battery_low")
+    DEFAULTS = {"battery": "", "battery_low": None}
 
 
-@dataclass(frozen=True)
-class Power:
-    """How decide() judged the battery this tick."""
+class Power(Record):
+    """How decide() judged the battery: state (external | ok | low | critical | unknown),
+    camera_allowed (on battery: may the camera be on? None: no opinion, hold), why."""
 
-    state: str  # external | ok | low | critical | unknown
-    camera_allowed: Optional[bool]  # on battery: may the camera be on? None: no opinion (hold)
-    why: str
+    __slots__ = ("state", "camera_allowed", "why")
 
 
 # --- the decision -------------------------------------------------------------------------------
@@ -445,12 +506,12 @@ class SystemActions:
 # --- the tick -----------------------------------------------------------------------------------
 
 
-@dataclass
 class Outcome:
     """What a tick did: the actions done, and the ones that failed with their error."""
 
-    done: List[str] = field(default_factory=list)
-    failed: List[str] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.done: List[str] = []
+        self.failed: List[str] = []
 
 
 def _sample(row) -> Sample:
@@ -495,18 +556,17 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
 
     # the battery: record this reading, read back the recent ones
     reading = facts_source.battery()
-    ledger.add_reading(
-        wall=wall,
-        boot_id=boot,
-        monotonic=now,
-        millivolts=reading.millivolts,
-        percent=reading.percent,
-        external=reading.external,
-        source=reading.source,
-        reason=reading.reason,
-        keep=KEEP_READINGS,
+    history = [_sample(r) for r in ledger.recent_readings(HISTORY - 1)]
+    history.append(
+        Sample(
+            monotonic=now,
+            boot_id=boot,
+            percent=reading.percent,
+            external=reading.external,
+            millivolts=reading.millivolts,
+            wall=wall,
+        )
     )
-    history = [_sample(r) for r in ledger.recent_readings(HISTORY)]
     known = reading.percent is not None or reading.external is True
     if known:
         unknown_since = None
@@ -538,7 +598,12 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
     was_reachable = st.get("reachable") if same_boot else None
     free, reserve = facts_source.staging_space()
     backlog_files, backlog_bytes = ledger.backlog()
-    ingest_running, upload_running = facts_source.units_running()
+    # which units run matters only at home or in data mode (data mode, upload, an ingest to stop);
+    # away from home, recording, the systemctl call is saved
+    if reachable or mode == "data":
+        ingest_running, upload_running = facts_source.units_running()
+    else:
+        ingest_running = upload_running = None
 
     facts = Facts(
         now=now,
@@ -578,7 +643,7 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
     elif new_mode != "data":
         data_since, data_ingest = None, None
 
-    ledger.put_state(
+    state = (
         STATE_KEY,
         {
             "boot_id": boot,
@@ -621,14 +686,27 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
             "ingest_running": ingest_running,
             "upload_running": upload_running,
         },
-        "decision": asdict(decision),
+        "decision": decision.asdict(),
         "done": outcome.done,
         "failed": outcome.failed,
     }
     record["decision"]["stop_units"] = list(decision.stop_units)
     if decision.shutdown:
         record["done"] = outcome.done + ["poweroff"]
-    ledger.put_state(LAST_KEY, record)
+    with ledger.transaction():  # one commit per tick: the reading, the state, the record
+        ledger.add_reading(
+            wall=wall,
+            boot_id=boot,
+            monotonic=now,
+            millivolts=reading.millivolts,
+            percent=reading.percent,
+            external=reading.external,
+            source=reading.source,
+            reason=reading.reason,
+            keep=KEEP_READINGS,
+        )
+        ledger.put_state(*state)
+        ledger.put_state(LAST_KEY, record)
     _log_line(record, decision, dry_run)
     if decision.shutdown:
         # last: the log line and the state are written before systemd starts stopping everything
@@ -649,13 +727,17 @@ def _describe_battery(b: Dict[str, Any]) -> str:
     return f"{text}, {power}"
 
 
+def _running(flag: Optional[bool]) -> str:
+    return {True: "running", False: "idle", None: "not checked (away)"}[flag]
+
+
 def _log_line(record: Dict[str, Any], decision: Decision, dry_run: bool) -> None:
     saw = record["saw"]
     seen = (
         f"{_describe_battery(saw['battery'])}; camera {saw['camera']}; "
         f"server {'reachable' if saw['reachable'] else 'unreachable'}; "
         f"backlog {saw['backlog_files']} files; "
-        f"ingest {'running' if saw['ingest_running'] else 'idle'}, upload {'running' if saw['upload_running'] else 'idle'}"
+        f"ingest {_running(saw['ingest_running'])}, upload {_running(saw['upload_running'])}"
     )
     did = ", ".join(record["done"]) or "nothing"
     if record["failed"]:
