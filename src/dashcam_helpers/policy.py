@@ -220,7 +220,7 @@ def assess(history: Sequence[Sample], facts: Facts, cfg) -> Power:
     on_batt = [s.percent for s in this_boot if s.known and s.external is not True][-MEDIAN_WINDOW:]
     back_on = t.disconnect_percent + t.hysteresis_percent
     m = _median(on_batt) if on_batt else pct
-    shown = level if m == pct else f"{level}, median of the last {len(on_batt)} {m}%"
+    shown = level if m == pct else f"{level}, median of the last {len(on_batt)} readings {m}%"
     if m < t.disconnect_percent:
         return Power("low", False, f"battery {shown} below disconnect_percent {t.disconnect_percent}")
     if m >= back_on:
