@@ -166,6 +166,24 @@ def test_scenario_b_home_data_ingest_back_then_upload(rig):
     assert len(actions.calls) == n  # upload running, camera off: nothing more to do
 
 
+def test_a_wifi_blip_at_home_after_an_ingest_does_not_start_another_cycle(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    world.reachable = True
+    run()  # arriving: data
+    ledger.put_state("last_ingest", {"wall": clock.wall, "files": 2, "bytes": 200, "result": "ok"})
+    world.mode = "off"  # the ingest put it back (after_ingest: off)
+    run()
+    calls = len(actions.calls)
+    for reachable in (False, True, True, False, True):
+        world.reachable = reachable
+        run()
+    assert len(actions.calls) == calls and world.mode == "off"
+    world.reachable = False  # gone for two ticks: away, record
+    run()
+    run()
+    assert world.mode == "record"
+
+
 def test_an_ingest_that_leaves_the_camera_in_data_is_corrected(rig):
     cfg, world, actions, clock, ledger, run = rig
     world.reachable = True

@@ -120,6 +120,7 @@ class Facts(Record):
     data_since: when the camera entered (or was first seen in) data mode
     ingested_since_data: an ingest finished since the camera entered data mode
     recorded_seconds: how long the camera was seen recording since the last ingest
+    ingested_before: an ingest has been recorded (ledger state last_ingest) at least once
     unknown_since: first unknown reading of the current unknown streak, this boot
     last_external: the last known "on external power", from any reading
     battery_low: the camera latch as the previous tick left it (None: no previous tick)
@@ -130,7 +131,7 @@ class Facts(Record):
 
     __slots__ = (
         "now", "boot_id", "reachable", "was_reachable", "camera_mode", "camera_attached", "data_since",
-        "ingested_since_data", "recorded_seconds", "unknown_since", "last_external", "battery_low",
+        "ingested_since_data", "recorded_seconds", "ingested_before", "unknown_since", "last_external", "battery_low",
         "staging_free", "staging_reserve", "backlog_files", "backlog_bytes", "ingest_running", "upload_running",
     )  # fmt: skip
     DEFAULTS = {
@@ -140,6 +141,7 @@ class Facts(Record):
         "data_since": None,
         "ingested_since_data": False,
         "recorded_seconds": 0.0,
+        "ingested_before": False,
         "unknown_since": None,
         "last_external": None,
         "battery_low": None,
@@ -276,7 +278,13 @@ def _camera(power: Power, facts: Facts, cfg) -> Tuple[Optional[str], str, Tuple[
 
     # data mode: at home, battery allowing, room in staging, and new footage to expect
     allowed = power.state == "external" or power.camera_allowed is True
-    just_reachable = facts.reachable and facts.was_reachable is not True
+    # arriving home fetches at once -- if the camera recorded anything since the last ingest (or
+    # nothing was ever ingested): a WiFi blip at home after an ingest brings no new footage
+    just_reachable = (
+        facts.reachable
+        and facts.was_reachable is not True
+        and (facts.recorded_seconds > 0 or not facts.ingested_before)
+    )
     recorded = facts.recorded_seconds >= cfg.camera.min_record_minutes * 60
     if facts.reachable and allowed:
         why_not = None
@@ -299,6 +307,10 @@ def _camera(power: Power, facts: Facts, cfg) -> Tuple[Optional[str], str, Tuple[
 
     if power.state == "external":
         target, why = "record", power.why
+    elif not facts.reachable and facts.was_reachable is True and mode == "off":
+        # parked at home on battery, camera off after an ingest: one missed probe (a WiFi blip)
+        # is not leaving home; the next tick decides
+        target, why = mode, f"server stopped answering this tick, not yet counted as away; {power.why}"
     elif not facts.reachable:
         target, why = "record", f"server unreachable (away from home), {power.why}"
     else:
@@ -615,6 +627,7 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
         data_since=data_since,
         ingested_since_data=ingested_since_data,
         recorded_seconds=recorded,
+        ingested_before=last_ingest is not None,
         unknown_since=unknown_since,
         last_external=last_external,
         battery_low=st.get("battery_low"),
