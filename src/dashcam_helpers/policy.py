@@ -435,22 +435,26 @@ class SystemFacts:
         """(an ingest unit is running, the upload unit is running), from one systemctl call."""
         from . import runner
 
-        result = runner.run(
-            [
-                "systemctl",
+        try:
+            result = runner.run(
+                [
+                    "systemctl",
                 "list-units",
                 "--all",
                 "--plain",
                 "--no-legend",
                 "--no-pager",
-                "--type=service",
-                INGEST_UNITS,
-                UPLOAD_UNIT,
-            ],
-            timeout=10,
-            changes_state=False,
-            check=False,
-        )
+                    "--type=service",
+                    INGEST_UNITS,
+                    UPLOAD_UNIT,
+                ],
+                timeout=10,
+                changes_state=False,
+                check=False,
+            )
+        except runner.CommandError as e:  # no systemctl (not a systemd system): nothing of ours runs
+            log.debug("cannot list units: %s", e)
+            return False, False
         return units_running_from(result.stdout)
 
     def staging_space(self) -> Tuple[int, int]:
