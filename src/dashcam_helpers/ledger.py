@@ -82,6 +82,21 @@ class LedgerError(Exception):
     pass
 
 
+def _give_to_directory_owner(path: str, directory: str) -> None:
+    """Root (the policy, the ingest) opening a ledger in a directory that belongs to another user
+    (/var/lib/dashcam, user dashcam) gives the database file to that user, so the unprivileged
+    uploader can still write it. SQLite does the same for the -wal and -shm files it creates."""
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = os.stat(directory)
+        st = os.stat(path)
+        if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
+            os.chown(path, owner.st_uid, owner.st_gid)
+    except OSError:
+        pass  # without CAP_CHOWN the file stays root's; the uploader's open says so
+
+
 @dataclass(frozen=True)
 class Clip:
     id: int
@@ -124,6 +139,7 @@ class Ledger:
             raise LedgerError(f"cannot open the ledger {path}: {e}") from e
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
+        _give_to_directory_owner(path, directory)
         # FULL: a committed transition survives a power cut (NORMAL may lose the last ones in WAL mode)
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
