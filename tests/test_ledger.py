@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
 import pytest
@@ -95,3 +96,16 @@ def test_an_interrupted_transaction_leaves_nothing(ledger):
 def test_unknown_state_filter_is_refused(ledger):
     with pytest.raises(LedgerError, match="unknown state 'lost'"):
         ledger.files("lost")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: chown")
+def test_a_ledger_root_creates_belongs_to_the_owner_of_its_directory(tmp_path):
+    # the policy and the ingest run as root; the uploader, as the dashcam user, must keep writing
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 4321, 4321)
+    with Ledger(str(state / "ledger.sqlite3")) as ledger:
+        ledger.put_state("k", 1)
+        for name in ("ledger.sqlite3", "ledger.sqlite3-wal", "ledger.sqlite3-shm"):
+            st = (state / name).stat()
+            assert (st.st_uid, st.st_gid) == (4321, 4321), name

@@ -6,12 +6,14 @@ modules are imported only when chosen, so a policy tick does not pay for ingest 
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import logging
 import sys
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
+
+if TYPE_CHECKING:
+    import argparse
 
 from . import __version__
 from .errors import EX_CONFIG, EX_FAILURE, DashcamError
@@ -26,6 +28,7 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "mode": ("camera", "mode_command", "switch the camera to record, data or off, and confirm it took"),
     "match": ("device", "match_command", "exit 0 if a block device is the configured camera, 1 if not"),
     "mqtt-publish": ("mqtt", "command", "publish the current status to MQTT / Home Assistant once, and report how it went"),
+    "policy": ("policy", "command", "one tick of the battery policy: decide the camera mode, start the upload, shut down when low"),
 }
 
 
@@ -34,6 +37,8 @@ def _add_json(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse  # on use: the policy timer's tick does without it (see _timer_args)
+
     parser = argparse.ArgumentParser(
         prog="dashcamctl",
         description="Keep a USB dashcam recording, bring its footage home, mind the battery.",
@@ -75,12 +80,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--if-configured", action="store_true", help="exit 0 quietly when MQTT is not configured")
     _add_json(p)
 
+    p = add("policy")
+    _add_json(p)
+
     return parser
 
 
+def _timer_args(argv: List[str]):
+    """The few argument lists of `dashcamctl [--config PATH] [--dry-run] [-v] policy [--json]`,
+    parsed without argparse: importing it and building the parser costs a policy tick, run
+    every 30 s on battery, about as much CPU as starting Python. Anything else: None (argparse)."""
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(config=None, dry_run=False, verbose=False, command=None, json=False)
+    rest = iter(argv)
+    for word in rest:
+        if args.command is None:
+            if word == "--config":
+                args.config = next(rest, None)
+                if args.config is None or args.config.startswith("-"):
+                    return None
+            elif word.startswith("--config="):
+                args.config = word[len("--config=") :]
+            elif word == "--dry-run":
+                args.dry_run = True
+            elif word in ("-v", "--verbose"):
+                args.verbose = True
+            elif word == "policy":
+                args.command = word
+            else:
+                return None
+        elif word == "--json":
+            args.json = True
+        else:
+            return None
+    return args if args.command == "policy" and args.config != "" else None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args = _timer_args(argv)
+    if args is None:
+        args = build_parser().parse_args(argv)
     from . import log as logsetup
 
     logsetup.setup(args.verbose)

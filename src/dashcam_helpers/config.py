@@ -8,16 +8,15 @@ of the program never guesses at defaults.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 DEFAULT_PATH = "/etc/dashcam/config.yaml"
 ENV_VAR = "DASHCAM_CONFIG"
-SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
+# a str, not a pathlib.Path: importing pathlib costs the policy tick more than the rest of this module
+SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.yaml")
 
 
 class ConfigError(Exception):
@@ -61,6 +60,7 @@ class Camera:
     off_script: Optional[str]
     after_ingest: str
     max_data_minutes: int
+    min_record_minutes: int
     match_serial: Optional[str]
     match_vendor_model: Optional[str]
     match_fs_uuid: Optional[str]
@@ -318,6 +318,8 @@ def _check_value(key: str, value: Any, spec: Dict[str, Any], problems: List[str]
 
 
 def _did_you_mean(word: str, known: List[str]) -> str:
+    import difflib  # only for a mistake in the file: not on the path of a good one
+
     close = difflib.get_close_matches(word, known, n=1)
     return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
 
@@ -439,3 +441,74 @@ def as_dict(cfg: Config) -> Dict[str, Any]:
     out = dataclasses.asdict(cfg)
     out.pop("warnings", None)
     return out
+
+
+# --- a cache of the validated configuration, for the policy tick -------------------------------
+#
+# The policy runs every 30 s on battery; parsing YAML (and importing the YAML module) costs
+# more than the rest of a tick. The validated result is kept as JSON, keyed by everything
+# that would change it: the file's identity and stat (device, inode, size, mtime and ctime
+# in ns: ctime cannot be set back by a tool that restores mtimes), the version of the
+# program and the stat of the schema and of this module. A cache whose key differs in any
+# way is never used: the file is loaded and validated again and the cache rewritten.
+
+CACHE_NAME = "config-cache.json"
+
+
+def _cache_key(path: str) -> List[Any]:
+    from . import __version__
+
+    st = os.stat(path)
+    key: List[Any] = [os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    for own in (SCHEMA_PATH, __file__):
+        ost = os.stat(own)
+        key += [ost.st_size, ost.st_mtime_ns]
+    return key + [__version__]
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
+
+
+def from_dict(data: Dict[str, Any], path: str, warnings: Sequence[str] = ()) -> Config:
+    """Rebuild a Config from as_dict() output (lists become the tuples validate() makes)."""
+    built = {
+        name: None if data[name] is None else cls(**{k: _frozen(v) for k, v in data[name].items()})
+        for name, cls in SECTION_CLASSES.items()
+    }
+    return Config(path=path, warnings=tuple(warnings), **built)
+
+
+def load_cached(path: Optional[str] = None, cache_dir: Optional[str] = None) -> Config:
+    """load(), through a JSON cache in ``cache_dir`` (None: no cache). Never returns a stale config."""
+    path = config_path(path)
+    if not cache_dir:
+        return load(path)
+    try:
+        key = _cache_key(path)  # taken before the file is read: an edit during load only costs a reload
+    except OSError:
+        return load(path)  # load() says what is wrong with the file
+    import json
+
+    cache = os.path.join(cache_dir, CACHE_NAME)
+    try:
+        with open(cache, encoding="utf-8") as f:
+            data = json.load(f)
+        if data["key"] == key:
+            return from_dict(data["config"], path, data["warnings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no cache, an unreadable one, or one from another version of the dataclasses
+    cfg = load(path)
+    tmp = f"{cache}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w", encoding="utf-8") as f:
+            json.dump({"key": key, "warnings": list(cfg.warnings), "config": as_dict(cfg)}, f)
+        os.replace(tmp, cache)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+    return cfg

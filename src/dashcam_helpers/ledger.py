@@ -82,6 +82,21 @@ class LedgerError(Exception):
     pass
 
 
+def _give_to_directory_owner(path: str, directory: str) -> None:
+    """Root (the policy, the ingest) opening a ledger in a directory that belongs to another user
+    (/var/lib/dashcam, user dashcam) gives the database file to that user, so the unprivileged
+    uploader can still write it. SQLite does the same for the -wal and -shm files it creates."""
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = os.stat(directory)
+        st = os.stat(path)
+        if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
+            os.chown(path, owner.st_uid, owner.st_gid)
+    except OSError:
+        pass  # without CAP_CHOWN the file stays root's; the uploader's open says so
+
+
 @dataclass(frozen=True)
 class Clip:
     id: int
@@ -124,6 +139,7 @@ class Ledger:
             raise LedgerError(f"cannot open the ledger {path}: {e}") from e
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
+        _give_to_directory_owner(path, directory)
         # FULL: a committed transition survives a power cut (NORMAL may lose the last ones in WAL mode)
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
@@ -140,6 +156,9 @@ class Ledger:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        if self.db.in_transaction:  # inside another transaction(): joins it, commits with it
+            yield self.db
+            return
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
@@ -318,3 +337,37 @@ class Ledger:
                 " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                 (key, json.dumps(value), self.clock()),
             )
+
+    # --- battery readings (written by the policy tick, one per tick) ----------------------------
+
+    def add_reading(
+        self,
+        *,
+        wall: float,
+        boot_id: Optional[str],
+        monotonic: float,
+        millivolts: Optional[int],
+        percent: Optional[int],
+        external: Optional[bool],
+        source: str,
+        reason: Optional[str] = None,
+        keep: Optional[int] = None,
+    ) -> None:
+        """Record one battery reading; with ``keep``, drop all but the newest ``keep`` readings.
+
+        Pruning goes by row id, not by time: a wall clock that jumps (no RTC) prunes nothing wrongly.
+        """
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO readings (wall, boot_id, monotonic, millivolts, percent, external, source, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (wall, boot_id, monotonic, millivolts, percent, None if external is None else int(external), source, reason),
+            )
+            if keep is not None:
+                db.execute("DELETE FROM readings WHERE id <= ?", (cur.lastrowid - keep,))
+
+    def recent_readings(self, limit: int) -> List[sqlite3.Row]:
+        """The newest ``limit`` readings, oldest first."""
+        rows = self.db.execute("SELECT * FROM readings ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        rows.reverse()
+        return rows

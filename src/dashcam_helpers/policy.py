@@ -1,0 +1,795 @@
+"""The battery policy: one pure decision per tick, then the actions it asks for.
+
+``decide(history, facts, cfg)`` is a pure function of the recent battery readings and the
+facts gathered this tick; it returns a :class:`Decision` that always says why.
+``tick(cfg, facts_source, actions, ledger=..., clock=...)`` is one run of
+``dashcamctl policy``: it gathers the facts (through ``facts_source``), records the
+reading and the small state that must survive between ticks in the ledger, calls
+``decide``, applies the decision (through ``actions``) and logs one line.
+
+Time: every duration is measured with CLOCK_MONOTONIC (``time.monotonic()``), and two
+monotonic values are compared only when they carry the same kernel boot id
+(/proc/sys/kernel/random/boot_id). The wall clock (the Pi has no RTC; NTP may jump it by
+years at boot) is stored for people and never used to decide anything.
+
+This module imports only what a tick needs, and the modules of other concerns (battery,
+camera, device, upload) only when the real gatherers call them: the timer runs it every
+30 s on battery.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+log = logging.getLogger("dashcam.policy")
+
+INGEST_UNITS = "dashcam-ingest@*.service"
+UPLOAD_UNIT = "dashcam-upload.service"
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+# the ledger keeps this many readings (about a day at one tick every 30 s); the tick reads
+# only the last HISTORY of them, enough for the debounce and the noise filter
+KEEP_READINGS = 3000
+HISTORY = 20
+# the camera latch looks at the median of this many consecutive readings: one spike is no trend
+MEDIAN_WINDOW = 3
+# in data mode, the camera's storage that has not appeared after this many mount timeouts
+# will not appear: the camera goes back to recording
+STORAGE_GRACE_TIMEOUTS = 3
+
+STATE_KEY = "policy"  # ledger state between ticks (see Tick state below)
+LAST_KEY = "last_policy"  # contract: the last decision, what it saw and what it did
+
+
+# --- what decide() sees -----------------------------------------------------------------------
+
+
+class Record:
+    """A small immutable record: construction with defaults, equality, repr, replace().
+
+    Not @dataclass: creating a dataclass costs about 1.5 ms of code generation per class
+    (measured here; more on a Pi), paid by every tick (bench/policy).
+    """
+
+    __slots__: Tuple[str, ...] = ()
+    DEFAULTS: Dict[str, Any] = {}
+
+    def __init__(self, *args: Any, **values: Any):
+        if len(args) > len(self.__slots__):
+            raise TypeError(f"{type(self).__name__}: too many values")
+        values.update(zip(self.__slots__, args))
+        unknown = set(values) - set(self.__slots__)
+        if unknown:
+            raise TypeError(f"{type(self).__name__}: unknown field(s) {', '.join(sorted(unknown))}")
+        for name in self.__slots__:
+            if name in values:
+                value = values[name]
+            elif name in self.DEFAULTS:
+                value = self.DEFAULTS[name]
+            else:
+                raise TypeError(f"{type(self).__name__}: missing field {name}")
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is read-only")
+
+    def astuple(self) -> Tuple[Any, ...]:
+        return tuple(getattr(self, n) for n in self.__slots__)
+
+    def asdict(self) -> Dict[str, Any]:
+        return {n: getattr(self, n) for n in self.__slots__}
+
+    def replace(self, **values: Any):
+        return type(self)(**{**self.asdict(), **values})
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.astuple() == other.astuple()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self.astuple())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self.__slots__)})"
+
+
+class Sample(Record):
+    """One battery reading as the policy remembers it (a row of the ledger's readings table).
+
+    monotonic, boot_id, percent (None: unknown), external (None: unknown), millivolts,
+    wall (for people; never used to decide).
+    """
+
+    __slots__ = ("monotonic", "boot_id", "percent", "external", "millivolts", "wall")
+    DEFAULTS = {"millivolts": None, "wall": None}
+
+    @property
+    def known(self) -> bool:
+        return self.percent is not None
+
+
+class Facts(Record):
+    """Everything else decide() needs, gathered by the tick. Times are this boot's monotonic seconds.
+
+    now, boot_id: this tick
+    reachable: the server answers; was_reachable: at the previous tick of this boot (None: first)
+    camera_mode: record | data | off | unknown
+    camera_attached: the camera's storage is visible (probed in data mode only, else None)
+    data_since: when the camera entered (or was first seen in) data mode
+    ingested_since_data: an ingest finished since the camera entered data mode
+    recorded_seconds: how long the camera was seen recording since the last ingest
+    ingested_before: an ingest has been recorded (ledger state last_ingest) at least once
+    unknown_since: first unknown reading of the current unknown streak, this boot
+    last_external: the last known "on external power", from any reading
+    battery_low: the camera latch as the previous tick left it (None: no previous tick)
+    staging_free, staging_reserve: bytes
+    backlog_files, backlog_bytes: staged, not yet verified on the server
+    ingest_running, upload_running: the units are active (None: not asked, it did not matter)
+    """
+
+    __slots__ = (
+        "now", "boot_id", "reachable", "was_reachable", "camera_mode", "camera_attached", "data_since",
+        "ingested_since_data", "recorded_seconds", "ingested_before", "unknown_since", "last_external", "battery_low",
+        "staging_free", "staging_reserve", "backlog_files", "backlog_bytes", "ingest_running", "upload_running",
+    )  # fmt: skip
+    DEFAULTS = {
+        "was_reachable": None,
+        "camera_mode": "unknown",
+        "camera_attached": None,
+        "data_since": None,
+        "ingested_since_data": False,
+        "recorded_seconds": 0.0,
+        "ingested_before": False,
+        "unknown_since": None,
+        "last_external": None,
+        "battery_low": None,
+        "staging_free": 0,
+        "staging_reserve": 0,
+        "backlog_files": 0,
+        "backlog_bytes": 0,
+        "ingest_running": False,
+        "upload_running": False,
+    }
+
+    @property
+    def staging_has_room(self) -> bool:
+        return self.staging_free > self.staging_reserve
+
+
+class Decision(Record):
+    """camera: the mode to switch the camera to (None: leave it); start_upload; shutdown;
+    stop_units: units to stop first; reason: why, in one line (the camera part; the upload part);
+    battery: how the battery was judged (external | ok | low | critical | unknown);
+    battery_low: the camera latch for the next tick (True: low, camera off)."""
+
+    __slots__ = ("camera", "start_upload", "shutdown", "stop_units", "reason", "battery", "battery_low")
+    DEFAULTS = {"battery": "", "battery_low": None}
+
+
+class Power(Record):
+    """How decide() judged the battery: state (external | ok | low | critical | unknown),
+    camera_allowed (on battery: may the camera be on? None: no opinion, hold), why."""
+
+    __slots__ = ("state", "camera_allowed", "why")
+
+
+# --- the decision -------------------------------------------------------------------------------
+
+
+def _median(values: Sequence[int]) -> int:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def assess(history: Sequence[Sample], facts: Facts, cfg) -> Power:
+    """Judge the battery from the readings of this boot (the last one is this tick's)."""
+    t = cfg.thresholds
+    if not history:
+        return Power("unknown", None, "no battery reading")
+    current = history[-1]
+    if current.external is True:
+        return Power("external", True, "on external power: battery thresholds ignored")
+    this_boot = [s for s in history if s.boot_id == facts.boot_id]
+    if not current.known:
+        on_battery = current.external is False or (current.external is None and facts.last_external is False)
+        if on_battery and facts.unknown_since is not None:
+            minutes = max(0.0, facts.now - facts.unknown_since) / 60
+            if minutes >= t.unknown_low_minutes:
+                return Power(
+                    "critical",
+                    False,
+                    f"on battery and no battery reading for {minutes:.0f} min (>= {t.unknown_low_minutes}): counts as low",
+                )
+        return Power("unknown", None, "battery reading unknown")
+    pct = current.percent
+    level = f"{pct}%" + (f" ({current.millivolts} mV)" if current.millivolts is not None else "")
+    # shutdown: the last N readings of this boot all known, on battery, below the threshold
+    tail = this_boot[-t.shutdown_debounce :]
+    if len(tail) == t.shutdown_debounce and all(
+        s.known and s.external is not True and s.percent < t.shutdown_percent for s in tail
+    ):
+        return Power(
+            "critical",
+            False,
+            f"battery {level} below shutdown_percent {t.shutdown_percent} for {t.shutdown_debounce} readings",
+        )
+    # the camera latch, with hysteresis: off below disconnect, on again only at disconnect + hysteresis,
+    # judged on the median of the last MEDIAN_WINDOW battery readings of this boot (one spike is no
+    # trend). In the band between the two, the latch stays as the previous tick left it
+    # (facts.battery_low); with none, the camera's present state holds.
+    on_batt = [s.percent for s in this_boot if s.known and s.external is not True][-MEDIAN_WINDOW:]
+    back_on = t.disconnect_percent + t.hysteresis_percent
+    m = _median(on_batt) if on_batt else pct
+    shown = level if m == pct else f"{level}, median of the last {len(on_batt)} readings {m}%"
+    if m < t.disconnect_percent:
+        return Power("low", False, f"battery {shown} below disconnect_percent {t.disconnect_percent}")
+    if m >= back_on:
+        return Power("ok", True, f"battery {shown} on battery")
+    band = f"battery {shown} between disconnect_percent {t.disconnect_percent} and {back_on}%"
+    if facts.battery_low is True:
+        return Power("low", False, f"{band}, low since it fell below {t.disconnect_percent}%")
+    if facts.battery_low is False:
+        return Power("ok", True, f"{band}, ok since it was last at or above {back_on}%")
+    if facts.camera_mode in ("record", "data"):
+        return Power("ok", True, f"{band}: camera stays on")
+    if facts.camera_mode == "off":
+        return Power("low", False, band)
+    return Power("unknown", None, f"{band} and the camera mode unknown")
+
+
+def _return_mode(power: Power, cfg) -> str:
+    """Where the camera goes after data mode: record on external power, else camera.after_ingest."""
+    return "record" if power.state == "external" else cfg.camera.after_ingest
+
+
+def _camera(power: Power, facts: Facts, cfg) -> Tuple[Optional[str], str, Tuple[str, ...]]:
+    """(target mode or None, why, units to stop first)."""
+    mode = facts.camera_mode
+    stop_ingest = (INGEST_UNITS,) if facts.ingest_running else ()
+
+    if power.state in ("low", "critical") and power.camera_allowed is False:
+        if mode == "off":
+            return None, f"camera stays off: {power.why}", ()
+        return "off", f"camera off: {power.why}", stop_ingest
+
+    if mode == "data":
+        held = facts.now - facts.data_since if facts.data_since is not None else 0.0
+        limit = cfg.camera.max_data_minutes * 60
+        if held >= limit:
+            return (
+                "record",
+                f"watchdog: data mode for {held / 60:.0f} min (max_data_minutes {cfg.camera.max_data_minutes}): back to record",
+                stop_ingest,
+            )
+        if facts.ingest_running:
+            return None, f"ingest running: camera stays in data ({held:.0f} s)", ()
+        if facts.ingested_since_data:
+            back = _return_mode(power, cfg)
+            return back, f"ingest finished but left the camera in data: back to {back}", ()
+        grace = cfg.poll.mount_timeout_seconds * STORAGE_GRACE_TIMEOUTS
+        if facts.camera_attached is False and held >= grace:
+            return "record", f"the camera's storage did not appear within {held:.0f} s of data mode: back to record", ()
+        return None, f"camera in data for {held:.0f} s, waiting for its storage and the ingest", ()
+
+    if power.state == "unknown":
+        return None, f"camera stays {mode}: {power.why} (an unknown reading changes nothing by itself)", ()
+
+    # data mode: at home, battery allowing, room in staging, and new footage to expect
+    allowed = power.state == "external" or power.camera_allowed is True
+    # arriving home fetches at once -- if the camera recorded anything since the last ingest (or
+    # nothing was ever ingested): a WiFi blip at home after an ingest brings no new footage
+    just_reachable = (
+        facts.reachable
+        and facts.was_reachable is not True
+        and (facts.recorded_seconds > 0 or not facts.ingested_before)
+    )
+    recorded = facts.recorded_seconds >= cfg.camera.min_record_minutes * 60
+    if facts.reachable and allowed:
+        why_not = None
+        if not facts.staging_has_room:
+            why_not = f"staging has no room ({facts.staging_free} bytes free, reserve {facts.staging_reserve})"
+        elif facts.ingest_running:
+            why_not = "an ingest is running"
+        elif not (just_reachable or recorded):
+            why_not = (
+                f"no new footage expected (recorded {facts.recorded_seconds / 60:.0f} min since the last ingest,"
+                f" min_record_minutes {cfg.camera.min_record_minutes})"
+            )
+        if why_not is None:
+            expect = "the server just became reachable" if just_reachable else (
+                f"the camera recorded {facts.recorded_seconds / 60:.0f} min since the last ingest"
+            )
+            return "data", f"data: server reachable, {power.why}, staging has room, {expect}", ()
+    else:
+        why_not = None
+
+    if power.state == "external":
+        target, why = "record", power.why
+    elif not facts.reachable and facts.was_reachable is True and mode == "off":
+        # parked at home on battery, camera off after an ingest: one missed probe (a WiFi blip)
+        # is not leaving home; the next tick decides
+        target, why = mode, f"server stopped answering this tick, not yet counted as away; {power.why}"
+    elif not facts.reachable:
+        target, why = "record", f"server unreachable (away from home), {power.why}"
+    else:
+        # at home on battery and nothing to fetch: the camera stays as ingest left it
+        target = mode if mode in ("record", "off") else cfg.camera.after_ingest
+        why = f"at home on battery, {power.why}"
+    if why_not:
+        why += f"; no data mode: {why_not}"
+    if target == mode:
+        return None, f"camera stays {mode}: {why}", ()
+    return target, f"camera {target}: {why}", ()
+
+
+def _upload(facts: Facts) -> Tuple[bool, str]:
+    if facts.backlog_files == 0:
+        return False, "nothing to upload"
+    waiting = f"{facts.backlog_files} files ({facts.backlog_bytes} bytes) to upload"
+    if not facts.reachable:
+        return False, f"{waiting}, server unreachable"
+    if facts.upload_running:
+        return False, f"{waiting}, upload running"
+    return True, f"{waiting} and the server is reachable: start upload"
+
+
+def decide(history: Sequence[Sample], facts: Facts, cfg) -> Decision:
+    """The policy for one tick: pure, every branch with its reason.
+
+    ``history``: the recent battery readings, oldest first; the last one is this tick's.
+    """
+    power = assess(history, facts, cfg)
+    if power.state == "critical":
+        camera = "off" if facts.camera_mode != "off" else None
+        return Decision(
+            camera=camera,
+            start_upload=False,
+            shutdown=True,
+            stop_units=(INGEST_UNITS, UPLOAD_UNIT),
+            reason=f"shutdown: {power.why}; stop ingest and upload, camera off, power off",
+            battery=power.state,
+            battery_low=True,
+        )
+    camera, why, stop = _camera(power, facts, cfg)
+    upload, upload_why = _upload(facts)
+    return Decision(
+        camera=camera,
+        start_upload=upload,
+        shutdown=False,
+        stop_units=stop,
+        reason=f"{why}; {upload_why}",
+        battery=power.state,
+        battery_low=_latch(power, facts),
+    )
+
+
+def _latch(power: Power, facts: Facts) -> Optional[bool]:
+    if power.state == "external":
+        return False  # charged meanwhile: the thresholds start afresh when the power goes
+    if power.state in ("ok", "low"):
+        return power.state == "low"
+    return facts.battery_low  # unknown: the latch stays
+
+
+# --- gathering and acting (injectable: tests pass fakes, dashcamctl passes the System ones) -----
+
+
+class SystemClock:
+    """Monotonic time for durations, the wall clock for people, the boot id that scopes them."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+    def boot_id(self) -> str:
+        try:
+            with open(BOOT_ID_PATH, encoding="ascii") as f:
+                return f.read().strip()
+        except OSError:
+            return "unknown"
+
+
+class SystemFacts:
+    """The real gatherers, against the modules of the other concerns (imported on use)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def battery(self):
+        from . import battery
+
+        return battery.read(self.cfg)  # never raises: an unknown reading carries its reason
+
+    def camera_mode(self) -> str:
+        from . import camera
+
+        try:
+            return camera.current_mode(self.cfg)
+        except Exception as e:  # a broken hub or a missing tool: the mode is unknown, the tick goes on
+            log.debug("camera mode unknown: %s", e)
+            return "unknown"
+
+    def camera_attached(self) -> Optional[bool]:
+        from . import device
+
+        try:
+            return device.camera_attached(self.cfg) is not None
+        except Exception as e:
+            log.debug("camera attachment unknown: %s", e)
+            return None
+
+    def server_reachable(self) -> bool:
+        from . import upload
+
+        try:
+            return bool(upload.server_reachable(self.cfg, None))  # upload.connect_timeout
+        except Exception as e:
+            log.debug("reachability probe failed: %s", e)
+            return False
+
+    def units_running(self) -> Tuple[bool, bool]:
+        """(an ingest unit is running, the upload unit is running), from one systemctl call."""
+        from . import runner
+
+        try:
+            result = runner.run(
+                [
+                    "systemctl",
+                "list-units",
+                "--all",
+                "--plain",
+                "--no-legend",
+                "--no-pager",
+                    "--type=service",
+                    INGEST_UNITS,
+                    UPLOAD_UNIT,
+                ],
+                timeout=10,
+                changes_state=False,
+                check=False,
+            )
+        except runner.CommandError as e:  # no systemctl (not a systemd system): nothing of ours runs
+            log.debug("cannot list units: %s", e)
+            return False, False
+        return units_running_from(result.stdout)
+
+    def staging_space(self) -> Tuple[int, int]:
+        return staging_space(self.cfg)
+
+
+def units_running_from(listing: str) -> Tuple[bool, bool]:
+    """Parse ``systemctl list-units --plain --no-legend``: UNIT LOAD ACTIVE SUB DESCRIPTION."""
+    ingest = upload = False
+    for line in listing.splitlines():
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        unit, active = parts[0], parts[2]
+        if active not in ("active", "activating", "deactivating", "reloading"):
+            continue
+        if unit.startswith("dashcam-ingest@"):
+            ingest = True
+        elif unit == UPLOAD_UNIT:
+            upload = True
+    return ingest, upload
+
+
+def staging_space(cfg) -> Tuple[int, int]:
+    """(free bytes on the staging filesystem, the reserve ingest keeps free)."""
+    path = cfg.paths.local_staging
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    total = st.f_blocks * st.f_frsize
+    reserve = max(cfg.ingest.reserve_bytes, int(total * cfg.ingest.reserve_percent / 100))
+    return free, reserve
+
+
+class SystemActions:
+    """The real actors: systemctl through the runner, the camera through camera.set_mode."""
+
+    def __init__(self, cfg, dry_run: bool = False):
+        self.cfg = cfg
+        self.dry_run = dry_run
+
+    def stop_units(self, units: Sequence[str]) -> None:
+        from . import runner
+
+        # blocks until they have stopped: ingest deletes its .part and unmounts, upload ends rsync
+        runner.run(["systemctl", "stop", *units], timeout=150, dry_run=self.dry_run)
+
+    def set_camera(self, mode: str) -> None:
+        from . import camera
+
+        camera.set_mode(self.cfg, mode, dry_run=self.dry_run)
+
+    def start_upload(self) -> None:
+        from . import runner
+
+        runner.run(["systemctl", "start", "--no-block", UPLOAD_UNIT], timeout=30, dry_run=self.dry_run)
+
+    def poweroff(self) -> None:
+        from . import runner
+
+        runner.run(["systemctl", "poweroff"], timeout=30, dry_run=self.dry_run)
+
+
+# --- the tick -----------------------------------------------------------------------------------
+
+
+class Outcome:
+    """What a tick did: the actions done, and the ones that failed with their error."""
+
+    def __init__(self) -> None:
+        self.done: List[str] = []
+        self.failed: List[str] = []
+
+
+def _sample(row) -> Sample:
+    return Sample(
+        monotonic=row["monotonic"],
+        boot_id=row["boot_id"],
+        percent=row["percent"],
+        external=None if row["external"] is None else bool(row["external"]),
+        millivolts=row["millivolts"],
+        wall=row["wall"],
+    )
+
+
+def _try(outcome: Outcome, what: str, fn, *args) -> bool:
+    try:
+        fn(*args)
+    except Exception as e:  # one failed action must not keep the others (above all a shutdown) from running
+        outcome.failed.append(f"{what}: {e}")
+        return False
+    outcome.done.append(what)
+    return True
+
+
+def _same_marker(a: Any, b: Any) -> bool:
+    return a == b
+
+
+def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = False) -> Dict[str, Any]:
+    """One policy tick. Returns the record stored as ledger state "last_policy".
+
+    ``facts_source``: battery(), camera_mode(), camera_attached(), server_reachable(),
+    units_running(), staging_space() -- see SystemFacts. ``actions``: stop_units(units),
+    set_camera(mode), start_upload(), poweroff() -- see SystemActions. ``clock``:
+    monotonic(), time(), boot_id() -- see SystemClock.
+    Under ``dry_run`` the actions log instead of acting (the System actions pass it to the
+    runner); the reading and what was observed are still recorded: they are facts, not actions.
+    """
+    clock = clock or SystemClock()
+    now, wall, boot = clock.monotonic(), clock.time(), clock.boot_id()
+    st = ledger.get_state(STATE_KEY) or {}
+    same_boot = st.get("boot_id") == boot
+
+    # the battery: record this reading, read back the recent ones
+    reading = facts_source.battery()
+    history = [_sample(r) for r in ledger.recent_readings(HISTORY - 1)]
+    history.append(
+        Sample(
+            monotonic=now,
+            boot_id=boot,
+            percent=reading.percent,
+            external=reading.external,
+            millivolts=reading.millivolts,
+            wall=wall,
+        )
+    )
+    known = reading.percent is not None or reading.external is True
+    if known:
+        unknown_since = None
+    elif same_boot and st.get("unknown_since") is not None:
+        unknown_since = st["unknown_since"]
+    else:
+        unknown_since = now
+    last_external = reading.external if reading.external is not None else st.get("last_external")
+
+    # the camera
+    mode = facts_source.camera_mode()
+    data_since = st.get("data_since") if (same_boot and st.get("last_mode") == "data" and mode == "data") else None
+    last_ingest = ledger.get_state("last_ingest")
+    if mode == "data" and data_since is None:
+        data_since = now  # first seen in data mode (this boot)
+        data_ingest = last_ingest
+    else:
+        data_ingest = st.get("data_ingest")
+    ingested_since_data = mode == "data" and not _same_marker(last_ingest, data_ingest)
+    recorded = float(st.get("recorded_seconds", 0.0))
+    if not _same_marker(last_ingest, st.get("seen_ingest")):
+        recorded = 0.0  # an ingest took what the camera had recorded
+    elif same_boot and st.get("last_mode") == "record" and mode == "record" and st.get("last_tick") is not None:
+        recorded += max(0.0, now - st["last_tick"])
+    attached = facts_source.camera_attached() if mode == "data" else None
+
+    # the world around it
+    reachable = facts_source.server_reachable()
+    was_reachable = st.get("reachable") if same_boot else None
+    free, reserve = facts_source.staging_space()
+    backlog_files, backlog_bytes = ledger.backlog()
+    # which units run matters only at home or in data mode (data mode, upload, an ingest to stop);
+    # away from home, recording, the systemctl call is saved
+    if reachable or mode == "data":
+        ingest_running, upload_running = facts_source.units_running()
+    else:
+        ingest_running = upload_running = None
+
+    facts = Facts(
+        now=now,
+        boot_id=boot,
+        reachable=reachable,
+        was_reachable=was_reachable,
+        camera_mode=mode,
+        camera_attached=attached,
+        data_since=data_since,
+        ingested_since_data=ingested_since_data,
+        recorded_seconds=recorded,
+        ingested_before=last_ingest is not None,
+        unknown_since=unknown_since,
+        last_external=last_external,
+        battery_low=st.get("battery_low"),
+        staging_free=free,
+        staging_reserve=reserve,
+        backlog_files=backlog_files,
+        backlog_bytes=backlog_bytes,
+        ingest_running=ingest_running,
+        upload_running=upload_running,
+    )
+    decision = decide(history, facts, cfg)
+
+    # act: stop units first (a shutdown, or the camera going away under an ingest), then the camera
+    outcome = Outcome()
+    if decision.stop_units:
+        _try(outcome, "stop " + " ".join(decision.stop_units), actions.stop_units, list(decision.stop_units))
+    new_mode = mode
+    if decision.camera is not None:
+        if _try(outcome, f"camera {decision.camera}", actions.set_camera, decision.camera):
+            if not dry_run:
+                new_mode = decision.camera
+    if decision.start_upload:
+        _try(outcome, "start " + UPLOAD_UNIT, actions.start_upload)
+    if new_mode == "data" and mode != "data":
+        data_since, data_ingest = now, last_ingest
+    elif new_mode != "data":
+        data_since, data_ingest = None, None
+
+    state = (
+        STATE_KEY,
+        {
+            "boot_id": boot,
+            "last_tick": now,
+            "last_mode": new_mode,
+            "reachable": reachable,
+            "data_since": data_since,
+            "data_ingest": data_ingest,
+            "recorded_seconds": recorded,
+            "seen_ingest": last_ingest,
+            "unknown_since": unknown_since,
+            "last_external": last_external,
+            "battery_low": decision.battery_low,
+        },
+    )
+    record = {
+        "wall": wall,
+        "boot_id": boot,
+        "monotonic": now,
+        "dry_run": dry_run,
+        "saw": {
+            "battery": {
+                "source": reading.source,
+                "percent": reading.percent,
+                "millivolts": reading.millivolts,
+                "external": reading.external,
+                "reason": reading.reason,
+                "judged": decision.battery,
+            },
+            "camera": mode,
+            "camera_attached": attached,
+            "data_seconds": None if facts.data_since is None else round(now - facts.data_since, 1),
+            "recorded_seconds": round(recorded, 1),
+            "reachable": reachable,
+            "was_reachable": was_reachable,
+            "staging_free": free,
+            "staging_reserve": reserve,
+            "backlog_files": backlog_files,
+            "backlog_bytes": backlog_bytes,
+            "ingest_running": ingest_running,
+            "upload_running": upload_running,
+        },
+        "decision": decision.asdict(),
+        "done": outcome.done,
+        "failed": outcome.failed,
+    }
+    record["decision"]["stop_units"] = list(decision.stop_units)
+    if decision.shutdown:
+        record["done"] = outcome.done + ["poweroff"]
+    with ledger.transaction():  # one commit per tick: the reading, the state, the record
+        ledger.add_reading(
+            wall=wall,
+            boot_id=boot,
+            monotonic=now,
+            millivolts=reading.millivolts,
+            percent=reading.percent,
+            external=reading.external,
+            source=reading.source,
+            reason=reading.reason,
+            keep=KEEP_READINGS,
+        )
+        ledger.put_state(*state)
+        ledger.put_state(LAST_KEY, record)
+    _log_line(record, decision, dry_run)
+    if decision.shutdown:
+        # last: the log line and the state are written before systemd starts stopping everything
+        if not _try(outcome, "poweroff", actions.poweroff):
+            record["done"].remove("poweroff")
+            record["failed"] = outcome.failed
+            ledger.put_state(LAST_KEY, record)
+            log.error("policy: power off failed: %s", outcome.failed[-1])
+    return record
+
+
+def _describe_battery(b: Dict[str, Any]) -> str:
+    if b["percent"] is None:
+        text = "battery unknown" + (f" ({b['reason']})" if b.get("reason") else "")
+    else:
+        text = f"battery {b['percent']}%" + (f" {b['millivolts']} mV" if b["millivolts"] is not None else "")
+    power = {True: "external power", False: "on battery", None: "power source unknown"}[b["external"]]
+    return f"{text}, {power}"
+
+
+def _running(flag: Optional[bool]) -> str:
+    return {True: "running", False: "idle", None: "not checked (away)"}[flag]
+
+
+def _log_line(record: Dict[str, Any], decision: Decision, dry_run: bool) -> None:
+    saw = record["saw"]
+    seen = (
+        f"{_describe_battery(saw['battery'])}; camera {saw['camera']}; "
+        f"server {'reachable' if saw['reachable'] else 'unreachable'}; "
+        f"backlog {saw['backlog_files']} files; "
+        f"ingest {_running(saw['ingest_running'])}, upload {_running(saw['upload_running'])}"
+    )
+    did = ", ".join(record["done"]) or "nothing"
+    if record["failed"]:
+        did += "; FAILED: " + "; ".join(record["failed"])
+    line = f"policy{' (dry run)' if dry_run else ''}: saw {seen} -> did {did} -- why: {decision.reason}"
+    level = logging.ERROR if record["failed"] else logging.WARNING if decision.shutdown else logging.INFO
+    log.log(
+        level,
+        line,
+        extra={
+            "DASHCAM_CAMERA": saw["camera"],
+            "DASHCAM_CAMERA_TARGET": decision.camera or "",
+            "DASHCAM_BATTERY_PERCENT": "" if saw["battery"]["percent"] is None else saw["battery"]["percent"],
+            "DASHCAM_SHUTDOWN": int(decision.shutdown),
+        },
+    )
+
+
+# --- dashcamctl policy ------------------------------------------------------------------------------
+
+
+def command(args) -> int:
+    """dashcamctl [--dry-run] policy [--json]: one tick with the real gatherers and actors."""
+    from . import config
+    from .ledger import Ledger
+
+    # under the unit, CacheDirectory=dashcam gives $CACHE_DIRECTORY: the validated config is kept
+    # there as JSON so a tick does not parse YAML (see config.load_cached)
+    cfg = config.load_cached(args.config, os.environ.get("CACHE_DIRECTORY"))
+    for warning in cfg.warnings:
+        logging.getLogger("dashcam.config").warning("%s: %s", cfg.path, warning)
+    with Ledger(cfg.paths.ledger) as ledger:
+        record = tick(cfg, SystemFacts(cfg), SystemActions(cfg, args.dry_run), ledger=ledger, dry_run=args.dry_run)
+    if args.json:
+        from .cli import print_json
+
+        print_json(record)
+    return 1 if record["failed"] else 0

@@ -1,0 +1,118 @@
+"""config.load_cached: the policy tick reads the validated config from JSON; a stale cache is never used."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from conftest import FIXTURES, ROOT
+from dashcam_helpers import config
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    return str(tmp_path / "cache")
+
+
+def cached(cache_dir):
+    with open(os.path.join(cache_dir, config.CACHE_NAME)) as f:
+        return json.load(f)
+
+
+def tamper(cache_dir, section, key, value):
+    """Change a value inside the cache, keeping its key: shows whether the cache is what was used."""
+    data = cached(cache_dir)
+    data["config"][section][key] = value
+    with open(os.path.join(cache_dir, config.CACHE_NAME), "w") as f:
+        json.dump(data, f)
+
+
+def test_the_cached_config_equals_the_loaded_one(make_config, cache_dir):
+    path = str(make_config({"battery": {"voltage_table": [[3600, 100], [3200, 20]]}}))
+    first = config.load_cached(path, cache_dir)
+    second = config.load_cached(path, cache_dir)
+    assert first == second == config.load(path)
+    assert second.battery.voltage_table == ((3600, 100), (3200, 20))
+    assert isinstance(second.ingest.globs, tuple)
+
+
+def test_the_shipped_and_the_seed_config_survive_the_cache_with_their_warnings(cache_dir):
+    for path in (ROOT / "etc/dashcam/config.yaml", FIXTURES / "seed-config.yaml"):
+        config.load_cached(str(path), cache_dir)
+        assert config.load_cached(str(path), cache_dir) == config.load(str(path))
+
+
+def test_an_unchanged_file_is_served_from_the_cache(make_config, cache_dir):
+    path = str(make_config())
+    config.load_cached(path, cache_dir)
+    tamper(cache_dir, "upload", "port", 2222)
+    assert config.load_cached(path, cache_dir).upload.port == 2222
+
+
+def test_an_edit_of_the_same_size_with_the_old_mtime_put_back_is_seen(make_config, cache_dir):
+    path = make_config({"upload": {"port": 2200}})
+    config.load_cached(str(path), cache_dir)
+    st = os.stat(path)
+    path.write_text(path.read_text().replace("2200", "2201"))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # as a tool that keeps mtimes would
+    assert os.stat(path).st_size == st.st_size and os.stat(path).st_mtime_ns == st.st_mtime_ns
+    assert config.load_cached(str(path), cache_dir).upload.port == 2201
+
+
+def test_a_file_replaced_by_rename_is_seen(make_config, cache_dir, tmp_path):
+    path = make_config({"upload": {"port": 2200}})
+    config.load_cached(str(path), cache_dir)
+    new = make_config({"upload": {"port": 2202}}, name="new.yaml")
+    os.replace(new, path)
+    assert config.load_cached(str(path), cache_dir).upload.port == 2202
+
+
+def test_another_file_does_not_get_the_cache_of_the_first(make_config, cache_dir):
+    a = make_config({"upload": {"port": 2200}}, name="a.yaml")
+    b = make_config({"upload": {"port": 2203}}, name="b.yaml")
+    assert config.load_cached(str(a), cache_dir).upload.port == 2200
+    assert config.load_cached(str(b), cache_dir).upload.port == 2203
+
+
+def test_a_cache_of_another_program_version_is_not_used(make_config, cache_dir):
+    path = str(make_config())
+    config.load_cached(path, cache_dir)
+    tamper(cache_dir, "upload", "port", 2222)
+    data = cached(cache_dir)
+    data["key"][-1] = "0.0.0-older"
+    with open(os.path.join(cache_dir, config.CACHE_NAME), "w") as f:
+        json.dump(data, f)
+    assert config.load_cached(path, cache_dir).upload.port == 22
+
+
+def test_a_corrupt_or_foreign_cache_is_replaced(make_config, cache_dir):
+    path = str(make_config())
+    os.makedirs(cache_dir)
+    for junk in ("{not json", '{"key": 1}', "[]", json.dumps({"key": config._cache_key(path), "warnings": [], "config": {"x": 1}})):
+        with open(os.path.join(cache_dir, config.CACHE_NAME), "w") as f:
+            f.write(junk)
+        assert config.load_cached(path, cache_dir) == config.load(path)
+    assert cached(cache_dir)["key"] == config._cache_key(path)
+
+
+def test_a_broken_config_is_reported_even_with_a_cache_of_its_good_past(make_config, cache_dir):
+    path = make_config()
+    config.load_cached(str(path), cache_dir)
+    path.write_text(path.read_text() + "thresholds:\n  shutdown_percent: 99\n")
+    with pytest.raises(config.ConfigError):
+        config.load_cached(str(path), cache_dir)
+
+
+def test_without_a_cache_dir_or_a_writable_one_it_just_loads(make_config, tmp_path):
+    path = str(make_config())
+    assert config.load_cached(path, None) == config.load(path)
+    blocker = tmp_path / "file-not-dir"
+    blocker.write_text("")
+    assert config.load_cached(path, str(blocker / "cache")) == config.load(path)
+
+
+def test_the_cache_is_private(make_config, cache_dir):
+    config.load_cached(str(make_config()), cache_dir)
+    assert os.stat(os.path.join(cache_dir, config.CACHE_NAME)).st_mode & 0o077 == 0

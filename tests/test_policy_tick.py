@@ -1,0 +1,402 @@
+"""The policy tick with fake gatherers and actors, a fake clock and a real ledger: the field scenarios tick by tick."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import pytest
+
+from conftest import MINIMAL, deep_merge
+from dashcam_helpers import config
+from dashcam_helpers.ledger import Ledger
+from dashcam_helpers.policy import (
+    INGEST_UNITS,
+    LAST_KEY,
+    UPLOAD_UNIT,
+    SystemActions,
+    staging_space,
+    tick,
+    units_running_from,
+)
+
+STEP = 30.0
+
+
+@dataclass
+class FakeReading:  # the shape of battery.Reading (contract)
+    source: str = "lifepo4wered"
+    millivolts: Optional[int] = 3400
+    percent: Optional[int] = 80
+    external: Optional[bool] = False
+    raw: Dict[str, Any] = field(default_factory=dict)
+    reason: Optional[str] = None
+
+
+class FakeWorld:
+    """The facts source: a camera, a battery, a server and systemd, all set by the test."""
+
+    def __init__(self):
+        self.reading = FakeReading()
+        self.mode = "record"
+        self.attached = True
+        self.reachable = False
+        self.ingest_running = False
+        self.upload_running = False
+        self.free, self.reserve = 10 * 2**30, 2**30
+
+    def battery(self):
+        return self.reading
+
+    def camera_mode(self):
+        return self.mode
+
+    def camera_attached(self):
+        return self.attached
+
+    def server_reachable(self):
+        return self.reachable
+
+    def units_running(self):
+        return self.ingest_running, self.upload_running
+
+    def staging_space(self):
+        return self.free, self.reserve
+
+
+class FakeActions:
+    def __init__(self, world: FakeWorld, fail_camera: bool = False):
+        self.world = world
+        self.calls: List[tuple] = []
+        self.fail_camera = fail_camera
+
+    def stop_units(self, units):
+        self.calls.append(("stop", tuple(units)))
+        self.world.ingest_running = self.world.upload_running = False
+
+    def set_camera(self, mode):
+        self.calls.append(("camera", mode))
+        if self.fail_camera:
+            raise RuntimeError("uhubctl: expected port power off, found on")
+        self.world.mode = mode
+
+    def start_upload(self):
+        self.calls.append(("start", UPLOAD_UNIT))
+        self.world.upload_running = True
+
+    def poweroff(self):
+        self.calls.append(("poweroff",))
+
+
+class FakeClock:
+    def __init__(self, mono=100.0, wall=1.76e9, boot="boot-1"):
+        self.mono, self.wall, self.boot = mono, wall, boot
+
+    def monotonic(self):
+        return self.mono
+
+    def time(self):
+        return self.wall
+
+    def boot_id(self):
+        return self.boot
+
+    def advance(self, seconds=STEP):
+        self.mono += seconds
+        self.wall += seconds
+
+
+@pytest.fixture
+def rig(tmp_path):
+    cfg = config.validate(
+        deep_merge(MINIMAL, {"paths": {"local_staging": str(tmp_path / "staging"), "state_dir": str(tmp_path / "state")}}),
+        "test.yaml",
+    )
+    world = FakeWorld()
+    actions = FakeActions(world)
+    clock = FakeClock()
+    with Ledger(cfg.paths.ledger) as ledger:
+
+        def run(dry_run=False):
+            record = tick(cfg, world, actions, ledger=ledger, clock=clock, dry_run=dry_run)
+            clock.advance()
+            return record
+
+        yield cfg, world, actions, clock, ledger, run
+
+
+def policy_lines(caplog):
+    return [r for r in caplog.records if r.name == "dashcam.policy"]
+
+
+def test_scenario_a_no_network_the_camera_records(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    world.mode = "off"  # as dashcam-boot.service leaves it
+    record = run()
+    assert actions.calls == [("camera", "record")]
+    assert "server unreachable" in record["decision"]["reason"]
+    for _ in range(10):
+        run()
+    assert actions.calls == [("camera", "record")]  # and it stays so, without switching again
+
+
+def test_scenario_b_home_data_ingest_back_then_upload(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    run()  # away, recording
+    world.reachable = True  # home
+    record = run()
+    assert actions.calls[-1] == ("camera", "data")
+    assert "just became reachable" in record["decision"]["reason"]
+    world.ingest_running = True  # udev started the ingest
+    for _ in range(4):
+        assert run()["decision"]["camera"] is None
+    # the ingest finishes: footage staged, camera put back to after_ingest (off), last_ingest written
+    ledger.record_staged("dashcam", "Normal/A.MP4", 100, 1, event=False, sha256="00" * 32, staged_path="dashcam/A.MP4")
+    ledger.put_state("last_ingest", {"wall": clock.wall, "files": 1, "bytes": 100, "result": "ok"})
+    world.ingest_running, world.mode = False, "off"
+    record = run()
+    assert record["decision"]["camera"] is None  # stays off: nothing new to fetch
+    assert actions.calls[-1] == ("start", UPLOAD_UNIT)
+    n = len(actions.calls)
+    for _ in range(10):
+        run()
+    assert len(actions.calls) == n  # upload running, camera off: nothing more to do
+
+
+def test_a_wifi_blip_at_home_after_an_ingest_does_not_start_another_cycle(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    world.reachable = True
+    run()  # arriving: data
+    ledger.put_state("last_ingest", {"wall": clock.wall, "files": 2, "bytes": 200, "result": "ok"})
+    world.mode = "off"  # the ingest put it back (after_ingest: off)
+    run()
+    calls = len(actions.calls)
+    for reachable in (False, True, True, False, True):
+        world.reachable = reachable
+        run()
+    assert len(actions.calls) == calls and world.mode == "off"
+    world.reachable = False  # gone for two ticks: away, record
+    run()
+    run()
+    assert world.mode == "record"
+
+
+def test_an_ingest_that_leaves_the_camera_in_data_is_corrected(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    world.reachable = True
+    run()
+    assert world.mode == "data"
+    ledger.put_state("last_ingest", {"wall": clock.wall, "files": 0, "bytes": 0, "result": "failed"})
+    record = run()
+    assert world.mode == "off" and "ingest finished" in record["decision"]["reason"]
+
+
+def test_scenario_c_disconnect_then_clean_shutdown_in_order(rig, caplog):
+    cfg, world, actions, clock, ledger, run = rig
+    caplog.set_level(logging.INFO, logger="dashcam")
+    world.upload_running = True
+    for pct in (60, 45, 45):
+        world.reading = FakeReading(percent=pct)
+        run()
+    assert actions.calls == [("camera", "off")]
+    world.ingest_running = True
+    for i, pct in enumerate((20, 20)):
+        world.reading = FakeReading(percent=pct)
+        assert not run()["decision"]["shutdown"]
+    world.reading = FakeReading(percent=20)
+    record = run()
+    assert record["decision"]["shutdown"]
+    assert actions.calls[1:] == [("stop", (INGEST_UNITS, UPLOAD_UNIT)), ("poweroff",)]
+    assert ledger.get_state(LAST_KEY)["decision"]["shutdown"] is True
+    assert len(policy_lines(caplog)) == 6  # one line per tick
+    assert policy_lines(caplog)[-1].levelno == logging.WARNING
+
+
+def test_a_camera_that_does_not_switch_is_reported_and_the_shutdown_still_happens(rig, caplog):
+    cfg, world, _, clock, ledger, _ = rig
+    actions = FakeActions(world, fail_camera=True)
+    world.reading = FakeReading(percent=10)
+    for _ in range(3):
+        record = tick(cfg, world, actions, ledger=ledger, clock=clock)
+        clock.advance()
+    assert actions.calls[-1] == ("poweroff",)
+    assert record["failed"] and "expected port power off" in record["failed"][0]
+    assert [r.levelno for r in policy_lines(caplog)][-1] == logging.ERROR
+
+
+def test_every_tick_logs_exactly_one_line_saying_what_it_saw_did_and_why(rig, caplog):
+    cfg, world, actions, clock, ledger, run = rig
+    caplog.set_level(logging.INFO, logger="dashcam")
+    world.mode, world.reachable = "off", False
+    run()
+    [line] = policy_lines(caplog)
+    msg = line.getMessage()
+    assert "saw battery 80% 3400 mV, on battery; camera off; server unreachable" in msg
+    assert "did camera record" in msg and "why: camera record: server unreachable" in msg
+    assert line.DASHCAM_CAMERA_TARGET == "record"
+
+
+def test_the_watchdog_ends_data_mode_after_max_data_minutes(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    world.reachable = True
+    run()
+    assert world.mode == "data"
+    world.ingest_running = True
+    ticks = 0
+    while world.mode == "data":
+        run()
+        ticks += 1
+    # 30 min at one tick per 30 s
+    assert ticks == 60
+    assert actions.calls[-2:] == [("stop", (INGEST_UNITS,)), ("camera", "record")]
+
+
+def test_a_wall_clock_jump_during_data_mode_triggers_nothing(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    world.reachable = True
+    run()
+    world.ingest_running = True
+    for jump in (365 * 86400, -2 * 365 * 86400, 1.7e9):  # NTP sets the clock; no RTC on the Pi
+        clock.wall += jump
+        assert run()["decision"]["camera"] is None
+    assert world.mode == "data" and actions.calls == [("camera", "data")]
+
+
+def test_a_reboot_never_compares_monotonic_times_of_two_boots(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    world.reachable, world.ingest_running = True, True
+    world.mode = "data"
+    clock.mono = 1_000_000.0  # a long first boot
+    run()
+    # reboot: monotonic starts again near 0, the wall clock is back in 1970 until NTP
+    clock.boot, clock.mono, clock.wall = "boot-2", 8.0, 20.0
+    record = run()
+    assert record["decision"]["camera"] is None  # not "data for -11 days" nor a watchdog
+    assert record["saw"]["data_seconds"] == 0.0
+    assert record["saw"]["was_reachable"] is None
+
+
+def test_low_readings_before_a_reboot_need_a_new_debounce(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    world.reading = FakeReading(percent=20)
+    run()
+    run()
+    clock.boot, clock.mono = "boot-2", 5.0
+    assert not run()["decision"]["shutdown"]
+    assert not run()["decision"]["shutdown"]
+    assert run()["decision"]["shutdown"]
+
+
+def test_readings_unknown_for_unknown_low_minutes_on_battery_shut_down_even_across_a_clock_jump(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    run()  # a known reading: on battery
+    world.reading = FakeReading(percent=None, millivolts=None, external=None, reason="I2C failed")
+    shut = []
+    for i in range(25):
+        if i == 5:
+            clock.wall -= 10 * 365 * 86400
+        shut.append(run()["decision"]["shutdown"])
+    # unknown from the 2nd tick on; 10 min = 20 ticks later it counts as low
+    assert shut.index(True) == 20
+
+
+def test_unknown_readings_after_external_power_never_shut_down(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    world.reading = FakeReading(percent=95, external=True)
+    run()
+    world.reading = FakeReading(percent=None, millivolts=None, external=None, reason="I2C failed")
+    assert not any(run()["decision"]["shutdown"] for _ in range(60))
+
+
+def test_recording_time_accumulates_and_an_ingest_resets_it(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    world.reading = FakeReading(percent=95, external=True)
+    world.reachable = True
+    run()  # just reachable -> data
+    ledger.put_state("last_ingest", {"wall": 1, "files": 3, "bytes": 3, "result": "ok"})
+    world.mode = "record"  # ingest put it back (external power)
+    modes = []
+    for _ in range(62):
+        run()
+        modes.append(world.mode)
+    # the first tick after the ingest starts the count; 60 ticks of 30 s later it is 30 min -> data
+    assert modes.index("data") == 60
+    assert ledger.get_state("policy")["recorded_seconds"] >= 30 * 60
+
+
+def test_a_dry_run_decides_and_records_but_remembers_the_mode_it_saw(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    world.mode = "off"
+    record = run(dry_run=True)
+    assert record["dry_run"] is True and record["decision"]["camera"] == "record"
+    assert ledger.get_state("policy")["last_mode"] == "off"
+
+
+def test_readings_are_kept_in_the_ledger_and_pruned_by_count(tmp_path):
+    with Ledger(str(tmp_path / "l.sqlite3"), clock=lambda: 0.0) as ledger:
+        for i in range(12):
+            ledger.add_reading(
+                wall=i * 1e9, boot_id="b", monotonic=i, millivolts=3300, percent=60, external=False, source="x", keep=5
+            )
+        rows = ledger.recent_readings(100)
+        assert [r["monotonic"] for r in rows] == [7, 8, 9, 10, 11]
+        assert [r["monotonic"] for r in ledger.recent_readings(2)] == [10, 11]
+
+
+# --- the real gatherers and actors that do not need the other concerns' modules -------------------
+
+
+def test_systemctl_listing_tells_running_ingest_and_upload():
+    listing = (
+        "dashcam-ingest@sda1.service loaded activating start dashcam ingest of sda1\n"
+        "dashcam-upload.service loaded inactive dead dashcam upload\n"
+    )
+    assert units_running_from(listing) == (True, False)
+    assert units_running_from("dashcam-upload.service loaded activating start x\n") == (False, True)
+    assert units_running_from("dashcam-ingest@sdb1.service loaded failed failed x\n") == (False, False)
+    assert units_running_from("") == (False, False)
+
+
+def test_staging_space_keeps_the_larger_reserve(rig):
+    cfg = rig[0]
+    free, reserve = staging_space(cfg)  # staging does not exist yet: its filesystem is measured
+    st = os.statvfs(os.path.dirname(cfg.paths.local_staging))
+    assert abs(free - st.f_bavail * st.f_frsize) < 64 * 2**20
+    assert reserve == max(2**30, int(st.f_blocks * st.f_frsize * 0.05))
+
+
+@pytest.fixture
+def fake_systemctl(tmp_path, monkeypatch):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    log = tmp_path / "systemctl.log"
+    script = bindir / "systemctl"
+    script.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def test_system_actions_run_systemctl(rig, fake_systemctl):
+    actions = SystemActions(rig[0], dry_run=False)
+    actions.stop_units([INGEST_UNITS, UPLOAD_UNIT])
+    actions.start_upload()
+    actions.poweroff()
+    assert fake_systemctl.read_text().splitlines() == [
+        "stop dashcam-ingest@*.service dashcam-upload.service",
+        "start --no-block dashcam-upload.service",
+        "poweroff",
+    ]
+
+
+def test_system_actions_in_a_dry_run_only_log(rig, fake_systemctl, caplog):
+    caplog.set_level(logging.INFO, logger="dashcam")
+    actions = SystemActions(rig[0], dry_run=True)
+    actions.stop_units([INGEST_UNITS])
+    actions.start_upload()
+    actions.poweroff()
+    assert not fake_systemctl.exists()
+    assert sum("dry run, not running: systemctl" in r.getMessage() for r in caplog.records) == 3

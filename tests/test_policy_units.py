@@ -1,0 +1,56 @@
+"""The policy's systemd units say what the design promises: monotonic timer, oneshot root tick, boot unit first."""
+
+from __future__ import annotations
+
+import configparser
+import re
+
+from conftest import ROOT
+
+SYSTEMD = ROOT / "systemd"
+
+
+def unit(name):
+    parser = configparser.ConfigParser(strict=False, interpolation=None, comment_prefixes=("#", ";"))
+    parser.optionxform = str
+    parser.read_string((SYSTEMD / name).read_text())
+    return parser
+
+
+def test_the_timer_is_monotonic_every_30_s_and_enabled_with_timers_target():
+    t = unit("dashcam-policy.timer")
+    assert "OnCalendar" not in t["Timer"]  # wall clock: jumps on a Pi without RTC
+    assert t["Timer"]["OnBootSec"] and t["Timer"]["OnUnitActiveSec"] == "30s"
+    assert int(re.match(r"(\d+)s", t["Timer"]["AccuracySec"]).group(1)) <= 5
+    assert t["Install"]["WantedBy"] == "timers.target"
+
+
+def test_the_tick_is_a_oneshot_root_service_after_the_boot_unit():
+    s = unit("dashcam-policy.service")
+    assert s["Service"]["Type"] == "oneshot"
+    assert s["Service"]["ExecStart"] == "/usr/bin/dashcamctl policy"
+    assert "User" not in s["Service"]
+    assert "dashcam-boot.service" in s["Unit"]["After"]
+    assert "Install" not in s  # started by the timer only
+
+
+def test_the_boot_unit_powers_the_camera_off_once_per_boot():
+    b = unit("dashcam-boot.service")
+    assert b["Service"]["ExecStart"] == "/usr/bin/dashcamctl mode off"
+    assert b["Service"]["Type"] == "oneshot"
+    assert b["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_every_relaxed_hardening_setting_carries_a_comment_saying_why():
+    for name in ("dashcam-policy.service", "dashcam-boot.service"):
+        lines = (SYSTEMD / name).read_text().splitlines()
+        for i, line in enumerate(lines):
+            if re.match(r"(ProtectKernelTunables=no|PrivateDevices=no|ProtectSystem=full|CapabilityBoundingSet=|DeviceAllow=)", line):
+                above = "\n".join(lines[max(0, i - 6) : i])
+                assert "#" in above and ("relaxed" in above or "CAP_" in above or "opens" in above), (name, line)
+
+
+def test_the_package_never_starts_the_boot_unit_on_install_or_upgrade():
+    rules = (ROOT / "debian" / "rules").read_text()
+    assert re.search(r"dh_installsystemd --no-start \$\(NOSTART_UNITS\)", rules)
+    assert re.search(r"NOSTART_UNITS := .*dashcam-boot\.service", rules)
