@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple
+from types import MappingProxyType
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from . import runner
+from .record import Record
 
 log = logging.getLogger("dashcam.battery")
 
@@ -39,13 +40,12 @@ PLAUSIBLE_MV = (2000, 4500)
 EXTERNAL_INPUT_VOLTS = 4.5
 
 
-@dataclass(frozen=True)
-class Reading:
+class Reading(Record):
     source: str  # "lifepo4wered" | "command" | "none"
     millivolts: Optional[int]  # battery voltage; None = unknown
     percent: Optional[int]  # None = unknown
     external: Optional[bool]  # on external power; None = unknown
-    raw: Dict[str, Any] = field(default_factory=dict)  # the values as read (status --json, MQTT)
+    raw: Mapping[str, Any] = MappingProxyType({})  # the values as read (status --json, MQTT)
     reason: Optional[str] = None  # why (part of) the reading is unknown
 
     @property

@@ -20,11 +20,11 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from . import runner
 from .errors import DashcamError
+from .record import Record
 
 log = logging.getLogger("dashcam.camera")
 
@@ -48,8 +48,7 @@ def authorized_path(cfg) -> str:
 # ---------------------------------------------------------------------------- uhubctl output
 
 
-@dataclass(frozen=True)
-class PortStatus:
+class PortStatus(Record):
     number: int
     status: str  # the hex status word, e.g. "0503"
     flags: Tuple[str, ...]  # e.g. ("power", "highspeed", "enable", "connect")
@@ -60,8 +59,7 @@ class PortStatus:
         return "power" in self.flags
 
 
-@dataclass(frozen=True)
-class HubStatus:
+class HubStatus(Record):
     kind: str  # "current" or "new"
     hub: str  # location, e.g. "1-1"
     description: str

@@ -1,17 +1,17 @@
 """Configuration: load /etc/dashcam/config.yaml, validate it against schema.yaml, freeze it.
 
 Every problem in a file is collected and reported at once, one line each, naming the
-file and the key path. A valid file becomes a tree of frozen dataclasses, so the rest
+file and the key path. A valid file becomes a tree of frozen records, so the rest
 of the program never guesses at defaults.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .record import Record
 
 DEFAULT_PATH = "/etc/dashcam/config.yaml"
 ENV_VAR = "DASHCAM_CONFIG"
@@ -28,8 +28,7 @@ class ConfigError(Exception):
         super().__init__("\n".join(f"{path}: {p}" for p in problems))
 
 
-@dataclass(frozen=True)
-class Paths:
+class Paths(Record):
     local_staging: str
     state_dir: str
     log_path: Optional[str]
@@ -47,8 +46,7 @@ class Paths:
         return os.path.join(self.state_dir, "ledger.sqlite3")
 
 
-@dataclass(frozen=True)
-class Camera:
+class Camera(Record):
     name: str
     backend: str
     hub_location: str
@@ -78,8 +76,7 @@ class Camera:
         return self.match_usb_port or f"{self.hub_location}.{self.port_number}"
 
 
-@dataclass(frozen=True)
-class Ingest:
+class Ingest(Record):
     globs: Tuple[str, ...]
     extensions: Tuple[str, ...]
     newest_first: bool
@@ -88,8 +85,7 @@ class Ingest:
     after_date: Optional[str]
 
 
-@dataclass(frozen=True)
-class Upload:
+class Upload(Record):
     method: str
     host: str
     user: str
@@ -103,16 +99,14 @@ class Upload:
     keep_days: int
 
 
-@dataclass(frozen=True)
-class Battery:
+class Battery(Record):
     source: str
     command: Optional[str]
     timeout_seconds: int
     voltage_table: Tuple[Tuple[int, int], ...]
 
 
-@dataclass(frozen=True)
-class Thresholds:
+class Thresholds(Record):
     disconnect_percent: int
     shutdown_percent: int
     hysteresis_percent: int
@@ -120,23 +114,20 @@ class Thresholds:
     unknown_low_minutes: int
 
 
-@dataclass(frozen=True)
-class Poll:
+class Poll(Record):
     interval_seconds: Optional[int]
     mount_timeout_seconds: int
     upload_retries: int
 
 
-@dataclass(frozen=True)
-class Tools:
+class Tools(Record):
     uhubctl: str
     lifepo4wered_cli: str
     rsync: str
     ssh: str
 
 
-@dataclass(frozen=True)
-class Mqtt:
+class Mqtt(Record):
     enabled: bool
     host: str
     port: int
@@ -152,8 +143,7 @@ class Mqtt:
     notifications: bool
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Record):
     path: str
     paths: Paths
     camera: Camera
@@ -438,7 +428,9 @@ def load(path: Optional[str] = None) -> Config:
 
 def as_dict(cfg: Config) -> Dict[str, Any]:
     """The effective configuration (defaults filled in) as plain data, for --json output."""
-    out = dataclasses.asdict(cfg)
+    from .record import asdict_deep
+
+    out = asdict_deep(cfg)
     out.pop("warnings", None)
     return out
 
@@ -497,7 +489,7 @@ def load_cached(path: Optional[str] = None, cache_dir: Optional[str] = None) -> 
         if data["key"] == key:
             return from_dict(data["config"], path, data["warnings"])
     except (OSError, ValueError, KeyError, TypeError):
-        pass  # no cache, an unreadable one, or one from another version of the dataclasses
+        pass  # no cache, an unreadable one, or one from another version of the records
     cfg = load(path)
     tmp = f"{cache}.{os.getpid()}.tmp"
     try:

@@ -18,8 +18,9 @@ import os
 import sqlite3
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+
+from .record import Record
 
 STATES = ("seen", "staged", "uploaded", "verified", "pruned", "failed")
 
@@ -97,8 +98,7 @@ def _give_to_directory_owner(path: str, directory: str) -> None:
         pass  # without CAP_CHOWN the file stays root's; the uploader's open says so
 
 
-@dataclass(frozen=True)
-class Clip:
+class Clip(Record):
     id: int
     camera: str
     source_path: str

@@ -37,10 +37,10 @@ import re
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import __version__
+from .record import Record
 
 log = logging.getLogger("dashcam.mqtt")
 
@@ -57,8 +57,7 @@ CAMERA_MODES = ("record", "data", "off", "unknown")
 # ---------------------------------------------------------------- topics and identity
 
 
-@dataclass(frozen=True)
-class Topics:
+class Topics(Record):
     node_id: str  # discovery node id and unique_id prefix, e.g. dashcam_carpi
     base: str
     state: str
@@ -100,8 +99,7 @@ def client_id(cfg, hostname: Optional[str] = None) -> str:
 # ---------------------------------------------------------------- sensors (data, not code)
 
 
-@dataclass(frozen=True)
-class Sensor:
+class Sensor(Record):
     key: str  # key in the state document, also the discovery object_id
     component: str  # sensor | binary_sensor
     name: str
@@ -501,8 +499,7 @@ def _session(cfg, paho, messages: List[Tuple[str, str, bool]], deadline: float, 
         result["error"] = f"publishing to {m.host}:{m.port} failed: {type(e).__name__}: {e}"
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(Record):
     ok: bool
     why: str = ""  # why nothing (or not everything) was published
     misconfigured: bool = False  # the broker refused us or the password file is unreadable: the user must act

@@ -24,6 +24,8 @@ import os
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .record import Record
+
 log = logging.getLogger("dashcam.policy")
 
 INGEST_UNITS = "dashcam-ingest@*.service"
@@ -47,54 +49,6 @@ LAST_KEY = "last_policy"  # contract: the last decision, what it saw and what it
 # --- what decide() sees -----------------------------------------------------------------------
 
 
-class Record:
-    """A small immutable record: construction with defaults, equality, repr, replace().
-
-    Not @dataclass: creating a dataclass costs about 1.5 ms of code generation per class
-    (measured here; more on a Pi), paid by every tick (bench/policy).
-    """
-
-    __slots__: Tuple[str, ...] = ()
-    DEFAULTS: Dict[str, Any] = {}
-
-    def __init__(self, *args: Any, **values: Any):
-        if len(args) > len(self.__slots__):
-            raise TypeError(f"{type(self).__name__}: too many values")
-        values.update(zip(self.__slots__, args))
-        unknown = set(values) - set(self.__slots__)
-        if unknown:
-            raise TypeError(f"{type(self).__name__}: unknown field(s) {', '.join(sorted(unknown))}")
-        for name in self.__slots__:
-            if name in values:
-                value = values[name]
-            elif name in self.DEFAULTS:
-                value = self.DEFAULTS[name]
-            else:
-                raise TypeError(f"{type(self).__name__}: missing field {name}")
-            object.__setattr__(self, name, value)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"{type(self).__name__} is read-only")
-
-    def astuple(self) -> Tuple[Any, ...]:
-        return tuple(getattr(self, n) for n in self.__slots__)
-
-    def asdict(self) -> Dict[str, Any]:
-        return {n: getattr(self, n) for n in self.__slots__}
-
-    def replace(self, **values: Any):
-        return type(self)(**{**self.asdict(), **values})
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.astuple() == other.astuple()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash(self.astuple())
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self.__slots__)})"
-
-
 class Sample(Record):
     """One battery reading as the policy remembers it (a row of the ledger's readings table).
 
@@ -102,8 +56,12 @@ class Sample(Record):
     wall (for people; never used to decide).
     """
 
-    __slots__ = ("monotonic", "boot_id", "percent", "external", "millivolts", "wall")
-    DEFAULTS = {"millivolts": None, "wall": None}
+    monotonic: float
+    boot_id: str
+    percent: Optional[int]
+    external: Optional[bool]
+    millivolts: Optional[int] = None
+    wall: Optional[float] = None
 
     @property
     def known(self) -> bool:
@@ -129,29 +87,25 @@ class Facts(Record):
     ingest_running, upload_running: the units are active (None: not asked, it did not matter)
     """
 
-    __slots__ = (
-        "now", "boot_id", "reachable", "was_reachable", "camera_mode", "camera_attached", "data_since",
-        "ingested_since_data", "recorded_seconds", "ingested_before", "unknown_since", "last_external", "battery_low",
-        "staging_free", "staging_reserve", "backlog_files", "backlog_bytes", "ingest_running", "upload_running",
-    )  # fmt: skip
-    DEFAULTS = {
-        "was_reachable": None,
-        "camera_mode": "unknown",
-        "camera_attached": None,
-        "data_since": None,
-        "ingested_since_data": False,
-        "recorded_seconds": 0.0,
-        "ingested_before": False,
-        "unknown_since": None,
-        "last_external": None,
-        "battery_low": None,
-        "staging_free": 0,
-        "staging_reserve": 0,
-        "backlog_files": 0,
-        "backlog_bytes": 0,
-        "ingest_running": False,
-        "upload_running": False,
-    }
+    now: float
+    boot_id: str
+    reachable: bool
+    was_reachable: Optional[bool] = None
+    camera_mode: str = "unknown"
+    camera_attached: Optional[bool] = None
+    data_since: Optional[float] = None
+    ingested_since_data: bool = False
+    recorded_seconds: float = 0.0
+    ingested_before: bool = False
+    unknown_since: Optional[float] = None
+    last_external: Optional[bool] = None
+    battery_low: Optional[bool] = None
+    staging_free: int = 0
+    staging_reserve: int = 0
+    backlog_files: int = 0
+    backlog_bytes: int = 0
+    ingest_running: Optional[bool] = False
+    upload_running: Optional[bool] = False
 
     @property
     def staging_has_room(self) -> bool:
@@ -164,15 +118,22 @@ class Decision(Record):
     battery: how the battery was judged (external | ok | low | critical | unknown);
     battery_low: the camera latch for the next tick (True: low, camera off)."""
 
-    __slots__ = ("camera", "start_upload", "shutdown", "stop_units", "reason", "battery", "battery_low")
-    DEFAULTS = {"battery": "", "battery_low": None}
+    camera: Optional[str]
+    start_upload: bool
+    shutdown: bool
+    stop_units: Tuple[str, ...]
+    reason: str
+    battery: str = ""
+    battery_low: Optional[bool] = None
 
 
 class Power(Record):
     """How decide() judged the battery: state (external | ok | low | critical | unknown),
     camera_allowed (on battery: may the camera be on? None: no opinion, hold), why."""
 
-    __slots__ = ("state", "camera_allowed", "why")
+    state: str
+    camera_allowed: Optional[bool]
+    why: str
 
 
 # --- the decision -------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ import os
 import shlex
 import signal
 import subprocess
-from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional, Sequence
+
+from .record import Record
 
 log = logging.getLogger("dashcam.runner")
 
@@ -49,8 +50,7 @@ class CommandFailed(CommandError):
         )
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(Record):
     argv: Sequence[str]
     returncode: int
     stdout: str
