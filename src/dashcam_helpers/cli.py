@@ -22,6 +22,9 @@ log = logging.getLogger("dashcam")
 COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "check-config": ("commands", "check_config", "validate a configuration file, print every problem"),
     "files": ("commands", "files", "list the footage ledger"),
+    "upload": ("upload", "cmd_upload", "upload staged footage to the server, verify it, then free staging"),
+    "keygen": ("upload", "cmd_keygen", "create the upload ssh key, print the server's authorized_keys line"),
+    "trust-host": ("upload", "cmd_trust_host", "fetch the server's host key, show its fingerprint, pin it"),
 }
 
 
@@ -56,6 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("files")
     p.add_argument("--state", choices=("seen", "staged", "uploaded", "verified", "pruned", "failed"))
     _add_json(p)
+
+    add("upload")
+
+    p = add("keygen")
+    p.add_argument(
+        "--server-dir",
+        default="/srv/dashcam",
+        metavar="DIR",
+        help="directory on the server the key is restricted to (rrsync -wo DIR; default /srv/dashcam)",
+    )
+
+    p = add("trust-host")
+    p.add_argument("--yes", action="store_true", help="pin without asking")
 
     return parser
 
