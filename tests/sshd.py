@@ -34,7 +34,10 @@ def free_port() -> int:
 
 
 def keygen(path: Path, comment: str = "") -> str:
-    """An ed25519 key pair at ``path`` (+ .pub); returns the public key line."""
+    """A new ed25519 key pair at ``path`` (+ .pub), replacing any; returns the public key line."""
+    for old in (Path(path), Path(str(path) + ".pub")):
+        if old.exists():
+            old.unlink()
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
         check=True,

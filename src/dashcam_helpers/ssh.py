@@ -26,18 +26,32 @@ log = logging.getLogger("dashcam.ssh")
 RRSYNC = "/usr/bin/rrsync"
 DEFAULT_SERVER_DIR = "/srv/dashcam"
 DASHCAM_USER = "dashcam"
+CONTROL_PERSIST = 60  # seconds a shared connection outlives its last use (if close_shared never runs)
 
 
 # --- ssh options -----------------------------------------------------------------------------
 
 
-def ssh_argv(cfg: Config) -> List[str]:
-    """ssh and the options of every connection to the server (without the destination)."""
+def ssh_argv(cfg: Config, control_path: Optional[str] = None) -> List[str]:
+    """ssh and the options of every connection to the server (without the destination).
+
+    ``control_path``: share one authenticated connection between the rsync runs of one upload
+    (the first starts it and it lingers ``CONTROL_PERSIST`` seconds idle; `close_shared`
+    ends it). Each rsync still gets its own session, so rrsync checks every one.
+    """
     up = cfg.upload
     alive = max(5, up.io_timeout // 4)
+    shared = []
+    if control_path:
+        shared = [
+            "-o", "ControlMaster=auto",
+            "-o", f"ControlPath={control_path}",
+            "-o", f"ControlPersist={CONTROL_PERSIST}",
+        ]
     return [
         cfg.tools.ssh,
         "-F", "none",  # no user or system ssh_config: the same behaviour on every machine
+        *shared,
         "-o", "BatchMode=yes",  # never prompt: a unit has nobody to answer
         "-o", "StrictHostKeyChecking=yes",  # only the pinned host key (dashcamctl trust-host)
         "-o", f"UserKnownHostsFile={up.known_hosts}",
@@ -51,6 +65,21 @@ def ssh_argv(cfg: Config) -> List[str]:
         "-o", "ClearAllForwardings=yes",
         "-p", str(up.port),
     ]
+
+
+def close_shared(cfg: Config, control_path: str) -> None:
+    """End the shared connection of ``control_path`` (if one is running)."""
+    if not os.path.exists(control_path):
+        return
+    try:
+        runner.run(
+            ssh_argv(cfg, control_path) + ["-O", "exit", remote_host(cfg)],
+            timeout=10,
+            changes_state=False,
+            check=False,
+        )
+    except runner.CommandError as e:
+        log.debug("closing the shared ssh connection: %s", e)
 
 
 def remote_host(cfg: Config) -> str:

@@ -39,6 +39,7 @@ import os
 import re
 import shlex
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set
@@ -50,7 +51,10 @@ from .ledger import Clip, Ledger
 
 log = logging.getLogger("dashcam.upload")
 
-ROUND_BYTES = 512 * 1024 * 1024  # a round's verification still finds its files in the page cache on a Pi
+# A round is sent, then verified, then leaves staging. Small enough that its verification
+# mostly reads from the page cache on a Pi and staging frees up as the upload goes; large
+# enough that the per-round ssh sessions cost little.
+ROUND_BYTES = 1024 * 1024 * 1024
 ROUND_FILES = 400
 IN_FLIGHT_KEY = "upload_in_flight"
 LAST_UPLOAD_KEY = "last_upload"
@@ -207,6 +211,7 @@ class Uploader:
         self.tz = tz
         self.tree = os.path.join(cfg.paths.state_dir, "upload-tree")
         self.list_file = os.path.join(cfg.paths.state_dir, "upload-files.txt")
+        self.control_dir: Optional[str] = None
         self.summary = Summary()
         self.started = time.monotonic()
         self.total_files = 0
@@ -216,8 +221,14 @@ class Uploader:
 
     # --- rsync ------------------------------------------------------------------------------
 
+    def control_path(self) -> str:
+        """A short private socket path (sun_path holds 108 bytes) for the shared ssh connection."""
+        if self.control_dir is None:
+            self.control_dir = tempfile.mkdtemp(prefix="dashcam-ssh-")
+        return os.path.join(self.control_dir, "cm")
+
     def rsync_base(self) -> List[str]:
-        return [self.cfg.tools.rsync, "-e", shlex.join(ssh.ssh_argv(self.cfg))]
+        return [self.cfg.tools.rsync, "-e", shlex.join(ssh.ssh_argv(self.cfg, self.control_path()))]
 
     def destination(self) -> str:
         dest = self.cfg.upload.dest_path.rstrip("/") or "."
@@ -317,13 +328,21 @@ class Uploader:
     # --- the tree ---------------------------------------------------------------------------
 
     def build_tree(self, items: Sequence[Item]) -> None:
-        shutil.rmtree(self.tree, ignore_errors=True)
+        """Symlinks in the server's layout; each rsync picks its files with --files-from."""
         for item in items:
             link = os.path.join(self.tree, item.remote)
             os.makedirs(os.path.dirname(link), exist_ok=True)
+            try:
+                os.unlink(link)
+            except FileNotFoundError:
+                pass
             os.symlink(item.local, link)
 
     def clean(self) -> None:
+        if self.control_dir is not None:
+            ssh.close_shared(self.cfg, self.control_path())
+            shutil.rmtree(self.control_dir, ignore_errors=True)
+            self.control_dir = None
         shutil.rmtree(self.tree, ignore_errors=True)
         try:
             os.unlink(self.list_file)
@@ -351,18 +370,28 @@ class Uploader:
         self.summary.problems.append(reason)
         self.ledger.note_problem(item.clip.id, reason)
 
-    def upload_round(self, items: Sequence[Item], *, collision_round: bool = False) -> None:
+    def upload_items(self, items: Sequence[Item], *, collision_pass: bool = False) -> None:
+        """Send and verify ``items`` in rounds; a name taken by other content goes beside it (once)."""
         items = self.usable(items)
         if not items:
             return
         self.build_tree(items)
+        # one listing for the whole plan: which names does the server lack?
         missing = self.missing_on_server(items)
         in_flight = set(self.ledger.get_state(IN_FLIGHT_KEY, []))
+        # remembered before a byte moves: a name that was missing and is later found on the
+        # server holds our (possibly partial) file, never someone else's
+        self.ledger.put_state(IN_FLIGHT_KEY, sorted(in_flight | missing))
+        collisions: List[Item] = []
+        for batch in rounds(items):
+            collisions += self.upload_round(batch, missing, in_flight, collision_pass)
+        if collisions:
+            self.upload_items(collisions, collision_pass=True)
+
+    def upload_round(self, items: Sequence[Item], missing: Set[str], in_flight: Set[str], collision_pass: bool) -> List[Item]:
         fresh = [i for i in items if i.remote in missing]
         resume = [i for i in items if i.remote not in missing and i.remote in in_flight]
         ours = {i.remote for i in fresh + resume}
-        # remembered before a byte moves: a name in this list holds our partial file after a cut
-        self.ledger.put_state(IN_FLIGHT_KEY, sorted(in_flight | ours))
         if resume:
             log.info("resuming %d file(s) cut off in an earlier run", len(resume))
             self.send(resume, resume=True)
@@ -383,7 +412,7 @@ class Uploader:
                     "verified on the server: %s", item.remote,
                     extra={"DASHCAM_FILE": item.clip.source_path, "DASHCAM_BYTES": item.size},
                 )
-            elif item.remote not in ours and "+++++++" not in code and not collision_round:
+            elif item.remote not in ours and "+++++++" not in code and not collision_pass:
                 other = alternate_name(item.remote, item.clip.sha256 or f"{item.clip.id:08d}")
                 log.warning(
                     "the server already has %s with other content; leaving it untouched and uploading %s beside it as %s",
@@ -395,7 +424,8 @@ class Uploader:
             else:
                 self.problem(item, f"the server's copy of {item.remote} is not identical after the upload ({code}); kept in staging")
         # the names just sent hold whole files now, not partial ones
-        self.ledger.put_state(IN_FLIGHT_KEY, sorted(in_flight - ours - {i.remote for i in verified}))
+        done = ours | {i.remote for i in verified}
+        self.ledger.put_state(IN_FLIGHT_KEY, sorted(set(self.ledger.get_state(IN_FLIGHT_KEY, [])) - done))
         self.done_files += len(verified)
         self.done_bytes += sum(i.size for i in verified)
         self.summary.files += len(verified)
@@ -403,8 +433,7 @@ class Uploader:
         if self.cfg.upload.keep_days == 0:
             self.prune([self.ledger.get(i.clip.id) for i in verified])
         self.progress()
-        if collisions:
-            self.upload_round(collisions, collision_round=True)
+        return collisions
 
     def progress(self) -> None:
         line = notify.progress_line(
@@ -458,6 +487,7 @@ class Uploader:
             return self.summary
         if not server_reachable(self.cfg):
             raise TryLater(f"the server {self.cfg.upload.host}:{self.cfg.upload.port} is not reachable; footage stays staged")
+        shutil.rmtree(self.tree, ignore_errors=True)  # a leftover of a run that was killed
         try:
             while clips:  # footage staged while we upload is picked up before we finish
                 items = plan(clips, self.cfg.paths.ready, self.tz)
@@ -473,8 +503,7 @@ class Uploader:
                         log.info("dry run, would upload %s -> %s", item.local, item.remote)
                     return self.summary
                 self.progress()
-                for batch in rounds(items):
-                    self.upload_round(batch)
+                self.upload_items(items)
                 tried |= {c.id for c in clips}
                 clips = self.backlog(tried)
         finally:
