@@ -458,6 +458,10 @@ class Uploader:
                 os.unlink(path)
             except FileNotFoundError:
                 log.warning("%s was already gone from staging", path, extra={"DASHCAM_FILE": clip.source_path})
+            except OSError as e:
+                # e.g. a directory the uploader may not write: the clip stays verified, retried next run
+                log.error("cannot remove verified %s from staging: %s", path, e.strerror, extra={"DASHCAM_FILE": clip.source_path})
+                continue
             fsync_dir(os.path.dirname(path))
             self.ledger.advance(clip.id, "pruned")
             n += 1
