@@ -444,3 +444,26 @@ def test_keygen_creates_the_key_once_and_prints_the_restricted_authorized_keys_l
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     again = dashcamctl("--config", str(cfg_path), "keygen", "--server-dir", "/srv/footage")
     assert again.stdout.strip().splitlines()[-1] == line
+
+
+def test_progress_goes_to_systemd_as_status_lines(upload_config, server, dashcamctl, tmp_path):
+    import socket
+
+    cfg_path = upload_config()
+    for n in range(3):
+        stage(cfg_path, f"P{n}.MP4", 100_000, T0 + n)
+    sock_path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(sock_path)
+        res = dashcamctl("--config", str(cfg_path), "upload", env={"NOTIFY_SOCKET": sock_path})
+        assert res.returncode == 0, res.stderr
+        sock.setblocking(False)
+        messages = []
+        while True:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except BlockingIOError:
+                break
+    statuses = [m for m in messages if m.startswith("STATUS=")]
+    assert any(m.startswith("STATUS=upload 0/3 files") for m in statuses), statuses
+    assert any(m.startswith("STATUS=upload 3/3 files") and "ETA" in m for m in statuses), statuses
