@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -449,9 +450,9 @@ def test_keygen_creates_the_key_once_and_prints_the_restricted_authorized_keys_l
 def test_progress_goes_to_systemd_as_status_lines(upload_config, server, dashcamctl, tmp_path):
     import socket
 
-    cfg_path = upload_config()
-    for n in range(3):
-        stage(cfg_path, f"P{n}.MP4", 100_000, T0 + n)
+    cfg_path = upload_config({"upload": {"bwlimit": 2000}})  # ~8 s: long enough for a report mid-round
+    for n in range(4):
+        stage(cfg_path, f"P{n}.MP4", 4_000_000, T0 + n)
     sock_path = str(tmp_path / "notify.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(sock_path)
@@ -465,5 +466,6 @@ def test_progress_goes_to_systemd_as_status_lines(upload_config, server, dashcam
             except BlockingIOError:
                 break
     statuses = [m for m in messages if m.startswith("STATUS=")]
-    assert any(m.startswith("STATUS=upload 0/3 files") for m in statuses), statuses
-    assert any(m.startswith("STATUS=upload 3/3 files") and "ETA" in m for m in statuses), statuses
+    assert any(m.startswith("STATUS=upload 0/4 files") for m in statuses), statuses
+    assert any(re.match(r"STATUS=upload [123]/4 files, .* MB/s, ETA", m) for m in statuses), statuses
+    assert any(m.startswith("STATUS=upload 4/4 files") and "ETA" in m for m in statuses), statuses

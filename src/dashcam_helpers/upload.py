@@ -40,6 +40,7 @@ import re
 import shlex
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set
@@ -295,15 +296,23 @@ class Uploader:
         """Send ``items``; ``resume``: these names hold our own partial files and may be rewritten."""
         opts = self.common_options() + ["--times", "--omit-dir-times", "--mkpath", "--partial", "--stats"]
         size = sum(i.size for i in items)
-        # --ignore-existing: never touch a file already on the server. A retry after a cut
-        # drops it: these names now hold our own partial files, to be completed.
-        res = self.rsync(
-            opts if resume else opts + ["--ignore-existing"],
-            items,
-            "resuming" if resume else "sending",
-            timeout=600 + size / 16384,
-            retry_options=opts,
-        )
+        # each file rsync finishes is logged here, read by a thread for the progress line
+        progress_log = os.path.join(self.control_path() + "-sent.log")
+        opts += [f"--log-file={progress_log}", f"--log-file-format={SENT_MARK} %l %n"]
+        watcher = SendProgress(progress_log, self)
+        watcher.start()
+        try:
+            # --ignore-existing: never touch a file already on the server. A retry after a cut
+            # drops it: these names now hold our own partial files, to be completed.
+            res = self.rsync(
+                opts if resume else opts + ["--ignore-existing"],
+                items,
+                "resuming" if resume else "sending",
+                timeout=600 + size / 16384,
+                retry_options=opts,
+            )
+        finally:
+            watcher.stop()
         stats = parse_stats(res.stdout)
         self.summary.sent += stats["sent"]
         self.summary.literal += stats["literal"]
@@ -435,9 +444,15 @@ class Uploader:
         self.progress()
         return collisions
 
-    def progress(self) -> None:
+    def progress(self, sending_files: int = 0, sending_bytes: int = 0) -> None:
+        """STATUS= for systemctl status; ``sending_*``: sent in the current round, not yet verified."""
         line = notify.progress_line(
-            "upload", self.done_files, self.total_files, self.done_bytes, self.total_bytes, time.monotonic() - self.started
+            "upload",
+            self.done_files + sending_files,
+            self.total_files,
+            self.done_bytes + sending_bytes,
+            self.total_bytes,
+            time.monotonic() - self.started,
         )
         notify.status(line)
         log.debug("%s", line)
@@ -513,6 +528,47 @@ class Uploader:
         finally:
             self.clean()
         return self.summary
+
+
+SENT_MARK = "dashcam-sent"
+_SENT = re.compile(SENT_MARK + r" (\d+) (.+)$")
+
+
+class SendProgress(threading.Thread):
+    """Follows rsync's --log-file while a round is sent and reports progress every few seconds."""
+
+    def __init__(self, path: str, uploader: "Uploader", interval: float = 5.0):
+        super().__init__(name="upload-progress", daemon=True)
+        self.path = path
+        self.uploader = uploader
+        self.interval = interval
+        self.done = threading.Event()
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval):
+            files, size = 0, 0
+            try:
+                with open(self.path, encoding="utf-8", errors="replace") as f:
+                    for line in f:
+                        m = _SENT.search(line.rstrip("\n"))
+                        if m and not m.group(2).endswith("/"):  # directories are logged too
+                            files += 1
+                            size += int(m.group(1))
+            except FileNotFoundError:
+                continue
+            self.uploader.progress(files, size)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=10)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
 
 
 # --- the lock ---------------------------------------------------------------------------------
