@@ -450,9 +450,9 @@ def test_keygen_creates_the_key_once_and_prints_the_restricted_authorized_keys_l
 def test_progress_goes_to_systemd_as_status_lines(upload_config, server, dashcamctl, tmp_path):
     import socket
 
-    cfg_path = upload_config({"upload": {"bwlimit": 2000}})  # ~8 s: long enough for a report mid-round
+    cfg_path = upload_config({"upload": {"bwlimit": 2000}})  # ~12 s: reports every 5 s, some mid-round
     for n in range(4):
-        stage(cfg_path, f"P{n}.MP4", 4_000_000, T0 + n)
+        stage(cfg_path, f"P{n}.MP4", 6_000_000, T0 + n)
     sock_path = str(tmp_path / "notify.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(sock_path)
