@@ -1,20 +1,19 @@
 """Upload: staged footage reaches the home server, is proven identical there, and only then leaves the Pi.
 
-One run uploads the whole backlog (ledger states staged/uploaded), oldest clip first, in
-rounds of a few hundred MB. Each round:
+One run uploads the whole backlog (ledger states staged/uploaded), oldest clip first, over
+one shared ssh connection (ControlMaster; every rsync still is its own rrsync session):
 
-1. builds a tree of symlinks ``<state_dir>/upload-tree/<camera>/<YYYY>/<MM>/<DD>/<file>``
-   pointing at the staged files, so one rsync (``--files-from``, ``--copy-links``) writes the
-   server's layout ``DEST/<camera>/<YYYY>/<MM>/<DD>/<file>`` over one ssh connection;
-2. asks the server which of those names it lacks (a dry run: no data moves);
-3. sends the missing files with ``--ignore-existing`` (a file already on the server under
-   that name is never touched) and ``--partial``; names it starts writing are remembered in
-   the ledger ("upload_in_flight") so that after a cut connection the next run resumes the
-   partial file (rsync's delta transfer uses it as basis) instead of taking it for someone
-   else's file;
-4. verifies: ``rsync --checksum --dry-run --itemize-changes`` over the same set must print
-   nothing for a file, i.e. the server's bytes equal ours, before the ledger says
-   ``verified``;
+1. a tree of symlinks ``<state_dir>/upload-tree/<camera>/<YYYY>/<MM>/<DD>/<file>`` points at
+   the staged files, so each rsync (``--files-from``, ``--copy-links``) writes the server's
+   layout ``DEST/<camera>/<YYYY>/<MM>/<DD>/<file>`` in one go;
+2. one dry run asks the server which of those names it lacks (no data moves); they are
+   remembered in the ledger ("upload_in_flight") before a byte is sent;
+3. then, in rounds of up to 1 GiB: the missing files are sent with ``--ignore-existing`` (a
+   file already on the server is never touched) and ``--partial``; a name from the in-flight
+   list that is now on the server holds our own partial file from a cut run and is completed
+   (rsync's delta transfer uses it as basis: what arrived is not sent again);
+4. verification: ``rsync --checksum --dry-run --itemize-changes`` over the round must print
+   nothing for a file, i.e. the server's bytes equal ours, before the ledger says ``verified``;
 5. a name the server already held with other content is a collision: the clip goes beside
    it as ``<name>.<sha8>.<ext>`` (logged), the other file stays as it was;
 6. retention: verified clips leave staging (at once with keep_days 0), unverified never.
