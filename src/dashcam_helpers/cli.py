@@ -29,6 +29,9 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "match": ("device", "match_command", "exit 0 if a block device is the configured camera, 1 if not"),
     "mqtt-publish": ("mqtt", "command", "publish the current status to MQTT / Home Assistant once, and report how it went"),
     "policy": ("policy", "command", "one tick of the battery policy: decide the camera mode, start the upload, shut down when low"),
+    "upload": ("upload", "cmd_upload", "upload staged footage to the server, verify it, then free staging"),
+    "keygen": ("upload", "cmd_keygen", "create the upload ssh key, print the server's authorized_keys line"),
+    "trust-host": ("upload", "cmd_trust_host", "fetch the server's host key, show its fingerprint, pin it"),
 }
 
 
@@ -82,6 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("policy")
     _add_json(p)
+
+    add("upload")
+
+    p = add("keygen")
+    p.add_argument(
+        "--server-dir",
+        default="/srv/dashcam",
+        metavar="DIR",
+        help="directory on the server the key is restricted to (rrsync -wo DIR; default /srv/dashcam)",
+    )
+
+    p = add("trust-host")
+    p.add_argument("--yes", action="store_true", help="pin without asking")
 
     return parser
 

@@ -1,0 +1,697 @@
+"""Upload: staged footage reaches the home server, is proven identical there, and only then leaves the Pi.
+
+One run uploads the whole backlog (ledger states staged/uploaded), oldest clip first, over
+one shared ssh connection (ControlMaster; every rsync still is its own rrsync session):
+
+1. a tree of symlinks ``<state_dir>/upload-tree/<camera>/<YYYY>/<MM>/<DD>/<file>`` points at
+   the staged files, so each rsync (``--files-from``, ``--copy-links``) writes the server's
+   layout ``DEST/<camera>/<YYYY>/<MM>/<DD>/<file>`` in one go;
+2. one dry run asks the server which of those names it lacks (no data moves); they are
+   remembered in the ledger ("upload_in_flight") before a byte is sent;
+3. then, in rounds of up to 1 GiB: the missing files are sent with ``--ignore-existing`` (a
+   file already on the server is never touched) and ``--partial``; a name from the in-flight
+   list that is now on the server holds our own partial file from a cut run and is completed
+   (rsync's delta transfer uses it as basis: what arrived is not sent again);
+4. verification: ``rsync --checksum --dry-run --itemize-changes`` over the round must print
+   nothing for a file, i.e. the server's bytes equal ours, before the ledger says ``verified``;
+5. a name the server already held with other content is a collision: the clip goes beside
+   it as ``<name>.<sha8>.<ext>`` (logged), the other file stays as it was;
+6. retention: verified clips leave staging (at once with keep_days 0), unverified never.
+
+Why ``--partial`` and not ``--partial-dir``: an ``rrsync -wo`` key rewrites ``--partial-dir``
+to a ``/proc/self/fd/N`` path, and rsync's receiver, finding a symlink there when the
+connection dies, drops the partial file (checked on this machine: the partial is kept
+without rrsync and lost with it). ``--partial`` keeps it under the final name, which is safe
+only because of the in-flight list above.
+
+Works through a key restricted with ``command="/usr/bin/rrsync -wo DIR",restrict``: only
+transfers to the server, no remote shell command, no option rrsync refuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import fcntl
+import logging
+import os
+import re
+import shlex
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set
+
+from . import notify, runner, ssh
+from .config import Config
+from .errors import EX_FAILURE, EX_OK, DashcamError, TryLater
+from .ledger import Clip, Ledger
+
+log = logging.getLogger("dashcam.upload")
+
+# A round is sent, then verified, then leaves staging. Small enough that its verification
+# mostly reads from the page cache on a Pi and staging frees up as the upload goes; large
+# enough that the per-round ssh sessions cost little.
+ROUND_BYTES = 1024 * 1024 * 1024
+ROUND_FILES = 400
+IN_FLIGHT_KEY = "upload_in_flight"
+LAST_UPLOAD_KEY = "last_upload"
+BACKOFF_MAX = 60.0
+
+
+def server_reachable(cfg: Config, timeout: Optional[float] = None) -> bool:
+    """True when a TCP connection to upload.host:port succeeds within ``timeout`` (default connect_timeout)."""
+    return ssh.server_reachable(cfg, timeout)
+
+
+# --- pure functions ---------------------------------------------------------------------------
+
+
+def remote_path(camera: str, file_name: str, mtime_ns: int, tz: Optional[datetime.tzinfo] = None) -> str:
+    """``<camera>/<YYYY>/<MM>/<DD>/<file>`` (relative to upload.dest_path), dated by the clip's mtime.
+
+    ``tz`` None means the Pi's local time, the clock the camera's clips are named after.
+    """
+    when = datetime.datetime.fromtimestamp(mtime_ns // 1_000_000_000, tz)
+    return f"{camera}/{when:%Y}/{when:%m}/{when:%d}/{os.path.basename(file_name)}"
+
+
+def alternate_name(path: str, sha256: str) -> str:
+    """``a/b/clip.mp4`` -> ``a/b/clip.<sha8>.mp4``: where a clip goes when its name is taken."""
+    directory, base = os.path.split(path)
+    stem, ext = os.path.splitext(base)
+    return os.path.join(directory, f"{stem}.{sha256[:8]}{ext}")
+
+
+@dataclass(frozen=True)
+class Item:
+    clip: Clip
+    remote: str  # relative to upload.dest_path
+    local: str  # the staged file
+
+    @property
+    def size(self) -> int:
+        return self.clip.size
+
+
+def plan(clips: Iterable[Clip], ready: str, tz: Optional[datetime.tzinfo] = None) -> List[Item]:
+    """The backlog in upload order (oldest clip first) with each clip's name on the server.
+
+    A clip that was already sent keeps the name it was sent under. Two clips of one plan
+    that would share a name (a loop-recording camera reusing one) get distinct names.
+    """
+    ordered = sorted(clips, key=lambda c: (c.mtime_ns, c.id))
+    taken: Dict[str, str] = {}
+    items = []
+    for clip in ordered:
+        name = clip.remote_path or remote_path(clip.camera, clip.staged_path or clip.source_path, clip.mtime_ns, tz)
+        if name in taken and taken[name] != clip.sha256:
+            name = alternate_name(name, clip.sha256 or f"{clip.id:08d}")
+        taken.setdefault(name, clip.sha256 or "")
+        items.append(Item(clip, name, os.path.join(ready, clip.staged_path or "")))
+    return items
+
+
+def rounds(items: Sequence[Item], max_bytes: int = ROUND_BYTES, max_files: int = ROUND_FILES) -> List[List[Item]]:
+    out: List[List[Item]] = []
+    current: List[Item] = []
+    size = 0
+    for item in items:
+        if current and (size + item.size > max_bytes or len(current) >= max_files):
+            out.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += item.size
+    if current:
+        out.append(current)
+    return out
+
+
+_ITEM = re.compile(r"^([<>ch.*][fdLDS][^ ]{9}) (.+)$")
+
+
+def parse_itemized(stdout: str) -> Dict[str, str]:
+    """``--itemize-changes`` output -> {path: code} for regular files (directories ignored)."""
+    out = {}
+    for line in stdout.splitlines():
+        m = _ITEM.match(line.rstrip("\n"))
+        if m and m.group(1)[1] == "f":
+            out[m.group(2)] = m.group(1)
+    return out
+
+
+_STAT = re.compile(r"^(Total bytes sent|Literal data|Matched data): ([\d,.]+)", re.MULTILINE)
+
+
+def parse_stats(stdout: str) -> Dict[str, int]:
+    """rsync --stats -> {"sent": .., "literal": .., "matched": ..} (bytes)."""
+    names = {"Total bytes sent": "sent", "Literal data": "literal", "Matched data": "matched"}
+    out = {v: 0 for v in names.values()}
+    for m in _STAT.finditer(stdout):
+        out[names[m.group(1)]] = int(re.sub(r"\D", "", m.group(2)))
+    return out
+
+
+def explain(stderr: str) -> str:
+    """The lines of rsync's/ssh's stderr that say what happened, without rsync's generic trailer."""
+    lines = [l.strip() for l in (stderr or "").splitlines() if l.strip()]
+    useful = [l for l in lines if not l.startswith("rsync error:")] or lines
+    return " / ".join(useful[-2:])
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+class UploadFailed(DashcamError):
+    def __init__(self, message: str, transient: bool):
+        super().__init__(message)
+        self.transient = transient
+
+
+@dataclass
+class Summary:
+    files: int = 0  # clips verified on the server in this run
+    bytes: int = 0
+    sent: int = 0  # bytes rsync sent (data + protocol), from --stats
+    literal: int = 0  # file data sent literally (not matched from a partial file already there)
+    matched: int = 0
+    collisions: List[str] = field(default_factory=list)
+    problems: List[str] = field(default_factory=list)
+    pruned: int = 0
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Uploader:
+    def __init__(
+        self,
+        cfg: Config,
+        ledger: Ledger,
+        *,
+        dry_run: bool = False,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+        backoff_base: float = 2.0,
+        tz: Optional[datetime.tzinfo] = None,
+    ):
+        self.cfg = cfg
+        self.ledger = ledger
+        self.dry_run = dry_run
+        self.sleep = sleep
+        self.clock = clock
+        self.backoff_base = backoff_base
+        self.tz = tz
+        self.tree = os.path.join(cfg.paths.state_dir, "upload-tree")
+        self.list_file = os.path.join(cfg.paths.state_dir, "upload-files.txt")
+        self.control_dir: Optional[str] = None
+        self.summary = Summary()
+        self.started = time.monotonic()
+        self.total_files = 0
+        self.total_bytes = 0
+        self.done_files = 0
+        self.done_bytes = 0
+
+    # --- rsync ------------------------------------------------------------------------------
+
+    def control_path(self) -> str:
+        """A short private socket path (sun_path holds 108 bytes) for the shared ssh connection."""
+        if self.control_dir is None:
+            self.control_dir = tempfile.mkdtemp(prefix="dashcam-ssh-")
+        return os.path.join(self.control_dir, "cm")
+
+    def rsync_base(self) -> List[str]:
+        return [self.cfg.tools.rsync, "-e", shlex.join(ssh.ssh_argv(self.cfg, self.control_path()))]
+
+    def destination(self) -> str:
+        dest = self.cfg.upload.dest_path.rstrip("/") or "."
+        return f"{ssh.remote_host(self.cfg)}:{dest}/"
+
+    def rsync(
+        self,
+        options: List[str],
+        items: Sequence[Item],
+        what: str,
+        timeout: float,
+        retry_options: Optional[List[str]] = None,
+    ) -> runner.Result:
+        """One rsync over the round's tree, retried with exponential backoff when the failure may pass.
+
+        ``retry_options``: the options of a retry, when they differ (a cut transfer resumes).
+        """
+        with open(self.list_file, "w", encoding="utf-8") as f:
+            f.write("".join(i.remote + "\n" for i in items))
+        retries = self.cfg.poll.upload_retries
+        attempt = 0
+        while True:
+            opts = retry_options if attempt and retry_options is not None else options
+            argv = self.rsync_base() + opts + [f"--files-from={self.list_file}", self.tree + "/", self.destination()]
+            try:
+                return runner.run(argv, timeout=timeout, changes_state=False)
+            except runner.CommandFailed as e:
+                fatal = ssh.classify(self.cfg, e.returncode, e.stderr)
+                if fatal is not None:
+                    raise fatal
+                transient = ssh.is_transient(e.returncode, e.stderr)
+                reason = f"{what} failed: rsync exited with {runner.describe_returncode(e.returncode)}: " + (
+                    explain(e.stderr) or "no message"
+                )
+            except runner.CommandTimeout:
+                transient, reason = True, f"{what} did not finish within {timeout:.0f} s"
+            except runner.CommandNotFound as e:
+                raise DashcamError(str(e))
+            if not transient or attempt >= retries:
+                raise UploadFailed(reason + ("" if not transient else f" (after {attempt} retries)"), transient)
+            attempt += 1
+            delay = min(BACKOFF_MAX, self.backoff_base * 2 ** (attempt - 1))
+            log.warning("%s; retry %d of %d in %.0f s", reason, attempt, retries, delay)
+            notify.status(f"upload: {what} failed, retry {attempt}/{retries} in {delay:.0f} s")
+            self.sleep(delay)
+
+    def common_options(self) -> List[str]:
+        opts = ["--recursive", "--copy-links", f"--timeout={self.cfg.upload.io_timeout}"]
+        if self.cfg.upload.bwlimit:
+            opts.append(f"--bwlimit={self.cfg.upload.bwlimit}")
+        return opts
+
+    def missing_on_server(self, items: Sequence[Item]) -> Set[str]:
+        """Names of the round the server does not have (a dry run: lists, moves no data)."""
+        res = self.rsync(
+            self.common_options() + ["--ignore-existing", "--dry-run", "--itemize-changes"],
+            items,
+            "checking which files the server lacks",
+            timeout=300,
+        )
+        return set(parse_itemized(res.stdout))
+
+    def send(self, items: Sequence[Item], *, resume: bool) -> None:
+        """Send ``items``; ``resume``: these names hold our own partial files and may be rewritten."""
+        opts = self.common_options() + ["--times", "--omit-dir-times", "--mkpath", "--partial", "--stats"]
+        size = sum(i.size for i in items)
+        # each file rsync finishes is logged here, read by a thread for the progress line
+        progress_log = os.path.join(self.control_path() + "-sent.log")
+        opts += [f"--log-file={progress_log}", f"--log-file-format={SENT_MARK} %l %n"]
+        watcher = SendProgress(progress_log, self)
+        watcher.start()
+        try:
+            # --ignore-existing: never touch a file already on the server. A retry after a cut
+            # drops it: these names now hold our own partial files, to be completed.
+            res = self.rsync(
+                opts if resume else opts + ["--ignore-existing"],
+                items,
+                "resuming" if resume else "sending",
+                timeout=600 + size / 16384,
+                retry_options=opts,
+            )
+        finally:
+            watcher.stop()
+        stats = parse_stats(res.stdout)
+        self.summary.sent += stats["sent"]
+        self.summary.literal += stats["literal"]
+        self.summary.matched += stats["matched"]
+        log.info(
+            "sent %d file(s): %d bytes of file data, %d matched from partial files already on the server",
+            len(items), stats["literal"], stats["matched"],
+            extra={"DASHCAM_BYTES": stats["literal"], "DASHCAM_FILES": len(items)},
+        )
+
+    def differing_on_server(self, items: Sequence[Item]) -> Dict[str, str]:
+        """The verification: {name: itemize code} of every file whose server copy is not byte-identical."""
+        size = sum(i.size for i in items)
+        res = self.rsync(
+            self.common_options() + ["--checksum", "--dry-run", "--itemize-changes"],
+            items,
+            "verifying checksums",
+            timeout=600 + size / 5_000_000,
+        )
+        return parse_itemized(res.stdout)
+
+    # --- the tree ---------------------------------------------------------------------------
+
+    def build_tree(self, items: Sequence[Item]) -> None:
+        """Symlinks in the server's layout; each rsync picks its files with --files-from."""
+        for item in items:
+            link = os.path.join(self.tree, item.remote)
+            os.makedirs(os.path.dirname(link), exist_ok=True)
+            try:
+                os.unlink(link)
+            except FileNotFoundError:
+                pass
+            os.symlink(item.local, link)
+
+    def clean(self) -> None:
+        if self.control_dir is not None:
+            ssh.close_shared(self.cfg, self.control_path())
+            shutil.rmtree(self.control_dir, ignore_errors=True)
+            self.control_dir = None
+        shutil.rmtree(self.tree, ignore_errors=True)
+        try:
+            os.unlink(self.list_file)
+        except FileNotFoundError:
+            pass
+
+    # --- one round --------------------------------------------------------------------------
+
+    def usable(self, items: Sequence[Item]) -> List[Item]:
+        out = []
+        for item in items:
+            try:
+                st = os.stat(item.local)
+            except OSError as e:
+                self.problem(item, f"staged file {item.local} is unreadable: {e.strerror}")
+                continue
+            if st.st_size != item.clip.size:
+                self.problem(item, f"staged file {item.local} has {st.st_size} bytes, the ledger says {item.clip.size}")
+                continue
+            out.append(item)
+        return out
+
+    def problem(self, item: Item, reason: str) -> None:
+        log.error("%s", reason, extra={"DASHCAM_FILE": item.clip.source_path})
+        self.summary.problems.append(reason)
+        self.ledger.note_problem(item.clip.id, reason)
+
+    def upload_items(self, items: Sequence[Item], *, collision_pass: bool = False) -> None:
+        """Send and verify ``items`` in rounds; a name taken by other content goes beside it (once)."""
+        items = self.usable(items)
+        if not items:
+            return
+        self.build_tree(items)
+        # one listing for the whole plan: which names does the server lack?
+        missing = self.missing_on_server(items)
+        in_flight = set(self.ledger.get_state(IN_FLIGHT_KEY, []))
+        # remembered before a byte moves: a name that was missing and is later found on the
+        # server holds our (possibly partial) file, never someone else's
+        self.ledger.put_state(IN_FLIGHT_KEY, sorted(in_flight | missing))
+        collisions: List[Item] = []
+        for batch in rounds(items):
+            collisions += self.upload_round(batch, missing, in_flight, collision_pass)
+        if collisions:
+            self.upload_items(collisions, collision_pass=True)
+
+    def upload_round(self, items: Sequence[Item], missing: Set[str], in_flight: Set[str], collision_pass: bool) -> List[Item]:
+        fresh = [i for i in items if i.remote in missing]
+        resume = [i for i in items if i.remote not in missing and i.remote in in_flight]
+        ours = {i.remote for i in fresh + resume}
+        if resume:
+            log.info("resuming %d file(s) cut off in an earlier run", len(resume))
+            self.send(resume, resume=True)
+        if fresh:
+            self.send(fresh, resume=False)
+        for item in fresh + resume:
+            if item.clip.state == "staged":
+                self.ledger.advance(item.clip.id, "uploaded", remote_path=item.remote)
+        differing = self.differing_on_server(items)
+        collisions: List[Item] = []
+        verified: List[Item] = []
+        for item in items:
+            code = differing.get(item.remote)
+            if code is None:
+                self.ledger.advance(item.clip.id, "verified", remote_path=item.remote)
+                verified.append(item)
+                log.info(
+                    "verified on the server: %s", item.remote,
+                    extra={"DASHCAM_FILE": item.clip.source_path, "DASHCAM_BYTES": item.size},
+                )
+            elif item.remote not in ours and "+++++++" not in code and not collision_pass:
+                other = alternate_name(item.remote, item.clip.sha256 or f"{item.clip.id:08d}")
+                log.warning(
+                    "the server already has %s with other content; leaving it untouched and uploading %s beside it as %s",
+                    item.remote, item.clip.source_path, other,
+                    extra={"DASHCAM_FILE": item.clip.source_path},
+                )
+                self.summary.collisions.append(item.remote)
+                collisions.append(Item(item.clip, other, item.local))
+            else:
+                self.problem(item, f"the server's copy of {item.remote} is not identical after the upload ({code}); kept in staging")
+        # the names just sent hold whole files now, not partial ones
+        done = ours | {i.remote for i in verified}
+        self.ledger.put_state(IN_FLIGHT_KEY, sorted(set(self.ledger.get_state(IN_FLIGHT_KEY, [])) - done))
+        self.done_files += len(verified)
+        self.done_bytes += sum(i.size for i in verified)
+        self.summary.files += len(verified)
+        self.summary.bytes += sum(i.size for i in verified)
+        if self.cfg.upload.keep_days == 0:
+            self.prune([self.ledger.get(i.clip.id) for i in verified])
+        self.progress()
+        return collisions
+
+    def progress(self, sending_files: int = 0, sending_bytes: int = 0) -> None:
+        """STATUS= for systemctl status; ``sending_*``: sent in the current round, not yet verified."""
+        line = notify.progress_line(
+            "upload",
+            self.done_files + sending_files,
+            self.total_files,
+            self.done_bytes + sending_bytes,
+            self.total_bytes,
+            time.monotonic() - self.started,
+        )
+        notify.status(line)
+        log.debug("%s", line)
+
+    # --- retention --------------------------------------------------------------------------
+
+    def prune(self, clips: Iterable[Clip]) -> int:
+        """Delete verified clips from staging (never any other), fsync, then mark them pruned."""
+        n = 0
+        for clip in clips:
+            if clip.state != "verified":
+                continue
+            path = os.path.join(self.cfg.paths.ready, clip.staged_path or "")
+            if self.dry_run:
+                log.info("dry run, not deleting %s", path)
+                continue
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                log.warning("%s was already gone from staging", path, extra={"DASHCAM_FILE": clip.source_path})
+            except OSError as e:
+                # e.g. a directory the uploader may not write: the clip stays verified, retried next run
+                log.error("cannot remove verified %s from staging: %s", path, e.strerror, extra={"DASHCAM_FILE": clip.source_path})
+                continue
+            fsync_dir(os.path.dirname(path))
+            self.ledger.advance(clip.id, "pruned")
+            n += 1
+        self.summary.pruned += n
+        return n
+
+    def prune_expired(self) -> int:
+        keep = self.cfg.upload.keep_days * 86400
+        now = self.clock()
+        due = [c for c in self.ledger.files("verified") if keep == 0 or (c.verified_at or 0) + keep <= now]
+        if due:
+            log.info("retention: %d verified clip(s) leave staging", len(due))
+        return self.prune(due)
+
+    # --- the whole run ----------------------------------------------------------------------
+
+    def backlog(self, skip: Set[int]) -> List[Clip]:
+        clips = self.ledger.files("staged") + self.ledger.files("uploaded")
+        return [c for c in clips if c.id not in skip]
+
+    def run(self) -> Summary:
+        self.prune_expired()
+        tried: Set[int] = set()
+        clips = self.backlog(tried)
+        if not clips:
+            log.info("nothing to upload")
+            return self.summary
+        if not server_reachable(self.cfg):
+            raise TryLater(f"the server {self.cfg.upload.host}:{self.cfg.upload.port} is not reachable; footage stays staged")
+        shutil.rmtree(self.tree, ignore_errors=True)  # a leftover of a run that was killed
+        try:
+            while clips:  # footage staged while we upload is picked up before we finish
+                items = plan(clips, self.cfg.paths.ready, self.tz)
+                self.total_files += len(items)
+                self.total_bytes += sum(i.size for i in items)
+                log.info(
+                    "uploading %d clip(s), %s, to %s:%s",
+                    len(items), notify.human_bytes(sum(i.size for i in items)),
+                    ssh.remote_host(self.cfg), self.cfg.upload.dest_path,
+                )
+                if self.dry_run:
+                    for item in items:
+                        log.info("dry run, would upload %s -> %s", item.local, item.remote)
+                    return self.summary
+                self.progress()
+                self.upload_items(items)
+                tried |= {c.id for c in clips}
+                clips = self.backlog(tried)
+        finally:
+            self.clean()
+        return self.summary
+
+
+SENT_MARK = "dashcam-sent"
+_SENT = re.compile(SENT_MARK + r" (\d+) (.+)$")
+
+
+class SendProgress(threading.Thread):
+    """Follows rsync's --log-file while a round is sent and reports progress every few seconds."""
+
+    def __init__(self, path: str, uploader: "Uploader", interval: float = 5.0):
+        super().__init__(name="upload-progress", daemon=True)
+        self.path = path
+        self.uploader = uploader
+        self.interval = interval
+        self.done = threading.Event()
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval):
+            files, size = 0, 0
+            try:
+                with open(self.path, encoding="utf-8", errors="replace") as f:
+                    for line in f:
+                        m = _SENT.search(line.rstrip("\n"))
+                        if m and not m.group(2).endswith("/"):  # directories are logged too
+                            files += 1
+                            size += int(m.group(1))
+            except FileNotFoundError:
+                continue
+            self.uploader.progress(files, size)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=10)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+# --- the lock ---------------------------------------------------------------------------------
+
+
+class UploadLock:
+    """fcntl.flock on <state_dir>/upload.lock: two uploads never run at once."""
+
+    def __init__(self, state_dir: str):
+        self.path = os.path.join(state_dir, "upload.lock")
+        self.fd: Optional[int] = None
+
+    def __enter__(self) -> "UploadLock":
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise TryLater("another dashcamctl upload is running")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def upload(cfg: Config, *, dry_run: bool = False, sleep: Callable[[float], None] = time.sleep) -> Summary:
+    """The upload of the whole backlog; records "last_upload" in the ledger. Raises TryLater / DashcamError."""
+    with UploadLock(cfg.paths.state_dir), Ledger(cfg.paths.ledger) as ledger:
+        uploader = Uploader(cfg, ledger, dry_run=dry_run, sleep=sleep)
+        result, reason = "ok", None
+        try:
+            summary = uploader.run()
+        except TryLater as e:
+            result, reason = "unreachable", str(e)
+            raise
+        except UploadFailed as e:
+            reason = str(e)
+            if e.transient and not server_reachable(cfg):
+                result = "unreachable"
+                raise TryLater(f"{e}; the server is no longer reachable, footage stays staged")
+            result = "failed"
+            raise
+        except DashcamError as e:
+            result, reason = "failed", str(e)
+            raise
+        finally:
+            s = uploader.summary
+            if (result != "ok" or s.files or s.problems) and not dry_run:
+                if result == "ok" and s.problems:
+                    result, reason = "failed", s.problems[0]
+                ledger.put_state(
+                    LAST_UPLOAD_KEY,
+                    {
+                        "wall": time.time(),
+                        "files": s.files,
+                        "bytes": s.bytes,
+                        "result": result,
+                        "reason": reason,
+                        "sent_bytes": s.sent,
+                        "literal_bytes": s.literal,
+                        "matched_bytes": s.matched,
+                        "collisions": s.collisions,
+                    },
+                )
+        return summary
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    from .commands import load_config
+
+    cfg = load_config(args)
+    summary = upload(cfg, dry_run=args.dry_run)
+    if summary.files or summary.pruned:
+        log.info(
+            "upload done: %d clip(s), %s verified on the server; %d left staging",
+            summary.files, notify.human_bytes(summary.bytes), summary.pruned,
+        )
+    notify.status(f"upload done: {summary.files} clip(s) verified")
+    if summary.problems:
+        log.error("%d clip(s) could not be uploaded; they stay in staging (dashcamctl files --state staged)", len(summary.problems))
+        return EX_FAILURE
+    return EX_OK
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from .commands import load_config
+
+    cfg = load_config(args)
+    line = ssh.keygen(cfg, server_dir=args.server_dir, dry_run=args.dry_run)
+    print(f"# Add this line to ~{cfg.upload.user}/.ssh/authorized_keys on {cfg.upload.host}")
+    print(f"# (footage goes to {args.server_dir}/{cfg.upload.dest_path.lstrip('/')}/<camera>/YYYY/MM/DD/):")
+    print(line)
+    return EX_OK
+
+
+def cmd_trust_host(args: argparse.Namespace) -> int:
+    from .commands import load_config
+
+    cfg = load_config(args)
+    up = cfg.upload
+    lines = ssh.scan_host_keys(cfg)
+    name = ssh.known_hosts_name(up.host, up.port)
+    print(f"The server {name} offers these host keys:")
+    for fp in ssh.fingerprints(lines):
+        print(f"  {fp}")
+    print("Compare with the server's own (run there): ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub")
+    if args.dry_run:
+        log.info("dry run, not pinning them in %s", up.known_hosts)
+        return EX_OK
+    if not args.yes:
+        try:
+            answer = input(f"Pin them in {up.known_hosts}? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Not pinned.")
+            return EX_FAILURE
+    ssh.pin_host_keys(up.known_hosts, name, lines)
+    print(f"Pinned {len(lines)} host key(s) of {name} in {up.known_hosts}")
+    return EX_OK

@@ -1,0 +1,172 @@
+"""A real OpenSSH server on 127.0.0.1 for tests: own config, host key and authorized_keys in a temp dir.
+
+Importable on its own (the VM tests and bench/upload reuse it):
+
+    with SshServer(base_dir, restrict_dir=server_root) as server:
+        server.port, server.host_key_pub, server.user, server.client_key
+
+The client key is restricted like the README tells users to restrict it on their home
+server: ``command="/usr/bin/rrsync -wo DIR",restrict``. The server logs in the user
+running the tests (root in CI: allowed with ``PermitRootLogin prohibit-password``, keys only),
+so no system user has to be created and nothing outside ``base_dir`` changes except
+``/run/sshd`` (sshd's privilege-separation directory, which it insists on).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import List, Optional
+
+SSHD = "/usr/sbin/sshd"
+RRSYNC = "/usr/bin/rrsync"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def keygen(path: Path, comment: str = "") -> str:
+    """A new ed25519 key pair at ``path`` (+ .pub), replacing any; returns the public key line."""
+    for old in (Path(path), Path(str(path) + ".pub")):
+        if old.exists():
+            old.unlink()
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+    )
+    return Path(str(path) + ".pub").read_text().strip()
+
+
+class SshServer:
+    def __init__(self, base_dir: Path, restrict_dir: Path, *, rrsync_args: Optional[str] = "-wo"):
+        self.base = Path(base_dir)
+        self.restrict_dir = Path(restrict_dir)
+        self.rrsync_args = rrsync_args
+        self.port = free_port()
+        self.user = getpass.getuser()
+        self.host_key = self.base / "ssh_host_ed25519_key"
+        self.client_key = self.base / "client_ed25519"
+        self.authorized_keys = self.base / "authorized_keys"
+        self.config = self.base / "sshd_config"
+        self.pid_file = self.base / "sshd.pid"
+        self.log_file = self.base / "sshd.log"
+        self.proc: Optional[subprocess.Popen] = None
+
+    # --- set up --------------------------------------------------------------------------
+
+    def authorized_line(self, public_key: str) -> str:
+        if self.rrsync_args is None:  # an unrestricted key, for comparisons (the benchmark's plain rsync)
+            return f"restrict {public_key}"
+        return f'command="{RRSYNC} {self.rrsync_args} {self.restrict_dir}",restrict {public_key}'
+
+    def start(self) -> "SshServer":
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.restrict_dir.mkdir(parents=True, exist_ok=True)
+        self.host_key_pub = keygen(self.host_key, "test-host")
+        self.client_pub = keygen(self.client_key, "dashcam@test")
+        self.authorized_keys.write_text(self.authorized_line(self.client_pub) + "\n")
+        self.config.write_text(
+            "\n".join(
+                [
+                    "ListenAddress 127.0.0.1",
+                    f"Port {self.port}",
+                    f"HostKey {self.host_key}",
+                    f"PidFile {self.pid_file}",
+                    f"AuthorizedKeysFile {self.authorized_keys}",
+                    "AuthenticationMethods publickey",
+                    "PubkeyAuthentication yes",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "StrictModes no",  # tmp_path is not owned the way sshd wants a home directory
+                    "PermitRootLogin prohibit-password",
+                    f"AllowUsers {self.user}",
+                    "UseDNS no",
+                    "LogLevel VERBOSE",
+                    "MaxStartups 100",
+                    "",
+                ]
+            )
+        )
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation directory
+        # -D: stay in the foreground (our child, so we can stop it); -e: log to stderr (our log file)
+        log = open(self.log_file, "ab")
+        self.proc = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(self.config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd exited with {self.proc.returncode}: {self.log_file.read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"sshd did not listen on 127.0.0.1:{self.port}: {self.log_file.read_text()}")
+
+    def known_hosts_line(self) -> str:
+        keytype, key = self.host_key_pub.split()[:2]
+        return f"[127.0.0.1]:{self.port} {keytype} {key}"
+
+    # --- faults --------------------------------------------------------------------------
+
+    def session_pids(self) -> List[int]:
+        """Per-connection sshd processes (children of the listener), i.e. live ssh sessions."""
+        if self.proc is None:
+            return []
+        out = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == self.proc.pid:
+                out.append(int(entry))
+        return out
+
+    def cut_sessions(self) -> int:
+        """Kill every live session the way a dropped link ends it: the server side dies at once."""
+        pids = self.session_pids()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return len(pids)
+
+    # --- tear down -----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.cut_sessions()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def __enter__(self) -> "SshServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

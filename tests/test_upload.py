@@ -1,0 +1,471 @@
+"""Upload against a real sshd on 127.0.0.1 whose only key is restricted with rrsync -wo, as the README says.
+
+Every scenario runs `dashcamctl upload` as a real subprocess and checks the server's files,
+the ledger and staging afterwards.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sshd import SshServer, free_port, keygen  # noqa: E402
+
+from dashcam_helpers import config, ssh, upload  # noqa: E402
+from dashcam_helpers.ledger import Ledger  # noqa: E402
+
+CAMERA = "frontcam"
+DAY = 86400
+T0 = 1_763_000_000  # 2025-11-13, an afternoon in every time zone that matters here
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A real sshd: host key, client key and authorized_keys (rrsync -wo <tmp>/server) all in tmp_path."""
+    with SshServer(tmp_path / "sshd", tmp_path / "server") as srv:
+        yield srv
+
+
+@pytest.fixture
+def upload_config(make_config, server, tmp_path):
+    """A config pointing at the fixture's server, host key pinned, with optional overrides."""
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(server.known_hosts_line() + "\n")
+
+    def make(overrides=None):
+        base = {
+            "camera": {"name": CAMERA},
+            "upload": {
+                "host": "127.0.0.1",
+                "port": server.port,
+                "user": server.user,
+                "dest_path": "footage",
+                "ssh_key": str(server.client_key),
+                "known_hosts": str(known_hosts),
+                "connect_timeout": 5,
+                "io_timeout": 30,
+            },
+            "poll": {"upload_retries": 0},
+        }
+        from conftest import deep_merge
+
+        return make_config(deep_merge(base, overrides or {}))
+
+    return make
+
+
+def stage(cfg_path: Path, name: str, size: int, mtime: float, data: bytes = None) -> Path:
+    """A clip as the ingest leaves it: bytes durable in ready/<camera>/<date>/, a 'staged' ledger row."""
+    cfg = config.load(str(cfg_path))
+    data = os.urandom(size) if data is None else data
+    day = datetime.datetime.fromtimestamp(mtime).strftime("%Y-%m-%d")
+    rel = f"{CAMERA}/{day}/{name}"
+    path = Path(cfg.paths.ready) / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    os.utime(path, (mtime, mtime))
+    with Ledger(cfg.paths.ledger) as ledger:
+        ledger.record_staged(
+            CAMERA,
+            f"Normal/{name}",
+            len(data),
+            int(mtime * 1e9),
+            event=False,
+            sha256=hashlib.sha256(data).hexdigest(),
+            staged_path=rel,
+        )
+    return path
+
+
+def on_server(server: SshServer, name: str, mtime: float) -> Path:
+    return server.restrict_dir / "footage" / upload.remote_path(CAMERA, name, int(mtime * 1e9))
+
+
+def clips(cfg_path: Path):
+    cfg = config.load(str(cfg_path))
+    with Ledger(cfg.paths.ledger) as ledger:
+        return {c.source_path: c for c in ledger.files()}, ledger.get_state("last_upload")
+
+
+# --- pure functions ----------------------------------------------------------------------------
+
+
+def test_remote_path_is_camera_year_month_day_of_the_clips_mtime():
+    utc = datetime.timezone.utc
+    ns = int(datetime.datetime(2026, 3, 7, 23, 59, 59, tzinfo=utc).timestamp()) * 10**9 + 999_999_999
+    assert upload.remote_path("cam", "frontcam/2026-03-07/FILE0001.MP4", ns, utc) == "cam/2026/03/07/FILE0001.MP4"
+    plus2 = datetime.timezone(datetime.timedelta(hours=2))
+    assert upload.remote_path("cam", "FILE0001.MP4", ns, plus2) == "cam/2026/03/08/FILE0001.MP4"
+
+
+def test_alternate_name_keeps_the_extension_and_adds_the_content_hash():
+    assert upload.alternate_name("cam/2026/03/07/a.mp4", "0123456789abcdef") == "cam/2026/03/07/a.01234567.mp4"
+    assert upload.alternate_name("cam/x/noext", "ffeeddccbb") == "cam/x/noext.ffeeddcc"
+
+
+def test_plan_is_oldest_first_and_gives_a_reused_name_a_distinct_one(tmp_path):
+    ledger = Ledger(str(tmp_path / "l.sqlite3"))
+    utc = datetime.timezone.utc
+    newer = ledger.record_staged("c", "Normal/A.MP4", 1, T0 * 10**9 + 5, event=False, sha256="aa" * 32, staged_path="c/d/A.MP4")
+    older = ledger.record_staged("c", "Event/B.MP4", 1, (T0 - 3 * DAY) * 10**9, event=True, sha256="bb" * 32, staged_path="c/d/B.MP4")
+    reused = ledger.record_staged("c", "Normal/A.MP4", 2, T0 * 10**9 + 9, event=False, sha256="cc" * 32, staged_path="c/d/A-1.MP4")
+    sent = ledger.record_staged("c", "Normal/C.MP4", 1, T0 * 10**9, event=False, sha256="dd" * 32, staged_path="c/d/C.MP4")
+    ledger.advance(sent, "uploaded", remote_path="c/2025/11/13/C.dd000000.MP4")
+    items = upload.plan(ledger.files(), "/ready", utc)
+    assert [i.clip.id for i in items] == [older, sent, newer, reused]
+    names = {i.clip.id: i.remote for i in items}
+    assert names[older] == "c/2025/11/10/B.MP4"
+    assert names[sent] == "c/2025/11/13/C.dd000000.MP4"  # sent before under this name: keeps it
+    assert names[newer] == "c/2025/11/13/A.MP4"
+    assert names[reused] == "c/2025/11/13/A-1.MP4"
+    assert items[0].local == "/ready/c/d/B.MP4"
+    same_name = ledger.record_staged("c", "Event/A.MP4", 3, T0 * 10**9 + 7, event=True, sha256="ee" * 32, staged_path="c/e/A.MP4")
+    names = {i.clip.id: i.remote for i in upload.plan(ledger.files(), "/ready", utc)}
+    assert names[same_name] == "c/2025/11/13/A.eeeeeeee.MP4"
+    ledger.close()
+
+
+def test_rounds_split_by_bytes_and_count_keeping_order(tmp_path):
+    ledger = Ledger(str(tmp_path / "l.sqlite3"))
+    for n in range(7):
+        ledger.record_staged("c", f"{n}.mp4", 100, T0 * 10**9 + n, event=False, sha256=f"{n:064d}", staged_path=f"c/{n}.mp4")
+    items = upload.plan(ledger.files(), "/r")
+    assert [[i.clip.source_path for i in r] for r in upload.rounds(items, max_bytes=250, max_files=10)] == [
+        ["0.mp4", "1.mp4"], ["2.mp4", "3.mp4"], ["4.mp4", "5.mp4"], ["6.mp4"]]
+    assert [len(r) for r in upload.rounds(items, max_bytes=10**9, max_files=3)] == [3, 3, 1]
+    ledger.close()
+
+
+def test_itemized_output_and_stats_are_parsed():
+    out = (
+        "cd+++++++++ cam/2026/\n<f+++++++++ cam/2026/03/07/a b.mp4\n<fc.T...... cam/2026/03/07/c.mp4\n"
+        ".d..t...... cam/\n\nNumber of files: 3\nLiteral data: 1,234,567 bytes\nMatched data: 5,505,024 bytes\n"
+        "Total bytes sent: 1,240,001\n"
+    )
+    assert upload.parse_itemized(out) == {"cam/2026/03/07/a b.mp4": "<f+++++++++", "cam/2026/03/07/c.mp4": "<fc.T......"}
+    assert upload.parse_stats(out) == {"sent": 1240001, "literal": 1234567, "matched": 5505024}
+
+
+def test_ssh_options_pin_the_host_key_and_never_prompt(make_config):
+    cfg = config.load(str(make_config({"upload": {"port": 2222, "known_hosts": "/etc/x/kh", "ssh_key": "/k/id"}})))
+    argv = ssh.ssh_argv(cfg)
+    opts = [argv[i + 1] for i, a in enumerate(argv) if a == "-o"]
+    for want in ("BatchMode=yes", "StrictHostKeyChecking=yes", "UserKnownHostsFile=/etc/x/kh",
+                 "GlobalKnownHostsFile=/dev/null", "IdentitiesOnly=yes", "IdentityFile=/k/id", "ConnectTimeout=10"):
+        assert want in opts
+    assert argv[argv.index("-p") + 1] == "2222"
+    assert ssh.known_hosts_name("srv", 22) == "srv" and ssh.known_hosts_name("srv", 2222) == "[srv]:2222"
+
+
+def test_transient_and_fatal_failures_are_told_apart(make_config):
+    cfg = config.load(str(make_config()))
+    assert ssh.is_transient(12, "") and ssh.is_transient(30, "") and ssh.is_transient(35, "") and ssh.is_transient(10, "")
+    assert ssh.is_transient(255, "ssh: connect to host 10.0.0.1 port 22: Connection refused")
+    assert not ssh.is_transient(255, "Host key verification failed.")
+    assert not ssh.is_transient(23, "some files could not be transferred")
+    assert isinstance(ssh.classify(cfg, 255, "Permission denied (publickey)."), ssh.AuthProblem)
+    assert "trust-host" in str(ssh.classify(cfg, 255, "No ED25519 host key is known for x\nHost key verification failed."))
+    assert ssh.classify(cfg, 12, "rsync: connection unexpectedly closed") is None
+
+
+# --- against the real server -------------------------------------------------------------------
+
+
+def test_a_backlog_uploads_byte_identical_and_leaves_staging(upload_config, server, dashcamctl):
+    cfg_path = upload_config()
+    staged = {}
+    for n in range(6):
+        mtime = T0 - (n % 3) * DAY + n
+        staged[f"CLIP{n:04d}.MP4"] = (stage(cfg_path, f"CLIP{n:04d}.MP4", 200_000 + n * 1000, mtime), mtime)
+    originals = {name: (p.read_bytes(), m) for name, (p, m) in staged.items()}
+
+    res = dashcamctl("--config", str(cfg_path), "upload")
+
+    assert res.returncode == 0, res.stderr
+    for name, (data, mtime) in originals.items():
+        remote = on_server(server, name, mtime)
+        assert remote.read_bytes() == data
+        assert remote.stat().st_mtime == mtime
+    rows, last = clips(cfg_path)
+    assert {c.state for c in rows.values()} == {"pruned"}
+    assert all(c.verified_at and c.remote_path for c in rows.values())
+    assert not any(p.exists() for p, _ in staged.values())
+    assert last["result"] == "ok" and last["files"] == 6 and last["bytes"] == sum(len(d) for d, _ in originals.values())
+    # a second run finds nothing to do
+    again = dashcamctl("--config", str(cfg_path), "upload")
+    assert again.returncode == 0 and "nothing to upload" in again.stderr
+
+
+def test_with_keep_days_verified_clips_stay_until_they_are_old_enough(upload_config, server, tmp_path):
+    cfg_path = upload_config({"upload": {"keep_days": 2}})
+    path = stage(cfg_path, "KEEP.MP4", 50_000, T0)
+    cfg = config.load(str(cfg_path))
+    with Ledger(cfg.paths.ledger) as ledger:
+        upload.Uploader(cfg, ledger).run()
+        (clip,) = ledger.files()
+        assert clip.state == "verified" and path.exists()
+        assert upload.Uploader(cfg, ledger, clock=lambda: clip.verified_at + DAY).prune_expired() == 0
+        assert path.exists()
+        assert upload.Uploader(cfg, ledger, clock=lambda: clip.verified_at + 2 * DAY).prune_expired() == 1
+        assert not path.exists() and ledger.get(clip.id).state == "pruned"
+
+
+def test_a_cut_connection_deletes_nothing_and_the_rerun_resumes_without_resending(upload_config, server, dashcamctl):
+    cfg_path = upload_config({"upload": {"bwlimit": 4000}})
+    size = 40_000_000
+    small = stage(cfg_path, "A_SMALL.MP4", 100_000, T0 - 60)
+    big = stage(cfg_path, "B_BIG.MP4", size, T0)
+    data = big.read_bytes()
+    remote_dir = on_server(server, "B_BIG.MP4", T0).parent
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent / "src"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dashcam_helpers", "--config", str(cfg_path), "upload"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 30
+    arrived = 0
+    while time.monotonic() < deadline and arrived < 8_000_000:
+        temps = [p for p in remote_dir.glob(".B_BIG.MP4.*")] if remote_dir.exists() else []
+        arrived = max([p.stat().st_size for p in temps if p.exists()] or [0])
+        time.sleep(0.05)
+    assert arrived >= 8_000_000, "the transfer never got going"
+    assert server.cut_sessions() >= 1
+    _, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 1, err
+    assert big.exists() and big.read_bytes() == data and small.exists()
+    rows, last = clips(cfg_path)
+    assert rows["Normal/B_BIG.MP4"].state == "staged"
+    assert last["result"] == "failed"
+    partial = on_server(server, "B_BIG.MP4", T0)
+    kept = partial.stat().st_size
+    assert 0 < kept < size and partial.read_bytes() == data[:kept]  # our own partial file, kept by --partial
+
+    res = dashcamctl("--config", str(cfg_path), "upload", timeout=120)
+
+    assert res.returncode == 0, res.stderr
+    assert partial.read_bytes() == data
+    rows, last = clips(cfg_path)
+    assert {c.state for c in rows.values()} == {"pruned"} and not big.exists()
+    # what had arrived was not sent again: rsync matched it from the partial file on the server
+    assert last["matched_bytes"] >= kept - 1_000_000
+    assert last["literal_bytes"] <= size - kept + 1_000_000
+
+
+def test_transient_failures_are_retried_within_one_run(upload_config, server, dashcamctl, tmp_path):
+    cfg_path = upload_config({"upload": {"bwlimit": 4000}, "poll": {"upload_retries": 3}})
+    big = stage(cfg_path, "RETRY.MP4", 12_000_000, T0)
+    data = big.read_bytes()
+    remote_dir = on_server(server, "RETRY.MP4", T0).parent
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent / "src"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dashcam_helpers", "--config", str(cfg_path), "upload"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if remote_dir.exists() and any(p.stat().st_size > 2_000_000 for p in remote_dir.glob(".RETRY.MP4.*") if p.exists()):
+            break
+        time.sleep(0.05)
+    server.cut_sessions()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "retry 1 of 3" in err
+    assert on_server(server, "RETRY.MP4", T0).read_bytes() == data
+
+
+def test_an_unknown_host_key_is_refused_with_what_to_do(upload_config, server, dashcamctl, tmp_path):
+    cfg_path = upload_config()
+    (tmp_path / "known_hosts").write_text("")
+    clip = stage(cfg_path, "K.MP4", 10_000, T0)
+
+    res = dashcamctl("--config", str(cfg_path), "upload")
+
+    assert res.returncode == 1
+    assert "not pinned" in res.stderr and "dashcamctl trust-host" in res.stderr
+    assert clip.exists()
+    rows, last = clips(cfg_path)
+    assert rows["Normal/K.MP4"].state == "staged" and last["result"] == "failed"
+    assert not (server.restrict_dir / "footage").exists()
+
+
+def test_a_changed_host_key_is_refused_and_nothing_is_deleted(upload_config, server, dashcamctl, tmp_path):
+    cfg_path = upload_config()
+    impostor = keygen(tmp_path / "other_host_key")
+    keytype, key = impostor.split()[:2]
+    (tmp_path / "known_hosts").write_text(f"[127.0.0.1]:{server.port} {keytype} {key}\n")
+    clip = stage(cfg_path, "K.MP4", 10_000, T0)
+
+    res = dashcamctl("--config", str(cfg_path), "upload")
+
+    assert res.returncode == 1
+    assert "differs from the one pinned" in res.stderr and "trust-host" in res.stderr
+    assert clip.exists() and clips(cfg_path)[0]["Normal/K.MP4"].state == "staged"
+
+
+def test_a_key_the_server_does_not_accept_says_which_line_to_add(upload_config, server, dashcamctl, tmp_path):
+    stranger = tmp_path / "stranger"
+    keygen(stranger)
+    cfg_path = upload_config({"upload": {"ssh_key": str(stranger)}})
+    clip = stage(cfg_path, "K.MP4", 10_000, T0)
+
+    res = dashcamctl("--config", str(cfg_path), "upload")
+
+    assert res.returncode == 1
+    assert "refused the key" in res.stderr and 'command="/usr/bin/rrsync -wo' in res.stderr
+    assert clip.exists()
+
+
+def test_a_name_taken_on_the_server_by_other_content_is_never_overwritten(upload_config, server, dashcamctl):
+    cfg_path = upload_config()
+    ours = stage(cfg_path, "SAME.MP4", 30_000, T0)
+    our_data = ours.read_bytes()
+    theirs = on_server(server, "SAME.MP4", T0)
+    theirs.parent.mkdir(parents=True)
+    their_data = os.urandom(30_000)  # same name, size and mtime: only the checksum tells them apart
+    theirs.write_bytes(their_data)
+    os.utime(theirs, (T0, T0))
+
+    res = dashcamctl("--config", str(cfg_path), "upload")
+
+    assert res.returncode == 0, res.stderr
+    assert theirs.read_bytes() == their_data
+    beside = theirs.with_name(f"SAME.{hashlib.sha256(our_data).hexdigest()[:8]}.MP4")
+    assert beside.read_bytes() == our_data
+    assert "already has" in res.stderr and beside.name in res.stderr
+    rows, last = clips(cfg_path)
+    clip = rows["Normal/SAME.MP4"]
+    assert clip.state == "pruned" and clip.remote_path.endswith(beside.name)
+    assert last["collisions"] == [clip.remote_path.replace(beside.name, "SAME.MP4")]
+
+
+def test_an_identical_file_already_on_the_server_counts_as_verified(upload_config, server, dashcamctl):
+    cfg_path = upload_config()
+    ours = stage(cfg_path, "DUP.MP4", 30_000, T0)
+    there = on_server(server, "DUP.MP4", T0)
+    there.parent.mkdir(parents=True)
+    there.write_bytes(ours.read_bytes())
+
+    res = dashcamctl("--config", str(cfg_path), "upload")
+
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in there.parent.iterdir()) == ["DUP.MP4"]
+    assert clips(cfg_path)[0]["Normal/DUP.MP4"].state == "pruned"
+
+
+def test_an_unreachable_server_exits_75_quickly_and_keeps_everything(make_config, dashcamctl):
+    cfg_path = make_config({"camera": {"name": CAMERA}, "upload": {"port": free_port()}})
+    clip = stage(cfg_path, "U.MP4", 10_000, T0)
+
+    started = time.monotonic()
+    res = dashcamctl("--config", str(cfg_path), "upload")
+
+    assert res.returncode == 75, res.stderr
+    assert time.monotonic() - started < 5
+    assert "not reachable" in res.stderr
+    rows, last = clips(cfg_path)
+    assert clip.exists() and rows["Normal/U.MP4"].state == "staged"
+    assert last["result"] == "unreachable" and last["files"] == 0
+
+
+def test_an_empty_backlog_exits_0_without_contacting_the_server(make_config, dashcamctl):
+    cfg_path = make_config({"upload": {"port": free_port()}})
+    res = dashcamctl("--config", str(cfg_path), "upload")
+    assert res.returncode == 0 and "nothing to upload" in res.stderr
+
+
+def test_two_uploads_never_run_at_once(upload_config, server, dashcamctl):
+    cfg_path = upload_config()
+    clip = stage(cfg_path, "L.MP4", 10_000, T0)
+    cfg = config.load(str(cfg_path))
+    with upload.UploadLock(cfg.paths.state_dir):
+        res = dashcamctl("--config", str(cfg_path), "upload")
+    assert res.returncode == 75 and "another dashcamctl upload is running" in res.stderr
+    assert clip.exists()
+
+
+def test_dry_run_changes_nothing(upload_config, server, dashcamctl):
+    cfg_path = upload_config()
+    clip = stage(cfg_path, "D.MP4", 10_000, T0)
+    res = dashcamctl("--config", str(cfg_path), "--dry-run", "upload")
+    assert res.returncode == 0, res.stderr
+    assert "would upload" in res.stderr
+    assert clip.exists() and not (server.restrict_dir / "footage").exists()
+    assert clips(cfg_path)[0]["Normal/D.MP4"].state == "staged"
+
+
+# --- onboarding --------------------------------------------------------------------------------
+
+
+def test_trust_host_pins_the_servers_key_after_yes_and_upload_then_works(upload_config, server, dashcamctl, tmp_path):
+    cfg_path = upload_config({"upload": {"known_hosts": str(tmp_path / "etc" / "known_hosts")}})
+    stage(cfg_path, "T.MP4", 10_000, T0)
+
+    declined = dashcamctl("--config", str(cfg_path), "trust-host", input="n\n")
+    assert declined.returncode == 1 and "Not pinned" in declined.stdout
+    assert not (tmp_path / "etc" / "known_hosts").exists()
+
+    res = dashcamctl("--config", str(cfg_path), "trust-host", input="y\n")
+
+    assert res.returncode == 0, res.stderr
+    fingerprint = subprocess.run(
+        ["ssh-keygen", "-lf", str(server.host_key) + ".pub"], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
+    assert fingerprint in res.stdout
+    pinned = (tmp_path / "etc" / "known_hosts").read_text()
+    assert f"[127.0.0.1]:{server.port} ssh-ed25519 {server.host_key_pub.split()[1]}" in pinned
+    assert dashcamctl("--config", str(cfg_path), "upload").returncode == 0
+    # pinning again replaces the entry instead of piling up duplicates
+    assert dashcamctl("--config", str(cfg_path), "trust-host", "--yes").returncode == 0
+    assert (tmp_path / "etc" / "known_hosts").read_text().count(f"[127.0.0.1]:{server.port} ssh-ed25519") == 1
+
+
+def test_keygen_creates_the_key_once_and_prints_the_restricted_authorized_keys_line(make_config, dashcamctl, tmp_path):
+    key = tmp_path / "home" / ".ssh" / "id_ed25519"
+    cfg_path = make_config({"upload": {"ssh_key": str(key)}})
+
+    res = dashcamctl("--config", str(cfg_path), "keygen", "--server-dir", "/srv/footage")
+
+    assert res.returncode == 0, res.stderr
+    public = (tmp_path / "home" / ".ssh" / "id_ed25519.pub").read_text().strip()
+    assert public.startswith("ssh-ed25519 AAAA")
+    line = res.stdout.strip().splitlines()[-1]
+    assert line == f'command="/usr/bin/rrsync -wo /srv/footage",restrict {public}'
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    again = dashcamctl("--config", str(cfg_path), "keygen", "--server-dir", "/srv/footage")
+    assert again.stdout.strip().splitlines()[-1] == line
+
+
+def test_progress_goes_to_systemd_as_status_lines(upload_config, server, dashcamctl, tmp_path):
+    import socket
+
+    cfg_path = upload_config({"upload": {"bwlimit": 2000}})  # ~12 s: reports every 5 s, some mid-round
+    for n in range(4):
+        stage(cfg_path, f"P{n}.MP4", 6_000_000, T0 + n)
+    sock_path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(sock_path)
+        res = dashcamctl("--config", str(cfg_path), "upload", env={"NOTIFY_SOCKET": sock_path})
+        assert res.returncode == 0, res.stderr
+        sock.setblocking(False)
+        messages = []
+        while True:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except BlockingIOError:
+                break
+    statuses = [m for m in messages if m.startswith("STATUS=")]
+    assert any(m.startswith("STATUS=upload 0/4 files") for m in statuses), statuses
+    assert any(re.match(r"STATUS=upload [123]/4 files, .* MB/s, ETA", m) for m in statuses), statuses
+    assert any(m.startswith("STATUS=upload 4/4 files") and "ETA" in m for m in statuses), statuses
