@@ -384,10 +384,10 @@ class SystemFacts:
             return None
 
     def server_reachable(self) -> bool:
-        from . import upload
+        from . import server  # not the uploader: a tick must not pay for importing it
 
         try:
-            return bool(upload.server_reachable(self.cfg, None))  # upload.connect_timeout
+            return bool(server.reachable(self.cfg, None))  # upload.connect_timeout
         except Exception as e:
             log.debug("reachability probe failed: %s", e)
             return False

@@ -97,13 +97,9 @@ def known_hosts_name(host: str, port: int) -> str:
 
 def server_reachable(cfg: Config, timeout: Optional[float] = None) -> bool:
     """True when a TCP connection to upload.host:port succeeds within ``timeout`` (default connect_timeout)."""
-    timeout = cfg.upload.connect_timeout if timeout is None else timeout
-    try:
-        with socket.create_connection((cfg.upload.host, cfg.upload.port), timeout=timeout):
-            return True
-    except OSError as e:
-        log.debug("server %s:%s not reachable: %s", cfg.upload.host, cfg.upload.port, e)
-        return False
+    from . import server
+
+    return server.reachable(cfg, timeout)
 
 
 # --- ssh's failures --------------------------------------------------------------------------
