@@ -92,6 +92,7 @@ CASES = [
     ("B at home on external power, camera off -> record", batt(95, external=True), dict(reachable=True, was_reachable=True, camera_mode="off"), "record", False, False, "external power"),
     ("B upload already running: not started twice", H, dict(reachable=True, was_reachable=True, camera_mode="off", backlog_files=2, backlog_bytes=9, upload_running=True), None, False, False, "upload running"),
     ("B nothing to upload", H, dict(reachable=True, was_reachable=True, camera_mode="off"), None, False, False, "nothing to upload"),
+    ("B the last upload failed: a pause before the next", H, dict(reachable=True, was_reachable=True, camera_mode="off", backlog_files=2, backlog_bytes=9, upload_failed_recently=True), None, False, False, "last upload failed"),
     ("B arriving home with a low battery: no data, camera off", batt(40, 40, 40), dict(reachable=True), "off", False, False, "below disconnect_percent"),
     # --- scenario C: thresholds
     ("C below disconnect -> camera off", batt(80, 45, 45), dict(), "off", False, False, "below disconnect_percent 50"),

@@ -184,6 +184,19 @@ def test_a_wifi_blip_at_home_after_an_ingest_does_not_start_another_cycle(rig):
     assert world.mode == "record"
 
 
+def test_a_failed_upload_is_not_restarted_until_a_pause_has_passed(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    world.mode, world.reachable = "off", True
+    ledger.record_staged("dashcam", "Normal/A.MP4", 10, 1, event=False, sha256="ab" * 32, staged_path="a")
+    ledger.put_state("last_upload", {"wall": clock.wall, "files": 0, "bytes": 0, "result": "failed", "reason": "key refused"})
+    record = run()
+    assert ("start", UPLOAD_UNIT) not in actions.calls
+    assert "the last upload failed" in record["decision"]["reason"]
+    clock.advance(15 * 60)
+    run()
+    assert ("start", UPLOAD_UNIT) in actions.calls
+
+
 def test_an_ingest_that_leaves_the_camera_in_data_is_corrected(rig):
     cfg, world, actions, clock, ledger, run = rig
     world.reachable = True
@@ -400,3 +413,22 @@ def test_system_actions_in_a_dry_run_only_log(rig, fake_systemctl, caplog):
     actions.poweroff()
     assert not fake_systemctl.exists()
     assert sum("dry run, not running: systemctl" in r.getMessage() for r in caplog.records) == 3
+
+
+def test_what_a_tick_saw_becomes_the_home_assistant_state_without_a_second_read(rig):
+    from dashcam_helpers import mqtt
+    from dashcam_helpers.policy import status_facts
+
+    cfg, world, actions, clock, ledger, run = rig
+    world.reading = FakeReading(millivolts=3611, percent=95, external=True, raw={"VIN": 5208, "VOUT": 4979, "IOUT": 857})
+    world.mode = "off"
+    ledger.record_staged("dashcam", "Normal/A.MP4", 10, 1, event=False, sha256="ab" * 32, staged_path="a")
+    ledger.put_state("last_ingest", {"wall": 1.76e9, "files": 7, "bytes": 70, "result": "ok"})
+    record = run()
+    doc = mqtt.state_document(status_facts(record, ledger), now=1.76e9)
+    assert doc["battery_voltage"] == 3.611 and doc["battery_percent"] == 95
+    assert doc["external_power"] == "ON" and doc["input_voltage"] == 5.208
+    assert doc["output_current"] == 0.857
+    assert doc["camera_mode"] == "record"  # the mode the tick switched to, not the one it saw
+    assert doc["backlog_files"] == 1 and doc["server_reachable"] == "OFF"
+    assert doc["last_ingest_files"] == 7 and doc["last_upload"] is None

@@ -65,3 +65,38 @@ def test_a_broken_section_does_not_hide_the_others(make_config, monkeypatch):
     monkeypatch.setattr(status, "SECTIONS", [("ledger", broken), ("battery", lambda cfg: {"source": "none"})])
     facts = status.gather(config.load(str(make_config())))
     assert facts == {"ledger": {"error": "RuntimeError: ledger on fire"}, "battery": {"source": "none"}}
+
+
+def test_status_reports_backlog_server_and_last_runs(fake_hw, dashcamctl, make_config, tmp_path):
+    import socket
+    import time
+
+    from dashcam_helpers.config import load
+    from dashcam_helpers.ledger import Ledger
+
+    with socket.socket() as listener:  # a server that answers on 127.0.0.1
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        path = make_config({"upload": {"port": port}})
+        cfg = load(str(path))
+        with Ledger(cfg.paths.ledger) as ledger:
+            ledger.record_staged("dashcam", "Normal/Front/A.MP4", 1000, 1, event=False, sha256="ab" * 32, staged_path="x")
+            ledger.record_failed("dashcam", "Event/B.MP4", 5, 2, event=True, reason="Input/output error")
+            ledger.put_state("last_upload", {"wall": time.time(), "files": 3, "bytes": 3000, "result": "ok", "reason": None})
+        fake_hw.usb_device("1-1", authorized="0")
+        r = dashcamctl("--config", str(path), "status", "--json", env=fake_hw.env)
+        assert r.returncode == 0, r.stderr
+        facts = json.loads(r.stdout)
+        assert facts["staging"]["backlog_files"] == 1 and facts["staging"]["backlog_bytes"] == 1000
+        assert facts["staging"]["failed_files"] == 1 and facts["staging"]["free_bytes"] > 0
+        assert facts["server"] == {"host": "127.0.0.1", "port": port, "reachable": True}
+        assert facts["last_upload"]["files"] == 3 and facts["last_ingest"] == {}
+        text = dashcamctl("--config", str(path), "status", env=fake_hw.env).stdout.splitlines()
+    assert text[2].startswith("staging:  1 clips (1.0 kB) waiting for the server, ")
+    assert text[2].endswith("1 clips failed to read (dashcamctl files --state failed)")
+    assert text[3] == f"server:   127.0.0.1:{port} reachable"
+    assert text[4] == "ingest:   never"
+    assert text[5].startswith("upload:   ") and text[5].endswith(" ok: 3 clips, 3.0 kB")
+    r = dashcamctl("--config", str(path), "status", "--json", env=fake_hw.env)
+    assert json.loads(r.stdout)["server"]["reachable"] is False  # the listener is closed now

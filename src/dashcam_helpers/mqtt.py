@@ -629,41 +629,11 @@ def _due_events(cfg, facts: Dict[str, Any], now: float) -> Tuple[Dict[str, Any],
 CLI_BUDGET = 5.0  # by hand, wait long enough to report the real reason, not the tick's impatience
 
 
-def _ledger_facts(cfg) -> Dict[str, Any]:
-    """The facts the ledger and the staging filesystem know (backlog, free space, last runs)."""
-    from .ledger import Ledger
-
-    facts: Dict[str, Any] = {}
-    with Ledger(cfg.paths.ledger) as ledger:
-        files, size = ledger.backlog()
-        facts["staging"] = {"backlog_files": files, "backlog_bytes": size}
-        for key in ("last_ingest", "last_upload"):
-            value = ledger.get_state(key)
-            if isinstance(value, dict):
-                facts[key] = value
-    try:
-        st = os.statvfs(cfg.paths.local_staging)
-        facts["staging"]["free_bytes"] = st.f_bavail * st.f_frsize
-    except OSError:
-        pass
-    return facts
-
-
 def gather_facts(cfg) -> Dict[str, Any]:
-    """What `dashcamctl status --json` reports, plus what the ledger knows (for mqtt-publish)."""
-    import importlib
+    """What `dashcamctl status --json` reports (battery, camera, staging, server, last runs)."""
+    from . import status
 
-    facts: Dict[str, Any] = {}
-    try:
-        facts.update(_ledger_facts(cfg))
-    except Exception as e:
-        log.debug("mqtt: ledger facts unavailable: %s", e)
-    try:
-        status = importlib.import_module(".status", __package__)
-        facts.update(status.gather(cfg))
-    except ImportError:
-        log.debug("mqtt: no status module; publishing the ledger's facts only")
-    return facts
+    return status.gather(cfg)
 
 
 def command(args) -> int:

@@ -42,6 +42,10 @@ MEDIAN_WINDOW = 3
 # will not appear: the camera goes back to recording
 STORAGE_GRACE_TIMEOUTS = 3
 
+# after an upload that failed (not "unreachable": a refused key, a full server disk), the
+# policy waits this long before starting another, so a broken setup does not loop
+UPLOAD_FAILURE_PAUSE = 15 * 60
+
 STATE_KEY = "policy"  # ledger state between ticks (see Tick state below)
 LAST_KEY = "last_policy"  # contract: the last decision, what it saw and what it did
 
@@ -106,6 +110,7 @@ class Facts(Record):
     backlog_bytes: int = 0
     ingest_running: Optional[bool] = False
     upload_running: Optional[bool] = False
+    upload_failed_recently: bool = False
 
     @property
     def staging_has_room(self) -> bool:
@@ -293,6 +298,8 @@ def _upload(facts: Facts) -> Tuple[bool, str]:
         return False, f"{waiting}, server unreachable"
     if facts.upload_running:
         return False, f"{waiting}, upload running"
+    if facts.upload_failed_recently:
+        return False, f"{waiting}, the last upload failed: next try after a pause"
     return True, f"{waiting} and the server is reachable: start upload"
 
 
@@ -575,6 +582,13 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
     was_reachable = st.get("reachable") if same_boot else None
     free, reserve = facts_source.staging_space()
     backlog_files, backlog_bytes = ledger.backlog()
+    last_upload = ledger.get_state("last_upload")
+    # the wall clock, as ingest and upload record it: a jump back only ends the pause early
+    upload_failed_recently = (
+        isinstance(last_upload, dict)
+        and last_upload.get("result") == "failed"
+        and 0 <= wall - float(last_upload.get("wall") or 0) < UPLOAD_FAILURE_PAUSE
+    )
     # which units run matters only at home or in data mode (data mode, upload, an ingest to stop);
     # away from home, recording, the systemctl call is saved
     if reachable or mode == "data":
@@ -602,6 +616,7 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
         backlog_bytes=backlog_bytes,
         ingest_running=ingest_running,
         upload_running=upload_running,
+        upload_failed_recently=upload_failed_recently,
     )
     decision = decide(history, facts, cfg)
 
@@ -650,6 +665,7 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
                 "external": reading.external,
                 "reason": reading.reason,
                 "judged": decision.battery,
+                "raw": dict(reading.raw),
             },
             "camera": mode,
             "camera_attached": attached,
@@ -734,6 +750,26 @@ def _log_line(record: Dict[str, Any], decision: Decision, dry_run: bool) -> None
     )
 
 
+def status_facts(record: Dict[str, Any], ledger) -> Dict[str, Any]:
+    """What this tick saw, shaped like `dashcamctl status --json`, for MQTT: no second battery read."""
+    saw, decision = record["saw"], record["decision"]
+    mode = saw["camera"]
+    if decision["camera"] and f"camera {decision['camera']}" in record["done"] and not record["dry_run"]:
+        mode = decision["camera"]
+    return {
+        "battery": dict(saw["battery"]),
+        "camera": {"mode": mode, "attached": saw["camera_attached"]},
+        "staging": {
+            "backlog_files": saw["backlog_files"],
+            "backlog_bytes": saw["backlog_bytes"],
+            "free_bytes": saw["staging_free"],
+        },
+        "server": {"reachable": saw["reachable"]},
+        "last_ingest": ledger.get_state("last_ingest") or {},
+        "last_upload": ledger.get_state("last_upload") or {},
+    }
+
+
 # --- dashcamctl policy ------------------------------------------------------------------------------
 
 
@@ -749,6 +785,13 @@ def command(args) -> int:
         logging.getLogger("dashcam.config").warning("%s: %s", cfg.path, warning)
     with Ledger(cfg.paths.ledger) as ledger:
         record = tick(cfg, SystemFacts(cfg), SystemActions(cfg, args.dry_run), ledger=ledger, dry_run=args.dry_run)
+        if cfg.mqtt is not None:
+            if args.dry_run:
+                log.info("dry run, not publishing to MQTT")
+            else:
+                from . import mqtt  # only with an mqtt section: bounded (< 1 s), never raises
+
+                mqtt.publish_state(cfg, status_facts(record, ledger))
     if args.json:
         from .cli import print_json
 

@@ -30,9 +30,47 @@ def camera_section(cfg) -> Dict[str, Any]:
     }
 
 
+def staging_section(cfg) -> Dict[str, Any]:
+    """The backlog the server has not verified yet, and the room left in staging."""
+    from .ledger import Ledger
+    from .policy import staging_space
+
+    with Ledger(cfg.paths.ledger) as ledger:
+        files, size = ledger.backlog()
+        failed = ledger.counts()["failed"]
+    out: Dict[str, Any] = {"backlog_files": files, "backlog_bytes": size, "failed_files": failed}
+    try:
+        out["free_bytes"], out["reserve_bytes"] = staging_space(cfg)
+    except OSError as e:
+        out["free_bytes"] = None
+        out["reason"] = f"{cfg.paths.local_staging}: {e.strerror}"
+    return out
+
+
+def server_section(cfg) -> Dict[str, Any]:
+    from . import server
+
+    return {"host": cfg.upload.host, "port": cfg.upload.port, "reachable": server.reachable(cfg, min(3, cfg.upload.connect_timeout))}
+
+
+def _ledger_state(key: str):
+    def section(cfg) -> Dict[str, Any]:
+        from .ledger import Ledger
+
+        with Ledger(cfg.paths.ledger) as ledger:
+            value = ledger.get_state(key)
+        return value if isinstance(value, dict) else {}
+
+    return section
+
+
 SECTIONS: List[Tuple[str, Callable[[Any], Dict[str, Any]]]] = [
     ("battery", battery_section),
     ("camera", camera_section),
+    ("staging", staging_section),
+    ("server", server_section),
+    ("last_ingest", _ledger_state("last_ingest")),
+    ("last_upload", _ledger_state("last_upload")),
 ]
 
 
@@ -67,6 +105,40 @@ def _camera_line(c: Dict[str, Any]) -> str:
     return f"camera:   {c['mode']}, {attached} [{c['backend']}]"
 
 
+def _staging_line(st: Dict[str, Any]) -> str:
+    from .notify import human_bytes
+
+    if "error" in st:
+        return f"staging:  error: {st['error']}"
+    free = "free space unknown" if st.get("free_bytes") is None else f"{human_bytes(st['free_bytes'])} free"
+    failed = f", {st['failed_files']} clips failed to read (dashcamctl files --state failed)" if st.get("failed_files") else ""
+    return f"staging:  {st['backlog_files']} clips ({human_bytes(st['backlog_bytes'])}) waiting for the server, {free}{failed}"
+
+
+def _server_line(sv: Dict[str, Any]) -> str:
+    if "error" in sv:
+        return f"server:   error: {sv['error']}"
+    return f"server:   {sv['host']}:{sv['port']} {'reachable' if sv['reachable'] else 'not reachable'}"
+
+
+def _when(wall) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(wall).strftime("%Y-%m-%d %H:%M:%S") if wall else "?"
+
+
+def _last_line(label: str, run: Dict[str, Any]) -> str:
+    from .notify import human_bytes
+
+    if "error" in run:
+        return f"{label + ':':<9} error: {run['error']}"
+    if not run:
+        return f"{label + ':':<9} never"
+    what = f"{run.get('files', 0)} clips, {human_bytes(run.get('bytes') or 0)}"
+    why = f" ({run['reason']})" if run.get("reason") else ""
+    return f"{label + ':':<9} {_when(run.get('wall'))} {run.get('result', '?')}: {what}{why}"
+
+
 def render(facts: Dict[str, Dict[str, Any]]) -> str:
     lines = []
     for name, section in facts.items():
@@ -74,6 +146,14 @@ def render(facts: Dict[str, Dict[str, Any]]) -> str:
             lines.append(_battery_line(section))
         elif name == "camera":
             lines.append(_camera_line(section))
+        elif name == "staging":
+            lines.append(_staging_line(section))
+        elif name == "server":
+            lines.append(_server_line(section))
+        elif name == "last_ingest":
+            lines.append(_last_line("ingest", section))
+        elif name == "last_upload":
+            lines.append(_last_line("upload", section))
         else:
             body = ", ".join(f"{k} {v}" for k, v in section.items())
             lines.append(f"{name + ':':<9} {body}")
