@@ -22,6 +22,7 @@ log = logging.getLogger("dashcam")
 COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "check-config": ("commands", "check_config", "validate a configuration file, print every problem"),
     "files": ("commands", "files", "list the footage ledger"),
+    "ingest": ("ingest", "command", "copy new footage from the camera (or a directory) into staging"),
 }
 
 
@@ -55,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("files")
     p.add_argument("--state", choices=("seen", "staged", "uploaded", "verified", "pruned", "failed"))
+    _add_json(p)
+
+    p = add("ingest")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("devname", nargs="?", help="the camera's block device (sda1 or /dev/sda1): mounted read-only")
+    where.add_argument("--source", metavar="DIR", help="an already-mounted directory (an SD card in a reader)")
     _add_json(p)
 
     return parser
