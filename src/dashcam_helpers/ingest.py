@@ -27,7 +27,6 @@ import logging
 import os
 import queue
 import re
-import stat
 import threading
 import time
 from dataclasses import dataclass, field
