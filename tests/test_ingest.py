@@ -462,3 +462,17 @@ def test_the_shipped_default_globs_cover_the_users_camera_layout(card, make_conf
     write_clip(card, "Normal/Front/2024_0101_120000_F.MP4", 10, time.time())
     found = ingest.scan(str(card), cfg.ingest.globs, cfg.ingest.extensions)
     assert [c.source_path for c in found] == ["Normal/Front/2024_0101_120000_F.MP4"]
+
+
+def test_files_root_stages_belong_to_the_staging_owner_so_the_uploader_can_prune_them(card, cfg_path, tmp_path,
+                                                                                        dashcamctl):
+    needs_root_mounts()
+    (tmp_path / "staging").mkdir()
+    (tmp_path / "state").mkdir()
+    os.chown(tmp_path / "staging", 4321, 4321)
+    os.chown(tmp_path / "state", 4321, 4321)
+    write_clip(card, "Normal/Front/A.MP4", 1000, time.time())
+    assert dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card)).returncode == 0
+    made = [p for p in (tmp_path / "staging").rglob("*") if p.name != ".lock"] + [tmp_path / "state/ledger.sqlite3"]
+    assert len(made) == 6  # incoming, ready, camera, day, the clip; the ledger
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in made} == {(4321, 4321)}

@@ -218,6 +218,36 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+Owner = Optional[Tuple[int, int]]
+
+
+def owner_of(path: str) -> Owner:
+    """(uid, gid) new files below ``path`` should get: its own owner, when we run as root and differ.
+
+    Ingest runs as root (to mount), staging and the ledger belong to the dashcam user who uploads
+    and prunes: what root creates there is handed to that user, or the uploader could not delete it.
+    """
+    if os.geteuid() != 0:
+        return None
+    st = os.stat(path)
+    if (st.st_uid, st.st_gid) == (0, 0):
+        return None
+    return st.st_uid, st.st_gid
+
+
+def makedirs_owned(path: str, owner: Owner) -> None:
+    """os.makedirs, giving every directory it creates to ``owner``."""
+    if os.path.isdir(path):
+        return
+    makedirs_owned(os.path.dirname(path), owner)
+    try:
+        os.mkdir(path, 0o750)
+    except FileExistsError:
+        return
+    if owner:
+        os.chown(path, *owner)
+
+
 def sha256_file(path: str) -> str:
     h = hashlib.sha256()
     buf = bytearray(BLOCK)
@@ -254,9 +284,10 @@ def clean_incoming(incoming: str) -> None:
 class _Finisher(threading.Thread):
     """fsync, rename into ready/, fsync the directory, commit the ledger row: one clip at a time."""
 
-    def __init__(self, cfg: Config, result: IngestResult, progress: Callable[[int], None], should_stop):
+    def __init__(self, cfg: Config, result: IngestResult, progress: Callable[[int], None], should_stop, owner: Owner):
         super().__init__(name="ingest-finisher", daemon=True)
         self.cfg = cfg
+        self.owner = owner
         self.result = result
         self.progress = progress
         self.should_stop = should_stop
@@ -341,7 +372,7 @@ class _Finisher(threading.Thread):
         while True:
             candidate = rel if n == 0 else f"{stem}~{n}{ext}"
             target = os.path.join(ready, candidate)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
+            makedirs_owned(os.path.dirname(target), self.owner)
             try:
                 # link(2) fails if the name exists: an atomic "rename unless taken"
                 os.link(item.part, target)
@@ -395,7 +426,8 @@ class _Progress:
         notify.status(line)
 
 
-def _copy_one(src_root: str, clip: Candidate, incoming: str, seq: int, should_stop, progress: _Progress) -> _Copied:
+def _copy_one(src_root: str, clip: Candidate, incoming: str, seq: int, should_stop, progress: _Progress,
+              owner: Owner = None) -> _Copied:
     """Read, hash and write one clip to incoming/<name>.<seq>.part; the fd stays open for the finisher."""
     src = os.path.join(src_root, clip.source_path)
     part = os.path.join(incoming, f"{os.path.basename(clip.source_path)}.{seq}.part")
@@ -408,6 +440,8 @@ def _copy_one(src_root: str, clip: Candidate, incoming: str, seq: int, should_st
             pass
         dfd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
         try:
+            if owner:
+                os.fchown(dfd, *owner)
             h = hashlib.sha256()
             buf = bytearray(BLOCK)
             view = memoryview(buf)
@@ -465,14 +499,23 @@ def ingest_source(
     result = IngestResult()
     started = time.time()
     incoming = cfg.paths.incoming
+    owner: Owner = None
     if not dry_run:
-        os.makedirs(incoming, exist_ok=True)
-        os.makedirs(cfg.paths.ready, exist_ok=True)
+        os.makedirs(cfg.paths.local_staging, exist_ok=True)
+        owner = owner_of(cfg.paths.local_staging)
+        makedirs_owned(incoming, owner)
+        makedirs_owned(cfg.paths.ready, owner)
     lock_fd = _lock_staging(incoming) if not dry_run else None
     try:
         if not dry_run:
             clean_incoming(incoming)
+        new_ledger = not os.path.exists(cfg.paths.ledger)
         with Ledger(cfg.paths.ledger) as ledger:
+            if new_ledger and not dry_run:
+                # the uploader (dashcam user) writes the ledger too; SQLite gives its -wal/-shm the db's owner
+                ledger_owner = owner_of(cfg.paths.state_dir)
+                if ledger_owner:
+                    os.chown(cfg.paths.ledger, *ledger_owner)
             known: Set[Tuple[str, int, int]] = ledger.known_keys(cfg.camera.name)
             found = scan(source_dir, cfg.ingest.globs, cfg.ingest.extensions, cfg.ingest.after_date)
             new = [c for c in found if (c.source_path, c.size, c.mtime_ns) not in known]
@@ -490,7 +533,7 @@ def ingest_source(
                              ", event" if c.event else "")
                 result.pending = len(todo)
                 return result
-            _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop)
+            _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner)
             ledger.put_state(
                 "last_ingest",
                 {"wall": time.time(), "files": result.files, "bytes": result.bytes, "result": result.result,
@@ -503,9 +546,9 @@ def ingest_source(
     return result
 
 
-def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop) -> None:
+def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner) -> None:
     progress = _Progress(len(todo), total)
-    finisher = _Finisher(cfg, result, lambda n: progress.add(files=n), should_stop)
+    finisher = _Finisher(cfg, result, lambda n: progress.add(files=n), should_stop, owner)
     finisher.start()
     remaining = len(todo)
     try:
@@ -527,7 +570,7 @@ def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop) -> None
                             extra={"DASHCAM_FILE": clip.source_path})
                 break
             try:
-                copied = _copy_one(source_dir, clip, cfg.paths.incoming, seq, should_stop, progress)
+                copied = _copy_one(source_dir, clip, cfg.paths.incoming, seq, should_stop, progress, owner)
             except Interrupted:
                 result.interrupted = True
                 break
