@@ -426,6 +426,52 @@ class _Progress:
         notify.status(line)
 
 
+class _Reader(threading.Thread):
+    """Reads a clip into a few reusable buffers ahead of the hashing and writing thread.
+
+    The card keeps streaming while the writer waits on the staging disk; memory stays at
+    DEPTH blocks whatever the clip size.
+    """
+
+    DEPTH = 4
+
+    def __init__(self, fd: int):
+        super().__init__(name="ingest-reader", daemon=True)
+        self.fd = fd
+        self.free: "queue.Queue[bytearray]" = queue.Queue()
+        for _ in range(self.DEPTH):
+            self.free.put(bytearray(BLOCK))
+        self.full: "queue.Queue[Tuple[Optional[bytearray], int, Optional[OSError]]]" = queue.Queue()
+        self.cancelled = False
+
+    def run(self) -> None:
+        offset = 0
+        while not self.cancelled:
+            buf = self.free.get()
+            if self.cancelled:
+                break
+            try:
+                n = os.readv(self.fd, [buf])
+            except OSError as e:
+                self.full.put((None, 0, e))
+                return
+            if n == 0:
+                self.full.put((None, 0, None))
+                return
+            if offset >= WRITEBACK_CHUNK:
+                # what was read is never read again: do not let the card's pages crowd the cache
+                _fadvise_dontneed(self.fd, 0, offset - WRITEBACK_CHUNK)
+            offset += n
+            self.full.put((buf, n, None))
+
+    def cancel(self) -> bool:
+        """Stop reading; False if a read is stuck (a dying card): the fd must then stay open."""
+        self.cancelled = True
+        self.free.put(bytearray(0))  # wake it if it waits for a buffer
+        self.join(timeout=2)
+        return not self.is_alive()
+
+
 def _copy_one(src_root: str, clip: Candidate, incoming: str, seq: int, should_stop, progress: _Progress,
               owner: Owner = None) -> _Copied:
     """Read, hash and write one clip to incoming/<name>.<seq>.part; the fd stays open for the finisher."""
@@ -433,6 +479,7 @@ def _copy_one(src_root: str, clip: Candidate, incoming: str, seq: int, should_st
     part = os.path.join(incoming, f"{os.path.basename(clip.source_path)}.{seq}.part")
     # O_NOFOLLOW: a name swapped for a symlink after the scan is not followed out of the card
     sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    reader = None
     try:
         try:
             os.posix_fadvise(sfd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
@@ -443,27 +490,36 @@ def _copy_one(src_root: str, clip: Candidate, incoming: str, seq: int, should_st
             if owner:
                 os.fchown(dfd, *owner)
             h = hashlib.sha256()
-            buf = bytearray(BLOCK)
-            view = memoryview(buf)
             written = 0
             synced = 0
+            reader = _Reader(sfd)
+            reader.start()
             while True:
+                try:
+                    buf, n, error = reader.full.get(timeout=0.5)
+                except queue.Empty:
+                    if should_stop():
+                        raise Interrupted()
+                    continue
+                if error is not None:
+                    raise error
+                if buf is None:
+                    break
                 if should_stop():
                     raise Interrupted()
-                n = os.readv(sfd, [buf])
-                if n == 0:
-                    break
-                chunk = view[:n]
+                chunk = memoryview(buf)[:n]
                 h.update(chunk)
                 off = 0
                 while off < n:
                     off += os.write(dfd, chunk[off:])
+                chunk.release()
+                reader.free.put(buf)
                 written += n
                 if written - synced >= WRITEBACK_CHUNK:
                     _start_writeback(dfd, synced, written - synced)
-                    _fadvise_dontneed(sfd, synced, written - synced)
                     synced = written
                 progress.add(nbytes=n)
+            reader.join()
             if written != clip.size:
                 raise OSError(errno.EIO, f"read {written} bytes, the card said {clip.size} (changed while copying?)")
             return _Copied(clip, dfd, part, h.hexdigest())
@@ -472,7 +528,9 @@ def _copy_one(src_root: str, clip: Candidate, incoming: str, seq: int, should_st
             os.unlink(part)
             raise
     finally:
-        os.close(sfd)
+        # a reader stuck in read(2) keeps its fd: closing it could hand the number to the next clip
+        if reader is None or not reader.is_alive() or reader.cancel():
+            os.close(sfd)
 
 
 def _lock_staging(incoming: str) -> int:
