@@ -342,38 +342,32 @@ def test_sigterm_mid_copy_stops_within_5_seconds_leaving_no_part_and_a_consisten
 def test_kill_9_at_random_moments_never_leaves_a_wrong_file_and_a_rerun_stages_each_clip_once(card, cfg_path, tmp_path):
     now = time.time()
     clips = {}
-    for i in range(24):
-        rel = f"Normal/Front/{i:03d}.MP4" if i % 6 else f"Event/{i:03d}.MP4"
-        clips[rel] = sha256(write_clip(card, rel, random.Random(i).randint(20_000, 600_000), now - i * 60))
+    for i in range(12):
+        rel = f"Normal/Front/{i:03d}.MP4" if i % 4 else f"Event/{i:03d}.MP4"
+        clips[rel] = sha256(write_clip(card, rel, random.Random(i).randint(20_000, 400_000), now - i * 60))
     staging, state = tmp_path / "staging", tmp_path / "state"
 
-    def wait_for_first_part(proc, deadline=30.0):
+    def wait_for_staged(proc, k: int, deadline=60.0):
+        """Until k clips are in ready/ and a .part is being written (the run is mid-copy)."""
         end = time.monotonic() + deadline
-        while not list((staging / "incoming").glob("*.part")):
+        while len(files_in(staging / "ready")) < k or not list((staging / "incoming").glob("*.part")):
             if proc.poll() is not None or time.monotonic() > end:
-                return False
+                return
             time.sleep(0.001)
-        return True
-
-    # how long the copying takes here, so the kills land anywhere in it
-    proc = spawn_ingest(cfg_path, card)
-    assert wait_for_first_part(proc)
-    t0 = time.monotonic()
-    proc.communicate(timeout=60)
-    copying = time.monotonic() - t0
-    assert proc.returncode == 0
 
     rng = random.Random(20240917)
     killed_mid_copy = 0
     for attempt in range(50):
-        shutil.rmtree(staging)
-        shutil.rmtree(state)
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
         proc = spawn_ingest(cfg_path, card)
         if attempt % 5 == 0:
             time.sleep(rng.uniform(0, 0.3))  # also during start-up: ledger creation, cleanup, scan
         else:
-            wait_for_first_part(proc)
-            time.sleep(rng.uniform(0, copying))
+            # anywhere in the copy, whatever this machine's pace: after a random number of clips,
+            # a random few milliseconds into the next (reading, fsync, rename or ledger commit)
+            wait_for_staged(proc, rng.randrange(len(clips) - 1))
+            time.sleep(rng.uniform(0, 0.03))
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
         rows = assert_staging_consistent(staging, state)
@@ -388,7 +382,7 @@ def test_kill_9_at_random_moments_never_leaves_a_wrong_file_and_a_rerun_stages_e
         rows = assert_staging_consistent(staging, state, complete=True)
         assert sorted(row["source_path"] for row in rows) == sorted(clips), f"attempt {attempt}"
         assert not list((staging / "incoming").glob("*.part"))
-    assert killed_mid_copy >= 20, "the kills should mostly land while clips are being copied"
+    assert killed_mid_copy >= 30, "the kills should mostly land while clips are being copied"
 
 
 # --- the camera's block device: mount around the same code -----------------------------------------
