@@ -591,13 +591,20 @@ def ingest_source(
                              ", event" if c.event else "")
                 result.pending = len(todo)
                 return result
-            _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner)
-            ledger.put_state(
-                "last_ingest",
-                {"wall": time.time(), "files": result.files, "bytes": result.bytes, "result": result.result,
-                 "source": source_dir, "known": result.known, "failed": len(result.failed),
-                 "pending": result.pending, "refused": result.refused, "seconds": round(time.time() - started, 3)},
-            )
+            error = None
+            try:
+                _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner)
+            except DashcamError as e:
+                error = str(e)
+                raise
+            finally:
+                ledger.put_state(
+                    "last_ingest",
+                    {"wall": time.time(), "files": result.files, "bytes": result.bytes,
+                     "result": "failed" if error else result.result, "reason": error,
+                     "source": source_dir, "known": result.known, "failed": len(result.failed),
+                     "pending": result.pending, "refused": result.refused, "seconds": round(time.time() - started, 3)},
+                )
     finally:
         if lock_fd is not None:
             os.close(lock_fd)
