@@ -30,7 +30,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from . import notify
 from .config import Config
@@ -138,28 +138,40 @@ def _walk(root: str, rel: str = "") -> Iterable[Tuple[str, os.stat_result]]:
             log.warning("cannot stat %s: %s", path, e.strerror or e)
 
 
-def scan(root: str, globs: Sequence[str], extensions: Sequence[str], after_date: Optional[str] = None) -> List[Candidate]:
-    """Every footage file below ``root`` that matches a glob and an extension (case-insensitive)."""
+def footage_files(
+    root: str, globs: Sequence[str], extensions: Sequence[str], after_date: Optional[str] = None
+) -> Iterator[Tuple[str, int, int]]:
+    """(relative path, size, mtime_ns) of every footage file below ``root``: a glob and an extension
+    match (case-insensitive). Kept lean: a rescan walks every clip on the card."""
     patterns = [glob_regex(g) for g in globs]
-    exts = {"." + e.lower().lstrip(".") for e in extensions}
+    exts = {e.lower().lstrip(".") for e in extensions}
     not_before = None
     if after_date:
-        not_before = datetime.datetime.combine(datetime.date.fromisoformat(after_date), datetime.time()).timestamp()
-    out = []
+        not_before = int(datetime.datetime.combine(datetime.date.fromisoformat(after_date),
+                                                   datetime.time()).timestamp() * 1e9)
     for rel, st in _walk(root):
-        if os.path.splitext(rel)[1].lower() not in exts:
+        if rel.rpartition(".")[2].lower() not in exts:
             continue
         if not any(p.match(rel) for p in patterns):
             continue
-        if not_before is not None and st.st_mtime < not_before:
+        if not_before is not None and st.st_mtime_ns < not_before:
             continue
-        try:
-            rel.encode("utf-8")
-        except UnicodeEncodeError:
-            log.warning("skipping %r: its name is not valid UTF-8", rel)
-            continue
-        out.append(Candidate(rel, st.st_size, st.st_mtime_ns, is_event(rel)))
-    return out
+        yield rel, st.st_size, st.st_mtime_ns
+
+
+def candidate(rel: str, size: int, mtime_ns: int) -> Optional[Candidate]:
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        log.warning("skipping %r: its name is not valid UTF-8", rel)
+        return None
+    return Candidate(rel, size, mtime_ns, is_event(rel))
+
+
+def scan(root: str, globs: Sequence[str], extensions: Sequence[str], after_date: Optional[str] = None) -> List[Candidate]:
+    """Every footage file below ``root`` as a Candidate."""
+    found = (candidate(*f) for f in footage_files(root, globs, extensions, after_date))
+    return [c for c in found if c is not None]
 
 
 def order(candidates: Iterable[Candidate], newest_first: bool = True) -> List[Candidate]:
@@ -575,14 +587,21 @@ def ingest_source(
                 if ledger_owner:
                     os.chown(cfg.paths.ledger, *ledger_owner)
             known: Set[Tuple[str, int, int]] = ledger.known_keys(cfg.camera.name)
-            found = scan(source_dir, cfg.ingest.globs, cfg.ingest.extensions, cfg.ingest.after_date)
-            new = [c for c in found if (c.source_path, c.size, c.mtime_ns) not in known]
-            result.known = len(found) - len(new)
+            found = 0
+            new = []
+            for key in footage_files(source_dir, cfg.ingest.globs, cfg.ingest.extensions, cfg.ingest.after_date):
+                found += 1
+                if key in known:  # copied before: not read, not even looked at further
+                    continue
+                c = candidate(*key)
+                if c is not None:
+                    new.append(c)
+            result.known = found - len(new)
             todo = order(new, cfg.ingest.newest_first)
             total = sum(c.size for c in todo)
             log.info(
                 "%s: %d footage files, %d already in the ledger, %d new (%s)",
-                source_dir, len(found), result.known, len(todo), notify.human_bytes(total),
+                source_dir, found, result.known, len(todo), notify.human_bytes(total),
                 extra={"DASHCAM_FILES": len(todo), "DASHCAM_BYTES": total},
             )
             if dry_run:
