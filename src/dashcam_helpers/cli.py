@@ -32,6 +32,7 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "upload": ("upload", "cmd_upload", "upload staged footage to the server, verify it, then free staging"),
     "keygen": ("upload", "cmd_keygen", "create the upload ssh key, print the server's authorized_keys line"),
     "trust-host": ("upload", "cmd_trust_host", "fetch the server's host key, show its fingerprint, pin it"),
+    "ingest": ("ingest", "command", "copy new footage from the camera (or a directory) into staging"),
 }
 
 
@@ -98,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("trust-host")
     p.add_argument("--yes", action="store_true", help="pin without asking")
+
+    p = add("ingest")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("devname", nargs="?", help="the camera's block device (sda1 or /dev/sda1): mounted read-only")
+    where.add_argument("--source", metavar="DIR", help="an already-mounted directory (an SD card in a reader)")
+    _add_json(p)
 
     return parser
 

@@ -1,0 +1,838 @@
+"""Ingest: copy every new clip from the camera's card to staging, once, verified, never partial.
+
+    scan (globs, known keys skipped unread) -> order (event/locked first, then newest)
+      -> per clip: free-space reserve -> read + SHA-256 + write incoming/<name>.part
+         -> [finisher thread] fsync -> rename into ready/<camera>/<YYYY-MM-DD>/ -> fsync dir
+         -> ledger.record_staged
+
+The reading thread (the caller's) and a finisher thread overlap: while the finisher waits for
+the durable write of one clip, the next is already being read. Only one clip is in each stage,
+so memory stays at a few MiB whatever the clip size. A clip in ready/ therefore always matches
+the hash its ledger row records; a crash leaves at most a .part (deleted by the next run) or a
+renamed file not yet in the ledger (recognised by its hash on the next run, never duplicated).
+
+``ingest_source`` works on any directory (an SD card in a reader, a test tree);
+``ingest_device`` mounts the camera read-only around it and puts the camera back afterwards.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import datetime
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+
+from . import notify
+from .config import Config
+from .errors import DashcamError, TryLater
+from .ledger import Ledger
+
+log = logging.getLogger("dashcam.ingest")
+
+BLOCK = 1 << 20  # bytes per read: large enough for hashlib to release the GIL, small enough for RSS
+WRITEBACK_CHUNK = 8 << 20  # start writeback of every 8 MiB written, so the final fsync has little left
+STATUS_EVERY = 1.0  # seconds between sd_notify STATUS updates
+
+EVENT_FOLDERS = {"event", "events", "emr", "ro", "locked", "lock", "protected", "protect", "sos"}
+EVENT_SUFFIX = re.compile(r"_E[A-Z0-9]{0,2}$", re.IGNORECASE)
+
+
+# --- what there is to copy ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    source_path: str  # relative to the card's root, '/'-separated
+    size: int
+    mtime_ns: int
+    event: bool
+
+
+@dataclass
+class IngestResult:
+    files: int = 0  # staged in this run
+    bytes: int = 0
+    known: int = 0  # on the card and already in the ledger: not read
+    failed: List[Tuple[str, str]] = field(default_factory=list)  # (source_path, reason)
+    pending: int = 0  # new clips left on the card (space refused or interrupted)
+    refused: Optional[str] = None  # why copying stopped early for lack of space
+    interrupted: bool = False
+
+    @property
+    def result(self) -> str:
+        if self.interrupted:
+            return "interrupted"
+        return "failed" if self.failed else "ok"
+
+
+def glob_regex(pattern: str) -> "re.Pattern[str]":
+    """A case-insensitive regex for a footage glob: ``*`` within a folder, ``**`` across folders."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            end = pattern.find("]", i + 1)
+            if end == -1:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1 : end]
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append("[" + body.replace("\\", "\\\\") + "]")
+                i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out) + r"\Z", re.IGNORECASE)
+
+
+def is_event(source_path: str) -> bool:
+    """Event/locked clips: in a folder like Event, RO, Locked, Protected, or named ..._E / _EF."""
+    parts = source_path.split("/")
+    if any(p.lower() in EVENT_FOLDERS for p in parts[:-1]):
+        return True
+    stem = os.path.splitext(parts[-1])[0]
+    return bool(EVENT_SUFFIX.search(stem))
+
+
+def _walk(root: str, rel: str = "") -> Iterable[Tuple[str, os.stat_result]]:
+    """(relative path, lstat) of every regular file below root; symlinks are never followed."""
+    try:
+        entries = list(os.scandir(os.path.join(root, rel) if rel else root))
+    except OSError as e:
+        log.warning("cannot list %s: %s", os.path.join(root, rel), e.strerror or e)
+        return
+    for entry in entries:
+        path = f"{rel}/{entry.name}" if rel else entry.name
+        try:
+            if entry.is_symlink():
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                yield from _walk(root, path)
+            elif entry.is_file(follow_symlinks=False):
+                yield path, entry.stat(follow_symlinks=False)
+        except OSError as e:
+            log.warning("cannot stat %s: %s", path, e.strerror or e)
+
+
+def footage_files(
+    root: str, globs: Sequence[str], extensions: Sequence[str], after_date: Optional[str] = None
+) -> Iterator[Tuple[str, int, int]]:
+    """(relative path, size, mtime_ns) of every footage file below ``root``: a glob and an extension
+    match (case-insensitive). Kept lean: a rescan walks every clip on the card."""
+    patterns = [glob_regex(g) for g in globs]
+    exts = {e.lower().lstrip(".") for e in extensions}
+    not_before = None
+    if after_date:
+        not_before = int(datetime.datetime.combine(datetime.date.fromisoformat(after_date),
+                                                   datetime.time()).timestamp() * 1e9)
+    for rel, st in _walk(root):
+        if rel.rpartition(".")[2].lower() not in exts:
+            continue
+        if not any(p.match(rel) for p in patterns):
+            continue
+        if not_before is not None and st.st_mtime_ns < not_before:
+            continue
+        yield rel, st.st_size, st.st_mtime_ns
+
+
+def candidate(rel: str, size: int, mtime_ns: int) -> Optional[Candidate]:
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        log.warning("skipping %r: its name is not valid UTF-8", rel)
+        return None
+    return Candidate(rel, size, mtime_ns, is_event(rel))
+
+
+def scan(root: str, globs: Sequence[str], extensions: Sequence[str], after_date: Optional[str] = None) -> List[Candidate]:
+    """Every footage file below ``root`` as a Candidate."""
+    found = (candidate(*f) for f in footage_files(root, globs, extensions, after_date))
+    return [c for c in found if c is not None]
+
+
+def order(candidates: Iterable[Candidate], newest_first: bool = True) -> List[Candidate]:
+    """Event/locked clips first, then newest first (or oldest first); ties by path."""
+    sign = -1 if newest_first else 1
+    return sorted(candidates, key=lambda c: (not c.event, sign * c.mtime_ns, c.source_path))
+
+
+def reserve_bytes(cfg: Config, total: int) -> int:
+    """Free space to keep on staging: the larger of ingest.reserve_bytes and reserve_percent."""
+    return max(cfg.ingest.reserve_bytes, int(total * cfg.ingest.reserve_percent / 100))
+
+
+def free_space(path: str) -> Tuple[int, int]:
+    """(free bytes available to us, filesystem size) of the filesystem holding ``path``."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def staged_name(camera: str, clip: Candidate) -> str:
+    """ready/-relative path for a clip: <camera>/<YYYY-MM-DD of its mtime>/<file>."""
+    day = datetime.datetime.fromtimestamp(clip.mtime_ns / 1e9).strftime("%Y-%m-%d")
+    return f"{camera}/{day}/{os.path.basename(clip.source_path)}"
+
+
+# --- durable writes ---------------------------------------------------------------------------
+
+_libc = None
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """sync_file_range(SYNC_FILE_RANGE_WRITE): start writing a range now, without waiting for it."""
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            _libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.sync_file_range(fd, offset, length, 2)  # an advisory start; the fsync later is what counts
+
+
+def _fadvise_dontneed(fd: int, offset: int = 0, length: int = 0) -> None:
+    try:
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+Owner = Optional[Tuple[int, int]]
+
+
+def owner_of(path: str) -> Owner:
+    """(uid, gid) new files below ``path`` should get: its own owner, when we run as root and differ.
+
+    Ingest runs as root (to mount), staging and the ledger belong to the dashcam user who uploads
+    and prunes: what root creates there is handed to that user, or the uploader could not delete it.
+    """
+    if os.geteuid() != 0:
+        return None
+    st = os.stat(path)
+    if (st.st_uid, st.st_gid) == (0, 0):
+        return None
+    return st.st_uid, st.st_gid
+
+
+def makedirs_owned(path: str, owner: Owner) -> None:
+    """os.makedirs, giving every directory it creates to ``owner``."""
+    if os.path.isdir(path):
+        return
+    makedirs_owned(os.path.dirname(path), owner)
+    try:
+        os.mkdir(path, 0o750)
+    except FileExistsError:
+        return
+    if owner:
+        os.chown(path, *owner)
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    buf = bytearray(BLOCK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+class Interrupted(Exception):
+    """should_stop() said stop (SIGTERM): abandon the clip in hand."""
+
+
+@dataclass
+class _Copied:
+    clip: Candidate
+    fd: int
+    part: str
+    sha256: str
+
+
+def clean_incoming(incoming: str) -> None:
+    """Delete .part files a crashed run left behind (the lock says no other run owns them)."""
+    for entry in os.scandir(incoming):
+        if entry.name.endswith(".part"):
+            log.info("removing %s, left by an interrupted run", entry.name)
+            os.unlink(entry.path)
+
+
+class _Finisher(threading.Thread):
+    """fsync, rename into ready/, fsync the directory, commit the ledger row: one clip at a time."""
+
+    def __init__(self, cfg: Config, result: IngestResult, progress: Callable[[int], None], should_stop, owner: Owner):
+        super().__init__(name="ingest-finisher", daemon=True)
+        self.cfg = cfg
+        self.owner = owner
+        self.result = result
+        self.progress = progress
+        self.should_stop = should_stop
+        self.inbox: "queue.Queue[Optional[_Copied]]" = queue.Queue(maxsize=1)
+        self.error: Optional[BaseException] = None
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        ledger = None
+        try:
+            ledger = Ledger(self.cfg.paths.ledger)
+            while True:
+                item = self.inbox.get()
+                if item is None:
+                    return
+                if self.error is not None:
+                    self._discard(item)
+                    continue
+                try:
+                    self._finish(ledger, item)
+                except BaseException as e:  # noqa: B902 - handed to the reading thread
+                    self._discard(item)
+                    self.error = e
+        except BaseException as e:
+            self.error = e
+        finally:
+            if ledger is not None:
+                ledger.close()
+
+    @staticmethod
+    def _discard(item: _Copied) -> None:
+        try:
+            os.close(item.fd)
+        except OSError:
+            pass
+        try:
+            os.unlink(item.part)
+        except FileNotFoundError:
+            pass
+
+    def _finish(self, ledger: Ledger, item: _Copied) -> None:
+        cfg = self.cfg
+        clip = item.clip
+        os.fsync(item.fd)
+        _fadvise_dontneed(item.fd)  # the bytes are on disk: do not let staging fill the page cache
+        os.close(item.fd)
+        item.fd = -1
+        if self.should_stop():
+            # a stop during the fsync: leave the clip for next time rather than start a rename now
+            os.unlink(item.part)
+            raise Interrupted()
+        rel = staged_name(cfg.camera.name, clip)
+        rel = self._place(ledger, item, rel)
+        ledger.record_staged(
+            cfg.camera.name,
+            clip.source_path,
+            clip.size,
+            clip.mtime_ns,
+            event=clip.event,
+            sha256=item.sha256,
+            staged_path=rel,
+        )
+        with self.lock:
+            self.result.files += 1
+            self.result.bytes += clip.size
+        log.info(
+            "staged %s (%s%s) as %s",
+            clip.source_path,
+            notify.human_bytes(clip.size),
+            ", event" if clip.event else "",
+            rel,
+            extra={"DASHCAM_FILE": clip.source_path, "DASHCAM_BYTES": clip.size, "DASHCAM_SHA256": item.sha256,
+                   "DASHCAM_STAGED": rel},
+        )
+        self.progress(1)
+
+    def _place(self, ledger: Ledger, item: _Copied, rel: str) -> str:
+        """Rename the .part into ready/ under ``rel`` or a free variant of it; never overwrite."""
+        ready = self.cfg.paths.ready
+        stem, ext = os.path.splitext(rel)
+        n = 0
+        while True:
+            candidate = rel if n == 0 else f"{stem}~{n}{ext}"
+            target = os.path.join(ready, candidate)
+            makedirs_owned(os.path.dirname(target), self.owner)
+            try:
+                # link(2) fails if the name exists: an atomic "rename unless taken"
+                os.link(item.part, target)
+            except FileExistsError:
+                if self._is_orphan_copy(ledger, candidate, target, item):
+                    # the same bytes renamed by a run killed before its ledger commit: adopt them
+                    log.info("adopting %s, staged by an interrupted run", candidate)
+                    os.unlink(item.part)
+                    fsync_dir(os.path.dirname(target))
+                    return candidate
+                n += 1
+                continue
+            os.unlink(item.part)
+            fsync_dir(os.path.dirname(target))
+            return candidate
+
+    def _is_orphan_copy(self, ledger: Ledger, rel: str, target: str, item: _Copied) -> bool:
+        row = ledger.db.execute("SELECT 1 FROM footage WHERE staged_path = ? LIMIT 1", (rel,)).fetchone()
+        if row is not None:
+            return False  # another clip's file
+        try:
+            if os.stat(target).st_size != item.clip.size:
+                return False
+            return sha256_file(target) == item.sha256
+        except OSError:
+            return False
+
+
+class _Progress:
+    """Files and bytes done, sent as STATUS= at most once a second."""
+
+    def __init__(self, total_files: int, total_bytes: int, clock=time.monotonic):
+        self.total_files = total_files
+        self.total_bytes = total_bytes
+        self.files = 0
+        self.bytes = 0
+        self.clock = clock
+        self.start = clock()
+        self.last = 0.0
+        self.lock = threading.Lock()
+
+    def add(self, files: int = 0, nbytes: int = 0) -> None:
+        with self.lock:
+            self.files += files
+            self.bytes += nbytes
+            now = self.clock()
+            if now - self.last < STATUS_EVERY and self.files < self.total_files:
+                return
+            self.last = now
+            line = notify.progress_line("ingest", self.files, self.total_files, self.bytes, self.total_bytes, now - self.start)
+        notify.status(line)
+
+
+class _Reader(threading.Thread):
+    """Reads a clip into a few reusable buffers ahead of the hashing and writing thread.
+
+    The card keeps streaming while the writer waits on the staging disk; memory stays at
+    DEPTH blocks whatever the clip size.
+    """
+
+    DEPTH = 4
+
+    def __init__(self, fd: int):
+        super().__init__(name="ingest-reader", daemon=True)
+        self.fd = fd
+        self.free: "queue.Queue[bytearray]" = queue.Queue()
+        for _ in range(self.DEPTH):
+            self.free.put(bytearray(BLOCK))
+        self.full: "queue.Queue[Tuple[Optional[bytearray], int, Optional[OSError]]]" = queue.Queue()
+        self.cancelled = False
+
+    def run(self) -> None:
+        offset = 0
+        while not self.cancelled:
+            buf = self.free.get()
+            if self.cancelled:
+                break
+            try:
+                n = os.readv(self.fd, [buf])
+            except OSError as e:
+                self.full.put((None, 0, e))
+                return
+            if n == 0:
+                self.full.put((None, 0, None))
+                return
+            if offset >= WRITEBACK_CHUNK:
+                # what was read is never read again: do not let the card's pages crowd the cache
+                _fadvise_dontneed(self.fd, 0, offset - WRITEBACK_CHUNK)
+            offset += n
+            self.full.put((buf, n, None))
+
+    def cancel(self) -> bool:
+        """Stop reading; False if a read is stuck (a dying card): the fd must then stay open."""
+        self.cancelled = True
+        self.free.put(bytearray(0))  # wake it if it waits for a buffer
+        self.join(timeout=2)
+        return not self.is_alive()
+
+
+def _copy_one(src_root: str, clip: Candidate, incoming: str, seq: int, should_stop, progress: _Progress,
+              owner: Owner = None) -> _Copied:
+    """Read, hash and write one clip to incoming/<name>.<seq>.part; the fd stays open for the finisher."""
+    src = os.path.join(src_root, clip.source_path)
+    part = os.path.join(incoming, f"{os.path.basename(clip.source_path)}.{seq}.part")
+    # O_NOFOLLOW: a name swapped for a symlink after the scan is not followed out of the card
+    sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    reader = None
+    try:
+        try:
+            os.posix_fadvise(sfd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except OSError:
+            pass
+        dfd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        try:
+            if owner:
+                os.fchown(dfd, *owner)
+            h = hashlib.sha256()
+            written = 0
+            synced = 0
+            reader = _Reader(sfd)
+            reader.start()
+            while True:
+                try:
+                    buf, n, error = reader.full.get(timeout=0.5)
+                except queue.Empty:
+                    if should_stop():
+                        raise Interrupted()
+                    continue
+                if error is not None:
+                    raise error
+                if buf is None:
+                    break
+                if should_stop():
+                    raise Interrupted()
+                chunk = memoryview(buf)[:n]
+                h.update(chunk)
+                off = 0
+                while off < n:
+                    off += os.write(dfd, chunk[off:])
+                chunk.release()
+                reader.free.put(buf)
+                written += n
+                if written - synced >= WRITEBACK_CHUNK:
+                    _start_writeback(dfd, synced, written - synced)
+                    synced = written
+                progress.add(nbytes=n)
+            reader.join()
+            if written != clip.size:
+                raise OSError(errno.EIO, f"read {written} bytes, the card said {clip.size} (changed while copying?)")
+            return _Copied(clip, dfd, part, h.hexdigest())
+        except BaseException:
+            os.close(dfd)
+            os.unlink(part)
+            raise
+    finally:
+        # a reader stuck in read(2) keeps its fd: closing it could hand the number to the next clip
+        if reader is None or not reader.is_alive() or reader.cancel():
+            os.close(sfd)
+
+
+def _lock_staging(incoming: str) -> int:
+    fd = os.open(os.path.join(incoming, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise TryLater("another ingest is running (staging/incoming is locked)")
+    return fd
+
+
+def ingest_source(
+    cfg: Config,
+    source_dir: str,
+    *,
+    dry_run: bool = False,
+    should_stop: Optional[Callable[[], bool]] = None,
+) -> IngestResult:
+    """Copy every new clip below ``source_dir`` into staging. Never raises for one bad clip."""
+    should_stop = should_stop or (lambda: False)
+    if not os.path.isdir(source_dir):
+        raise DashcamError(f"{source_dir}: not a directory")
+    result = IngestResult()
+    started = time.time()
+    incoming = cfg.paths.incoming
+    owner: Owner = None
+    if not dry_run:
+        os.makedirs(cfg.paths.local_staging, exist_ok=True)
+        owner = owner_of(cfg.paths.local_staging)
+        makedirs_owned(incoming, owner)
+        makedirs_owned(cfg.paths.ready, owner)
+    lock_fd = _lock_staging(incoming) if not dry_run else None
+    try:
+        if not dry_run:
+            clean_incoming(incoming)
+        new_ledger = not os.path.exists(cfg.paths.ledger)
+        with Ledger(cfg.paths.ledger) as ledger:
+            if new_ledger and not dry_run:
+                # the uploader (dashcam user) writes the ledger too; SQLite gives its -wal/-shm the db's owner
+                ledger_owner = owner_of(cfg.paths.state_dir)
+                if ledger_owner:
+                    os.chown(cfg.paths.ledger, *ledger_owner)
+            known: Set[Tuple[str, int, int]] = ledger.known_keys(cfg.camera.name)
+            found = 0
+            new = []
+            for key in footage_files(source_dir, cfg.ingest.globs, cfg.ingest.extensions, cfg.ingest.after_date):
+                found += 1
+                if key in known:  # copied before: not read, not even looked at further
+                    continue
+                c = candidate(*key)
+                if c is not None:
+                    new.append(c)
+            result.known = found - len(new)
+            todo = order(new, cfg.ingest.newest_first)
+            total = sum(c.size for c in todo)
+            log.info(
+                "%s: %d footage files, %d already in the ledger, %d new (%s)",
+                source_dir, found, result.known, len(todo), notify.human_bytes(total),
+                extra={"DASHCAM_FILES": len(todo), "DASHCAM_BYTES": total},
+            )
+            if dry_run:
+                for c in todo:
+                    log.info("dry run, would copy %s (%s%s)", c.source_path, notify.human_bytes(c.size),
+                             ", event" if c.event else "")
+                result.pending = len(todo)
+                return result
+            error = None
+            try:
+                _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner)
+            except DashcamError as e:
+                error = str(e)
+                raise
+            finally:
+                ledger.put_state(
+                    "last_ingest",
+                    {"wall": time.time(), "files": result.files, "bytes": result.bytes,
+                     "result": "failed" if error else result.result, "reason": error,
+                     "source": source_dir, "known": result.known, "failed": len(result.failed),
+                     "pending": result.pending, "refused": result.refused, "seconds": round(time.time() - started, 3)},
+                )
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)
+    return result
+
+
+def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner) -> None:
+    progress = _Progress(len(todo), total)
+    finisher = _Finisher(cfg, result, lambda n: progress.add(files=n), should_stop, owner)
+    finisher.start()
+    remaining = len(todo)
+    try:
+        for seq, clip in enumerate(todo):
+            if should_stop():
+                result.interrupted = True
+                break
+            if finisher.error is not None:
+                break
+            free, size_fs = free_space(cfg.paths.local_staging)
+            keep = reserve_bytes(cfg, size_fs)
+            # bytes already written but still in the finisher are counted by statvfs already
+            if free - clip.size < keep:
+                result.refused = (
+                    f"staging has {notify.human_bytes(free)} free; copying {clip.source_path} "
+                    f"({notify.human_bytes(clip.size)}) would leave less than the reserve of {notify.human_bytes(keep)}"
+                )
+                log.warning("stopping the copy: %s; %d clips stay on the card for later", result.refused, remaining,
+                            extra={"DASHCAM_FILE": clip.source_path})
+                break
+            try:
+                copied = _copy_one(source_dir, clip, cfg.paths.incoming, seq, should_stop, progress, owner)
+            except Interrupted:
+                result.interrupted = True
+                break
+            except OSError as e:
+                reason = f"{e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)})" if e.errno else str(e)
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    result.refused = f"staging is full ({reason})"
+                    log.error("stopping the copy: %s", result.refused)
+                    break
+                log.error("cannot read %s: %s; marked failed, going on with the others", clip.source_path, reason,
+                          extra={"DASHCAM_FILE": clip.source_path})
+                ledger.record_failed(cfg.camera.name, clip.source_path, clip.size, clip.mtime_ns, event=clip.event,
+                                     reason=f"read: {reason}")
+                result.failed.append((clip.source_path, reason))
+                remaining -= 1
+                continue
+            while True:
+                try:
+                    finisher.inbox.put(copied, timeout=0.2)
+                    break
+                except queue.Full:
+                    if finisher.error is not None or not finisher.is_alive():
+                        _Finisher._discard(copied)
+                        break
+            remaining -= 1
+    finally:
+        while finisher.is_alive():
+            try:
+                finisher.inbox.put(None, timeout=0.2)
+                break
+            except queue.Full:
+                continue
+        finisher.join()
+    if isinstance(finisher.error, Interrupted):
+        result.interrupted = True
+        remaining += 1
+    elif finisher.error is not None:
+        err = finisher.error
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            result.refused = f"staging is full ({err.strerror})"
+            log.error("stopping the copy: %s", result.refused)
+        else:
+            raise DashcamError(f"ingest stopped: {type(err).__name__}: {err}") from err
+    if result.interrupted:
+        log.warning("interrupted: %d clips staged, the rest stay on the card for the next run", result.files)
+    result.pending = max(0, remaining)
+    notify.status(
+        f"ingest {'interrupted' if result.interrupted else 'done'}: {result.files} files, "
+        f"{notify.human_bytes(result.bytes)}" + (f", {len(result.failed)} failed" if result.failed else "")
+    )
+
+
+# --- the camera's card ----------------------------------------------------------------------
+
+MOUNT_OPTIONS = "ro,nosuid,nodev,noexec,noatime"
+FILESYSTEMS = ("vfat", "exfat")
+
+
+def fs_type(devnode: str, timeout: float) -> str:
+    """The filesystem type udev found (ID_FS_TYPE), or blkid's answer when udev has none."""
+    try:
+        import pyudev
+
+        device = pyudev.Devices.from_device_file(pyudev.Context(), devnode)
+        value = device.properties.get("ID_FS_TYPE")
+        if value:
+            return value
+    except Exception as e:  # not a block device udev knows (a test, a chroot): ask blkid
+        log.debug("udev has no ID_FS_TYPE for %s (%s); asking blkid", devnode, e)
+    from . import runner
+
+    out = runner.run(["blkid", "-o", "value", "-s", "TYPE", devnode], timeout=timeout, changes_state=False, check=False)
+    return out.stdout.strip()
+
+
+def mount_argv(devnode: str, fstype: str, mountpoint: str) -> List[str]:
+    return ["mount", "-t", fstype, "-o", MOUNT_OPTIONS, devnode, mountpoint]
+
+
+def mode_after_ingest(cfg: Config, external: Optional[bool]) -> str:
+    """record on external power (the car is running), else camera.after_ingest (unknown = battery)."""
+    return "record" if external is True else cfg.camera.after_ingest
+
+
+def put_camera_back(cfg: Config, *, dry_run: bool = False) -> str:
+    from . import battery, camera  # the camera helper's modules; imported only on the device path
+
+    reading = battery.read(cfg)
+    mode = mode_after_ingest(cfg, reading.external)
+    log.info("camera back to %s (%s)", mode,
+             "on external power" if reading.external else
+             "on battery" if reading.external is False else f"power unknown: {reading.reason or 'no reading'}")
+    camera.set_mode(cfg, mode, dry_run=dry_run)
+    return mode
+
+
+def ingest_device(
+    cfg: Config,
+    devname: str,
+    *,
+    dry_run: bool = False,
+    should_stop: Optional[Callable[[], bool]] = None,
+    camera_back: Optional[Callable[..., object]] = None,
+) -> IngestResult:
+    """Mount the camera's card read-only, ingest it, unmount, put the camera back (always)."""
+    from . import runner
+
+    camera_back = camera_back or put_camera_back
+    devnode = devname if devname.startswith("/") else os.path.join("/dev", devname)
+    timeout = cfg.poll.mount_timeout_seconds
+    try:
+        try:
+            if not os.path.exists(devnode):
+                raise TryLater(f"{devnode} is not there (camera unplugged?)")
+            fstype = fs_type(devnode, timeout)
+            if fstype not in FILESYSTEMS:
+                raise DashcamError(f"{devnode}: filesystem {fstype or 'unknown'!r}, expected one of {', '.join(FILESYSTEMS)}")
+            mountpoint = os.path.join(cfg.camera.mount_base, os.path.basename(devnode))
+            if not dry_run:
+                os.makedirs(mountpoint, mode=0o700, exist_ok=True)
+            try:
+                runner.run(mount_argv(devnode, fstype, mountpoint), timeout=timeout, dry_run=dry_run)
+            except runner.CommandError as e:
+                raise TryLater(f"cannot mount {devnode}: {e}") from e
+            log.info("mounted %s (%s) read-only on %s", devnode, fstype, mountpoint)
+            try:
+                if dry_run and not os.path.isdir(mountpoint):
+                    return IngestResult()
+                return ingest_source(cfg, mountpoint, dry_run=dry_run, should_stop=should_stop)
+            finally:
+                try:
+                    runner.run(["umount", mountpoint], timeout=timeout, dry_run=dry_run)
+                except runner.CommandError as e:
+                    # under PrivateMounts= the mount goes with the unit's namespace anyway
+                    log.error("cannot unmount %s: %s", mountpoint, e)
+        finally:
+            camera_back(cfg, dry_run=dry_run)
+    except runner.CommandError as e:
+        raise DashcamError(str(e)) from e
+
+
+# --- dashcamctl ingest ----------------------------------------------------------------------
+
+
+def command(args) -> int:
+    import signal
+
+    from .commands import load_config
+    from .errors import EX_FAILURE, EX_OK, EX_TEMPFAIL
+
+    cfg = load_config(args)
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        log.warning("%s: stopping the ingest", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    notify.notify(READY="1", STATUS="ingest: scanning")
+    if args.source:
+        result = ingest_source(cfg, args.source, dry_run=args.dry_run, should_stop=stop.is_set)
+    else:
+        result = ingest_device(cfg, args.devname, dry_run=args.dry_run, should_stop=stop.is_set)
+    summary = {
+        "result": result.result, "files": result.files, "bytes": result.bytes, "known": result.known,
+        "failed": [{"file": f, "reason": r} for f, r in result.failed], "pending": result.pending,
+        "refused": result.refused,
+    }
+    if getattr(args, "json", False):
+        from .cli import print_json
+
+        print_json(summary)
+    log.info("ingest %s: %d staged (%s), %d known, %d failed, %d left on the card",
+             result.result, result.files, notify.human_bytes(result.bytes), result.known, len(result.failed),
+             result.pending)
+    if result.interrupted:
+        return EX_TEMPFAIL
+    if result.failed:
+        return EX_FAILURE
+    return EX_OK
