@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import time
 from types import MappingProxyType
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
+    from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from . import runner
 from .record import Record

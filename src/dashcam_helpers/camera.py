@@ -20,7 +20,9 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Dict, List, Optional, Tuple
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
+    from typing import Dict, List, Optional, Tuple
 
 from . import runner
 from .errors import DashcamError

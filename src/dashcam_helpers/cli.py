@@ -10,10 +10,10 @@ import importlib
 import json
 import logging
 import sys
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
-
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
     import argparse
+    from typing import Callable, Dict, List, Optional, Tuple
 
 from . import __version__
 from .errors import EX_CONFIG, EX_FAILURE, DashcamError

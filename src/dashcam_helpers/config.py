@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
+    from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .record import Record
 

@@ -18,7 +18,9 @@ import os
 import sqlite3
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
+    from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from .record import Record
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
+    from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .record import Record
 

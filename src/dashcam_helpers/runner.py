@@ -12,7 +12,9 @@ import os
 import shlex
 import signal
 import subprocess
-from typing import Iterable, Mapping, Optional, Sequence
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
+    from typing import Iterable, Mapping, Optional, Sequence
 
 from .record import Record
 
