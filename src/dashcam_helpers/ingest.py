@@ -36,6 +36,7 @@ from . import notify
 from .config import Config
 from .errors import DashcamError, TryLater
 from .ledger import Ledger
+from .staging import free_space, fsync_dir, reserve_bytes
 
 log = logging.getLogger("dashcam.ingest")
 
@@ -180,17 +181,6 @@ def order(candidates: Iterable[Candidate], newest_first: bool = True) -> List[Ca
     return sorted(candidates, key=lambda c: (not c.event, sign * c.mtime_ns, c.source_path))
 
 
-def reserve_bytes(cfg: Config, total: int) -> int:
-    """Free space to keep on staging: the larger of ingest.reserve_bytes and reserve_percent."""
-    return max(cfg.ingest.reserve_bytes, int(total * cfg.ingest.reserve_percent / 100))
-
-
-def free_space(path: str) -> Tuple[int, int]:
-    """(free bytes available to us, filesystem size) of the filesystem holding ``path``."""
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
-
-
 def staged_name(camera: str, clip: Candidate) -> str:
     """ready/-relative path for a clip: <camera>/<YYYY-MM-DD of its mtime>/<file>."""
     day = datetime.datetime.fromtimestamp(clip.mtime_ns / 1e9).strftime("%Y-%m-%d")
@@ -220,14 +210,6 @@ def _fadvise_dontneed(fd: int, offset: int = 0, length: int = 0) -> None:
         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
     except OSError:
         pass
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 Owner = Optional[Tuple[int, int]]

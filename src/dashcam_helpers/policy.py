@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
     from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .record import Record
+from .staging import space as staging_space
 
 log = logging.getLogger("dashcam.policy")
 
@@ -447,17 +448,6 @@ def units_running_from(listing: str) -> Tuple[bool, bool]:
             upload = True
     return ingest, upload
 
-
-def staging_space(cfg) -> Tuple[int, int]:
-    """(free bytes on the staging filesystem, the reserve ingest keeps free)."""
-    path = cfg.paths.local_staging
-    while not os.path.exists(path) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
-    st = os.statvfs(path)
-    free = st.f_bavail * st.f_frsize
-    total = st.f_blocks * st.f_frsize
-    reserve = max(cfg.ingest.reserve_bytes, int(total * cfg.ingest.reserve_percent / 100))
-    return free, reserve
 
 
 class SystemActions:

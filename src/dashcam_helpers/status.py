@@ -33,7 +33,7 @@ def camera_section(cfg) -> Dict[str, Any]:
 def staging_section(cfg) -> Dict[str, Any]:
     """The backlog the server has not verified yet, and the room left in staging."""
     from .ledger import Ledger
-    from .policy import staging_space
+    from .staging import space as staging_space
 
     with Ledger(cfg.paths.ledger) as ledger:
         files, size = ledger.backlog()

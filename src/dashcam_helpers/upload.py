@@ -48,6 +48,7 @@ from . import notify, runner, ssh
 from .config import Config
 from .errors import EX_FAILURE, EX_OK, DashcamError, TryLater
 from .ledger import Clip, Ledger
+from .staging import fsync_dir
 
 log = logging.getLogger("dashcam.upload")
 
@@ -180,14 +181,6 @@ class Summary:
     collisions: List[str] = field(default_factory=list)
     problems: List[str] = field(default_factory=list)
     pruned: int = 0
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Uploader:
