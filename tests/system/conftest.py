@@ -71,13 +71,6 @@ def workroot():
         shutil.rmtree(d, ignore_errors=True)
 
 
-def install_package(vm, deb):
-    """apt install ./the.deb from the 9p share (offline: the image holds every dependency)."""
-    inside = vm.put(deb)
-    return vm.run(["/usr/bin/env", "DEBIAN_FRONTEND=noninteractive", "/usr/bin/apt-get", "install", "-y",
-                   "-q", "--no-download", inside], timeout=600)
-
-
 @pytest.fixture(scope="session")
 def installed_base(vm_image, deb_path, workroot):
     """A qcow2 (over the cached image) with the package and the tests' tools installed, cleanly shut down."""
@@ -85,7 +78,7 @@ def installed_base(vm_image, deb_path, workroot):
     vm = VM(vm_image, d)
     vm.start()
     try:
-        install_package(vm, deb_path)
+        guest.install_package(vm, deb_path)
         guest.install_tools(vm)
         vm.run(["/bin/sync"])
     finally:

@@ -35,13 +35,23 @@ set) exit 0 ;;
 esac
 """
 
-# up BACKING SERIAL: create and bind the gadget, print the dummy_hcd bus number; down: unbind it
+# bus: load dummy_hcd, print its bus number. up BACKING SERIAL: create and bind the gadget; the
+# camera enumerates with data off (authorized 0, like a camera recording), then the root hub's
+# authorized_default goes back to 1 so later power cycles behave like the Pi's. down: unplug it.
 GADGET = r"""#!/bin/sh
 set -e
 G=/sys/kernel/config/usb_gadget/dashcam
-case "$1" in
-up)
+bus() {
 	modprobe dummy_hcd
+	for h in /sys/bus/usb/devices/usb*; do
+		case "$(readlink -f "$h")" in *dummy_hcd*) basename "$h" | sed 's/^usb//'; return 0 ;; esac
+	done
+	echo "no dummy_hcd root hub" >&2; exit 1
+}
+case "$1" in
+bus) bus ;;
+up)
+	B=$(bus)
 	modprobe libcomposite
 	mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
 	mkdir -p $G
@@ -60,11 +70,12 @@ up)
 	mkdir -p configs/c.1/strings/0x409
 	echo 500 > configs/c.1/MaxPower
 	[ -e configs/c.1/mass_storage.0 ] || ln -s functions/mass_storage.0 configs/c.1/
+	echo ${4:-0} > /sys/bus/usb/devices/usb$B/authorized_default
 	[ -n "$(cat UDC)" ] || ls /sys/class/udc | head -n 1 > UDC
-	for h in /sys/bus/usb/devices/usb*; do
-		case "$(readlink -f "$h")" in *dummy_hcd*) basename "$h" | sed 's/^usb//'; exit 0 ;; esac
-	done
-	echo "no dummy_hcd root hub" >&2; exit 1 ;;
+	i=0; while [ ! -e /sys/bus/usb/devices/$B-1 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+	echo 1 > /sys/bus/usb/devices/usb$B/authorized_default
+	[ -e /sys/bus/usb/devices/$B-1 ] || { echo "the gadget did not enumerate" >&2; exit 1; }
+	echo $B ;;
 down)
 	[ -d $G ] && echo "" > $G/UDC || true ;;
 esac
@@ -188,11 +199,33 @@ def scenario_config(vm, bus=None, server=None, unreachable_port=None, **sections
     return config(over)
 
 
-def camera_up(vm, card_image, serial=CAMERA_SERIAL):
-    """Carry the card in as a virtio disk and expose it through the gadget; return the dummy_hcd bus."""
+def camera_bus(vm):
+    """The dummy_hcd root hub's bus number (loads the module); write the config with it before camera_up."""
+    return int(vm.run(["/usr/local/sbin/vcam-gadget", "bus"]).out.strip())
+
+
+def camera_up(vm, card_image, serial=CAMERA_SERIAL, data=False):
+    """Carry the card in as a virtio disk and plug the gadget camera in, recording (data off) unless
+    data=True; return the dummy_hcd bus number."""
     backing = vm.add_disk(card_image, "cardback", "cardbacking")
-    out = vm.run(["/usr/local/sbin/vcam-gadget", "up", backing, serial]).out.strip()
+    out = vm.run(["/usr/local/sbin/vcam-gadget", "up", backing, serial, "1" if data else "0"]).out.strip()
     return int(out.splitlines()[-1])
+
+
+NOOP_SWITCH = """#!/bin/sh
+# camera.backend=scripts for a QEMU usb-storage camera (its port cannot be switched): log the request
+echo "$(date +%s.%N) $(basename "$0")" >> /var/lib/vcam-switch.log
+"""
+
+
+def scripts_backend(vm):
+    """Camera config for a QMP usb-storage camera: the three scripts only log what was asked."""
+    paths = {}
+    for mode in ("record", "data", "off"):
+        path = "/usr/local/sbin/vcam-%s" % mode
+        vm.write_file(path, NOOP_SWITCH, 0o755)
+        paths["%s_script" % mode] = path
+    return dict(backend="scripts", **paths)
 
 
 def start_monitor(vm, bus, staging="/var/lib/dashcam/staging"):
@@ -238,3 +271,10 @@ def sha256_in_guest(vm, paths):
 
 def failed_units(vm):
     return vm.run(["/bin/systemctl", "--failed", "--no-legend", "--plain"]).out.strip()
+
+
+def install_package(vm, deb):
+    """apt install ./the.deb from the 9p share (offline: the image holds every dependency)."""
+    inside = vm.put(deb)
+    return vm.run(["/usr/bin/env", "DEBIAN_FRONTEND=noninteractive", "/usr/bin/apt-get", "install", "-y",
+                   "-q", "--no-download", inside], timeout=600)

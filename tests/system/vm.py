@@ -88,16 +88,16 @@ class QMP:
         self.conn.recv(10)                       # greeting
         self.command("qmp_capabilities")
 
-    def command(self, name, **args):
+    def command(self, cmd, **args):
         with self.lock:
-            self.conn.send({"execute": name, "arguments": args} if args else {"execute": name})
+            self.conn.send({"execute": cmd, "arguments": args} if args else {"execute": cmd})
             while True:
                 msg = self.conn.recv(30)
                 if "event" in msg:
                     self.events.append(msg)
                     continue
                 if "error" in msg:
-                    raise VMError("QMP %s: %s" % (name, msg["error"].get("desc")))
+                    raise VMError("QMP %s: %s" % (cmd, msg["error"].get("desc")))
                 return msg.get("return")
 
     def wait_event(self, name, timeout, match=None):
@@ -205,7 +205,7 @@ class VM:
         accel = "kvm" if kvm_works() else "tcg"
         argv = [
             QEMU, "-machine", "q35", "-accel", accel, "-m", str(self.memory_mib), "-smp", str(self.cpus),
-            "-display", "none", "-no-reboot",
+            "-nodefaults", "-display", "none", "-no-reboot",
             "-kernel", os.path.join(self.image_dir, "vmlinuz"),
             "-initrd", os.path.join(self.image_dir, "initrd.img"),
             "-append", "root=/dev/vda rw console=ttyS0 panic=-1 systemd.show_status=false",
@@ -248,7 +248,8 @@ class VM:
             self._died(raise_=True)
             try:
                 self.agent.connect(timeout=3)
-                return self.agent.call("guest-ping", timeout=5) is not None or True
+                self.agent.call("guest-ping", timeout=5)
+                return True
             except (OSError, VMError, socket.timeout):
                 self.agent.close()
                 return False
