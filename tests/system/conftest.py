@@ -80,6 +80,13 @@ def installed_base(vm_image, deb_path, workroot):
     try:
         guest.install_package(vm, deb_path)
         guest.install_tools(vm)
+        # the camera's hub exists from boot on, as on the Pi (dashcam-boot.service switches it off);
+        # loaded by systemd-modules-load before udev's coldplug, dummy_hcd gets the same bus every boot
+        vm.write_file("/etc/modules-load.d/dashcam-test-camera.conf", "dummy_hcd\n")
+        vm.shutdown()
+        vm.start()
+        # a config for this hardware (camera on dummy_hcd, server unreachable: the car is away)
+        guest.write_config(vm, guest.scenario_config(vm, bus=guest.camera_bus(vm), unreachable_port=9))
         vm.run(["/bin/sync"])
     finally:
         vm.shutdown()
