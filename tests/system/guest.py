@@ -35,8 +35,9 @@ set) exit 0 ;;
 esac
 """
 
-# bus: load dummy_hcd, print its bus number. up BACKING SERIAL: create and bind the gadget; the
-# camera enumerates with data off (authorized 0, like a camera recording), then the root hub's
+# bus: load dummy_hcd, print its bus number. up BACKING SERIAL [DATA]: create and bind the gadget;
+# on a powered port the camera enumerates with data off (authorized 0, like a camera recording)
+# unless DATA=1; on a port the product switched off it waits for power. Then the root hub's
 # authorized_default goes back to 1 so later power cycles behave like the Pi's. down: unplug it.
 GADGET = r"""#!/bin/sh
 set -e
@@ -72,9 +73,12 @@ up)
 	[ -e configs/c.1/mass_storage.0 ] || ln -s functions/mass_storage.0 configs/c.1/
 	echo ${4:-0} > /sys/bus/usb/devices/usb$B/authorized_default
 	[ -n "$(cat UDC)" ] || ls /sys/class/udc | head -n 1 > UDC
-	i=0; while [ ! -e /sys/bus/usb/devices/$B-1 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+	# a powered port enumerates the camera at once; a port the product switched off does not
+	if uhubctl -l $B -p 1 | grep -q 'Port 1: .* power'; then
+		i=0; while [ ! -e /sys/bus/usb/devices/$B-1 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+		[ -e /sys/bus/usb/devices/$B-1 ] || { echo "the gadget did not enumerate on a powered port" >&2; exit 1; }
+	fi
 	echo 1 > /sys/bus/usb/devices/usb$B/authorized_default
-	[ -e /sys/bus/usb/devices/$B-1 ] || { echo "the gadget did not enumerate" >&2; exit 1; }
 	echo $B ;;
 down)
 	[ -d $G ] && echo "" > $G/UDC || true ;;
