@@ -27,9 +27,14 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.system)
 
 
+FIGURES = []
+
+
 def _figure(name, value):
-    """Figures a person wants from a run (recording gap, attach-to-copy): on the terminal and in a file."""
+    """Figures a person wants from a run (recording gap, attach-to-copy): in pytest's summary at the
+    end (captured output would hide them) and appended to a file."""
     line = "FIGURE %s: %s" % (name, value)
+    FIGURES.append(line)
     print("\n" + line, flush=True)
     with open(os.path.join(tempfile.gettempdir(), "dashcam-system-figures.txt"), "a") as f:
         f.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + line + "\n")
@@ -133,6 +138,13 @@ def server(tmp_path):
     s = Server(str(tmp_path / "server")).start()
     yield s
     s.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FIGURES:
+        terminalreporter.section("system test figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

@@ -180,6 +180,7 @@ def write_config(vm, cfg, server=None):
     vm.write_file("/etc/dashcam/config.yaml", yaml.safe_dump(cfg, sort_keys=False), 0o640)
     vm.sh("chgrp dashcam /etc/dashcam/config.yaml")
     vm.run(["/usr/bin/dashcamctl", "check-config"])
+    vm.run(["/bin/sync"])                       # a power-cut test must find it after the reboot
 
 
 def scenario_config(vm, bus=None, server=None, unreachable_port=None, **sections):
