@@ -208,7 +208,9 @@ class VM:
             "-nodefaults", "-display", "none", "-no-reboot",
             "-kernel", os.path.join(self.image_dir, "vmlinuz"),
             "-initrd", os.path.join(self.image_dir, "initrd.img"),
-            "-append", "root=/dev/vda rw console=ttyS0 panic=-1 systemd.show_status=false",
+            # the journal goes to the serial console too: console.log.N is a live post-mortem
+            "-append", "root=/dev/vda rw console=ttyS0 panic=-1 systemd.show_status=false"
+                       " systemd.journald.forward_to_console=1 systemd.journald.max_level_console=info",
             "-drive", "file=%s,if=virtio,format=qcow2,discard=unmap" % self.disk,
             "-serial", "file:%s.%d" % (self.console, self.boots),
             "-qmp", "unix:%s,server=on,wait=off" % qmp_path,
