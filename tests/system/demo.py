@@ -52,7 +52,9 @@ def main(deb):
         say("camera: NOVATEKN vt-DSC 0603:8612, serial %s, recording; its card holds %d clips (%.0f MB)"
             % (guest.CAMERA_SERIAL, len(layout), sum(s for _, s, _ in layout) / 1e6))
         setup = scenario.prepare_gadget_camera(vm, work, layout, server=server)
-        say("the car is home and on external power; the policy ticks every 15 s here (30 s on a real Pi)")
+        say("the car is out: no network, on external power; the policy ticks every 15 s here (30 s on a Pi)")
+        scenario.arrive_home(vm)
+        say("the car pulls in at home: the network is up, the server answers")
 
         seen_mode, copied_said, upload_said, deadline = "record", False, False, time.monotonic() + 900
         t_data = None

@@ -28,9 +28,14 @@ def unreachable_port():
 
 
 def prepare_gadget_camera(vm, workdir, layout, server=None, external=True, vbat=3611, **sections):
-    """Card + config + fake UPS + fast policy tick + monitor, then plug the camera in (recording)."""
+    """Card + config + fake UPS + fast policy tick + monitor, then plug the camera in (recording).
+
+    With a server, the car starts away from home (the network cable is out) and arrive_home()
+    brings it home: the policy fetches footage when the server *becomes* reachable."""
     card = os.path.join(workdir, "camera-card.img")
     clips = cards.make_card(card, layout)
+    if server is not None:
+        vm.set_link(False)
     guest.set_ups(vm, external=external, vbat=vbat)
     bus = guest.camera_bus(vm)
     cfg = guest.scenario_config(vm, bus=bus, server=server,
@@ -41,6 +46,16 @@ def prepare_gadget_camera(vm, workdir, layout, server=None, external=True, vbat=
     guest.fast_policy(vm)
     vm.run(["/bin/systemctl", "restart", "dashcam-policy.timer"])
     return Setup(bus, clips, card)
+
+
+def arrive_home(vm, timeout=600):
+    """The car pulls in: once the camera records and the policy has seen the server unreachable,
+    the link comes up (the WiFi at home). Returns the guest's monotonic time of arrival."""
+    wait_for(lambda: (guest.monitor_events(vm) or [{}])[-1].get("mode") == "record", timeout,
+             "the camera recording while away")
+    wait_policy_ticks(vm, 1, timeout)
+    vm.set_link(True)
+    return float(vm.run(["/bin/cat", "/proc/uptime"]).out.split()[0])
 
 
 def prepare_stick_camera(vm, workdir, layout, serial, server=None, **sections):

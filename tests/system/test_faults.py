@@ -93,6 +93,7 @@ def test_network_cut_mid_upload_deletes_nothing_and_the_upload_resumes_when_the_
     setup = scenario.prepare_gadget_camera(booted, str(tmp_path), cards.user_layout(normal=5, event=1,
                                                                                      size=6 << 20),
                                            server=server, upload={"bwlimit": 1024})
+    scenario.arrive_home(booted)
     # wait until the server holds the first bytes of this upload, then pull the cable
     wait_for(lambda: server.files(), 600, "the upload to reach the server", interval=0.5)
     booted.set_link(False)

@@ -43,6 +43,7 @@ def test_B_at_home_footage_goes_from_the_camera_to_the_server_byte_identical(boo
     setup = scenario.prepare_gadget_camera(booted, str(tmp_path), cards.user_layout(normal=6, event=2,
                                                                                      size=3 << 20),
                                            server=server)
+    scenario.arrive_home(booted)
     # camera to data -> ingest -> camera back -> upload -> verified -> staging pruned
     scenario.wait_server_has(server, setup.clips, timeout=600)
     wait_for(lambda: scenario.ledger_done(booted, setup.clips), 180, "every clip verified in the ledger")
