@@ -104,10 +104,10 @@ def state():
             if os.path.basename(d) == "block" and subdirs:
                 block = subdirs[0]
                 break
-    staged = 0
+    staged = 0                           # footage only: the product's own dotfiles (a lock) do not count
     for sub in ("incoming", "ready"):
         for _, _, names in os.walk(os.path.join(staging, sub)):
-            staged += len(names)
+            staged += len([n for n in names if not n.startswith(".")])
     mode = "off" if not present else ("data" if auth == "1" else "record")
     return {"mode": mode, "block": block, "staged": staged}
 last = None
@@ -263,8 +263,9 @@ def ledger_state(vm, key):
 
 
 def staged_files(vm, staging="/var/lib/dashcam/staging"):
-    """Relative paths of every file under staging (incoming/ and ready/)."""
-    r = vm.run(["/usr/bin/find", staging, "-type", "f", "-printf", "%P\\n"], check=False)
+    """Relative paths of the footage under staging (incoming/ and ready/); the product's own
+    bookkeeping dotfiles (e.g. incoming/.lock) are not footage."""
+    r = vm.run(["/usr/bin/find", staging, "-type", "f", "!", "-name", ".*", "-printf", "%P\\n"], check=False)
     return [line for line in r.out.splitlines() if line]
 
 
