@@ -14,9 +14,10 @@ PYTEST := $(PYTHON) -m pytest -p no:cacheprovider
 DEPS := debhelper dh-python python3-all python3-setuptools python3-yaml python3-pyudev \
 	python3-systemd python3-pytest python3-pyflakes lintian fakeroot rsync openssh-client \
 	openssh-server uhubctl sqlite3 udev systemd mtools dosfstools e2fsprogs \
-	qemu-system-x86 qemu-utils debootstrap mosquitto python3-paho-mqtt
+	qemu-system-x86 qemu-utils debootstrap mosquitto python3-paho-mqtt \
+	debian-archive-keyring
 
-.PHONY: all deps test test-fast test-system lint deb demo clean
+.PHONY: all deps test test-fast test-system lint deb demo clean vm-image
 
 all: deb
 
@@ -49,6 +50,10 @@ deb: deps
 	mv ../dashcam-manager_$(VERSION)_*.deb ../dashcam-manager_$(VERSION)_*.buildinfo ../dashcam-manager_$(VERSION)_*.changes dist/
 	lintian --fail-on error,warning --suppress-tags newer-standards-version $(DEB)
 	@echo "built $(DEB)"
+
+# the system tests' guest image, cached in /var/cache/dashcam-vm (built on first use anyway)
+vm-image: deps
+	$(PYTHON) tests/system/image.py
 
 demo: deps deb
 	@if [ -x tests/system/demo.py ]; then $(PYTHON) tests/system/demo.py $(DEB); \

@@ -1,0 +1,154 @@
+"""Fixtures for the system tests: the cached image, the built .deb, an installed base, a VM, a server."""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import guest  # noqa: E402
+import image  # noqa: E402
+from sshd import Server  # noqa: E402
+from vm import VM  # noqa: E402
+
+REPO = guest.REPO
+KEEP = os.environ.get("DASHCAM_VM_KEEP")          # keep VM work dirs (console, journal) for a post-mortem
+
+
+def pytest_collection_modifyitems(items):
+    here = os.path.dirname(os.path.abspath(__file__))
+    for item in items:
+        if str(item.fspath).startswith(here):
+            item.add_marker(pytest.mark.system)
+
+
+FIGURES = []
+
+
+def _figure(name, value):
+    """Figures a person wants from a run (recording gap, attach-to-copy): in pytest's summary at the
+    end (captured output would hide them) and appended to a file."""
+    line = "FIGURE %s: %s" % (name, value)
+    FIGURES.append(line)
+    print("\n" + line, flush=True)
+    with open(os.path.join(tempfile.gettempdir(), "dashcam-system-figures.txt"), "a") as f:
+        f.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + line + "\n")
+
+
+@pytest.fixture
+def figure():
+    return _figure
+
+
+@pytest.fixture(scope="session")
+def vm_image():
+    t0 = time.monotonic()
+    d = image.ensure_image()
+    took = time.monotonic() - t0
+    if took > 5:
+        _figure("image build", "%.0f s" % took)
+    return d
+
+
+@pytest.fixture(scope="session")
+def deb_path():
+    """The .deb `make deb` built (DASHCAM_DEB overrides); built here when a test file runs alone."""
+    path = os.environ.get("DASHCAM_DEB")
+    if not path:
+        found = sorted(glob.glob(os.path.join(REPO, "dist", "dashcam-manager_*_all.deb")), key=os.path.getmtime)
+        if not found:
+            subprocess.run(["make", "-C", REPO, "deb"], check=True)
+            found = sorted(glob.glob(os.path.join(REPO, "dist", "dashcam-manager_*_all.deb")))
+        path = found[-1]
+    return os.path.abspath(path)
+
+
+@pytest.fixture(scope="session")
+def workroot():
+    d = tempfile.mkdtemp(prefix="dashcam-vm-")
+    yield d
+    if not KEEP:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def installed_base(vm_image, deb_path, workroot):
+    """A qcow2 (over the cached image) with the package and the tests' tools installed, cleanly shut down."""
+    d = os.path.join(workroot, "installed")
+    vm = VM(vm_image, d)
+    vm.start()
+    try:
+        guest.install_package(vm, deb_path)
+        guest.install_tools(vm)
+        # the camera's hub exists from boot on, as on the Pi (dashcam-boot.service switches it off);
+        # loaded by systemd-modules-load before udev's coldplug, dummy_hcd gets the same bus every boot
+        vm.write_file("/etc/modules-load.d/dashcam-test-camera.conf", "dummy_hcd\n")
+        vm.shutdown()
+        vm.start()
+        # a config for this hardware (camera on dummy_hcd, server unreachable: the car is away)
+        guest.write_config(vm, guest.scenario_config(vm, bus=guest.camera_bus(vm), unreachable_port=9))
+        vm.run(["/bin/sync"])
+    finally:
+        vm.shutdown()
+    return vm.disk
+
+
+@pytest.fixture
+def make_vm(vm_image, workroot, request):
+    """make_vm(base=None) -> a VM (not yet started) on a throw-away overlay; killed after the test."""
+    made = []
+
+    def make(base=None):
+        name = "%s-%d" % (request.node.name.replace("/", "_")[:60], len(made))
+        vm = VM(vm_image, os.path.join(workroot, name), base=base)
+        made.append(vm)
+        return vm
+
+    yield make
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    for vm in made:
+        if failed and vm.running():
+            try:
+                with open(os.path.join(vm.workdir, "journal.txt"), "w") as f:
+                    f.write(vm.journal())
+                print("\n--- guest journal (last 80 lines) ---\n" + "\n".join(vm.journal().splitlines()[-80:]))
+            except Exception as exc:        # a post-mortem must not hide the failure itself
+                print("(no journal: %s)" % exc)
+        vm.kill()
+        if not KEEP and not failed:
+            shutil.rmtree(vm.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def booted(make_vm, installed_base):
+    """A started VM with the package installed (a fresh overlay for this test)."""
+    vm = make_vm(base=installed_base)
+    vm.start()
+    return vm
+
+
+@pytest.fixture
+def server(tmp_path):
+    (tmp_path / "server").mkdir()
+    s = Server(str(tmp_path / "server")).start()
+    yield s
+    s.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FIGURES:
+        terminalreporter.section("system test figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
