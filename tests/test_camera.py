@@ -127,10 +127,26 @@ def test_an_authorized_attribute_that_cannot_be_written_is_reported(fake_hw, mak
         camera.set_mode(cfg, "record")
 
 
-def test_a_missing_data_device_is_named(fake_hw, make_config):
+def test_a_missing_data_device_is_named(fake_hw, make_config, monkeypatch):
+    monkeypatch.setattr(camera, "ENUMERATE_TIMEOUT", 0.3)
     cfg = config.load(str(make_config({"camera": {"data_device": "1-1.3"}})))
     with pytest.raises(camera.CameraError, match=r"devices/1-1\.3/authorized does not exist"):
         camera.set_mode(cfg, "data")
+
+
+def test_a_camera_that_is_its_own_data_device_is_switched_once_it_appears_after_power_on(fake_hw, make_config):
+    import threading
+
+    cfg = config.load(str(make_config({"camera": {"data_device": "1-1.1"}})))
+    camera.set_mode(cfg, "off")  # powered off: the camera's sysfs entry is gone
+    appeared = threading.Timer(0.5, lambda: fake_hw.usb_device("1-1.1", authorized="1"))  # enumerates with data on
+    appeared.start()
+    try:
+        camera.set_mode(cfg, "record")
+    finally:
+        appeared.join()
+    assert fake_hw.port_power() is True
+    assert fake_hw.authorized("1-1.1") == "0"  # written after it appeared, not before power on
 
 
 def test_no_compatible_hub_is_a_clear_failure(fake_hw, dashcamctl, make_config):

@@ -439,6 +439,20 @@ def test_device_ingest_unmounts_and_puts_the_camera_back_even_when_the_ingest_fa
     assert back == [False]
 
 
+def test_a_stopped_device_ingest_unmounts_and_leaves_the_camera_to_whoever_stopped_it(make_config, tmp_path,
+                                                                                       fake_mount_tools):
+    cfg = config.load(str(make_config({"camera": {"mount_base": str(tmp_path / "mnt")}})))
+    dev = tmp_path / "sdz1"
+    dev.write_bytes(b"")
+    write_clip(tmp_path / "mnt/sdz1", "Normal/Front/A.MP4", 5000, time.time())
+    back = []
+    result = ingest.ingest_device(cfg, str(dev), should_stop=lambda: True,
+                                  camera_back=lambda c, dry_run: back.append(dry_run))
+    assert result.files == 0
+    assert fake_mount_tools.read_text().splitlines()[-1] == f"umount {tmp_path}/mnt/sdz1"
+    assert back == []  # no battery read, no uhubctl: the unit ends within its stop timeout
+
+
 def test_device_with_another_filesystem_is_not_mounted(make_config, tmp_path, fake_mount_tools, monkeypatch):
     monkeypatch.setenv("FAKE_FSTYPE", "ext4")
     cfg = config.load(str(make_config({"camera": {"mount_base": str(tmp_path / "mnt")}})))

@@ -33,6 +33,7 @@ log = logging.getLogger("dashcam.camera")
 MODES = ("record", "data", "off")
 UHUBCTL_TIMEOUT = 20  # seconds; a power request on a USB3 hub takes a fraction of one
 SCRIPT_TIMEOUT = 60  # seconds; the user's scripts call uhubctl and write sysfs
+ENUMERATE_TIMEOUT = 10  # seconds for a camera that is its own data device to appear after power on
 
 
 class CameraError(DashcamError):
@@ -198,13 +199,31 @@ def set_mode(cfg, mode: str, *, dry_run: bool = False) -> None:
         log.info("camera: %s", mode, extra={"DASHCAM_CAMERA_MODE": mode})
 
 
+def _wait_for_authorized(cfg, timeout: float) -> None:
+    """Wait until the data device's sysfs entry exists: a camera that is its own data device
+    appears only once its port has power and it has enumerated (a second or two)."""
+    import time
+
+    path = authorized_path(cfg)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def _set_mode_uhubctl(cfg, mode: str, dry_run: bool) -> None:
     hub, port = cfg.camera.hub_location, cfg.camera.port_number
-    if mode in ("record", "data"):
+    # Data is switched before power when the data device is there (the hub, as the original
+    # scripts do: the camera then comes up with data already as wanted). When the data device
+    # is the camera itself and it is powered off, it exists only after power on: switch after.
+    data_first = mode in ("record", "data") and (dry_run or os.path.exists(authorized_path(cfg)))
+    if data_first:
         _write_authorized(cfg, "0" if mode == "record" else "1", dry_run)
     result = _uhubctl(cfg, "off" if mode == "off" else "on", dry_run)
     if dry_run:
         return
+    if mode in ("record", "data") and not data_first:
+        _wait_for_authorized(cfg, ENUMERATE_TIMEOUT)
+        _write_authorized(cfg, "0" if mode == "record" else "1", dry_run)
     want_power = mode != "off"
     try:
         status = port_status(result.stdout, hub, port, "new")

@@ -773,7 +773,12 @@ def ingest_device(
                     # under PrivateMounts= the mount goes with the unit's namespace anyway
                     log.error("cannot unmount %s: %s", mountpoint, e)
         finally:
-            camera_back(cfg, dry_run=dry_run)
+            if should_stop is not None and should_stop():
+                # stopped (camera yanked, shutdown, low battery): whoever stopped us decides the
+                # camera (the policy, or dashcam-boot at the next boot); end within the stop timeout
+                log.info("stopped: leaving the camera as it is")
+            else:
+                camera_back(cfg, dry_run=dry_run)
     except runner.CommandError as e:
         raise DashcamError(str(e)) from e
 

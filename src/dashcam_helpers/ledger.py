@@ -93,11 +93,17 @@ def _give_to_directory_owner(path: str, directory: str) -> None:
         return
     try:
         owner = os.stat(directory)
-        st = os.stat(path)
-        if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
-            os.chown(path, owner.st_uid, owner.st_gid)
     except OSError:
-        pass  # without CAP_CHOWN the file stays root's; the uploader's open says so
+        return
+    # the -wal and -shm files too: SQLite gives them the database's owner only when it creates
+    # them after the database already belongs to that user
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            st = os.stat(name)
+            if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
+                os.chown(name, owner.st_uid, owner.st_gid)
+        except OSError:
+            pass  # absent, or without CAP_CHOWN the file stays root's; the uploader's open says so
 
 
 class Clip(Record):
@@ -146,6 +152,7 @@ class Ledger:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
+        _give_to_directory_owner(path, directory)  # the -wal and -shm exist by now
 
     def __enter__(self) -> "Ledger":
         return self
