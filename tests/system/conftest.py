@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import guest  # noqa: E402
 import image  # noqa: E402
-from sshd import Server  # noqa: E402
+from home_server import Server  # noqa: E402
 from vm import VM  # noqa: E402
 
 REPO = guest.REPO

@@ -19,7 +19,7 @@ import cards  # noqa: E402
 import guest  # noqa: E402
 import image  # noqa: E402
 import scenario  # noqa: E402
-from sshd import Server  # noqa: E402
+from home_server import Server  # noqa: E402
 from vm import VM, VMError  # noqa: E402
 
 T0 = time.monotonic()
