@@ -207,6 +207,14 @@ class Ledger:
         )
         return {(r[0], r[1], r[2]) for r in rows}
 
+    @staticmethod
+    def _row(db: sqlite3.Connection, camera: str, source_path: str, size: int, mtime_ns: int):
+        """The (id, state) of the clip with this key, or None."""
+        return db.execute(
+            "SELECT id, state FROM footage WHERE camera = ? AND source_path = ? AND size = ? AND mtime_ns = ?",
+            (camera, source_path, size, mtime_ns),
+        ).fetchone()
+
     def find(self, camera: str, source_path: str, size: int, mtime_ns: int) -> Optional[Clip]:
         row = self.db.execute(
             "SELECT * FROM footage WHERE camera = ? AND source_path = ? AND size = ? AND mtime_ns = ?",
@@ -234,10 +242,7 @@ class Ledger:
         """Record a clip whose bytes are already durable in staging. Returns its id."""
         now = self.clock()
         with self.transaction() as db:
-            existing = db.execute(
-                "SELECT id, state FROM footage WHERE camera = ? AND source_path = ? AND size = ? AND mtime_ns = ?",
-                (camera, source_path, size, mtime_ns),
-            ).fetchone()
+            existing = self._row(db, camera, source_path, size, mtime_ns)
             if existing is not None:
                 self._check_transition(existing["state"], "staged", existing["id"])
                 db.execute(
@@ -257,10 +262,7 @@ class Ledger:
         """A clip could not be read from the card: keep the reason, count the attempt."""
         now = self.clock()
         with self.transaction() as db:
-            existing = db.execute(
-                "SELECT id, state FROM footage WHERE camera = ? AND source_path = ? AND size = ? AND mtime_ns = ?",
-                (camera, source_path, size, mtime_ns),
-            ).fetchone()
+            existing = self._row(db, camera, source_path, size, mtime_ns)
             if existing is not None:
                 self._check_transition(existing["state"], "failed", existing["id"])
                 db.execute(
