@@ -296,3 +296,23 @@ def test_uhubctl_output_without_a_new_status_is_not_taken_as_success(fake_hw, ma
     with pytest.raises(camera.CameraError, match="expected port 1 of hub 1-1 powered off, found no 'New status'"):
         camera.set_mode(cfg, "off")
     assert camera.current_mode(cfg) == "unknown"
+
+
+def test_a_camera_on_a_root_hub_comes_up_unauthorized_for_record_and_the_default_is_restored(fake_hw, make_config,
+                                                                                            monkeypatch):
+    cfg = config.load(str(make_config({"camera": {"hub_location": "3", "data_device": "3-1"}})))
+    root = fake_hw.usb_device("usb3").parent
+    (root / "authorized_default").write_text("1\n")
+    seen = {}
+
+    def uhubctl(cfg_, action, dry_run=False):  # power on: the camera enumerates under the bus default
+        seen["default_at_power_on"] = (root / "authorized_default").read_text().strip()
+        fake_hw.usb_device("3-1", authorized=seen["default_at_power_on"])
+        out = "New status for hub 3 [1d6b:0002 dummy_hcd]\n  Port 1: 0503 power highspeed enable connect\n"
+        return camera.runner.Result(["uhubctl"], 0, out, "")
+
+    monkeypatch.setattr(camera, "_uhubctl", uhubctl)
+    camera.set_mode(cfg, "record")
+    assert seen["default_at_power_on"] == "0"  # its storage never bound
+    assert (root / "authorized_default").read_text().strip() == "1"
+    assert fake_hw.authorized("3-1") == "0"

@@ -210,6 +210,41 @@ def _wait_for_authorized(cfg, timeout: float) -> None:
         time.sleep(0.1)
 
 
+def _hub_sysfs_name(hub: str) -> str:
+    """uhubctl's location of a root hub is the bus number ("3"); its sysfs name is usb3."""
+    return f"usb{hub}" if hub.isdigit() else hub
+
+
+def _power_on_and_wait(cfg, authorize: bool) -> runner.Result:
+    """Power the port of a camera that is its own data device, and wait until it has enumerated.
+
+    For record, new devices on the bus come up unauthorized while we wait (the root hub's
+    authorized_default, restored afterwards), so the camera's storage never binds, not even
+    for the moment before its own 'authorized' can be written."""
+    default = os.path.join(sysfs_root(), "bus", "usb", "devices", _hub_sysfs_name(cfg.camera.hub_location),
+                           "authorized_default")
+    saved = None
+    if not authorize:
+        try:
+            with open(default, encoding="ascii") as f:
+                saved = f.read().strip()
+            with open(default, "w", encoding="ascii") as f:
+                f.write("0")
+        except OSError:
+            saved = None  # not a root hub, or no such attribute: the camera may bind for a moment
+    try:
+        result = _uhubctl(cfg, "on")
+        _wait_for_authorized(cfg, ENUMERATE_TIMEOUT)
+    finally:
+        if saved is not None:
+            try:
+                with open(default, "w", encoding="ascii") as f:
+                    f.write(saved)
+            except OSError as e:
+                log.error("cannot restore %s to %s: %s", default, saved, e.strerror)
+    return result
+
+
 def _set_mode_uhubctl(cfg, mode: str, dry_run: bool) -> None:
     hub, port = cfg.camera.hub_location, cfg.camera.port_number
     # Data is switched before power when the data device is there (the hub, as the original
@@ -218,11 +253,14 @@ def _set_mode_uhubctl(cfg, mode: str, dry_run: bool) -> None:
     data_first = mode in ("record", "data") and (dry_run or os.path.exists(authorized_path(cfg)))
     if data_first:
         _write_authorized(cfg, "0" if mode == "record" else "1", dry_run)
-    result = _uhubctl(cfg, "off" if mode == "off" else "on", dry_run)
+        result = _uhubctl(cfg, "off" if mode == "off" else "on", dry_run)
+    elif mode == "off":
+        result = _uhubctl(cfg, "off", dry_run)
+    else:
+        result = _power_on_and_wait(cfg, authorize=mode == "data")
     if dry_run:
         return
     if mode in ("record", "data") and not data_first:
-        _wait_for_authorized(cfg, ENUMERATE_TIMEOUT)
         _write_authorized(cfg, "0" if mode == "record" else "1", dry_run)
     want_power = mode != "off"
     try:
