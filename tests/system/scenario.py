@@ -45,6 +45,9 @@ def prepare_gadget_camera(vm, workdir, layout, server=None, external=True, vbat=
     guest.camera_up(vm, card)
     guest.fast_policy(vm)
     vm.run(["/bin/systemctl", "restart", "dashcam-policy.timer"])
+    # one tick now: OnUnitActiveSec= counts from the service's last run, and a timer restarted
+    # after its OnBootSec= has passed but before the first tick would otherwise never fire
+    vm.run(["/bin/systemctl", "start", "--no-block", "dashcam-policy.service"])
     return Setup(bus, clips, card)
 
 
