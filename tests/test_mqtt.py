@@ -610,3 +610,23 @@ def test_a_tick_publishing_while_an_ingest_holds_a_connection_does_not_knock_it_
         other.kill()
         other.wait()
         other.stdout.close()
+
+
+def test_a_policy_tick_publishes_what_it_saw_to_home_assistant(make_config, broker, listen, dashcamctl, fake_hw):
+    import socket
+
+    fake_hw.usb_device("1-1", authorized="0")
+    with socket.socket() as s:  # a port nobody listens on: the server is away
+        s.bind(("127.0.0.1", 0))
+        away = s.getsockname()[1]
+    path = make_config({"upload": {"port": away, "connect_timeout": 1},
+                        "mqtt": {"host": "127.0.0.1", "port": broker.port, "base_topic": "dashcam/testpi"}})
+    ha = listen("dashcam/testpi/#")
+    r = dashcamctl("--config", str(path), "policy", env=fake_hw.env)
+    assert r.returncode == 0, r.stderr
+    state = json.loads(ha.wait_for("dashcam/testpi/state"))
+    assert state["battery_voltage"] == 3.611 and state["battery_percent"] == 95
+    assert state["external_power"] == "ON" and state["input_voltage"] == 5.208
+    assert state["server_reachable"] == "OFF"
+    assert state["camera_mode"] == "record"
+    assert fake_hw.battery_call_count() == 1  # one reading per tick: the published state is what the tick saw
