@@ -36,7 +36,7 @@ from . import notify
 from .config import Config
 from .errors import DashcamError, TryLater
 from .ledger import Ledger
-from .staging import free_space, fsync_dir, reserve_bytes
+from .staging import Owner, free_space, fsync_dir, owner_of, reserve_bytes
 
 log = logging.getLogger("dashcam.ingest")
 
@@ -210,23 +210,6 @@ def _fadvise_dontneed(fd: int, offset: int = 0, length: int = 0) -> None:
         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
     except OSError:
         pass
-
-
-Owner = Optional[Tuple[int, int]]
-
-
-def owner_of(path: str) -> Owner:
-    """(uid, gid) new files below ``path`` should get: its own owner, when we run as root and differ.
-
-    Ingest runs as root (to mount), staging and the ledger belong to the dashcam user who uploads
-    and prunes: what root creates there is handed to that user, or the uploader could not delete it.
-    """
-    if os.geteuid() != 0:
-        return None
-    st = os.stat(path)
-    if (st.st_uid, st.st_gid) == (0, 0):
-        return None
-    return st.st_uid, st.st_gid
 
 
 def makedirs_owned(path: str, owner: Owner) -> None:

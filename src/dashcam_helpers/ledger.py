@@ -89,19 +89,21 @@ def _give_to_directory_owner(path: str, directory: str) -> None:
     """Root (the policy, the ingest) opening a ledger in a directory that belongs to another user
     (/var/lib/dashcam, user dashcam) gives the database file to that user, so the unprivileged
     uploader can still write it. SQLite does the same for the -wal and -shm files it creates."""
-    if os.geteuid() != 0:
-        return
+    from .staging import owner_of
+
     try:
-        owner = os.stat(directory)
+        owner = owner_of(directory)
     except OSError:
+        return
+    if owner is None:
         return
     # the -wal and -shm files too: SQLite gives them the database's owner only when it creates
     # them after the database already belongs to that user
     for name in (path, path + "-wal", path + "-shm"):
         try:
             st = os.stat(name)
-            if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
-                os.chown(name, owner.st_uid, owner.st_gid)
+            if (st.st_uid, st.st_gid) != owner:
+                os.chown(name, *owner)
         except OSError:
             pass  # absent, or without CAP_CHOWN the file stays root's; the uploader's open says so
 

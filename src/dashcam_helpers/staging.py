@@ -43,3 +43,20 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+Owner = "Optional[Tuple[int, int]]"  # (uid, gid), or None: leave it as created
+
+
+def owner_of(path: str) -> Owner:
+    """(uid, gid) new files below ``path`` should get: its own owner, when we run as root and differ.
+
+    Ingest runs as root (to mount), staging and the ledger belong to the dashcam user who uploads
+    and prunes: what root creates there is handed to that user, or the uploader could not delete it.
+    """
+    if os.geteuid() != 0:
+        return None
+    st = os.stat(path)
+    if (st.st_uid, st.st_gid) == (0, 0):
+        return None
+    return st.st_uid, st.st_gid
