@@ -10,7 +10,6 @@ does one short subprocess call per try.
 
 from __future__ import annotations
 
-import logging
 import time
 from types import MappingProxyType
 TYPE_CHECKING = False
@@ -19,8 +18,9 @@ if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
 
 from . import runner
 from .record import Record
+from .log import get as get_logger
 
-log = logging.getLogger("dashcam.battery")
+log = get_logger("dashcam.battery")
 
 # Below the last step of the voltage table a battery reads as this percent (the user's step table).
 FLOOR_PERCENT = 5

@@ -17,7 +17,6 @@ same way (a readback it cannot make is logged, not fatal: the scripts are the au
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 TYPE_CHECKING = False
@@ -27,8 +26,9 @@ if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
 from . import runner
 from .errors import DashcamError
 from .record import Record
+from .log import get as get_logger
 
-log = logging.getLogger("dashcam.camera")
+log = get_logger("dashcam.camera")
 
 MODES = ("record", "data", "off")
 UHUBCTL_TIMEOUT = 20  # seconds; a power request on a USB3 hub takes a fraction of one

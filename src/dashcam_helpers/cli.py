@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
 import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
@@ -17,8 +16,9 @@ if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
 
 from . import __version__
 from .errors import EX_CONFIG, EX_FAILURE, DashcamError
+from .log import get as get_logger
 
-log = logging.getLogger("dashcam")
+log = get_logger("dashcam")
 
 # subcommand -> (module, function, one-line help). Each function takes (args) and returns an exit code.
 COMMANDS: Dict[str, Tuple[str, str, str]] = {

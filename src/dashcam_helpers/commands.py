@@ -13,11 +13,11 @@ from .errors import EX_OK
 
 def load_config(args: argparse.Namespace) -> config.Config:
     """The configuration chosen by --config / DASHCAM_CONFIG, with its warnings logged."""
-    import logging
+    from .log import get as get_logger
 
     cfg = config.load(args.config)
     for warning in cfg.warnings:
-        logging.getLogger("dashcam.config").warning("%s: %s", cfg.path, warning)
+        get_logger("dashcam.config").warning("%s: %s", cfg.path, warning)
     return cfg
 
 

@@ -15,12 +15,12 @@ With none of them set, the camera is whatever is plugged into <hub_location>.<po
 
 from __future__ import annotations
 
-import logging
 import select
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from .log import get as get_logger
 
-log = logging.getLogger("dashcam.device")
+log = get_logger("dashcam.device")
 
 Criteria = List[Tuple[str, str]]  # (criterion name, wanted value)
 

@@ -23,7 +23,6 @@ import datetime
 import errno
 import fcntl
 import hashlib
-import logging
 import os
 import queue
 import re
@@ -37,8 +36,9 @@ from .config import Config
 from .errors import DashcamError, TryLater
 from .ledger import Ledger
 from .staging import Owner, free_space, fsync_dir, owner_of, reserve_bytes
+from .log import get as get_logger
 
-log = logging.getLogger("dashcam.ingest")
+log = get_logger("dashcam.ingest")
 
 BLOCK = 1 << 20  # bytes per read: large enough for hashlib to release the GIL, small enough for RSS
 WRITEBACK_CHUNK = 8 << 20  # start writeback of every 8 MiB written, so the final fsync has little left

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import logging
 import os
 import re
 import socket
@@ -41,8 +40,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import __version__
 from .record import Record
+from .log import INFO, WARNING, get as get_logger
 
-log = logging.getLogger("dashcam.mqtt")
+log = get_logger("dashcam.mqtt")
 
 # Budget of one publish from the policy tick. Connection attempts get CONNECT_TIMEOUT; the
 # whole session (DNS, TCP, TLS, CONNACK, PUBACKs) runs in a daemon thread that the tick
@@ -530,7 +530,7 @@ def send(cfg, messages: List[Tuple[str, str, bool]], *, budget: float = TICK_BUD
 def _report_failure(outcome: Outcome) -> None:
     # An unreachable broker is normal in the car: info, or the journal fills up twice a
     # minute. A refusal (bad user/password, unreadable password file) needs the user: warning.
-    level = logging.WARNING if outcome.misconfigured else logging.INFO
+    level = WARNING if outcome.misconfigured else INFO
     log.log(level, "mqtt: nothing published: %s", outcome.why)
 
 

@@ -19,7 +19,6 @@ camera, device, upload) only when the real gatherers call them: the timer runs i
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 TYPE_CHECKING = False
@@ -28,8 +27,9 @@ if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
 
 from .record import Record
 from .staging import space as staging_space
+from .log import ERROR, INFO, WARNING, get as get_logger
 
-log = logging.getLogger("dashcam.policy")
+log = get_logger("dashcam.policy")
 
 INGEST_UNITS = "dashcam-ingest@*.service"
 UPLOAD_UNIT = "dashcam-upload.service"
@@ -729,7 +729,7 @@ def _log_line(record: Dict[str, Any], decision: Decision, dry_run: bool) -> None
     if record["failed"]:
         did += "; FAILED: " + "; ".join(record["failed"])
     line = f"policy{' (dry run)' if dry_run else ''}: saw {seen} -> did {did} -- why: {decision.reason}"
-    level = logging.ERROR if record["failed"] else logging.WARNING if decision.shutdown else logging.INFO
+    level = ERROR if record["failed"] else WARNING if decision.shutdown else INFO
     log.log(
         level,
         line,
@@ -774,7 +774,7 @@ def command(args) -> int:
     # there as JSON so a tick does not parse YAML (see config.load_cached)
     cfg = config.load_cached(args.config, os.environ.get("CACHE_DIRECTORY"))
     for warning in cfg.warnings:
-        logging.getLogger("dashcam.config").warning("%s: %s", cfg.path, warning)
+        get_logger("dashcam.config").warning("%s: %s", cfg.path, warning)
     with Ledger(cfg.paths.ledger) as ledger:
         record = tick(cfg, SystemFacts(cfg), SystemActions(cfg, args.dry_run), ledger=ledger, dry_run=args.dry_run)
         if cfg.mqtt is not None:

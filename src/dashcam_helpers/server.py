@@ -6,10 +6,10 @@ for importing the uploader (ssh options, rsync parsing) to find out.
 
 from __future__ import annotations
 
-import logging
 import socket
+from .log import get as get_logger
 
-log = logging.getLogger("dashcam.server")
+log = get_logger("dashcam.server")
 
 
 def reachable(cfg, timeout=None) -> bool:

@@ -9,7 +9,6 @@ fingerprint and pins it. Nobody has to hand-craft ssh options.
 
 from __future__ import annotations
 
-import logging
 import os
 import pwd
 import re
@@ -20,8 +19,9 @@ from typing import List, Optional
 from . import runner
 from .config import Config
 from .errors import DashcamError, TryLater
+from .log import get as get_logger
 
-log = logging.getLogger("dashcam.ssh")
+log = get_logger("dashcam.ssh")
 
 RRSYNC = "/usr/bin/rrsync"
 DEFAULT_SERVER_DIR = "/srv/dashcam"

@@ -8,10 +8,10 @@ function there. A section that fails shows {"error": "..."} instead of ending th
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Any, Callable, Dict, List, Tuple
+from .log import get as get_logger
 
-log = logging.getLogger("dashcam.status")
+log = get_logger("dashcam.status")
 
 
 def battery_section(cfg) -> Dict[str, Any]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import fcntl
-import logging
 import os
 import re
 import shlex
@@ -49,8 +48,9 @@ from .config import Config
 from .errors import EX_FAILURE, EX_OK, DashcamError, TryLater
 from .ledger import Clip, Ledger
 from .staging import fsync_dir
+from .log import get as get_logger
 
-log = logging.getLogger("dashcam.upload")
+log = get_logger("dashcam.upload")
 
 # A round is sent, then verified, then leaves staging. Small enough that its verification
 # mostly reads from the page cache on a Pi and staging frees up as the upload goes; large
