@@ -72,3 +72,44 @@ def test_a_program_killed_by_a_signal_says_so():
     with pytest.raises(runner.CommandFailed) as e:
         runner.run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], timeout=10)
     assert "signal SIGKILL" in str(e.value)
+
+
+def test_large_output_on_both_streams_comes_back_whole():
+    # more than a pipe holds on each stream at once: reading only one of them would deadlock
+    code = "import sys; sys.stdout.write('o' * 300000); sys.stderr.write('e' * 300000); sys.stdout.write('!')"
+    r = runner.run([sys.executable, "-c", code], timeout=20, changes_state=False)
+    assert r.stdout == "o" * 300000 + "!" and r.stderr == "e" * 300000
+
+
+def test_the_child_gets_sigpipe_back():
+    # with SIGPIPE ignored (as Python leaves it) `yes` would complain of a broken pipe
+    r = runner.run(["sh", "-c", "yes | head -n 1"], timeout=10, changes_state=False)
+    assert r.stdout == "y\n" and r.stderr == ""
+
+
+def test_a_program_that_closes_its_output_and_lingers_is_still_stopped_at_its_timeout():
+    with pytest.raises(runner.CommandTimeout):
+        runner.run(["sh", "-c", "exec >&- 2>&-; sleep 30"], timeout=0.5)
+
+
+def test_text_has_universal_newlines_and_survives_bad_bytes():
+    r = runner.run(["printf", "a\\r\\nb\\rc\\377\\n"], timeout=5, changes_state=False)
+    assert r.stdout == "a\nb\nc\ufffd\n"
+
+
+def test_env_is_added_to_the_environment_and_path_is_searched(tmp_path):
+    tool = tmp_path / "bin" / "tool"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\necho \"$GREETING $HOME\"\n")
+    tool.chmod(0o755)
+    path = f"{tool.parent}:/usr/bin:/bin"
+    r = runner.run(["tool"], timeout=5, changes_state=False, env={"PATH": path, "GREETING": "hi"})
+    assert r.stdout.startswith("hi /")
+
+
+def test_a_program_that_is_not_executable_is_a_typed_error(tmp_path):
+    tool = tmp_path / "tool"
+    tool.write_text("#!/bin/sh\n")
+    with pytest.raises(runner.CommandNotFound) as e:
+        runner.run(["tool"], timeout=5, env={"PATH": str(tmp_path)})
+    assert "permission denied" in str(e.value)
