@@ -93,6 +93,22 @@ def test_an_interrupted_transaction_leaves_nothing(ledger):
     assert ledger.files() == []
 
 
+def test_a_nested_transaction_commits_and_rolls_back_with_the_outer_one(ledger):
+    insert = "INSERT INTO footage (camera, source_path, size, mtime_ns, state, updated_at) VALUES ('c',?,1,1,'seen',0)"
+    with pytest.raises(RuntimeError):
+        with ledger.transaction() as outer:
+            outer.execute(insert, ("a",))
+            with ledger.transaction() as inner:
+                inner.execute(insert, ("b",))
+            assert outer.in_transaction                 # the inner one did not commit on its own
+            raise RuntimeError("power cut")
+    assert ledger.files() == []
+    with ledger.transaction() as outer:
+        with ledger.transaction() as inner:
+            inner.execute(insert, ("c",))
+    assert [c.source_path for c in ledger.files()] == ["c"] and not ledger.db.in_transaction
+
+
 def test_unknown_state_filter_is_refused(ledger):
     with pytest.raises(LedgerError, match="unknown state 'lost'"):
         ledger.files("lost")

@@ -17,12 +17,30 @@ import json
 import os
 import sqlite3
 import time
-from contextlib import contextmanager
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
-    from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+    from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from .record import Record
+
+class _Transaction:
+    # a class, not contextlib.contextmanager: importing contextlib costs every policy tick
+    __slots__ = ("db", "joined")
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db, self.joined = db, False
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.joined = self.db.in_transaction
+        if not self.joined:
+            self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if not self.joined:
+            self.db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        return False
+
 
 STATES = ("seen", "staged", "uploaded", "verified", "pruned", "failed")
 
@@ -165,18 +183,10 @@ class Ledger:
     def close(self) -> None:
         self.db.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        if self.db.in_transaction:  # inside another transaction(): joins it, commits with it
-            yield self.db
-            return
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def transaction(self) -> _Transaction:
+        """``with ledger.transaction() as db:`` -- one BEGIN IMMEDIATE ... COMMIT, rolled back
+        on any exception; inside another transaction() it joins that one and commits with it."""
+        return _Transaction(self.db)
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
