@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -204,6 +205,58 @@ def test_a_backlog_uploads_byte_identical_and_leaves_staging(upload_config, serv
     # a second run finds nothing to do
     again = dashcamctl("--config", str(cfg_path), "upload")
     assert again.returncode == 0 and "nothing to upload" in again.stderr
+
+
+def test_rounds_are_verified_while_the_next_one_is_sent(upload_config, server, monkeypatch):
+    """Five rounds of two clips: round k's checksum pass overlaps round k+1's send, and every
+    clip still ends verified, byte-identical on the server, and gone from staging."""
+    cfg_path = upload_config()
+    originals = {}
+    for n in range(10):
+        name, mtime = f"CLIP{n:04d}.MP4", T0 + n * 60
+        originals[name] = (stage(cfg_path, name, 300_000 + n, mtime).read_bytes(), mtime)
+    monkeypatch.setattr(upload, "ROUND_FILES", 2)
+    overlapped = []
+    send = upload.Uploader.send
+
+    def watched_send(self, items, *, resume):
+        overlapped.append(any(t.name == "upload-verify" and t.is_alive() for t in threading.enumerate()))
+        return send(self, items, resume=resume)
+
+    monkeypatch.setattr(upload.Uploader, "send", watched_send)
+    cfg = config.load(str(cfg_path))
+    with Ledger(cfg.paths.ledger) as ledger:
+        summary = upload.Uploader(cfg, ledger).run()
+        assert {c.state for c in ledger.files()} == {"pruned"} and summary.files == 10
+        assert ledger.get_state(upload.IN_FLIGHT_KEY) == []
+    assert overlapped == [False, True, True, True, True]    # from the second round on, a verification runs
+    for name, (data, mtime) in originals.items():
+        assert on_server(server, name, mtime).read_bytes() == data
+
+
+def test_when_a_later_round_fails_the_rounds_before_it_are_still_recorded(upload_config, server, monkeypatch):
+    cfg_path = upload_config()
+    paths = [stage(cfg_path, f"CLIP{n:04d}.MP4", 100_000, T0 + n * 60) for n in range(4)]
+    monkeypatch.setattr(upload, "ROUND_FILES", 2)
+    send = upload.Uploader.send
+    calls = []
+
+    def failing_second_send(self, items, *, resume):
+        calls.append(len(items))
+        if len(calls) == 2:
+            raise upload.UploadFailed("sending failed: the link went down", transient=True)
+        return send(self, items, resume=resume)
+
+    monkeypatch.setattr(upload.Uploader, "send", failing_second_send)
+    cfg = config.load(str(cfg_path))
+    with Ledger(cfg.paths.ledger) as ledger:
+        with pytest.raises(upload.UploadFailed):
+            upload.Uploader(cfg, ledger).run()
+        states = {c.source_path: c.state for c in ledger.files()}
+    # round 1 was proven on the server while round 2 failed: pruned; round 2 untouched, staged
+    assert states == {"Normal/CLIP0000.MP4": "pruned", "Normal/CLIP0001.MP4": "pruned",
+                      "Normal/CLIP0002.MP4": "staged", "Normal/CLIP0003.MP4": "staged"}
+    assert [p.exists() for p in paths] == [False, False, True, True]
 
 
 def test_with_keep_days_verified_clips_stay_until_they_are_old_enough(upload_config, server, tmp_path):

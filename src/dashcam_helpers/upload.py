@@ -14,6 +14,8 @@ one shared ssh connection (ControlMaster; every rsync still is its own rrsync se
    (rsync's delta transfer uses it as basis: what arrived is not sent again);
 4. verification: ``rsync --checksum --dry-run --itemize-changes`` over the round must print
    nothing for a file, i.e. the server's bytes equal ours, before the ledger says ``verified``;
+   it runs in a thread while the next round is sent (only rsync runs there; the main thread
+   writes the ledger), so the checksum pass costs time only for the last round;
 5. a name the server already held with other content is a collision: the clip goes beside
    it as ``<name>.<sha8>.<ext>`` (logged), the other file stays as it was;
 6. retention: verified clips leave staging (at once with keep_days 0), unverified never.
@@ -115,7 +117,10 @@ def plan(clips: Iterable[Clip], ready: str, tz: Optional[datetime.tzinfo] = None
     return items
 
 
-def rounds(items: Sequence[Item], max_bytes: int = ROUND_BYTES, max_files: int = ROUND_FILES) -> List[List[Item]]:
+def rounds(items: Sequence[Item], max_bytes: Optional[int] = None, max_files: Optional[int] = None) -> List[List[Item]]:
+    """The plan cut into rounds of at most ROUND_BYTES / ROUND_FILES (each sent, then verified)."""
+    max_bytes = ROUND_BYTES if max_bytes is None else max_bytes
+    max_files = ROUND_FILES if max_files is None else max_files
     out: List[List[Item]] = []
     current: List[Item] = []
     size = 0
@@ -203,7 +208,7 @@ class Uploader:
         self.backoff_base = backoff_base
         self.tz = tz
         self.tree = os.path.join(cfg.paths.state_dir, "upload-tree")
-        self.list_file = os.path.join(cfg.paths.state_dir, "upload-files.txt")
+        self.list_dir = os.path.join(cfg.paths.state_dir, "upload-lists")
         self.control_dir: Optional[str] = None
         self.summary = Summary()
         self.started = time.monotonic()
@@ -239,13 +244,22 @@ class Uploader:
 
         ``retry_options``: the options of a retry, when they differ (a cut transfer resumes).
         """
-        with open(self.list_file, "w", encoding="utf-8") as f:
+        # a list of its own: a round's verification runs beside the next round's send
+        os.makedirs(self.list_dir, exist_ok=True)
+        fd, list_file = tempfile.mkstemp(dir=self.list_dir, suffix=".txt")
+        with open(fd, "w", encoding="utf-8") as f:
             f.write("".join(i.remote + "\n" for i in items))
+        try:
+            return self._rsync(options, list_file, what, timeout, retry_options)
+        finally:
+            os.unlink(list_file)
+
+    def _rsync(self, options, list_file, what, timeout, retry_options) -> runner.Result:
         retries = self.cfg.poll.upload_retries
         attempt = 0
         while True:
             opts = retry_options if attempt and retry_options is not None else options
-            argv = self.rsync_base() + opts + [f"--files-from={self.list_file}", self.tree + "/", self.destination()]
+            argv = self.rsync_base() + opts + [f"--files-from={list_file}", self.tree + "/", self.destination()]
             try:
                 return runner.run(argv, timeout=timeout, changes_state=False)
             except runner.CommandFailed as e:
@@ -345,10 +359,7 @@ class Uploader:
             shutil.rmtree(self.control_dir, ignore_errors=True)
             self.control_dir = None
         shutil.rmtree(self.tree, ignore_errors=True)
-        try:
-            os.unlink(self.list_file)
-        except FileNotFoundError:
-            pass
+        shutil.rmtree(self.list_dir, ignore_errors=True)
 
     # --- one round --------------------------------------------------------------------------
 
@@ -383,50 +394,79 @@ class Uploader:
         # remembered before a byte moves: a name that was missing and is later found on the
         # server holds our (possibly partial) file, never someone else's
         self.ledger.put_state(IN_FLIGHT_KEY, sorted(in_flight | missing))
+        # round k is verified while round k+1 is sent: the checksum pass reads the disks of
+        # both ends while the link (the bottleneck on a Pi's WiFi) carries the next round
         collisions: List[Item] = []
-        for batch in rounds(items):
-            collisions += self.upload_round(batch, missing, in_flight, collision_pass)
+        verifying: Optional[Verification] = None
+        try:
+            for batch in rounds(items):
+                ours = self.send_round(batch, missing, in_flight)
+                if verifying is not None:
+                    collisions += self.settle(verifying)
+                verifying = Verification(self, batch, ours, collision_pass)
+                verifying.start()
+        except Exception:
+            # a send failed: what the round before it proved is still recorded
+            if verifying is not None and not verifying.settled:
+                try:
+                    self.settle(verifying)
+                except Exception as e:
+                    log.warning("the verification of the previous round failed too: %s", e)
+            raise
+        if verifying is not None:
+            collisions += self.settle(verifying)
         if collisions:
             self.upload_items(collisions, collision_pass=True)
 
-    def upload_round(self, items: Sequence[Item], missing: Set[str], in_flight: Set[str], collision_pass: bool) -> List[Item]:
+    def send_round(self, items: Sequence[Item], missing: Set[str], in_flight: Set[str]) -> Set[str]:
+        """Send what of ``items`` is ours to send; returns those names (sent now or completed)."""
         fresh = [i for i in items if i.remote in missing]
         resume = [i for i in items if i.remote not in missing and i.remote in in_flight]
-        ours = {i.remote for i in fresh + resume}
         if resume:
             log.info("resuming %d file(s) cut off in an earlier run", len(resume))
             self.send(resume, resume=True)
         if fresh:
             self.send(fresh, resume=False)
-        for item in fresh + resume:
-            if item.clip.state == "staged":
-                self.ledger.advance(item.clip.id, "uploaded", remote_path=item.remote)
-        differing = self.differing_on_server(items)
+        with self.ledger.transaction():
+            for item in fresh + resume:
+                if item.clip.state == "staged":
+                    self.ledger.advance(item.clip.id, "uploaded", remote_path=item.remote)
+        return {i.remote for i in fresh + resume}
+
+    def settle(self, verification: "Verification") -> List[Item]:
+        """Wait for a round's verification and record it; returns the collisions to upload beside."""
+        verification.settled = True
+        differing = verification.result()
+        return self.record_verification(verification.items, differing, verification.ours, verification.collision_pass)
+
+    def record_verification(self, items: Sequence[Item], differing: Dict[str, str], ours: Set[str],
+                            collision_pass: bool) -> List[Item]:
         collisions: List[Item] = []
         verified: List[Item] = []
-        for item in items:
-            code = differing.get(item.remote)
-            if code is None:
-                self.ledger.advance(item.clip.id, "verified", remote_path=item.remote)
-                verified.append(item)
-                log.info(
-                    "verified on the server: %s", item.remote,
-                    extra={"DASHCAM_FILE": item.clip.source_path, "DASHCAM_BYTES": item.size},
-                )
-            elif item.remote not in ours and "+++++++" not in code and not collision_pass:
-                other = alternate_name(item.remote, item.clip.sha256 or f"{item.clip.id:08d}")
-                log.warning(
-                    "the server already has %s with other content; leaving it untouched and uploading %s beside it as %s",
-                    item.remote, item.clip.source_path, other,
-                    extra={"DASHCAM_FILE": item.clip.source_path},
-                )
-                self.summary.collisions.append(item.remote)
-                collisions.append(Item(item.clip, other, item.local))
-            else:
-                self.problem(item, f"the server's copy of {item.remote} is not identical after the upload ({code}); kept in staging")
-        # the names just sent hold whole files now, not partial ones
-        done = ours | {i.remote for i in verified}
-        self.ledger.put_state(IN_FLIGHT_KEY, sorted(set(self.ledger.get_state(IN_FLIGHT_KEY, [])) - done))
+        with self.ledger.transaction():
+            for item in items:
+                code = differing.get(item.remote)
+                if code is None:
+                    self.ledger.advance(item.clip.id, "verified", remote_path=item.remote)
+                    verified.append(item)
+                    log.info(
+                        "verified on the server: %s", item.remote,
+                        extra={"DASHCAM_FILE": item.clip.source_path, "DASHCAM_BYTES": item.size},
+                    )
+                elif item.remote not in ours and "+++++++" not in code and not collision_pass:
+                    other = alternate_name(item.remote, item.clip.sha256 or f"{item.clip.id:08d}")
+                    log.warning(
+                        "the server already has %s with other content; leaving it untouched and uploading %s beside it as %s",
+                        item.remote, item.clip.source_path, other,
+                        extra={"DASHCAM_FILE": item.clip.source_path},
+                    )
+                    self.summary.collisions.append(item.remote)
+                    collisions.append(Item(item.clip, other, item.local))
+                else:
+                    self.problem(item, f"the server's copy of {item.remote} is not identical after the upload ({code}); kept in staging")
+            # the names just sent hold whole files now, not partial ones
+            done = ours | {i.remote for i in verified}
+            self.ledger.put_state(IN_FLIGHT_KEY, sorted(set(self.ledger.get_state(IN_FLIGHT_KEY, [])) - done))
         self.done_files += len(verified)
         self.done_bytes += sum(i.size for i in verified)
         self.summary.files += len(verified)
@@ -453,7 +493,7 @@ class Uploader:
 
     def prune(self, clips: Iterable[Clip]) -> int:
         """Delete verified clips from staging (never any other), fsync, then mark them pruned."""
-        n = 0
+        removed: List[Clip] = []
         for clip in clips:
             if clip.state != "verified":
                 continue
@@ -469,11 +509,16 @@ class Uploader:
                 # e.g. a directory the uploader may not write: the clip stays verified, retried next run
                 log.error("cannot remove verified %s from staging: %s", path, e.strerror, extra={"DASHCAM_FILE": clip.source_path})
                 continue
-            fsync_dir(os.path.dirname(path))
-            self.ledger.advance(clip.id, "pruned")
-            n += 1
-        self.summary.pruned += n
-        return n
+            removed.append(clip)
+        # the removals are durable before the ledger says so (a power cut in between leaves
+        # verified rows whose files are gone: the next run marks them pruned)
+        for directory in sorted({os.path.dirname(os.path.join(self.cfg.paths.ready, c.staged_path or "")) for c in removed}):
+            fsync_dir(directory)
+        with self.ledger.transaction():
+            for clip in removed:
+                self.ledger.advance(clip.id, "pruned")
+        self.summary.pruned += len(removed)
+        return len(removed)
 
     def prune_expired(self) -> int:
         keep = self.cfg.upload.keep_days * 86400
@@ -520,6 +565,31 @@ class Uploader:
         finally:
             self.clean()
         return self.summary
+
+
+class Verification(threading.Thread):
+    """One round's checksum pass (an rsync of its own over the shared connection), run beside
+    the next round's send. Only rsync runs here; the ledger is written by the main thread."""
+
+    def __init__(self, uploader: "Uploader", items: Sequence[Item], ours: Set[str], collision_pass: bool = False):
+        super().__init__(name="upload-verify", daemon=True)
+        self.uploader, self.items, self.ours, self.collision_pass = uploader, list(items), ours, collision_pass
+        self._differing: Optional[Dict[str, str]] = None
+        self._error: Optional[BaseException] = None
+        self.settled = False                  # result() taken and recorded (or tried to be)
+
+    def run(self) -> None:
+        try:
+            self._differing = self.uploader.differing_on_server(self.items)
+        except BaseException as e:          # handed to the main thread by result()
+            self._error = e
+
+    def result(self) -> Dict[str, str]:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        assert self._differing is not None
+        return self._differing
 
 
 SENT_MARK = "dashcam-sent"
