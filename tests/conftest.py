@@ -69,7 +69,8 @@ def make_config(tmp_path):
 
 @pytest.fixture
 def dashcamctl(tmp_path):
-    """Run dashcamctl as a real subprocess with Debian's python and the source tree."""
+    """Run dashcamctl as a real subprocess: the launcher the package installs as /usr/bin/dashcamctl
+    (debian/dashcamctl-launcher, through its #! line: Debian's python3 -S) on the source tree."""
 
     def run(*args: str, env: Optional[Dict[str, str]] = None, timeout: float = 60, input: Optional[str] = None):
         full_env = dict(os.environ)
@@ -80,7 +81,7 @@ def dashcamctl(tmp_path):
         if env:
             full_env.update(env)
         return subprocess.run(
-            [sys.executable, "-m", "dashcam_helpers", *args],
+            [str(LAUNCHER), *args],
             capture_output=True,
             text=True,
             env=full_env,
@@ -91,6 +92,7 @@ def dashcamctl(tmp_path):
     return run
 
 
+LAUNCHER = ROOT / "debian" / "dashcamctl-launcher"
 FAKES = ROOT / "tests" / "fakes"  # fake lifepo4wered-cli and uhubctl; their knobs are documented at their top
 
 

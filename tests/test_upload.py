@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import logging
 import os
 import re
 import subprocess
@@ -31,9 +32,10 @@ T0 = 1_763_000_000  # 2025-11-13, an afternoon in every time zone that matters h
 
 
 @pytest.fixture
-def server(tmp_path):
-    """A real sshd: host key, client key and authorized_keys (rrsync -wo <tmp>/server) all in tmp_path."""
-    with SshServer(tmp_path / "sshd", tmp_path / "server") as srv:
+def server(tmp_path, request):
+    """A real sshd: host key, client key and authorized_keys (rrsync -wo <tmp>/server) all in tmp_path.
+    Parametrized indirectly, the rrsync options (e.g. "-wo -no-lock", as `dashcamctl keygen` prints)."""
+    with SshServer(tmp_path / "sshd", tmp_path / "server", rrsync_args=getattr(request, "param", "-wo")) as srv:
         yield srv
 
 
@@ -207,9 +209,11 @@ def test_a_backlog_uploads_byte_identical_and_leaves_staging(upload_config, serv
     assert again.returncode == 0 and "nothing to upload" in again.stderr
 
 
+@pytest.mark.parametrize("server", ["-wo -no-lock"], indirect=True)
 def test_rounds_are_verified_while_the_next_one_is_sent(upload_config, server, monkeypatch):
-    """Five rounds of two clips: round k's checksum pass overlaps round k+1's send, and every
-    clip still ends verified, byte-identical on the server, and gone from staging."""
+    """Five rounds of two clips through the key `dashcamctl keygen` describes: round k's checksum
+    pass overlaps round k+1's send, and every clip still ends verified, byte-identical on the
+    server, and gone from staging."""
     cfg_path = upload_config()
     originals = {}
     for n in range(10):
@@ -230,6 +234,27 @@ def test_rounds_are_verified_while_the_next_one_is_sent(upload_config, server, m
         assert {c.state for c in ledger.files()} == {"pruned"} and summary.files == 10
         assert ledger.get_state(upload.IN_FLIGHT_KEY) == []
     assert overlapped == [False, True, True, True, True]    # from the second round on, a verification runs
+    for name, (data, mtime) in originals.items():
+        assert on_server(server, name, mtime).read_bytes() == data
+
+
+def test_a_key_without_no_lock_gets_one_session_at_a_time_and_everything_verified(upload_config, server,
+                                                                                 monkeypatch, caplog):
+    """rrsync without -no-lock refuses a second session of the key ("Another instance of rrsync"):
+    the upload notices, waits for its other session, and from then on verifies each round before
+    it sends the next; no retry is spent on it."""
+    cfg_path = upload_config()          # poll.upload_retries 0: a failure counted as one would end the run
+    originals = {}
+    for n in range(8):
+        name, mtime = f"CLIP{n:04d}.MP4", T0 + n * 60
+        originals[name] = (stage(cfg_path, name, 2_000_000 + n, mtime).read_bytes(), mtime)
+    monkeypatch.setattr(upload, "ROUND_FILES", 2)
+    caplog.set_level(logging.INFO, logger="dashcam.upload")
+    cfg = config.load(str(cfg_path))
+    with Ledger(cfg.paths.ledger) as ledger:
+        summary = upload.Uploader(cfg, ledger).run()
+        assert {c.state for c in ledger.files()} == {"pruned"} and summary.files == 8
+    assert "one session at a time" in caplog.text
     for name, (data, mtime) in originals.items():
         assert on_server(server, name, mtime).read_bytes() == data
 
@@ -494,7 +519,7 @@ def test_keygen_creates_the_key_once_and_prints_the_restricted_authorized_keys_l
     public = (tmp_path / "home" / ".ssh" / "id_ed25519.pub").read_text().strip()
     assert public.startswith("ssh-ed25519 AAAA")
     line = res.stdout.strip().splitlines()[-1]
-    assert line == f'command="/usr/bin/rrsync -wo /srv/footage",restrict {public}'
+    assert line == f'command="/usr/bin/rrsync -wo -no-lock /srv/footage",restrict {public}'
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     again = dashcamctl("--config", str(cfg_path), "keygen", "--server-dir", "/srv/footage")
     assert again.stdout.strip().splitlines()[-1] == line

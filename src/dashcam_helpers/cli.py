@@ -6,7 +6,6 @@ modules are imported only when chosen, so a policy tick does not pay for ingest 
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 TYPE_CHECKING = False
@@ -151,7 +150,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     logsetup.setup(args.verbose)
     module_name, func_name, _ = COMMANDS[args.command]
     func: Callable[[argparse.Namespace], int] = getattr(
-        importlib.import_module(f".{module_name}", __package__), func_name
+        # __import__, not importlib.import_module: the importlib package (and warnings) is not
+        # loaded at startup, and every policy tick would pay for it
+        __import__(f"{__package__}.{module_name}", fromlist=[func_name]), func_name
     )
     from .config import ConfigError
 

@@ -88,10 +88,10 @@ class _Journal:
     stream (which systemd also connects to the journal) when the socket refuses it."""
 
     def __init__(self, level):
-        import socket
+        import _socket  # the C module under socket, as in server.py: one datagram needs no more
 
         self.level = level
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
 
     def emit(self, name, level, msg, args, extra, exc_info):
         if level < self.level:

@@ -358,7 +358,7 @@ class SystemClock:
 
     def boot_id(self) -> str:
         try:
-            with open(BOOT_ID_PATH, encoding="ascii") as f:
+            with open(BOOT_ID_PATH, encoding="utf-8") as f:  # hex and dashes; utf-8 is loaded already, ascii not
                 return f.read().strip()
         except OSError:
             return "unknown"

@@ -149,7 +149,8 @@ def _executable(name: str, env: Mapping[str, str]) -> str:
     if "/" in name:
         return name
     denied = None
-    for d in os.get_exec_path(env):
+    # os.get_exec_path() without its import of warnings (every policy tick runs tools)
+    for d in env.get("PATH", os.defpath).split(os.pathsep):
         candidate = os.path.join(d, name)
         if os.path.isfile(candidate):
             if os.access(candidate, os.X_OK):

@@ -128,7 +128,10 @@ TRANSIENT_SSH = re.compile(
 
 
 def authorized_keys_line(public_key: str, server_dir: str = DEFAULT_SERVER_DIR) -> str:
-    return f'command="{RRSYNC} -wo {server_dir}",restrict {public_key.strip()}'
+    """-wo: write only, under server_dir. -no-lock: let two sessions of the key run at once (the
+    upload verifies one round while it sends the next); without it the upload still works,
+    one session at a time."""
+    return f'command="{RRSYNC} -wo -no-lock {server_dir}",restrict {public_key.strip()}'
 
 
 def classify(cfg: Config, returncode: int, stderr: str) -> Optional[DashcamError]:

@@ -210,6 +210,13 @@ class Uploader:
         self.tree = os.path.join(cfg.paths.state_dir, "upload-tree")
         self.list_dir = os.path.join(cfg.paths.state_dir, "upload-lists")
         self.control_dir: Optional[str] = None
+        # a round's verification runs beside the next round's send: two sessions of one key at
+        # once, which an rrsync key without -no-lock refuses ("Another instance of rrsync");
+        # then the rounds go one session at a time
+        self.single_session = False
+        self.verifying: Optional[Verification] = None
+        self.send_idle = threading.Event()
+        self.send_idle.set()
         self.summary = Summary()
         self.started = time.monotonic()
         self.total_files = 0
@@ -257,12 +264,17 @@ class Uploader:
     def _rsync(self, options, list_file, what, timeout, retry_options) -> runner.Result:
         retries = self.cfg.poll.upload_retries
         attempt = 0
+        busy = 0
         while True:
             opts = retry_options if attempt and retry_options is not None else options
             argv = self.rsync_base() + opts + [f"--files-from={list_file}", self.tree + "/", self.destination()]
             try:
                 return runner.run(argv, timeout=timeout, changes_state=False)
             except runner.CommandFailed as e:
+                if RRSYNC_BUSY in e.stderr and busy < 3:
+                    busy += 1
+                    self.wait_for_our_other_session()
+                    continue
                 fatal = ssh.classify(self.cfg, e.returncode, e.stderr)
                 if fatal is not None:
                     raise fatal
@@ -281,6 +293,19 @@ class Uploader:
             log.warning("%s; retry %d of %d in %.0f s", reason, attempt, retries, delay)
             notify.status(f"upload: {what} failed, retry {attempt}/{retries} in {delay:.0f} s")
             self.sleep(delay)
+
+    def wait_for_our_other_session(self) -> None:
+        """The server's rrsync holds its one-session lock for our other rsync (a send or a
+        verification): from now on one session at a time; wait for that one to end."""
+        if not self.single_session:
+            self.single_session = True
+            log.info("the server's rrsync takes one session at a time (its key has no -no-lock): "
+                     "each round is verified before the next is sent")
+        if threading.current_thread() is threading.main_thread():
+            if self.verifying is not None:
+                self.verifying.join()
+        else:
+            self.send_idle.wait()
 
     def common_options(self) -> List[str]:
         opts = ["--recursive", "--copy-links", f"--timeout={self.cfg.upload.io_timeout}"]
@@ -307,6 +332,7 @@ class Uploader:
         opts += [f"--log-file={progress_log}", f"--log-file-format={SENT_MARK} %l %n"]
         watcher = SendProgress(progress_log, self)
         watcher.start()
+        self.send_idle.clear()
         try:
             # --ignore-existing: never touch a file already on the server. A retry after a cut
             # drops it: these names now hold our own partial files, to be completed.
@@ -318,6 +344,7 @@ class Uploader:
                 retry_options=opts,
             )
         finally:
+            self.send_idle.set()
             watcher.stop()
         stats = parse_stats(res.stdout)
         self.summary.sent += stats["sent"]
@@ -400,10 +427,13 @@ class Uploader:
         verifying: Optional[Verification] = None
         try:
             for batch in rounds(items):
+                if verifying is not None and self.single_session:
+                    collisions += self.settle(verifying)
+                    verifying = None
                 ours = self.send_round(batch, missing, in_flight)
                 if verifying is not None:
                     collisions += self.settle(verifying)
-                verifying = Verification(self, batch, ours, collision_pass)
+                verifying = self.verifying = Verification(self, batch, ours, collision_pass)
                 verifying.start()
         except Exception:
             # a send failed: what the round before it proved is still recorded
@@ -592,6 +622,7 @@ class Verification(threading.Thread):
         return self._differing
 
 
+RRSYNC_BUSY = "Another instance of rrsync"       # its one-session lock (a key without -no-lock)
 SENT_MARK = "dashcam-sent"
 _SENT = re.compile(SENT_MARK + r" (\d+) (.+)$")
 
