@@ -316,3 +316,85 @@ def test_a_camera_on_a_root_hub_comes_up_unauthorized_for_record_and_the_default
     assert seen["default_at_power_on"] == "0"  # its storage never bound
     assert (root / "authorized_default").read_text().strip() == "1"
     assert fake_hw.authorized("3-1") == "0"
+
+
+# ---------------------------------------------------------------- the kernel's own port switch (Linux 6.0+)
+
+
+def port_switch(fake_hw, hub_dir="usb3", interface="3-0:1.0", port="usb3-port1", disabled="0"):
+    """The port's ``disable`` attribute in the fake sysfs: it reads "1" while the port is unpowered."""
+    d = fake_hw.sysfs / "bus" / "usb" / "devices" / hub_dir / interface / port
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "disable").write_text(disabled + "\n")
+    return d / "disable"
+
+
+@pytest.fixture
+def root_hub_camera(fake_hw, make_config, monkeypatch):
+    """The camera on port 1 of root hub 3, as the VM's gadget camera on dummy_hcd (uhubctl -l 3 -p 1)."""
+    monkeypatch.setenv("UHUBCTL_FAKE_HUBS", "3")
+    return config.load(str(make_config({"camera": {"hub_location": "3", "data_device": "3-1"}})))
+
+
+def test_mode_off_switches_the_port_off_through_the_kernel_so_the_camera_leaves_the_bus(fake_hw, root_hub_camera):
+    # In the VM, `uhubctl -l 3 -p 1 -a off` printed "Port 1: 0000 off" and the camera stayed in
+    # /sys/bus/usb/devices/3-1 for good: uhubctl 2.5 switched the root hub's port with a control
+    # transfer the kernel's hub driver never heard of. The port's disable attribute disconnects it.
+    fake_hw.usb_device("3-1", authorized="0")
+    disable = port_switch(fake_hw)
+    camera.set_mode(root_hub_camera, "off")
+    assert disable.read_text() == "1"
+    assert fake_hw.uhubctl_argvs() == [["-l", "3", "-p", "1", "-a", "off"]]  # still the confirmation
+    assert fake_hw.port_power("3", 1) is False
+
+
+def test_mode_off_disconnects_a_camera_the_kernel_still_lists_on_an_unpowered_port(fake_hw, root_hub_camera):
+    fake_hw.usb_device("3-1", authorized="0")
+    disable = port_switch(fake_hw, disabled="1")  # switched off behind the hub driver's back before
+    camera.set_mode(root_hub_camera, "off")
+    assert disable.read_text() == "1"  # written again: the kernel disconnects the stale camera
+
+
+def test_mode_record_powers_an_unpowered_port_through_the_kernel(fake_hw, root_hub_camera):
+    disable = port_switch(fake_hw, disabled="1")
+    fake_hw.usb_device("usb3", authorized="1")
+    (fake_hw.sysfs / "bus/usb/devices/usb3/authorized_default").write_text("1\n")
+    fake_hw.usb_device("3-1", authorized="0")  # the camera enumerates once powered
+    camera.set_mode(root_hub_camera, "record")
+    assert disable.read_text() == "0"
+    assert fake_hw.uhubctl_argvs()[-1] == ["-l", "3", "-p", "1", "-a", "on"]
+    assert camera.current_mode(root_hub_camera) == "record"
+
+
+def test_a_powered_port_is_not_switched_again_through_the_kernel(fake_hw, root_hub_camera):
+    fake_hw.usb_device("3-1", authorized="1")
+    disable = port_switch(fake_hw, disabled="0")
+    camera.set_mode(root_hub_camera, "record")
+    assert disable.read_text() == "0\n"  # untouched (a write leaves no newline)
+    assert fake_hw.authorized("3-1") == "0"
+
+
+def test_a_port_switch_that_cannot_be_written_leaves_it_to_uhubctl(fake_hw, root_hub_camera, caplog):
+    fake_hw.usb_device("3-1", authorized="0")
+    disable = port_switch(fake_hw)
+    disable.unlink()
+    disable.mkdir()  # open() for writing fails, as on a read-only sysfs
+    with caplog.at_level("WARNING", logger="dashcam.camera"):
+        camera.set_mode(root_hub_camera, "off")
+    assert fake_hw.port_power("3", 1) is False
+    assert "uhubctl alone switches it" in caplog.text
+
+
+def test_a_hub_port_switch_is_found_under_the_hubs_interface(fake_hw, make_config):
+    disable = port_switch(fake_hw, hub_dir="1-1", interface="1-1:1.0", port="1-1-port2")
+    cfg = config.load(str(make_config({"camera": {"hub_location": "1-1", "port_number": 2}})))
+    assert camera.port_disable_path(cfg) == str(disable)
+    assert camera.port_disable_path(config.load(str(make_config()))) is None  # port 1: no switch there
+
+
+def test_dry_run_does_not_touch_the_port_switch(fake_hw, root_hub_camera, caplog):
+    disable = port_switch(fake_hw)
+    with caplog.at_level("INFO", logger="dashcam.camera"):
+        camera.set_mode(root_hub_camera, "off", dry_run=True)
+    assert disable.read_text() == "0\n"
+    assert "dry run, not writing 1 to" in caplog.text

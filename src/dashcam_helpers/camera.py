@@ -7,6 +7,14 @@ Backend ``uhubctl`` (default) switches port power with uhubctl and data with the
     data:   <sysfs>/bus/usb/devices/<device>/authorized <- 1 ; uhubctl -l HUB -p PORT -a on
     off:    uhubctl -l HUB -p PORT -a off
 
+Where the kernel offers the port's own switch (``<hub>:1.0/<hub>-portN/disable``, Linux 6.0
+and later), power goes through it as well, ahead of uhubctl: ``disable`` <- 1 makes the hub
+driver disconnect the camera and keep the port unpowered, ``disable`` <- 0 powers it again.
+uhubctl alone sends the hub a control transfer behind the hub driver's back (uhubctl 2.5 does
+so on every root hub): the driver may keep a camera that is gone (dummy_hcd reports no
+disconnect at all, so the camera stays in sysfs) or power the port again on the next port
+event. uhubctl still runs after it and its ``New status`` is still the confirmation.
+
 uhubctl exits 0 even when the port did not change, so every switch is confirmed from the
 ``New status`` block it prints and from ``authorized`` read back; a switch that did not
 take raises CameraError saying what was expected and what was found.
@@ -158,6 +166,47 @@ def _uhubctl(cfg, action: Optional[str], dry_run: bool = False) -> runner.Result
         raise CameraError(f"uhubctl: {e}")
 
 
+def port_disable_path(cfg) -> Optional[str]:
+    """The kernel's power switch for the camera's port, if it has one (Linux 6.0+), else None:
+    <sysfs>/bus/usb/devices/<hub>/<hub>:<config>.<interface>/<hub>-port<N>/disable (a root hub's
+    sysfs name is usbN, its interface N-0:1.0)."""
+    hub = _hub_sysfs_name(cfg.camera.hub_location)
+    hub_dir = os.path.join(sysfs_root(), "bus", "usb", "devices", hub)
+    try:
+        interfaces = sorted(name for name in os.listdir(hub_dir) if ":" in name)
+    except OSError:
+        return None
+    for interface in interfaces:
+        path = os.path.join(hub_dir, interface, f"{hub}-port{cfg.camera.port_number}", "disable")
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def _switch_power(cfg, action: str, dry_run: bool) -> runner.Result:
+    """Switch the port on or off through the kernel's ``disable`` attribute where there is one,
+    then with uhubctl (whose ``New status`` output confirms it; see the module docstring)."""
+    path = port_disable_path(cfg)
+    if path is not None:
+        try:
+            with open(path, encoding="ascii") as f:
+                disabled = f.read().strip()  # the port's real power state: "1" unpowered
+            # off: always, so that a camera the hub driver still lists is disconnected too;
+            # on: only an unpowered port (writing 0 to a powered one would drop its connect event)
+            value = "1" if action == "off" else ("0" if disabled == "1" else None)
+            if value is not None:
+                if dry_run:
+                    log.info("dry run, not writing %s to %s", value, path)
+                else:
+                    log.debug("writing %s to %s", value, path)
+                    with open(path, "w", encoding="ascii") as f:
+                        f.write(value)
+        except OSError as e:
+            log.warning("cannot switch camera power through %s (%s): uhubctl alone switches it", path,
+                        e.strerror or e)
+    return _uhubctl(cfg, action, dry_run)
+
+
 def port_powered(cfg) -> Optional[bool]:
     """Whether the camera's port has power now (uhubctl status, no switching); None if unknown."""
     try:
@@ -233,7 +282,7 @@ def _power_on_and_wait(cfg, authorize: bool) -> runner.Result:
         except OSError:
             saved = None  # not a root hub, or no such attribute: the camera may bind for a moment
     try:
-        result = _uhubctl(cfg, "on")
+        result = _switch_power(cfg, "on", False)
         _wait_for_authorized(cfg, ENUMERATE_TIMEOUT)
     finally:
         if saved is not None:
@@ -253,9 +302,9 @@ def _set_mode_uhubctl(cfg, mode: str, dry_run: bool) -> None:
     data_first = mode in ("record", "data") and (dry_run or os.path.exists(authorized_path(cfg)))
     if data_first:
         _write_authorized(cfg, "0" if mode == "record" else "1", dry_run)
-        result = _uhubctl(cfg, "off" if mode == "off" else "on", dry_run)
+        result = _switch_power(cfg, "off" if mode == "off" else "on", dry_run)
     elif mode == "off":
-        result = _uhubctl(cfg, "off", dry_run)
+        result = _switch_power(cfg, "off", dry_run)
     else:
         result = _power_on_and_wait(cfg, authorize=mode == "data")
     if dry_run:

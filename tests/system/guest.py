@@ -2,9 +2,12 @@
 
 The virtual camera with the user's identity is a USB mass-storage *gadget* on dummy_hcd + libcomposite
 (configfs) inside the guest: vendor 0603, product 8612, serial 96680-00000-001, its card a vfat image
-carried in as a virtio disk. dummy_hcd's root hub switches port power, so `uhubctl -l <bus> -p 1 -a off`
-really cuts the camera off, and sysfs `authorized` really turns its data on and off: power, data and
-identity behave like the user's camera.
+carried in as a virtio disk. dummy_hcd's root hub switches port power, so the camera really loses
+power, and sysfs `authorized` really turns its data on and off: power, data and identity behave like
+the user's camera. As on a real hub, the port must be switched through the kernel (the port's
+`disable` attribute, as the product does): `uhubctl -l <bus> -p 1 -a off` alone leaves a recording
+camera listed in sysfs (dummy_hcd reports no disconnect), and one with its storage bound is powered
+again by the kernel within a second.
 """
 import copy
 import json

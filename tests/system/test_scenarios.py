@@ -67,8 +67,6 @@ def test_B_at_home_footage_goes_from_the_camera_to_the_server_byte_identical(boo
     assert guest.failed_units(booted) == ""
 
 
-@pytest.mark.quarantined(reason="the policy powers the camera off at 40 % (journal), but the test's monitor never "
-                         "reports mode off (timeout after 120 s); the shutdown half is unproven in the VM (README)")
 def test_C_on_battery_the_camera_loses_power_then_the_pi_shuts_down_cleanly(booted, tmp_path):
     scenario.prepare_gadget_camera(booted, str(tmp_path), cards.user_layout(normal=2, event=1, size=1 << 20),
                                    external=False, vbat=FULL, thresholds={"shutdown_debounce": 2})
