@@ -240,21 +240,40 @@ def test_rounds_are_verified_while_the_next_one_is_sent(upload_config, server, m
 
 def test_a_key_without_no_lock_gets_one_session_at_a_time_and_everything_verified(upload_config, server,
                                                                                  monkeypatch, caplog):
-    """rrsync without -no-lock refuses a second session of the key ("Another instance of rrsync"):
-    the upload notices, waits for its other session, and from then on verifies each round before
-    it sends the next; no retry is spent on it."""
+    """rrsync without -no-lock refuses a session of the key while another runs ("Another instance
+    of rrsync"). Whether a round's verification and the next send collide is a race, so the
+    refusal is made certain here: the second send is refused once, as rrsync would. The upload
+    waits for its other session, retries without spending a retry, and from then on verifies
+    each round before it sends the next."""
     cfg_path = upload_config()          # poll.upload_retries 0: a failure counted as one would end the run
     originals = {}
     for n in range(8):
         name, mtime = f"CLIP{n:04d}.MP4", T0 + n * 60
-        originals[name] = (stage(cfg_path, name, 2_000_000 + n, mtime).read_bytes(), mtime)
+        originals[name] = (stage(cfg_path, name, 200_000 + n, mtime).read_bytes(), mtime)
     monkeypatch.setattr(upload, "ROUND_FILES", 2)
     caplog.set_level(logging.INFO, logger="dashcam.upload")
+    real_run = upload.runner.run
+    sends, overlapped = [], []
+
+    def run(argv, **kw):
+        if "--stats" in argv:                                  # a send
+            sends.append(argv)
+            overlapped.append(any(t.name == "upload-verify" and t.is_alive() for t in threading.enumerate()))
+            if len(sends) == 2:
+                raise upload.runner.CommandFailed(
+                    argv, 12, "", "/usr/bin/rrsync error: Another instance of rrsync is already accessing this "
+                    "directory.\nrsync: connection unexpectedly closed (0 bytes received so far) [sender]\n",
+                    "rsync ...")
+        return real_run(argv, **kw)
+
+    monkeypatch.setattr(upload.runner, "run", run)
     cfg = config.load(str(cfg_path))
     with Ledger(cfg.paths.ledger) as ledger:
         summary = upload.Uploader(cfg, ledger).run()
         assert {c.state for c in ledger.files()} == {"pruned"} and summary.files == 8
     assert "one session at a time" in caplog.text
+    # round 2 was refused once and sent again; rounds 3 and 4 started with no verification running
+    assert len(sends) == 5 and overlapped[3:] == [False, False]
     for name, (data, mtime) in originals.items():
         assert on_server(server, name, mtime).read_bytes() == data
 
