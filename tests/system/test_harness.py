@@ -98,12 +98,21 @@ def test_the_gadget_camera_has_the_users_identity_and_uhubctl_switches_its_power
     assert "ID_SERIAL_SHORT=96680-00000-001" in props and "ID_FS_UUID=67EF-9CED" in props
     status = plain_vm.run(["/usr/sbin/uhubctl", "-l", str(bus), "-p", "1"]).out
     assert "0603:8612" in status and "power" in status
-    # power off: the camera leaves the bus
+    # power off: the camera leaves the bus and stays off. uhubctl alone does not do that: with its
+    # storage bound the kernel powers the port again within a second and the camera re-enumerates
+    # (measured); the port's disable attribute (Linux 6.0+, as the product switches it) disconnects
+    # it and keeps the port unpowered, and uhubctl then reads the port off
+    switch = "/sys/bus/usb/devices/%d-0:1.0/usb%d-port1/disable" % (bus, bus)
+    plain_vm.sh("echo 1 > %s" % switch)
     off = plain_vm.run(["/usr/sbin/uhubctl", "-l", str(bus), "-p", "1", "-a", "off"]).out
     assert "Port 1: 0000 off" in off
     wait_for(lambda: not plain_vm.exists("/sys/bus/usb/devices/%d-1" % bus), 30, "the camera to power off")
     assert not plain_vm.exists(dev)
+    time.sleep(3)
+    assert "Port 1: 0000 off" in plain_vm.run(["/usr/sbin/uhubctl", "-l", str(bus), "-p", "1"]).out
+    assert not plain_vm.exists("/sys/bus/usb/devices/%d-1" % bus), "the kernel powered the camera again"
     # power on: it comes back; data off (authorized=0) drops the disk but keeps the device
+    plain_vm.sh("echo 0 > %s" % switch)
     plain_vm.run(["/usr/sbin/uhubctl", "-l", str(bus), "-p", "1", "-a", "on"])
     wait_for(lambda: plain_vm.exists(dev), 60, "the camera back after power on")
     plain_vm.sh("echo 0 > /sys/bus/usb/devices/%d-1/authorized" % bus)
