@@ -28,6 +28,9 @@ def pytest_collection_modifyitems(items):
 
 
 FIGURES = []
+POSTMORTEMS = []        # (test, the guest's last dashcam lines): printed at the very end, where CI's excerpt is
+# what a post-mortem leaves out: the guest agent's own lines (one per command the test runs)
+AGENT_NOISE = ("qemu-ga[",)
 
 
 def _figure(name, value):
@@ -116,7 +119,10 @@ def make_vm(vm_image, workroot, request):
             try:
                 with open(os.path.join(vm.workdir, "journal.txt"), "w") as f:
                     f.write(vm.journal())
-                print("\n--- guest journal (last 80 lines) ---\n" + "\n".join(vm.journal().splitlines()[-80:]))
+                lines = [ln for ln in vm.journal().splitlines() if not any(n in ln for n in AGENT_NOISE)]
+                print("\n--- guest journal (last 80 lines, agent lines left out) ---\n" + "\n".join(lines[-80:]))
+                POSTMORTEMS.append((request.node.name,
+                                    [ln for ln in lines if "dashcam" in ln or "networkd" in ln][-40:]))
             except Exception as exc:        # a post-mortem must not hide the failure itself
                 print("(no journal: %s)" % exc)
         vm.kill()
@@ -141,6 +147,10 @@ def server(tmp_path):
 
 
 def pytest_terminal_summary(terminalreporter):
+    for name, lines in POSTMORTEMS:
+        terminalreporter.section("guest post-mortem: " + name)
+        for line in lines:
+            terminalreporter.write_line(line[:220])
     if FIGURES:
         terminalreporter.section("system test figures")
         for line in FIGURES:
