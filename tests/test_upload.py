@@ -149,6 +149,25 @@ def test_rounds_split_by_bytes_and_count_keeping_order(tmp_path):
     ledger.close()
 
 
+def test_a_checksum_pass_is_split_into_parts_of_about_equal_bytes(tmp_path):
+    ledger = Ledger(str(tmp_path / "l.sqlite3"))
+    for n, size in enumerate([500, 100, 100, 100, 100, 100, 10]):
+        ledger.record_staged("c", f"{n}.mp4", size, T0 * 10**9 + n, event=False, sha256=f"{n:064d}", staged_path=f"c/{n}.mp4")
+    items = upload.plan(ledger.files(), "/r")
+
+    def cut(parts, of=items):
+        return [[int(i.clip.source_path[0]) for i in part] for part in upload.split_by_bytes(of, parts)]
+
+    assert cut(1) == [[0, 1, 2, 3, 4, 5, 6]]
+    assert cut(2) == [[0], [1, 2, 3, 4, 5, 6]]           # 500 | 510: order kept, halves by bytes
+    assert cut(3) == [[0], [1, 2], [3, 4, 5, 6]]
+    assert cut(2, items[1:3]) == [[1], [2]]
+    assert cut(4, items[:2]) == [[0], [1]]                  # never an empty part
+    assert cut(7) == [[n] for n in range(7)]
+    assert cut(2, items[:1]) == [[0]]
+    ledger.close()
+
+
 def test_itemized_output_and_stats_are_parsed():
     out = (
         "cd+++++++++ cam/2026/\n<f+++++++++ cam/2026/03/07/a b.mp4\n<fc.T...... cam/2026/03/07/c.mp4\n"
@@ -236,6 +255,68 @@ def test_rounds_are_verified_while_the_next_one_is_sent(upload_config, server, m
     assert overlapped == [False, True, True, True, True]    # from the second round on, a verification runs
     for name, (data, mtime) in originals.items():
         assert on_server(server, name, mtime).read_bytes() == data
+
+
+@pytest.mark.parametrize("server", ["-wo -no-lock"], indirect=True)
+def test_a_rounds_checksum_pass_runs_as_two_sessions_at_once(upload_config, server, monkeypatch):
+    """One --checksum rsync hashes the Pi's files first and the server's after: two sessions
+    over halves of the round keep both ends busy. Both end with every clip verified."""
+    cfg_path = upload_config()
+    originals = {}
+    for n in range(4):
+        name, mtime = f"CLIP{n:04d}.MP4", T0 + n * 60
+        originals[name] = (stage(cfg_path, name, 400_000 + n, mtime).read_bytes(), mtime)
+    real_run = upload.runner.run
+    passes = []
+
+    def run(argv, **kw):
+        if "--checksum" not in argv:
+            return real_run(argv, **kw)
+        start = time.monotonic()
+        try:
+            return real_run(argv, **kw)
+        finally:
+            passes.append((start, time.monotonic()))
+
+    monkeypatch.setattr(upload.runner, "run", run)
+    cfg = config.load(str(cfg_path))
+    with Ledger(cfg.paths.ledger) as ledger:
+        summary = upload.Uploader(cfg, ledger).run()
+        assert {c.state for c in ledger.files()} == {"pruned"} and summary.files == 4
+    assert len(passes) == 2
+    assert max(s for s, _ in passes) < min(e for _, e in passes), "the two parts did not overlap"
+    for name, (data, mtime) in originals.items():
+        assert on_server(server, name, mtime).read_bytes() == data
+
+
+def test_a_part_of_the_checksum_pass_refused_by_the_lock_runs_again_after_the_other(upload_config, server,
+                                                                                      monkeypatch, caplog):
+    """Through a key without -no-lock the second part's session is refused ("Another instance of
+    rrsync"); it runs when the first is done, and the upload keeps to one session from then on."""
+    cfg_path = upload_config()
+    for n in range(4):
+        stage(cfg_path, f"CLIP{n:04d}.MP4", 100_000, T0 + n * 60)
+    caplog.set_level(logging.INFO, logger="dashcam.upload")
+    real_run = upload.runner.run
+    checksum_passes = []
+
+    def run(argv, **kw):
+        if "--checksum" in argv:
+            checksum_passes.append(threading.current_thread().name)
+            if threading.current_thread().name == "upload-verify-part" and len(checksum_passes) <= 2:
+                raise upload.runner.CommandFailed(
+                    argv, 1, "", "/usr/bin/rrsync error: Another instance of rrsync is already accessing this "
+                    "directory.\n", "rsync ...")
+        return real_run(argv, **kw)
+
+    monkeypatch.setattr(upload.runner, "run", run)
+    cfg = config.load(str(cfg_path))
+    with Ledger(cfg.paths.ledger) as ledger:
+        uploader = upload.Uploader(cfg, ledger)
+        summary = uploader.run()
+        assert {c.state for c in ledger.files()} == {"pruned"} and summary.files == 4
+    assert uploader.single_session and "one session at a time" in caplog.text
+    assert len(checksum_passes) == 3        # both parts, then the refused one again
 
 
 def test_a_key_without_no_lock_gets_one_session_at_a_time_and_everything_verified(upload_config, server,

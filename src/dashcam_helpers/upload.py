@@ -15,7 +15,9 @@ one shared ssh connection (ControlMaster; every rsync still is its own rrsync se
 4. verification: ``rsync --checksum --dry-run --itemize-changes`` over the round must print
    nothing for a file, i.e. the server's bytes equal ours, before the ledger says ``verified``;
    it runs in a thread while the next round is sent (only rsync runs there; the main thread
-   writes the ledger), so the checksum pass costs time only for the last round;
+   writes the ledger), so the checksum pass costs time only for the last round; and it runs
+   as two sessions over halves of the round, because one such rsync hashes all of the Pi's
+   files before the server hashes any of its own;
 5. a name the server already held with other content is a collision: the clip goes beside
    it as ``<name>.<sha8>.<ext>`` (logged), the other file stays as it was;
 6. retention: verified clips leave staging (at once with keep_days 0), unverified never.
@@ -59,6 +61,11 @@ log = get_logger("dashcam.upload")
 # enough that the per-round ssh sessions cost little.
 ROUND_BYTES = 1024 * 1024 * 1024
 ROUND_FILES = 400
+# A round's checksum pass runs as this many rsync sessions at once, split by bytes. One
+# --checksum rsync hashes all of its files on the Pi while building its file list, and only
+# then does the server hash its copies: two sessions keep both ends (and both of a Pi's
+# cores) busy at once. A key without -no-lock takes one session at a time: then one part.
+VERIFY_PARTS = 2
 IN_FLIGHT_KEY = "upload_in_flight"
 LAST_UPLOAD_KEY = "last_upload"
 BACKOFF_MAX = 60.0
@@ -117,6 +124,23 @@ def plan(clips: Iterable[Clip], ready: str, tz: Optional[datetime.tzinfo] = None
     return items
 
 
+def split_by_bytes(items: Sequence[Item], parts: int) -> List[List[Item]]:
+    """``items`` in at most ``parts`` runs of consecutive items with about equal bytes (none empty)."""
+    parts = max(1, min(parts, len(items)))
+    total = sum(i.size for i in items)
+    out: List[List[Item]] = [[]]
+    size = 0
+    for n, item in enumerate(items):
+        left = len(items) - n          # items not yet placed, this one included
+        # a new part when this item's middle lies past the current part's share
+        if out[-1] and len(out) < parts and (size + item.size / 2 > total * len(out) / parts
+                                             or left <= parts - len(out)):
+            out.append([])
+        out[-1].append(item)
+        size += item.size
+    return out
+
+
 def rounds(items: Sequence[Item], max_bytes: Optional[int] = None, max_files: Optional[int] = None) -> List[List[Item]]:
     """The plan cut into rounds of at most ROUND_BYTES / ROUND_FILES (each sent, then verified)."""
     max_bytes = ROUND_BYTES if max_bytes is None else max_bytes
@@ -168,6 +192,10 @@ def explain(stderr: str) -> str:
 
 
 # --- the run ----------------------------------------------------------------------------------
+
+
+class SessionBusy(Exception):
+    """rrsync refused a session: its one-session lock is held by another session of the key."""
 
 
 class UploadFailed(DashcamError):
@@ -246,10 +274,13 @@ class Uploader:
         what: str,
         timeout: float,
         retry_options: Optional[List[str]] = None,
+        busy_raises: bool = False,
     ) -> runner.Result:
         """One rsync over the round's tree, retried with exponential backoff when the failure may pass.
 
         ``retry_options``: the options of a retry, when they differ (a cut transfer resumes).
+        ``busy_raises``: raise SessionBusy at once when rrsync refuses the session for its lock
+        (the caller runs it again later) instead of waiting for our other session.
         """
         # a list of its own: a round's verification runs beside the next round's send
         os.makedirs(self.list_dir, exist_ok=True)
@@ -257,11 +288,11 @@ class Uploader:
         with open(fd, "w", encoding="utf-8") as f:
             f.write("".join(i.remote + "\n" for i in items))
         try:
-            return self._rsync(options, list_file, what, timeout, retry_options)
+            return self._rsync(options, list_file, what, timeout, retry_options, busy_raises)
         finally:
             os.unlink(list_file)
 
-    def _rsync(self, options, list_file, what, timeout, retry_options) -> runner.Result:
+    def _rsync(self, options, list_file, what, timeout, retry_options, busy_raises) -> runner.Result:
         retries = self.cfg.poll.upload_retries
         attempt = 0
         busy = 0
@@ -271,6 +302,8 @@ class Uploader:
             try:
                 return runner.run(argv, timeout=timeout, changes_state=False)
             except runner.CommandFailed as e:
+                if RRSYNC_BUSY in e.stderr and busy_raises:
+                    raise SessionBusy(what)
                 if RRSYNC_BUSY in e.stderr and busy < 3:
                     busy += 1
                     self.wait_for_our_other_session()
@@ -357,13 +390,49 @@ class Uploader:
         )
 
     def differing_on_server(self, items: Sequence[Item]) -> Dict[str, str]:
-        """The verification: {name: itemize code} of every file whose server copy is not byte-identical."""
+        """The verification: {name: itemize code} of every file whose server copy is not byte-identical.
+
+        Up to VERIFY_PARTS rsync sessions at once, each over a part of ``items``. A part rrsync
+        refuses (its one-session lock) runs again when the others are done, and from then on
+        the upload keeps to one session at a time."""
+        parts = split_by_bytes(items, 1 if self.single_session else VERIFY_PARTS)
+        if len(parts) == 1:
+            return self.checksum_pass(items)
+        results: List[Optional[Dict[str, str]]] = [None] * len(parts)
+        errors: List[Optional[BaseException]] = [None] * len(parts)
+
+        def one(n: int) -> None:
+            try:
+                results[n] = self.checksum_pass(parts[n], busy_raises=True)
+            except BaseException as e:  # handed on below, after every part has ended
+                errors[n] = e
+
+        helpers = [threading.Thread(target=one, args=(n,), name="upload-verify-part", daemon=True)
+                   for n in range(1, len(parts))]
+        for t in helpers:
+            t.start()
+        one(0)
+        for t in helpers:
+            t.join()
+        for error in errors:
+            if error is not None and not isinstance(error, SessionBusy):
+                raise error
+        differing: Dict[str, str] = {}
+        for n, part in enumerate(parts):
+            if isinstance(errors[n], SessionBusy):
+                self.wait_for_our_other_session()
+                results[n] = self.checksum_pass(part)
+            differing.update(results[n] or {})
+        return differing
+
+    def checksum_pass(self, items: Sequence[Item], busy_raises: bool = False) -> Dict[str, str]:
         size = sum(i.size for i in items)
         res = self.rsync(
             self.common_options() + ["--checksum", "--dry-run", "--itemize-changes"],
             items,
             "verifying checksums",
             timeout=600 + size / 5_000_000,
+            busy_raises=busy_raises,
         )
         return parse_itemized(res.stdout)
 
