@@ -10,12 +10,20 @@ server: ``command="/usr/bin/rrsync -wo DIR",restrict``. The server logs in the u
 running the tests (root in CI: allowed with ``PermitRootLogin prohibit-password``, keys only),
 so no system user has to be created and nothing outside ``base_dir`` changes except
 ``/run/sshd`` (sshd's privilege-separation directory, which it insists on).
+
+The account's login shell is /bin/sh, as for the account the README has users create
+(``adduser --system --shell /bin/sh dashcam``): sshd runs every session's command through
+that shell, and the bash of a development machine sources ~/.bashrc for commands that come
+over ssh (Debian builds it so), which can cost more than the session itself (a pyenv init
+there: about 0.13 s and a hundred processes a session). As root, sshd runs in a mount
+namespace of its own where /etc/passwd is a copy naming /bin/sh; nothing else changes.
 """
 
 from __future__ import annotations
 
 import getpass
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,8 +57,10 @@ def keygen(path: Path, comment: str = "") -> str:
 
 
 class SshServer:
-    def __init__(self, base_dir: Path, restrict_dir: Path, *, rrsync_args: Optional[str] = "-wo"):
+    def __init__(self, base_dir: Path, restrict_dir: Path, *, rrsync_args: Optional[str] = "-wo",
+                 login_shell: Optional[str] = "/bin/sh"):
         self.base = Path(base_dir)
+        self.login_shell = login_shell
         self.restrict_dir = Path(restrict_dir)
         self.rrsync_args = rrsync_args
         self.port = free_port()
@@ -103,7 +113,8 @@ class SshServer:
         # -D: stay in the foreground (our child, so we can stop it); -e: log to stderr (our log file)
         log = open(self.log_file, "ab")
         self.proc = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(self.config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            self.with_login_shell([SSHD, "-D", "-e", "-f", str(self.config)]),
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
         )
         log.close()
         deadline = time.monotonic() + 10
@@ -117,6 +128,24 @@ class SshServer:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"sshd did not listen on 127.0.0.1:{self.port}: {self.log_file.read_text()}")
+
+    def with_login_shell(self, argv: List[str]) -> List[str]:
+        """``argv`` run where the user's passwd entry names ``login_shell`` (as root; else unchanged).
+        unshare and sh exec, so the process started is sshd itself."""
+        if self.login_shell is None or os.geteuid() != 0 or shutil.which("unshare") is None:
+            return argv
+        passwd = self.base / "passwd"
+        lines = []
+        with open("/etc/passwd", encoding="utf-8") as f:
+            for line in f:
+                fields = line.rstrip("\n").split(":")
+                if len(fields) == 7 and fields[0] == self.user:
+                    fields[6] = self.login_shell
+                lines.append(":".join(fields) + "\n")
+        passwd.write_text("".join(lines))
+        passwd.chmod(0o644)
+        return ["unshare", "--mount", "--propagation", "private", "--",
+                "/bin/sh", "-c", 'mount --bind "$0" /etc/passwd && exec "$@"', str(passwd), *argv]
 
     def known_hosts_line(self) -> str:
         keytype, key = self.host_key_pub.split()[:2]
