@@ -94,6 +94,28 @@ def on_server(server: SshServer, name: str, mtime: float) -> Path:
     return server.restrict_dir / "footage" / upload.remote_path(CAMERA, name, int(mtime * 1e9))
 
 
+def run_bounded(cfg, seconds: float = 180, **kw):
+    """Uploader(cfg, ledger, **kw).run() in a thread of its own (with its own ledger connection):
+    a deadlock fails the test instead of hanging the suite. Returns (summary, uploader)."""
+    out = {}
+
+    def target():
+        try:
+            with Ledger(cfg.paths.ledger) as ledger:
+                out["uploader"] = upload.Uploader(cfg, ledger, **kw)
+                out["summary"] = out["uploader"].run()
+        except BaseException as e:
+            out["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"the upload did not end within {seconds} s (threads: {threading.enumerate()})"
+    if "error" in out:
+        raise out["error"]
+    return out["summary"], out["uploader"]
+
+
 def clips(cfg_path: Path):
     cfg = config.load(str(cfg_path))
     with Ledger(cfg.paths.ledger) as ledger:
@@ -311,9 +333,8 @@ def test_a_part_of_the_checksum_pass_refused_by_the_lock_runs_again_after_the_ot
 
     monkeypatch.setattr(upload.runner, "run", run)
     cfg = config.load(str(cfg_path))
+    summary, uploader = run_bounded(cfg)
     with Ledger(cfg.paths.ledger) as ledger:
-        uploader = upload.Uploader(cfg, ledger)
-        summary = uploader.run()
         assert {c.state for c in ledger.files()} == {"pruned"} and summary.files == 4
     assert uploader.single_session and "one session at a time" in caplog.text
     assert len(checksum_passes) == 3        # both parts, then the refused one again
@@ -349,14 +370,87 @@ def test_a_key_without_no_lock_gets_one_session_at_a_time_and_everything_verifie
 
     monkeypatch.setattr(upload.runner, "run", run)
     cfg = config.load(str(cfg_path))
+    summary, _ = run_bounded(cfg)
     with Ledger(cfg.paths.ledger) as ledger:
-        summary = upload.Uploader(cfg, ledger).run()
         assert {c.state for c in ledger.files()} == {"pruned"} and summary.files == 8
     assert "one session at a time" in caplog.text
     # round 2 was refused once and sent again; rounds 3 and 4 started with no verification running
     assert len(sends) == 5 and overlapped[3:] == [False, False]
     for name, (data, mtime) in originals.items():
         assert on_server(server, name, mtime).read_bytes() == data
+
+
+def test_through_a_key_without_no_lock_many_rounds_end_verified_whoever_is_refused(upload_config, server,
+                                                                                    monkeypatch, caplog):
+    """The real race, many times: a round's two checksum sessions and the next round's send
+    start together through a key without -no-lock; rrsync refuses all but one of them, in any
+    order. Whoever was refused waits for our session that runs (never for one that waits
+    itself), and every clip ends verified."""
+    cfg_path = upload_config()
+    originals = {}
+    for n in range(12):
+        name, mtime = f"CLIP{n:04d}.MP4", T0 + n * 60
+        originals[name] = (stage(cfg_path, name, 150_000 + n, mtime).read_bytes(), mtime)
+    cfg = config.load(str(cfg_path))
+    monkeypatch.setattr(upload, "ROUND_FILES", 3)
+    caplog.set_level(logging.INFO, logger="dashcam.upload")
+    summary, uploader = run_bounded(cfg)
+    with Ledger(cfg.paths.ledger) as ledger:
+        assert {c.state for c in ledger.files()} == {"pruned"} and summary.files == 12
+    assert uploader.single_session and "one session at a time" in caplog.text   # the race happened
+    for name, (data, mtime) in originals.items():
+        assert on_server(server, name, mtime).read_bytes() == data
+
+
+def test_a_lock_held_by_no_session_of_ours_is_waited_out_without_spending_a_retry(upload_config, server,
+                                                                                  monkeypatch, caplog):
+    """After a cut, the server's side of the old session holds rrsync's lock until its --timeout:
+    the next run's first session is refused while none of ours runs. It waits and tries again
+    (poll.upload_retries is 0 here: a retry spent would end the run)."""
+    cfg_path = upload_config()
+    stage(cfg_path, "CLIP0000.MP4", 100_000, T0)
+    caplog.set_level(logging.INFO, logger="dashcam.upload")
+    real_run = upload.runner.run
+    refusals = []
+
+    def run(argv, **kw):
+        if len(refusals) < 2:
+            refusals.append(argv)
+            raise upload.runner.CommandFailed(
+                argv, 12, "", "/usr/bin/rrsync error: Another instance of rrsync is already accessing this "
+                "directory.\nrsync: connection unexpectedly closed (0 bytes received so far) [sender]\n", "rsync ...")
+        return real_run(argv, **kw)
+
+    monkeypatch.setattr(upload.runner, "run", run)
+    slept = []
+    cfg = config.load(str(cfg_path))
+    summary, _ = run_bounded(cfg, sleep=slept.append)
+    with Ledger(cfg.paths.ledger) as ledger:
+        assert summary.files == 1 and {c.state for c in ledger.files()} == {"pruned"}
+    assert len(slept) == 2 and all(0 < d <= upload.LOCK_RETRY_MAX for d in slept)
+    assert "busy with a session that is not ours" in caplog.text
+
+
+def test_a_lock_that_stays_taken_ends_the_run_as_a_transient_failure(upload_config, server, monkeypatch):
+    cfg_path = upload_config()
+    stage(cfg_path, "CLIP0000.MP4", 100_000, T0)
+
+    def run(argv, **kw):
+        raise upload.runner.CommandFailed(
+            argv, 12, "", "/usr/bin/rrsync error: Another instance of rrsync is already accessing this "
+            "directory.\nrsync: connection unexpectedly closed (0 bytes received so far) [sender]\n", "rsync ...")
+
+    monkeypatch.setattr(upload.runner, "run", run)
+    slept = []
+    cfg = config.load(str(cfg_path))
+    with pytest.raises(upload.UploadFailed) as failed:
+        run_bounded(cfg, sleep=slept.append)
+    with Ledger(cfg.paths.ledger) as ledger:
+        assert {c.state for c in ledger.files()} == {"staged"}
+    assert failed.value.transient and "Another instance of rrsync" in str(failed.value)
+    # waited about io_timeout + the grace, then gave up
+    assert cfg.upload.io_timeout + upload.LOCK_GRACE <= sum(max(d, 1.0) for d in slept) <= \
+        cfg.upload.io_timeout + upload.LOCK_GRACE + upload.LOCK_RETRY_MAX
 
 
 def test_when_a_later_round_fails_the_rounds_before_it_are_still_recorded(upload_config, server, monkeypatch):

@@ -45,7 +45,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from . import notify, runner, ssh
 from .config import Config
@@ -69,6 +69,10 @@ VERIFY_PARTS = 2
 IN_FLIGHT_KEY = "upload_in_flight"
 LAST_UPLOAD_KEY = "last_upload"
 BACKOFF_MAX = 60.0
+# rrsync refusing a session while none of ours runs: the server side of a session cut
+# earlier holds its lock until that rsync's --timeout (io_timeout) ends it
+LOCK_GRACE = 10.0
+LOCK_RETRY_MAX = 5.0
 
 
 def server_reachable(cfg: Config, timeout: Optional[float] = None) -> bool:
@@ -194,8 +198,32 @@ def explain(stderr: str) -> str:
 # --- the run ----------------------------------------------------------------------------------
 
 
-class SessionBusy(Exception):
-    """rrsync refused a session: its one-session lock is held by another session of the key."""
+class Sessions:
+    """Our rsync sessions to the server. Any number at once, until rrsync refuses one for its
+    one-session lock (a key without -no-lock): from then on a session starts only when none
+    of ours runs. A thread waiting here holds no session, so waiting cannot deadlock."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.active = 0
+        self.single = False
+
+    def enter(self) -> None:
+        with self.cond:
+            while self.single and self.active:
+                self.cond.wait()
+            self.active += 1
+
+    def leave(self) -> None:
+        with self.cond:
+            self.active -= 1
+            self.cond.notify_all()
+
+    def refused(self) -> Tuple[bool, int]:
+        """A session was refused (and has left): (first refusal, how many of ours still run)."""
+        with self.cond:
+            first, self.single = not self.single, True
+            return first, self.active
 
 
 class UploadFailed(DashcamError):
@@ -241,10 +269,7 @@ class Uploader:
         # a round's verification runs beside the next round's send: two sessions of one key at
         # once, which an rrsync key without -no-lock refuses ("Another instance of rrsync");
         # then the rounds go one session at a time
-        self.single_session = False
-        self.verifying: Optional[Verification] = None
-        self.send_idle = threading.Event()
-        self.send_idle.set()
+        self.sessions = Sessions()
         self.summary = Summary()
         self.started = time.monotonic()
         self.total_files = 0
@@ -274,13 +299,10 @@ class Uploader:
         what: str,
         timeout: float,
         retry_options: Optional[List[str]] = None,
-        busy_raises: bool = False,
     ) -> runner.Result:
         """One rsync over the round's tree, retried with exponential backoff when the failure may pass.
 
         ``retry_options``: the options of a retry, when they differ (a cut transfer resumes).
-        ``busy_raises``: raise SessionBusy at once when rrsync refuses the session for its lock
-        (the caller runs it again later) instead of waiting for our other session.
         """
         # a list of its own: a round's verification runs beside the next round's send
         os.makedirs(self.list_dir, exist_ok=True)
@@ -288,37 +310,54 @@ class Uploader:
         with open(fd, "w", encoding="utf-8") as f:
             f.write("".join(i.remote + "\n" for i in items))
         try:
-            return self._rsync(options, list_file, what, timeout, retry_options, busy_raises)
+            return self._rsync(options, list_file, what, timeout, retry_options)
         finally:
             os.unlink(list_file)
 
-    def _rsync(self, options, list_file, what, timeout, retry_options, busy_raises) -> runner.Result:
+    def _rsync(self, options, list_file, what, timeout, retry_options) -> runner.Result:
         retries = self.cfg.poll.upload_retries
         attempt = 0
-        busy = 0
+        locked_out = 0.0  # seconds waited for an rrsync lock that none of our sessions holds
         while True:
             opts = retry_options if attempt and retry_options is not None else options
             argv = self.rsync_base() + opts + [f"--files-from={list_file}", self.tree + "/", self.destination()]
+            self.sessions.enter()
             try:
                 return runner.run(argv, timeout=timeout, changes_state=False)
             except runner.CommandFailed as e:
-                if RRSYNC_BUSY in e.stderr and busy_raises:
-                    raise SessionBusy(what)
-                if RRSYNC_BUSY in e.stderr and busy < 3:
-                    busy += 1
-                    self.wait_for_our_other_session()
-                    continue
-                fatal = ssh.classify(self.cfg, e.returncode, e.stderr)
-                if fatal is not None:
-                    raise fatal
-                transient = ssh.is_transient(e.returncode, e.stderr)
-                reason = f"{what} failed: rsync exited with {runner.describe_returncode(e.returncode)}: " + (
-                    explain(e.stderr) or "no message"
-                )
+                failed: Optional[runner.CommandFailed] = e
             except runner.CommandTimeout:
-                transient, reason = True, f"{what} did not finish within {timeout:.0f} s"
+                failed = None
             except runner.CommandNotFound as e:
                 raise DashcamError(str(e))
+            finally:
+                self.sessions.leave()
+            if failed is None:
+                transient, reason = True, f"{what} did not finish within {timeout:.0f} s"
+            else:
+                if RRSYNC_BUSY in failed.stderr:
+                    first, ours = self.sessions.refused()
+                    if first:
+                        log.info("the server's rrsync takes one session at a time (its key has no -no-lock): "
+                                 "each round is verified before the next is sent")
+                    if ours:
+                        continue  # sessions.enter() waits for our other session(s) to end
+                    # none of ours holds the lock: the server's side of a session cut earlier
+                    # (it ends at its --timeout) or another client of the same key
+                    if locked_out < self.cfg.upload.io_timeout + LOCK_GRACE:
+                        delay = min(LOCK_RETRY_MAX, self.backoff_base * 2 ** min(attempt + int(locked_out > 0), 3))
+                        log.info("the server's rrsync is busy with a session that is not ours; %s again in %.0f s",
+                                 what, delay)
+                        self.sleep(delay)
+                        locked_out += max(delay, 1.0)
+                        continue
+                fatal = ssh.classify(self.cfg, failed.returncode, failed.stderr)
+                if fatal is not None:
+                    raise fatal
+                transient = ssh.is_transient(failed.returncode, failed.stderr)
+                reason = f"{what} failed: rsync exited with {runner.describe_returncode(failed.returncode)}: " + (
+                    explain(failed.stderr) or "no message"
+                )
             if not transient or attempt >= retries:
                 raise UploadFailed(reason + ("" if not transient else f" (after {attempt} retries)"), transient)
             attempt += 1
@@ -327,18 +366,9 @@ class Uploader:
             notify.status(f"upload: {what} failed, retry {attempt}/{retries} in {delay:.0f} s")
             self.sleep(delay)
 
-    def wait_for_our_other_session(self) -> None:
-        """The server's rrsync holds its one-session lock for our other rsync (a send or a
-        verification): from now on one session at a time; wait for that one to end."""
-        if not self.single_session:
-            self.single_session = True
-            log.info("the server's rrsync takes one session at a time (its key has no -no-lock): "
-                     "each round is verified before the next is sent")
-        if threading.current_thread() is threading.main_thread():
-            if self.verifying is not None:
-                self.verifying.join()
-        else:
-            self.send_idle.wait()
+    @property
+    def single_session(self) -> bool:
+        return self.sessions.single
 
     def common_options(self) -> List[str]:
         opts = ["--recursive", "--copy-links", f"--timeout={self.cfg.upload.io_timeout}"]
@@ -365,7 +395,6 @@ class Uploader:
         opts += [f"--log-file={progress_log}", f"--log-file-format={SENT_MARK} %l %n"]
         watcher = SendProgress(progress_log, self)
         watcher.start()
-        self.send_idle.clear()
         try:
             # --ignore-existing: never touch a file already on the server. A retry after a cut
             # drops it: these names now hold our own partial files, to be completed.
@@ -377,7 +406,6 @@ class Uploader:
                 retry_options=opts,
             )
         finally:
-            self.send_idle.set()
             watcher.stop()
         stats = parse_stats(res.stdout)
         self.summary.sent += stats["sent"]
@@ -392,18 +420,15 @@ class Uploader:
     def differing_on_server(self, items: Sequence[Item]) -> Dict[str, str]:
         """The verification: {name: itemize code} of every file whose server copy is not byte-identical.
 
-        Up to VERIFY_PARTS rsync sessions at once, each over a part of ``items``. A part rrsync
-        refuses (its one-session lock) runs again when the others are done, and from then on
-        the upload keeps to one session at a time."""
+        Up to VERIFY_PARTS rsync sessions at once, each over a part of ``items`` (one part once
+        the server takes one session at a time; a part it refuses waits for the others)."""
         parts = split_by_bytes(items, 1 if self.single_session else VERIFY_PARTS)
-        if len(parts) == 1:
-            return self.checksum_pass(items)
         results: List[Optional[Dict[str, str]]] = [None] * len(parts)
         errors: List[Optional[BaseException]] = [None] * len(parts)
 
         def one(n: int) -> None:
             try:
-                results[n] = self.checksum_pass(parts[n], busy_raises=True)
+                results[n] = self.checksum_pass(parts[n])
             except BaseException as e:  # handed on below, after every part has ended
                 errors[n] = e
 
@@ -414,25 +439,20 @@ class Uploader:
         one(0)
         for t in helpers:
             t.join()
-        for error in errors:
-            if error is not None and not isinstance(error, SessionBusy):
-                raise error
         differing: Dict[str, str] = {}
-        for n, part in enumerate(parts):
-            if isinstance(errors[n], SessionBusy):
-                self.wait_for_our_other_session()
-                results[n] = self.checksum_pass(part)
-            differing.update(results[n] or {})
+        for result, error in zip(results, errors):
+            if error is not None:
+                raise error
+            differing.update(result or {})
         return differing
 
-    def checksum_pass(self, items: Sequence[Item], busy_raises: bool = False) -> Dict[str, str]:
+    def checksum_pass(self, items: Sequence[Item]) -> Dict[str, str]:
         size = sum(i.size for i in items)
         res = self.rsync(
             self.common_options() + ["--checksum", "--dry-run", "--itemize-changes"],
             items,
             "verifying checksums",
             timeout=600 + size / 5_000_000,
-            busy_raises=busy_raises,
         )
         return parse_itemized(res.stdout)
 
@@ -502,7 +522,7 @@ class Uploader:
                 ours = self.send_round(batch, missing, in_flight)
                 if verifying is not None:
                     collisions += self.settle(verifying)
-                verifying = self.verifying = Verification(self, batch, ours, collision_pass)
+                verifying = Verification(self, batch, ours, collision_pass)
                 verifying.start()
         except Exception:
             # a send failed: what the round before it proved is still recorded
