@@ -171,6 +171,35 @@ def test_rounds_split_by_bytes_and_count_keeping_order(tmp_path):
     ledger.close()
 
 
+def test_a_round_holds_about_a_minute_of_sending_at_the_last_rounds_rate():
+    MiB = 1024 * 1024
+    assert upload.next_round_bytes(30 * MiB, 10.0, 0) == 180 * MiB        # 3 MiB/s: WiFi
+    assert upload.next_round_bytes(1 * MiB, 60.0, 0) == upload.ROUND_MIN_BYTES
+    assert upload.next_round_bytes(2000 * MiB, 10.0, 0) == upload.ROUND_MAX_BYTES   # a fast LAN
+    assert upload.next_round_bytes(0, 3.0, 77) == 77                       # nothing sent: no rate
+    assert upload.ROUND_MIN_BYTES <= upload.ROUND_FIRST_BYTES <= upload.ROUND_MAX_BYTES
+
+
+def test_the_first_round_is_small_and_the_next_sized_by_its_rate(upload_config, server, monkeypatch):
+    """The first round holds ROUND_FIRST_BYTES (here less than a clip: one clip); loopback then
+    measures a rate far above what the other clips need for a minute, so they go in one round."""
+    cfg_path = upload_config()
+    for n in range(6):
+        stage(cfg_path, f"CLIP{n:04d}.MP4", 300_000, T0 + n * 60)
+    monkeypatch.setattr(upload, "ROUND_FIRST_BYTES", 100_000)
+    sends = []
+    send = upload.Uploader.send
+
+    def counted_send(self, items, *, resume):
+        sends.append(len(items))
+        return send(self, items, resume=resume)
+
+    monkeypatch.setattr(upload.Uploader, "send", counted_send)
+    cfg = config.load(str(cfg_path))
+    summary, _ = run_bounded(cfg)
+    assert summary.files == 6 and sends == [1, 5]
+
+
 def test_a_checksum_pass_is_split_into_parts_of_about_equal_bytes(tmp_path):
     ledger = Ledger(str(tmp_path / "l.sqlite3"))
     for n, size in enumerate([500, 100, 100, 100, 100, 100, 10]):

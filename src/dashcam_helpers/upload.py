@@ -8,7 +8,7 @@ one shared ssh connection (ControlMaster; every rsync still is its own rrsync se
    layout ``DEST/<camera>/<YYYY>/<MM>/<DD>/<file>`` in one go;
 2. one dry run asks the server which of those names it lacks (no data moves); they are
    remembered in the ledger ("upload_in_flight") before a byte is sent;
-3. then, in rounds of up to 1 GiB: the missing files are sent with ``--ignore-existing`` (a
+3. then, in rounds of about a minute of sending each (ROUND_SECONDS): the missing files are sent with ``--ignore-existing`` (a
    file already on the server is never touched) and ``--partial``; a name from the in-flight
    list that is now on the server holds our own partial file from a cut run and is completed
    (rsync's delta transfer uses it as basis: what arrived is not sent again);
@@ -56,10 +56,17 @@ from .log import get as get_logger
 
 log = get_logger("dashcam.upload")
 
-# A round is sent, then verified, then leaves staging. Small enough that its verification
-# mostly reads from the page cache on a Pi and staging frees up as the upload goes; large
-# enough that the per-round ssh sessions cost little.
-ROUND_BYTES = 1024 * 1024 * 1024
+# A round is sent, then verified (beside the next round's send), then leaves staging. It
+# holds about ROUND_SECONDS of sending at the rate the round before it went. On a Pi's WiFi
+# (a few MB/s) verified clips leave staging every minute or so, each checksum pass reads
+# what the page cache still holds, and the last round's pass, the one nothing overlaps, is
+# short. Over a fast link, where the CPU and not the link is what limits (a wired LAN), a
+# checksum pass beside a send only competes with it for the CPU: there the rounds grow
+# large and few. The first round, before any rate is known, holds ROUND_FIRST_BYTES.
+ROUND_SECONDS = 60.0
+ROUND_FIRST_BYTES = 256 * 1024 * 1024
+ROUND_MIN_BYTES = 16 * 1024 * 1024
+ROUND_MAX_BYTES = 4 * 1024 * 1024 * 1024
 ROUND_FILES = 400
 # A round's checksum pass runs as this many rsync sessions at once, split by bytes. One
 # --checksum rsync hashes all of its files on the Pi while building its file list, and only
@@ -145,22 +152,33 @@ def split_by_bytes(items: Sequence[Item], parts: int) -> List[List[Item]]:
     return out
 
 
-def rounds(items: Sequence[Item], max_bytes: Optional[int] = None, max_files: Optional[int] = None) -> List[List[Item]]:
-    """The plan cut into rounds of at most ROUND_BYTES / ROUND_FILES (each sent, then verified)."""
-    max_bytes = ROUND_BYTES if max_bytes is None else max_bytes
+def take_round(items: Sequence[Item], max_bytes: int, max_files: Optional[int] = None) -> Tuple[List[Item], List[Item]]:
+    """(the next round, the rest): the first items up to ``max_bytes`` and ROUND_FILES, at least one."""
     max_files = ROUND_FILES if max_files is None else max_files
-    out: List[List[Item]] = []
-    current: List[Item] = []
     size = 0
-    for item in items:
-        if current and (size + item.size > max_bytes or len(current) >= max_files):
-            out.append(current)
-            current, size = [], 0
-        current.append(item)
+    for n, item in enumerate(items):
+        if n and (size + item.size > max_bytes or n >= max_files):
+            return list(items[:n]), list(items[n:])
         size += item.size
-    if current:
-        out.append(current)
+    return list(items), []
+
+
+def rounds(items: Sequence[Item], max_bytes: int, max_files: Optional[int] = None) -> List[List[Item]]:
+    """``items`` cut into rounds of at most ``max_bytes`` and ``max_files`` (order kept)."""
+    out: List[List[Item]] = []
+    rest = list(items)
+    while rest:
+        batch, rest = take_round(rest, max_bytes, max_files)
+        out.append(batch)
     return out
+
+
+def next_round_bytes(sent: int, seconds: float, previous: int) -> int:
+    """How much the next round holds: ROUND_SECONDS at the rate ``sent`` bytes took ``seconds``
+    (within ROUND_MIN_BYTES..ROUND_MAX_BYTES); ``previous`` when nothing was sent."""
+    if sent <= 0 or seconds <= 0:
+        return previous
+    return int(min(ROUND_MAX_BYTES, max(ROUND_MIN_BYTES, sent / seconds * ROUND_SECONDS)))
 
 
 _ITEM = re.compile(r"^([<>ch.*][fdLDS][^ ]{9}) (.+)$")
@@ -514,12 +532,17 @@ class Uploader:
         # both ends while the link (the bottleneck on a Pi's WiFi) carries the next round
         collisions: List[Item] = []
         verifying: Optional[Verification] = None
+        pending, budget = list(items), ROUND_FIRST_BYTES
         try:
-            for batch in rounds(items):
+            while pending:
+                batch, pending = take_round(pending, budget)
                 if verifying is not None and self.single_session:
                     collisions += self.settle(verifying)
                     verifying = None
+                started = time.monotonic()
                 ours = self.send_round(batch, missing, in_flight)
+                budget = next_round_bytes(sum(i.size for i in batch if i.remote in ours),
+                                          time.monotonic() - started, budget)
                 if verifying is not None:
                     collisions += self.settle(verifying)
                 verifying = Verification(self, batch, ours, collision_pass)
