@@ -101,6 +101,13 @@ def installed_base(vm_image, deb_path, workroot):
     return vm.disk
 
 
+def _ours(line):
+    """A journal line ("[ts] host ident[pid]: text") from the package, its units or networkd."""
+    parts = line.split("] ", 1)[-1].split(" ", 1)
+    said = parts[1] if len(parts) == 2 else line
+    return said.startswith(("dashcam", "systemd-networkd")) or (said.startswith("systemd[1]") and "dashcam" in said)
+
+
 @pytest.fixture
 def make_vm(vm_image, workroot, request):
     """make_vm(base=None) -> a VM (not yet started) on a throw-away overlay; killed after the test."""
@@ -121,8 +128,7 @@ def make_vm(vm_image, workroot, request):
                     f.write(vm.journal())
                 lines = [ln for ln in vm.journal().splitlines() if not any(n in ln for n in AGENT_NOISE)]
                 print("\n--- guest journal (last 80 lines, agent lines left out) ---\n" + "\n".join(lines[-80:]))
-                POSTMORTEMS.append((request.node.name,
-                                    [ln for ln in lines if "dashcam" in ln or "networkd" in ln][-40:]))
+                POSTMORTEMS.append((request.node.name, [ln for ln in lines if _ours(ln)][-40:]))
             except Exception as exc:        # a post-mortem must not hide the failure itself
                 print("(no journal: %s)" % exc)
         vm.kill()
