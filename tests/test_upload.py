@@ -94,6 +94,13 @@ def on_server(server: SshServer, name: str, mtime: float) -> Path:
     return server.restrict_dir / "footage" / upload.remote_path(CAMERA, name, int(mtime * 1e9))
 
 
+def refused_by_rrsync(argv):
+    """What rsync reports when rrsync refuses a session for its one-session lock (a key without -no-lock)."""
+    return upload.runner.CommandFailed(
+        argv, 12, "", "/usr/bin/rrsync error: Another instance of rrsync is already accessing this directory.\n"
+        "rsync: connection unexpectedly closed (0 bytes received so far) [sender]\n", "rsync ...")
+
+
 def run_bounded(cfg, seconds: float = 180, **kw):
     """Uploader(cfg, ledger, **kw).run() in a thread of its own (with its own ledger connection):
     a deadlock fails the test instead of hanging the suite. Returns (summary, uploader)."""
@@ -165,9 +172,18 @@ def test_rounds_split_by_bytes_and_count_keeping_order(tmp_path):
     for n in range(7):
         ledger.record_staged("c", f"{n}.mp4", 100, T0 * 10**9 + n, event=False, sha256=f"{n:064d}", staged_path=f"c/{n}.mp4")
     items = upload.plan(ledger.files(), "/r")
-    assert [[i.clip.source_path for i in r] for r in upload.rounds(items, max_bytes=250, max_files=10)] == [
+
+    def rounds(max_bytes, max_files):
+        out, rest = [], items
+        while rest:
+            batch, rest = upload.take_round(rest, max_bytes, max_files)
+            out.append(batch)
+        return out
+
+    assert [[i.clip.source_path for i in r] for r in rounds(max_bytes=250, max_files=10)] == [
         ["0.mp4", "1.mp4"], ["2.mp4", "3.mp4"], ["4.mp4", "5.mp4"], ["6.mp4"]]
-    assert [len(r) for r in upload.rounds(items, max_bytes=10**9, max_files=3)] == [3, 3, 1]
+    assert [len(r) for r in rounds(max_bytes=10**9, max_files=3)] == [3, 3, 1]
+    assert upload.take_round(items[:1], 1) == (items[:1], [])      # at least one item, however large
     ledger.close()
 
 
@@ -355,9 +371,7 @@ def test_a_part_of_the_checksum_pass_refused_by_the_lock_runs_again_after_the_ot
         if "--checksum" in argv:
             checksum_passes.append(threading.current_thread().name)
             if threading.current_thread().name == "upload-verify-part" and len(checksum_passes) <= 2:
-                raise upload.runner.CommandFailed(
-                    argv, 1, "", "/usr/bin/rrsync error: Another instance of rrsync is already accessing this "
-                    "directory.\n", "rsync ...")
+                raise refused_by_rrsync(argv)
         return real_run(argv, **kw)
 
     monkeypatch.setattr(upload.runner, "run", run)
@@ -391,10 +405,7 @@ def test_a_key_without_no_lock_gets_one_session_at_a_time_and_everything_verifie
             sends.append(argv)
             overlapped.append(any(t.name == "upload-verify" and t.is_alive() for t in threading.enumerate()))
             if len(sends) == 2:
-                raise upload.runner.CommandFailed(
-                    argv, 12, "", "/usr/bin/rrsync error: Another instance of rrsync is already accessing this "
-                    "directory.\nrsync: connection unexpectedly closed (0 bytes received so far) [sender]\n",
-                    "rsync ...")
+                raise refused_by_rrsync(argv)
         return real_run(argv, **kw)
 
     monkeypatch.setattr(upload.runner, "run", run)
@@ -445,9 +456,7 @@ def test_a_lock_held_by_no_session_of_ours_is_waited_out_without_spending_a_retr
     def run(argv, **kw):
         if len(refusals) < 2:
             refusals.append(argv)
-            raise upload.runner.CommandFailed(
-                argv, 12, "", "/usr/bin/rrsync error: Another instance of rrsync is already accessing this "
-                "directory.\nrsync: connection unexpectedly closed (0 bytes received so far) [sender]\n", "rsync ...")
+            raise refused_by_rrsync(argv)
         return real_run(argv, **kw)
 
     monkeypatch.setattr(upload.runner, "run", run)
@@ -465,9 +474,7 @@ def test_a_lock_that_stays_taken_ends_the_run_as_a_transient_failure(upload_conf
     stage(cfg_path, "CLIP0000.MP4", 100_000, T0)
 
     def run(argv, **kw):
-        raise upload.runner.CommandFailed(
-            argv, 12, "", "/usr/bin/rrsync error: Another instance of rrsync is already accessing this "
-            "directory.\nrsync: connection unexpectedly closed (0 bytes received so far) [sender]\n", "rsync ...")
+        raise refused_by_rrsync(argv)
 
     monkeypatch.setattr(upload.runner, "run", run)
     slept = []

@@ -163,16 +163,6 @@ def take_round(items: Sequence[Item], max_bytes: int, max_files: Optional[int] =
     return list(items), []
 
 
-def rounds(items: Sequence[Item], max_bytes: int, max_files: Optional[int] = None) -> List[List[Item]]:
-    """``items`` cut into rounds of at most ``max_bytes`` and ``max_files`` (order kept)."""
-    out: List[List[Item]] = []
-    rest = list(items)
-    while rest:
-        batch, rest = take_round(rest, max_bytes, max_files)
-        out.append(batch)
-    return out
-
-
 def next_round_bytes(sent: int, seconds: float, previous: int) -> int:
     """How much the next round holds: ROUND_SECONDS at the rate ``sent`` bytes took ``seconds``
     (within ROUND_MIN_BYTES..ROUND_MAX_BYTES); ``previous`` when nothing was sent."""
