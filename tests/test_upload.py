@@ -101,6 +101,12 @@ def refused_by_rrsync(argv):
         "rsync: connection unexpectedly closed (0 bytes received so far) [sender]\n", "rsync ...")
 
 
+def states(cfg):
+    """The set of ledger states of the staged clips."""
+    with Ledger(cfg.paths.ledger) as ledger:
+        return {c.state for c in ledger.files()}
+
+
 def run_bounded(cfg, seconds: float = 180, **kw):
     """Uploader(cfg, ledger, **kw).run() in a thread of its own (with its own ledger connection):
     a deadlock fails the test instead of hanging the suite. Returns (summary, uploader)."""
@@ -377,8 +383,7 @@ def test_a_part_of_the_checksum_pass_refused_by_the_lock_runs_again_after_the_ot
     monkeypatch.setattr(upload.runner, "run", run)
     cfg = config.load(str(cfg_path))
     summary, uploader = run_bounded(cfg)
-    with Ledger(cfg.paths.ledger) as ledger:
-        assert {c.state for c in ledger.files()} == {"pruned"} and summary.files == 4
+    assert states(cfg) == {"pruned"} and summary.files == 4
     assert uploader.single_session and "one session at a time" in caplog.text
     assert len(checksum_passes) == 3        # both parts, then the refused one again
 
@@ -411,8 +416,7 @@ def test_a_key_without_no_lock_gets_one_session_at_a_time_and_everything_verifie
     monkeypatch.setattr(upload.runner, "run", run)
     cfg = config.load(str(cfg_path))
     summary, _ = run_bounded(cfg)
-    with Ledger(cfg.paths.ledger) as ledger:
-        assert {c.state for c in ledger.files()} == {"pruned"} and summary.files == 8
+    assert states(cfg) == {"pruned"} and summary.files == 8
     assert "one session at a time" in caplog.text
     # round 2 was refused once and sent again; rounds 3 and 4 started with no verification running
     assert len(sends) == 5 and overlapped[3:] == [False, False]
@@ -435,8 +439,7 @@ def test_through_a_key_without_no_lock_many_rounds_end_verified_whoever_is_refus
     monkeypatch.setattr(upload, "ROUND_FILES", 3)
     caplog.set_level(logging.INFO, logger="dashcam.upload")
     summary, uploader = run_bounded(cfg)
-    with Ledger(cfg.paths.ledger) as ledger:
-        assert {c.state for c in ledger.files()} == {"pruned"} and summary.files == 12
+    assert states(cfg) == {"pruned"} and summary.files == 12
     assert uploader.single_session and "one session at a time" in caplog.text   # the race happened
     for name, (data, mtime) in originals.items():
         assert on_server(server, name, mtime).read_bytes() == data

@@ -8,8 +8,9 @@ one shared ssh connection (ControlMaster; every rsync still is its own rrsync se
    layout ``DEST/<camera>/<YYYY>/<MM>/<DD>/<file>`` in one go;
 2. one dry run asks the server which of those names it lacks (no data moves); they are
    remembered in the ledger ("upload_in_flight") before a byte is sent;
-3. then, in rounds of about a minute of sending each (ROUND_SECONDS): the missing files are sent with ``--ignore-existing`` (a
-   file already on the server is never touched) and ``--partial``; a name from the in-flight
+3. then, in rounds of about a minute of sending each (ROUND_SECONDS): the missing files are
+   sent with ``--ignore-existing`` (a file already on the server is never touched) and
+   ``--partial``; a name from the in-flight
    list that is now on the server holds our own partial file from a cut run and is completed
    (rsync's delta transfer uses it as basis: what arrived is not sent again);
 4. verification: ``rsync --checksum --dry-run --itemize-changes`` over the round must print
@@ -325,7 +326,7 @@ class Uploader:
     def _rsync(self, options, list_file, what, timeout, retry_options) -> runner.Result:
         retries = self.cfg.poll.upload_retries
         attempt = 0
-        locked_out = 0.0  # seconds waited for an rrsync lock that none of our sessions holds
+        locked_out, lock_waits = 0.0, 0  # for an rrsync lock that none of our sessions holds
         while True:
             opts = retry_options if attempt and retry_options is not None else options
             argv = self.rsync_base() + opts + [f"--files-from={list_file}", self.tree + "/", self.destination()]
@@ -353,10 +354,11 @@ class Uploader:
                     # none of ours holds the lock: the server's side of a session cut earlier
                     # (it ends at its --timeout) or another client of the same key
                     if locked_out < self.cfg.upload.io_timeout + LOCK_GRACE:
-                        delay = min(LOCK_RETRY_MAX, self.backoff_base * 2 ** min(attempt + int(locked_out > 0), 3))
+                        delay = min(LOCK_RETRY_MAX, self.backoff_base * 2 ** lock_waits)
                         log.info("the server's rrsync is busy with a session that is not ours; %s again in %.0f s",
                                  what, delay)
                         self.sleep(delay)
+                        lock_waits += 1
                         locked_out += max(delay, 1.0)
                         continue
                 fatal = ssh.classify(self.cfg, failed.returncode, failed.stderr)
