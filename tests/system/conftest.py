@@ -102,10 +102,32 @@ def installed_base(vm_image, deb_path, workroot):
 
 
 def _ours(line):
-    """A journal line ("[ts] host ident[pid]: text") from the package, its units or networkd."""
-    parts = line.split("] ", 1)[-1].split(" ", 1)
-    said = parts[1] if len(parts) == 2 else line
+    """A journal line from the package, its units or networkd: "[ts] host ident[pid]: text" as
+    journalctl prints it, or "[ts] ident[pid]: text" as the serial console does."""
+    words = line.split("] ", 1)[-1].split(" ", 2)
+    # the speaker is the first word that ends in ":" among the first two (host names do not)
+    said = next((" ".join(words[n:]) for n in range(min(2, len(words))) if words[n].endswith(":")), "")
     return said.startswith(("dashcam", "systemd-networkd")) or (said.startswith("systemd[1]") and "dashcam" in said)
+
+
+def _postmortem(vm):
+    """(where the lines come from, the guest's last lines of ours). Never raises: the agent may
+    be gone with the guest, and the serial console (the journal goes there too) still tells."""
+    why = None
+    if vm.running():
+        try:
+            text = vm.journal()
+            with open(os.path.join(vm.workdir, "journal.txt"), "w") as f:
+                f.write(text)
+            lines = [ln for ln in text.splitlines() if not any(n in ln for n in AGENT_NOISE)]
+            print("\n--- guest journal (last 80 lines, agent lines left out) ---\n" + "\n".join(lines[-80:]))
+            return "journal", [ln for ln in lines if _ours(ln)][-40:]
+        except Exception as exc:        # a post-mortem must not hide the failure itself
+            why = "no journal from the agent (%s)" % exc
+    else:
+        why = "QEMU had exited (%s)" % (vm.proc.returncode if vm.proc is not None else "never started")
+    console = "".join(vm.console_text()).splitlines()
+    return "%s; serial console" % why, [ln for ln in console if _ours(ln)][-40:] or console[-20:]
 
 
 @pytest.fixture
@@ -122,15 +144,9 @@ def make_vm(vm_image, workroot, request):
     yield make
     failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
     for vm in made:
-        if failed and vm.running():
-            try:
-                with open(os.path.join(vm.workdir, "journal.txt"), "w") as f:
-                    f.write(vm.journal())
-                lines = [ln for ln in vm.journal().splitlines() if not any(n in ln for n in AGENT_NOISE)]
-                print("\n--- guest journal (last 80 lines, agent lines left out) ---\n" + "\n".join(lines[-80:]))
-                POSTMORTEMS.append((request.node.name, [ln for ln in lines if _ours(ln)][-40:]))
-            except Exception as exc:        # a post-mortem must not hide the failure itself
-                print("(no journal: %s)" % exc)
+        if failed:
+            source, lines = _postmortem(vm)
+            POSTMORTEMS.append(("%s (%s, %s)" % (request.node.name, os.path.basename(vm.workdir), source), lines))
         vm.kill()
         if not KEEP and not failed:
             shutil.rmtree(vm.workdir, ignore_errors=True)
