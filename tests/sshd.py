@@ -105,6 +105,9 @@ class SshServer:
                     "UseDNS no",
                     "LogLevel VERBOSE",
                     "MaxStartups 100",
+                    # as the README recommends: a session whose client vanished ends
+                    "ClientAliveInterval 5",
+                    "ClientAliveCountMax 3",
                     "",
                 ]
             )

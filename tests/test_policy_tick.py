@@ -197,6 +197,27 @@ def test_a_failed_upload_is_not_restarted_until_a_pause_has_passed(rig):
     assert ("start", UPLOAD_UNIT) in actions.calls
 
 
+def test_a_backlog_held_for_a_cut_session_on_the_server_starts_no_upload_until_the_hold_ends(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    world.mode, world.reachable = "off", True
+    ledger.record_staged("dashcam", "Normal/A.MP4", 10, 1, event=False, sha256="ab" * 32, staged_path="a")
+    ledger.put_state("upload_hold", {"until": clock.wall + 600, "names": ["dashcam/2026/01/01/A.MP4"]})
+    record = run()
+    assert ("start", UPLOAD_UNIT) not in actions.calls
+    assert "cut earlier" in record["decision"]["reason"]
+    # a second clip is not held: the upload starts for it
+    ledger.record_staged("dashcam", "Normal/B.MP4", 10, 2, event=False, sha256="cd" * 32, staged_path="b")
+    run()
+    assert ("start", UPLOAD_UNIT) in actions.calls
+    actions.calls.clear()
+    with ledger.transaction():
+        ledger.db.execute("DELETE FROM footage WHERE source_path = 'Normal/B.MP4'")
+    world.upload_running = False  # that upload has ended
+    clock.advance(600)
+    record = run()
+    assert ("start", UPLOAD_UNIT) in actions.calls, record["decision"]["reason"]
+
+
 def test_an_ingest_that_leaves_the_camera_in_data_is_corrected(rig):
     cfg, world, actions, clock, ledger, run = rig
     world.reachable = True

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sshd import SshServer, free_port, keygen  # noqa: E402
 
 from dashcam_helpers import config, ssh, upload  # noqa: E402
+from dashcam_helpers.errors import TryLater  # noqa: E402
 from dashcam_helpers.ledger import Ledger  # noqa: E402
 
 CAMERA = "frontcam"
@@ -472,7 +473,7 @@ def test_a_lock_held_by_no_session_of_ours_is_waited_out_without_spending_a_retr
     assert "busy with a session that is not ours" in caplog.text
 
 
-def test_a_lock_that_stays_taken_ends_the_run_as_a_transient_failure(upload_config, server, monkeypatch):
+def test_a_lock_that_stays_taken_ends_the_run_as_busy_not_failed(upload_config, server, monkeypatch):
     cfg_path = upload_config()
     stage(cfg_path, "CLIP0000.MP4", 100_000, T0)
 
@@ -482,11 +483,13 @@ def test_a_lock_that_stays_taken_ends_the_run_as_a_transient_failure(upload_conf
     monkeypatch.setattr(upload.runner, "run", run)
     slept = []
     cfg = config.load(str(cfg_path))
-    with pytest.raises(upload.UploadFailed) as failed:
-        run_bounded(cfg, sleep=slept.append)
+    with pytest.raises(upload.ServerBusy) as busy:
+        upload.upload(cfg, sleep=slept.append)
+    assert isinstance(busy.value, TryLater) and "not ours" in str(busy.value)
     with Ledger(cfg.paths.ledger) as ledger:
         assert {c.state for c in ledger.files()} == {"staged"}
-    assert failed.value.transient and "Another instance of rrsync" in str(failed.value)
+        # "busy", not "failed": the policy tries again at its next tick instead of pausing
+        assert ledger.get_state("last_upload")["result"] == "busy"
     # waited about io_timeout + the grace, then gave up
     assert cfg.upload.io_timeout + upload.LOCK_GRACE <= sum(max(d, 1.0) for d in slept) <= \
         cfg.upload.io_timeout + upload.LOCK_GRACE + upload.LOCK_RETRY_MAX
@@ -531,6 +534,14 @@ def test_with_keep_days_verified_clips_stay_until_they_are_old_enough(upload_con
         assert not path.exists() and ledger.get(clip.id).state == "pruned"
 
 
+def expire_hold(cfg):
+    """As if upload.cut_session_seconds had passed since the cut."""
+    with Ledger(cfg.paths.ledger) as ledger:
+        hold = ledger.get_state(upload.HOLD_KEY)
+        assert hold and hold["names"], "no names were held"
+        ledger.put_state(upload.HOLD_KEY, dict(hold, until=time.time() - 1))
+
+
 def test_a_cut_connection_deletes_nothing_and_the_rerun_resumes_without_resending(upload_config, server, dashcamctl):
     cfg_path = upload_config({"upload": {"bwlimit": 4000}})
     size = 40_000_000
@@ -563,6 +574,21 @@ def test_a_cut_connection_deletes_nothing_and_the_rerun_resumes_without_resendin
     kept = partial.stat().st_size
     assert 0 < kept < size and partial.read_bytes() == data[:kept]  # our own partial file, kept by --partial
 
+    # the cut session's names are held: its server side could still be writing them
+    cfg = config.load(str(cfg_path))
+    with Ledger(cfg.paths.ledger) as ledger:
+        hold = ledger.get_state(upload.HOLD_KEY)
+    assert str(partial.relative_to(server.restrict_dir / "footage")) in hold["names"]
+    assert hold["until"] >= time.time() + cfg.upload.cut_session_seconds - 120
+
+    res = dashcamctl("--config", str(cfg_path), "upload", timeout=120)
+
+    assert res.returncode == 0, res.stderr
+    assert "wait until" in res.stderr and partial.stat().st_size == kept
+    rows, _ = clips(cfg_path)
+    assert rows["Normal/B_BIG.MP4"].state == "staged" and big.exists()
+
+    expire_hold(cfg)
     res = dashcamctl("--config", str(cfg_path), "upload", timeout=120)
 
     assert res.returncode == 0, res.stderr
@@ -572,6 +598,35 @@ def test_a_cut_connection_deletes_nothing_and_the_rerun_resumes_without_resendin
     # what had arrived was not sent again: rsync matched it from the partial file on the server
     assert last["matched_bytes"] >= kept - 1_000_000
     assert last["literal_bytes"] <= size - kept + 1_000_000
+
+
+def test_what_a_run_that_died_was_sending_waits_for_its_server_side_to_end(upload_config, server, dashcamctl):
+    cfg_path = upload_config()
+    died = stage(cfg_path, "DIED.MP4", 100_000, T0)
+    data = died.read_bytes()
+    other = stage(cfg_path, "OTHER.MP4", 100_000, T0 + 60)
+    cfg = config.load(str(cfg_path))
+    name = str(on_server(server, "DIED.MP4", T0).relative_to(server.restrict_dir / "footage"))
+    with Ledger(cfg.paths.ledger) as ledger:  # what a run leaves when it is killed mid-send
+        ledger.put_state(upload.RUN_KEY, {"wall": time.time() - 5, "sending": [name]})
+
+    res = dashcamctl("--config", str(cfg_path), "upload", timeout=120)
+
+    assert res.returncode == 0, res.stderr
+    assert "the last upload was cut off" in res.stderr and "1 clip(s) wait until" in res.stderr
+    assert not on_server(server, "DIED.MP4", T0).exists() and died.exists()
+    assert on_server(server, "OTHER.MP4", T0).exists() and not other.exists()
+    with Ledger(cfg.paths.ledger) as ledger:
+        assert ledger.get_state(upload.RUN_KEY) is None  # this run ended: no marker left
+        assert ledger.get_state(upload.HOLD_KEY)["names"] == [name]
+
+    expire_hold(cfg)
+    res = dashcamctl("--config", str(cfg_path), "upload", timeout=120)
+
+    assert res.returncode == 0, res.stderr
+    assert on_server(server, "DIED.MP4", T0).read_bytes() == data and not died.exists()
+    rows, _ = clips(cfg_path)
+    assert {c.state for c in rows.values()} == {"pruned"}
 
 
 def test_transient_failures_are_retried_within_one_run(upload_config, server, dashcamctl, tmp_path):
@@ -594,6 +649,19 @@ def test_transient_failures_are_retried_within_one_run(upload_config, server, da
     assert proc.returncode == 0, err
     assert "retry 1 of 3" in err
     assert on_server(server, "RETRY.MP4", T0).read_bytes() == data
+    # identical on the server, but the cut session could still put its partial copy there:
+    # the clip stays in staging, unverified, until the hold ends and a later run checks again
+    rows, last = clips(cfg_path)
+    assert rows["Normal/RETRY.MP4"].state == "uploaded" and big.exists()
+    assert "checked again after" in err
+
+    expire_hold(config.load(str(cfg_path)))
+    res = dashcamctl("--config", str(cfg_path), "upload", timeout=120)
+
+    assert res.returncode == 0, res.stderr
+    rows, last = clips(cfg_path)
+    assert rows["Normal/RETRY.MP4"].state == "pruned" and not big.exists()
+    assert last["literal_bytes"] == 0  # nothing was sent again
 
 
 def test_an_unknown_host_key_is_refused_with_what_to_do(upload_config, server, dashcamctl, tmp_path):

@@ -99,6 +99,7 @@ class Upload(Record):
     connect_timeout: int
     io_timeout: int
     keep_days: int
+    cut_session_seconds: int
 
 
 class Battery(Record):

@@ -42,6 +42,9 @@ class _Transaction:
         return False
 
 
+# ledger state the upload writes and the policy reads: names a cut session on the server may
+# still write, and until when (upload.py, "A cut send")
+UPLOAD_HOLD_KEY = "upload_hold"
 STATES = ("seen", "staged", "uploaded", "verified", "pruned", "failed")
 
 # which state may follow which: forward only; a failed read may be retried
@@ -360,6 +363,10 @@ class Ledger:
                 " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                 (key, json.dumps(value), self.clock()),
             )
+
+    def delete_state(self, key: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM state WHERE key = ?", (key,))
 
     # --- battery readings (written by the policy tick, one per tick) ----------------------------
 

@@ -25,6 +25,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
     from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .ledger import UPLOAD_HOLD_KEY
 from .record import Record
 from .staging import space as staging_space
 from .log import ERROR, INFO, WARNING, get as get_logger
@@ -114,6 +115,7 @@ class Facts(Record):
     ingest_running: Optional[bool] = False
     upload_running: Optional[bool] = False
     upload_failed_recently: bool = False
+    upload_held_files: int = 0  # backlog files a cut session on the server may still write (wait)
 
     @property
     def staging_has_room(self) -> bool:
@@ -303,6 +305,8 @@ def _upload(facts: Facts) -> Tuple[bool, str]:
         return False, f"{waiting}, upload running"
     if facts.upload_failed_recently:
         return False, f"{waiting}, the last upload failed: next try after a pause"
+    if facts.upload_held_files >= facts.backlog_files:
+        return False, f"{waiting}, each waits for a session cut earlier to end on the server"
     return True, f"{waiting} and the server is reachable: start upload"
 
 
@@ -581,6 +585,10 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
         and last_upload.get("result") == "failed"
         and 0 <= wall - float(last_upload.get("wall") or 0) < UPLOAD_FAILURE_PAUSE
     )
+    hold = ledger.get_state(UPLOAD_HOLD_KEY)
+    upload_held_files = (
+        len(hold.get("names") or []) if isinstance(hold, dict) and wall < float(hold.get("until") or 0) else 0
+    )
     # which units run matters only at home or in data mode (data mode, upload, an ingest to stop);
     # away from home, recording, the systemctl call is saved
     if reachable or mode == "data":
@@ -609,6 +617,7 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
         ingest_running=ingest_running,
         upload_running=upload_running,
         upload_failed_recently=upload_failed_recently,
+        upload_held_files=upload_held_files,
     )
     decision = decide(history, facts, cfg)
 

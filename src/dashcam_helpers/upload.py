@@ -23,6 +23,18 @@ one shared ssh connection (ControlMaster; every rsync still is its own rrsync se
    it as ``<name>.<sha8>.<ext>`` (logged), the other file stays as it was;
 6. retention: verified clips leave staging (at once with keep_days 0), unverified never.
 
+A cut send can outlive its client on the server. rsync's --timeout does not end the
+server's side: its generator's keep-alives keep going into the socket buffers of a
+connection whose other end is gone, so it runs until the server's sshd notices (TCP gives
+up after about 15 minutes; ClientAliveInterval, when the server sets it, is sooner). When it
+ends, --partial puts its partial file under the clip's name, over whatever a later session
+completed there in the meantime (checked on this machine: a verified 8 MiB file became the
+cut session's 2.5 MiB). So every name a failed send was writing is held
+(``upload_hold``: names and an end time, ``upload.cut_session_seconds`` after the cut), and
+so is everything in flight when a run ends without finishing or dies. A held name is not
+sent again and not marked verified, so it stays in staging. Once the hold ends it is
+resumed and verified like any other cut file.
+
 Why ``--partial`` and not ``--partial-dir``: an ``rrsync -wo`` key rewrites ``--partial-dir``
 to a ``/proc/self/fd/N`` path, and rsync's receiver, finding a symlink there when the
 connection dies, drops the partial file (checked on this machine: the partial is kept
@@ -51,7 +63,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tupl
 from . import notify, runner, ssh
 from .config import Config
 from .errors import EX_FAILURE, EX_OK, DashcamError, TryLater
-from .ledger import Clip, Ledger
+from .ledger import UPLOAD_HOLD_KEY, Clip, Ledger
 from .staging import fsync_dir
 from .log import get as get_logger
 
@@ -75,6 +87,8 @@ ROUND_FILES = 400
 # cores) busy at once. A key without -no-lock takes one session at a time: then one part.
 VERIFY_PARTS = 2
 IN_FLIGHT_KEY = "upload_in_flight"
+HOLD_KEY = UPLOAD_HOLD_KEY  # {"until": wall, "names": [...]}: see "A cut send" above
+RUN_KEY = "upload_run"  # set while a run is on: found at the start of a run, the last one died
 LAST_UPLOAD_KEY = "last_upload"
 BACKOFF_MAX = 60.0
 # rrsync refusing a session while none of ours runs: the server side of a session cut
@@ -241,6 +255,10 @@ class UploadFailed(DashcamError):
         self.transient = transient
 
 
+class ServerBusy(TryLater):
+    """A key without -no-lock, and its one session is not ours: try again later, not a failure."""
+
+
 @dataclass
 class Summary:
     files: int = 0  # clips verified on the server in this run
@@ -251,6 +269,7 @@ class Summary:
     collisions: List[str] = field(default_factory=list)
     problems: List[str] = field(default_factory=list)
     pruned: int = 0
+    held: int = 0  # clips a cut session on the server may still overwrite: checked again later
 
 
 class Uploader:
@@ -285,6 +304,7 @@ class Uploader:
         self.total_bytes = 0
         self.done_files = 0
         self.done_bytes = 0
+        self.sending: List[str] = []  # the names of the send session on (for a hold if it fails)
 
     # --- rsync ------------------------------------------------------------------------------
 
@@ -318,12 +338,14 @@ class Uploader:
         fd, list_file = tempfile.mkstemp(dir=self.list_dir, suffix=".txt")
         with open(fd, "w", encoding="utf-8") as f:
             f.write("".join(i.remote + "\n" for i in items))
+        # a send that fails may leave its server side running on: what it was writing is held
+        writes = [] if "--dry-run" in options else [i.remote for i in items]
         try:
-            return self._rsync(options, list_file, what, timeout, retry_options)
+            return self._rsync(options, list_file, what, timeout, retry_options, writes)
         finally:
             os.unlink(list_file)
 
-    def _rsync(self, options, list_file, what, timeout, retry_options) -> runner.Result:
+    def _rsync(self, options, list_file, what, timeout, retry_options, writes) -> runner.Result:
         retries = self.cfg.poll.upload_retries
         attempt = 0
         locked_out, lock_waits = 0.0, 0  # for an rrsync lock that none of our sessions holds
@@ -332,7 +354,12 @@ class Uploader:
             argv = self.rsync_base() + opts + [f"--files-from={list_file}", self.tree + "/", self.destination()]
             self.sessions.enter()
             try:
-                return runner.run(argv, timeout=timeout, changes_state=False)
+                if writes:  # sends run on the thread that owns the ledger, checksum passes do not
+                    self.mark_sending(writes)
+                result = runner.run(argv, timeout=timeout, changes_state=False)
+                if writes:
+                    self.mark_sending([])
+                return result
             except runner.CommandFailed as e:
                 failed: Optional[runner.CommandFailed] = e
             except runner.CommandTimeout:
@@ -341,6 +368,8 @@ class Uploader:
                 raise DashcamError(str(e))
             finally:
                 self.sessions.leave()
+            if writes and (failed is None or RRSYNC_BUSY not in failed.stderr):
+                self.hold(writes, f"{what} was cut off")
             if failed is None:
                 transient, reason = True, f"{what} did not finish within {timeout:.0f} s"
             else:
@@ -361,6 +390,10 @@ class Uploader:
                         lock_waits += 1
                         locked_out += max(delay, 1.0)
                         continue
+                    raise ServerBusy(
+                        f"{what}: the server's rrsync is still busy with a session that is not ours "
+                        "(one cut earlier lasts until the server notices it); the next policy tick tries again"
+                    )
                 fatal = ssh.classify(self.cfg, failed.returncode, failed.stderr)
                 if fatal is not None:
                     raise fatal
@@ -577,10 +610,20 @@ class Uploader:
                             collision_pass: bool) -> List[Item]:
         collisions: List[Item] = []
         verified: List[Item] = []
+        held, until = self.held()
         with self.ledger.transaction():
             for item in items:
                 code = differing.get(item.remote)
-                if code is None:
+                if item.remote in held:
+                    # identical now, but a cut session may yet put its partial copy there
+                    self.summary.held += 1
+                    ours.discard(item.remote)  # stays in flight: resumed when the hold ends
+                    log.info(
+                        "%s is on the server, but a cut session may still overwrite it there: checked again after %s",
+                        item.remote, time.strftime("%H:%M:%S", time.localtime(until)),
+                        extra={"DASHCAM_FILE": item.clip.source_path},
+                    )
+                elif code is None:
                     self.ledger.advance(item.clip.id, "verified", remote_path=item.remote)
                     verified.append(item)
                     log.info(
@@ -622,6 +665,36 @@ class Uploader:
         )
         notify.status(line)
         log.debug("%s", line)
+
+    # --- names a cut session on the server may still write ----------------------------------
+
+    def mark_sending(self, names: List[str]) -> None:
+        """Remember (in the ledger, for a run that dies) the names a send session is writing."""
+        if self.dry_run:
+            return
+        self.sending = names
+        self.ledger.put_state(RUN_KEY, {"wall": self.clock(), "sending": names})
+
+    def held(self) -> Tuple[Set[str], float]:
+        """(names held, until when); empty once the hold has ended."""
+        hold = self.ledger.get_state(HOLD_KEY) or {}
+        until = float(hold.get("until") or 0)
+        if self.clock() >= until:
+            return set(), 0.0
+        return set(hold.get("names") or []), until
+
+    def hold(self, names: Iterable[str], why: str) -> None:
+        """Hold ``names`` for upload.cut_session_seconds from now (joining a hold still on)."""
+        names = set(names)
+        if not names or self.dry_run:
+            return
+        held, until = self.held()
+        until = max(until, self.clock() + self.cfg.upload.cut_session_seconds)
+        self.ledger.put_state(HOLD_KEY, {"until": until, "names": sorted(held | names)})
+        log.info(
+            "%s: %d file(s) it was writing are checked again after %s, when the server has ended its side of it",
+            why, len(names), time.strftime("%H:%M:%S", time.localtime(until)),
+        )
 
     # --- retention --------------------------------------------------------------------------
 
@@ -678,9 +751,27 @@ class Uploader:
         if not server_reachable(self.cfg):
             raise TryLater(f"the server {self.cfg.upload.host}:{self.cfg.upload.port} is not reachable; footage stays staged")
         shutil.rmtree(self.tree, ignore_errors=True)  # a leftover of a run that was killed
+        if not self.dry_run:
+            last = self.ledger.get_state(RUN_KEY)
+            if last is not None:
+                # the last run died mid-way (power cut, SIGKILL): its send may live on at the server
+                self.hold(last.get("sending") or [], "the last upload was cut off (it did not finish)")
+            self.ledger.put_state(RUN_KEY, {"wall": self.clock(), "sending": []})
         try:
             while clips:  # footage staged while we upload is picked up before we finish
                 items = plan(clips, self.cfg.paths.ready, self.tz)
+                held, until = self.held()
+                if any(i.remote in held for i in items):
+                    waiting = [i for i in items if i.remote in held]
+                    self.summary.held += len(waiting)
+                    log.info(
+                        "%d clip(s) wait until %s: a session cut earlier may still be writing them on the server",
+                        len(waiting), time.strftime("%H:%M:%S", time.localtime(until)),
+                    )
+                    items = [i for i in items if i.remote not in held]
+                tried |= {c.id for c in clips}
+                if not items:
+                    break
                 self.total_files += len(items)
                 self.total_bytes += sum(i.size for i in items)
                 log.info(
@@ -694,10 +785,15 @@ class Uploader:
                     return self.summary
                 self.progress()
                 self.upload_items(items)
-                tried |= {c.id for c in clips}
                 clips = self.backlog(tried)
+        except BaseException:
+            # a send stopped here (SIGTERM, an error) may go on at the server
+            self.hold(self.sending, "the upload stopped in the middle of a send")
+            raise
         finally:
             self.clean()
+            if not self.dry_run:
+                self.ledger.delete_state(RUN_KEY)
         return self.summary
 
 
@@ -806,7 +902,7 @@ def upload(cfg: Config, *, dry_run: bool = False, sleep: Callable[[float], None]
         try:
             summary = uploader.run()
         except TryLater as e:
-            result, reason = "unreachable", str(e)
+            result, reason = "busy" if isinstance(e, ServerBusy) else "unreachable", str(e)
             raise
         except UploadFailed as e:
             reason = str(e)

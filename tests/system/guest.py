@@ -190,7 +190,9 @@ def scenario_config(vm, bus=None, server=None, unreachable_port=None, **sections
     """A config for the VM: the server at 10.0.2.2, the gadget camera on dummy_hcd bus <bus>, fake UPS."""
     over = {
         "upload": {"host": "10.0.2.2", "port": server.port if server else unreachable_port,
-                   "user": "root", "dest_path": "footage", "connect_timeout": 5, "io_timeout": 15},
+                   "user": "root", "dest_path": "footage", "connect_timeout": 5, "io_timeout": 15,
+                   # the test server's sshd ends a vanished client's session within about 40 s
+                   "cut_session_seconds": 90},
         "camera": {"name": "dashcam", "after_ingest": "off", "max_data_minutes": 10},
         "ingest": {"reserve_bytes": 16 << 20, "reserve_percent": 0},
         "battery": {"source": "lifepo4wered"},

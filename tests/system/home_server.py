@@ -54,6 +54,10 @@ class Server:
                 "StrictModes no",
                 "PidFile %s" % os.path.join(self.workdir, "sshd.pid"),
                 "LogLevel VERBOSE",
+                # as the README has users set it (quicker here): the server's side of a session
+                # whose client went away (a cut link) ends instead of holding rrsync's lock
+                "ClientAliveInterval 5",
+                "ClientAliveCountMax 3",
                 "",
             ]))
         self.log = os.path.join(self.workdir, "sshd.log")
