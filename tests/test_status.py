@@ -98,5 +98,12 @@ def test_status_reports_backlog_server_and_last_runs(fake_hw, dashcamctl, make_c
     assert text[3] == f"server:   127.0.0.1:{port} reachable"
     assert text[4] == "ingest:   never"
     assert text[5].startswith("upload:   ") and text[5].endswith(" ok: 3 clips, 3.0 kB")
+
+    with Ledger(cfg.paths.ledger) as ledger:  # a cut send: its names wait
+        ledger.put_state("upload_hold", {"until": time.time() + 600, "names": ["dashcam/2026/01/01/A.MP4"]})
+    r = dashcamctl("--config", str(path), "status", "--json", env=fake_hw.env)
+    assert json.loads(r.stdout)["staging"]["held_files"] == 1
+    text = dashcamctl("--config", str(path), "status", env=fake_hw.env).stdout.splitlines()
+    assert text[2].startswith("staging:  1 clips (1.0 kB) waiting for the server, 1 of them held until ")
     r = dashcamctl("--config", str(path), "status", "--json", env=fake_hw.env)
     assert json.loads(r.stdout)["server"]["reachable"] is False  # the listener is closed now

@@ -32,13 +32,19 @@ def camera_section(cfg) -> Dict[str, Any]:
 
 def staging_section(cfg) -> Dict[str, Any]:
     """The backlog the server has not verified yet, and the room left in staging."""
-    from .ledger import Ledger
+    import time
+
+    from .ledger import UPLOAD_HOLD_KEY, Ledger
     from .staging import space as staging_space
 
     with Ledger(cfg.paths.ledger) as ledger:
         files, size = ledger.backlog()
         failed = ledger.counts()["failed"]
+        hold = ledger.get_state(UPLOAD_HOLD_KEY)
     out: Dict[str, Any] = {"backlog_files": files, "backlog_bytes": size, "failed_files": failed}
+    if isinstance(hold, dict) and time.time() < float(hold.get("until") or 0):
+        # names a session cut earlier may still write on the server: not sent before then
+        out["held_files"], out["held_until"] = len(hold.get("names") or []), hold["until"]
     try:
         out["free_bytes"], out["reserve_bytes"] = staging_space(cfg)
     except OSError as e:
@@ -112,7 +118,11 @@ def _staging_line(st: Dict[str, Any]) -> str:
         return f"staging:  error: {st['error']}"
     free = "free space unknown" if st.get("free_bytes") is None else f"{human_bytes(st['free_bytes'])} free"
     failed = f", {st['failed_files']} clips failed to read (dashcamctl files --state failed)" if st.get("failed_files") else ""
-    return f"staging:  {st['backlog_files']} clips ({human_bytes(st['backlog_bytes'])}) waiting for the server, {free}{failed}"
+    held = (
+        f", {st['held_files']} of them held until {_when(st['held_until'])} (a session cut earlier may still write them on the server)"
+        if st.get("held_files") else ""
+    )
+    return f"staging:  {st['backlog_files']} clips ({human_bytes(st['backlog_bytes'])}) waiting for the server{held}, {free}{failed}"
 
 
 def _server_line(sv: Dict[str, Any]) -> str:
