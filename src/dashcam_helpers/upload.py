@@ -691,7 +691,8 @@ class Uploader:
         held, until = self.held()
         until = max(until, self.clock() + self.cfg.upload.cut_session_seconds)
         self.ledger.put_state(HOLD_KEY, {"until": until, "names": sorted(held | names)})
-        log.info(
+        # said once per name (a retry that cannot connect extends the hold without a word)
+        (log.info if names - held else log.debug)(
             "%s: %d file(s) it was writing are checked again after %s, when the server has ended its side of it",
             why, len(names), time.strftime("%H:%M:%S", time.localtime(until)),
         )

@@ -114,6 +114,9 @@ def test_network_cut_mid_upload_deletes_nothing_and_the_upload_resumes_when_the_
         name = os.path.basename(r["source_path"])
         assert name in staged, "%s was deleted before the server verified it" % name
         assert sums["/var/lib/dashcam/staging/" + staged[name]] == r["sha256"]
+    # the cut send's server side may still be writing: its files are held, not sent again yet
+    hold = guest.ledger_state(booted, "upload_hold")
+    assert hold and hold["names"], "the cut send held nothing"
 
     booted.set_link(True)
     scenario.wait_server_has(server, setup.clips, timeout=600)
