@@ -93,8 +93,7 @@ CASES = [
     ("B upload already running: not started twice", H, dict(reachable=True, was_reachable=True, camera_mode="off", backlog_files=2, backlog_bytes=9, upload_running=True), None, False, False, "upload running"),
     ("B nothing to upload", H, dict(reachable=True, was_reachable=True, camera_mode="off"), None, False, False, "nothing to upload"),
     ("B the last upload failed: a pause before the next", H, dict(reachable=True, was_reachable=True, camera_mode="off", backlog_files=2, backlog_bytes=9, upload_failed_recently=True), None, False, False, "last upload failed"),
-    ("B every file waits for a session cut earlier to end on the server", H, dict(reachable=True, was_reachable=True, camera_mode="off", backlog_files=2, backlog_bytes=9, upload_held_files=2), None, False, False, "cut earlier"),
-    ("B one file is not held: upload it", H, dict(reachable=True, was_reachable=True, camera_mode="off", backlog_files=3, backlog_bytes=9, upload_held_files=2), None, True, False, "start upload"),
+    ("B the last upload found only clips held for a cut session: wait", H, dict(reachable=True, was_reachable=True, camera_mode="off", backlog_files=2, backlog_bytes=9, upload_held=True), None, False, False, "cut earlier"),
     ("B arriving home with a low battery: no data, camera off", batt(40, 40, 40), dict(reachable=True), "off", False, False, "below disconnect_percent"),
     # --- scenario C: thresholds
     ("C below disconnect -> camera off", batt(80, 45, 45), dict(), "off", False, False, "below disconnect_percent 50"),

@@ -490,6 +490,8 @@ def test_a_lock_that_stays_taken_ends_the_run_as_busy_not_failed(upload_config, 
         assert {c.state for c in ledger.files()} == {"staged"}
         # "busy", not "failed": the policy tries again at its next tick instead of pausing
         assert ledger.get_state("last_upload")["result"] == "busy"
+        # refused sessions wrote nothing: no clip is held for them
+        assert ledger.get_state(upload.HOLD_KEY) is None
     # waited about io_timeout + the grace, then gave up
     assert cfg.upload.io_timeout + upload.LOCK_GRACE <= sum(max(d, 1.0) for d in slept) <= \
         cfg.upload.io_timeout + upload.LOCK_GRACE + upload.LOCK_RETRY_MAX
@@ -585,8 +587,10 @@ def test_a_cut_connection_deletes_nothing_and_the_rerun_resumes_without_resendin
 
     assert res.returncode == 0, res.stderr
     assert "wait until" in res.stderr and partial.stat().st_size == kept
-    rows, _ = clips(cfg_path)
+    rows, last = clips(cfg_path)
     assert rows["Normal/B_BIG.MP4"].state == "staged" and big.exists()
+    # only held clips were left: the policy waits for the hold to end instead of restarting
+    assert last["result"] == "held" and last["held_until"] > time.time()
 
     expire_hold(cfg)
     res = dashcamctl("--config", str(cfg_path), "upload", timeout=120)
@@ -627,6 +631,32 @@ def test_what_a_run_that_died_was_sending_waits_for_its_server_side_to_end(uploa
     assert on_server(server, "DIED.MP4", T0).read_bytes() == data and not died.exists()
     rows, _ = clips(cfg_path)
     assert {c.state for c in rows.values()} == {"pruned"}
+
+
+def test_a_checksum_pass_that_ran_inside_a_hold_proves_nothing_even_when_recorded_after_it(
+        upload_config, server, monkeypatch):
+    cfg_path = upload_config({"upload": {"cut_session_seconds": 100}})
+    clip = stage(cfg_path, "LATE.MP4", 100_000, T0)
+    now = [time.time()]
+    send, differing = upload.Uploader.send, upload.Uploader.differing_on_server
+
+    def send_cut_then_retried(self, items, *, resume):
+        send(self, items, resume=resume)
+        self.hold([i.remote for i in items], "sending was cut off")  # as a retry after a cut leaves it
+
+    def long_pass(self, items):
+        out = differing(self, items)  # identical: the retry completed the file
+        now[0] += 150  # the hold ends while the pass (or the next round's send) is on
+        return out
+
+    monkeypatch.setattr(upload.Uploader, "send", send_cut_then_retried)
+    monkeypatch.setattr(upload.Uploader, "differing_on_server", long_pass)
+    summary, _ = run_bounded(config.load(str(cfg_path)), clock=lambda: now[0])
+
+    # the cut session could have ended, and overwritten the file, after that pass had read it
+    rows, _ = clips(cfg_path)
+    assert rows["Normal/LATE.MP4"].state == "uploaded" and clip.exists()
+    assert summary.files == 0 and summary.held == 1
 
 
 def test_transient_failures_are_retried_within_one_run(upload_config, server, dashcamctl, tmp_path):

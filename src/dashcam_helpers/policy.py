@@ -25,7 +25,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
     from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .ledger import UPLOAD_HOLD_KEY
 from .record import Record
 from .staging import space as staging_space
 from .log import ERROR, INFO, WARNING, get as get_logger
@@ -115,7 +114,7 @@ class Facts(Record):
     ingest_running: Optional[bool] = False
     upload_running: Optional[bool] = False
     upload_failed_recently: bool = False
-    upload_held_files: int = 0  # backlog files a cut session on the server may still write (wait)
+    upload_held: bool = False  # the last upload found only clips held for a cut session, still held
 
     @property
     def staging_has_room(self) -> bool:
@@ -305,7 +304,7 @@ def _upload(facts: Facts) -> Tuple[bool, str]:
         return False, f"{waiting}, upload running"
     if facts.upload_failed_recently:
         return False, f"{waiting}, the last upload failed: next try after a pause"
-    if facts.upload_held_files >= facts.backlog_files:
+    if facts.upload_held:
         return False, f"{waiting}, each waits for a session cut earlier to end on the server"
     return True, f"{waiting} and the server is reachable: start upload"
 
@@ -585,9 +584,12 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
         and last_upload.get("result") == "failed"
         and 0 <= wall - float(last_upload.get("wall") or 0) < UPLOAD_FAILURE_PAUSE
     )
-    hold = ledger.get_state(UPLOAD_HOLD_KEY)
-    upload_held_files = (
-        len(hold.get("names") or []) if isinstance(hold, dict) and wall < float(hold.get("until") or 0) else 0
+    # the last run had nothing to send but clips held for a session cut earlier (new clips
+    # start an upload through the path unit, not through this)
+    upload_held = (
+        isinstance(last_upload, dict)
+        and last_upload.get("result") == "held"
+        and wall < float(last_upload.get("held_until") or 0)
     )
     # which units run matters only at home or in data mode (data mode, upload, an ingest to stop);
     # away from home, recording, the systemctl call is saved
@@ -617,7 +619,7 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
         ingest_running=ingest_running,
         upload_running=upload_running,
         upload_failed_recently=upload_failed_recently,
-        upload_held_files=upload_held_files,
+        upload_held=upload_held,
     )
     decision = decide(history, facts, cfg)
 

@@ -374,6 +374,8 @@ class Uploader:
                 transient, reason = True, f"{what} did not finish within {timeout:.0f} s"
             else:
                 if RRSYNC_BUSY in failed.stderr:
+                    if writes:  # refused before it began: it wrote nothing
+                        self.mark_sending([])
                     first, ours = self.sessions.refused()
                     if first:
                         log.info("the server's rrsync takes one session at a time (its key has no -no-lock): "
@@ -604,13 +606,15 @@ class Uploader:
         """Wait for a round's verification and record it; returns the collisions to upload beside."""
         verification.settled = True
         differing = verification.result()
-        return self.record_verification(verification.items, differing, verification.ours, verification.collision_pass)
+        return self.record_verification(verification.items, differing, verification.ours, verification.collision_pass,
+                                        verification.held_at_start)
 
     def record_verification(self, items: Sequence[Item], differing: Dict[str, str], ours: Set[str],
-                            collision_pass: bool) -> List[Item]:
+                            collision_pass: bool, held_at_start: Set[str] = frozenset()) -> List[Item]:
         collisions: List[Item] = []
         verified: List[Item] = []
         held, until = self.held()
+        held = held | set(held_at_start)
         with self.ledger.transaction():
             for item in items:
                 code = differing.get(item.remote)
@@ -678,8 +682,10 @@ class Uploader:
     def held(self) -> Tuple[Set[str], float]:
         """(names held, until when); empty once the hold has ended."""
         hold = self.ledger.get_state(HOLD_KEY) or {}
-        until = float(hold.get("until") or 0)
-        if self.clock() >= until:
+        now = self.clock()
+        # never further off than a hold can be (a wall clock set back, an absurd value)
+        until = min(float(hold.get("until") or 0), now + self.cfg.upload.cut_session_seconds)
+        if now >= until:
             return set(), 0.0
         return set(hold.get("names") or []), until
 
@@ -752,6 +758,7 @@ class Uploader:
         if not server_reachable(self.cfg):
             raise TryLater(f"the server {self.cfg.upload.host}:{self.cfg.upload.port} is not reachable; footage stays staged")
         shutil.rmtree(self.tree, ignore_errors=True)  # a leftover of a run that was killed
+        keep_marker = False  # set when a cut send's names could not be held: the marker does it
         if not self.dry_run:
             last = self.ledger.get_state(RUN_KEY)
             if last is not None:
@@ -788,12 +795,17 @@ class Uploader:
                 self.upload_items(items)
                 clips = self.backlog(tried)
         except BaseException:
-            # a send stopped here (SIGTERM, an error) may go on at the server
-            self.hold(self.sending, "the upload stopped in the middle of a send")
+            # a send stopped here by an error or Ctrl-C may go on at the server. (SIGTERM ends
+            # the process at once: the marker stays, and the next run holds what it was sending.)
+            try:
+                self.hold(self.sending, "the upload stopped in the middle of a send")
+            except Exception as e:
+                log.warning("could not hold the names of the cut send (%s); the next run holds them", e)
+                keep_marker = True
             raise
         finally:
             self.clean()
-            if not self.dry_run:
+            if not self.dry_run and not keep_marker:
                 self.ledger.delete_state(RUN_KEY)
         return self.summary
 
@@ -805,6 +817,10 @@ class Verification(threading.Thread):
     def __init__(self, uploader: "Uploader", items: Sequence[Item], ours: Set[str], collision_pass: bool = False):
         super().__init__(name="upload-verify", daemon=True)
         self.uploader, self.items, self.ours, self.collision_pass = uploader, list(items), ours, collision_pass
+        # made on the thread that owns the ledger: the names held when this pass starts. A
+        # pass that ran while a name was held proves nothing about it, even if the hold has
+        # ended by the time its result is recorded (the cut session may have ended between)
+        self.held_at_start = uploader.held()[0]
         self._differing: Optional[Dict[str, str]] = None
         self._error: Optional[BaseException] = None
         self.settled = False                  # result() taken and recorded (or tried to be)
@@ -917,9 +933,13 @@ def upload(cfg: Config, *, dry_run: bool = False, sleep: Callable[[float], None]
             raise
         finally:
             s = uploader.summary
-            if (result != "ok" or s.files or s.problems) and not dry_run:
+            held_until = uploader.held()[1] if s.held else 0.0
+            if (result != "ok" or s.files or s.problems or s.held) and not dry_run:
                 if result == "ok" and s.problems:
                     result, reason = "failed", s.problems[0]
+                elif result == "ok" and not s.files and held_until:
+                    # nothing to do but clips held for a cut session: the policy waits for the end
+                    result, reason = "held", f"{s.held} clip(s) held for a session cut earlier"
                 ledger.put_state(
                     LAST_UPLOAD_KEY,
                     {
@@ -932,6 +952,8 @@ def upload(cfg: Config, *, dry_run: bool = False, sleep: Callable[[float], None]
                         "literal_bytes": s.literal,
                         "matched_bytes": s.matched,
                         "collisions": s.collisions,
+                        "held": s.held,
+                        "held_until": held_until,
                     },
                 )
         return summary
