@@ -31,9 +31,10 @@ ends, --partial puts its partial file under the clip's name, over whatever a lat
 completed there in the meantime (checked on this machine: a verified 8 MiB file became the
 cut session's 2.5 MiB). So every name a failed send was writing is held
 (``upload_hold``: names and an end time, ``upload.cut_session_seconds`` after the cut), and
-so is everything in flight when a run ends without finishing or dies. A held name is not
-sent again and not marked verified, so it stays in staging. Once the hold ends it is
-resumed and verified like any other cut file.
+so is what a run was sending when it stopped or died (``upload_run``, a marker a run that
+ends removes). A held name is not sent again by a later run, and no checksum pass that
+started while it was held marks it verified, so it stays in staging. Once the hold ends it
+is resumed and verified like any other cut file.
 
 Why ``--partial`` and not ``--partial-dir``: an ``rrsync -wo`` key rewrites ``--partial-dir``
 to a ``/proc/self/fd/N`` path, and rsync's receiver, finding a symlink there when the
