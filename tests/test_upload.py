@@ -541,7 +541,8 @@ def expire_hold(cfg):
     with Ledger(cfg.paths.ledger) as ledger:
         hold = ledger.get_state(upload.HOLD_KEY)
         assert hold and hold["names"], "no names were held"
-        ledger.put_state(upload.HOLD_KEY, dict(hold, until=time.time() - 1))
+        ended = time.time() - 1
+        ledger.put_state(upload.HOLD_KEY, {"until": ended, "names": dict.fromkeys(hold["names"], ended)})
 
 
 def test_a_cut_connection_deletes_nothing_and_the_rerun_resumes_without_resending(upload_config, server, dashcamctl):
@@ -622,7 +623,7 @@ def test_what_a_run_that_died_was_sending_waits_for_its_server_side_to_end(uploa
     assert on_server(server, "OTHER.MP4", T0).exists() and not other.exists()
     with Ledger(cfg.paths.ledger) as ledger:
         assert ledger.get_state(upload.RUN_KEY) is None  # this run ended: no marker left
-        assert ledger.get_state(upload.HOLD_KEY)["names"] == [name]
+        assert list(ledger.get_state(upload.HOLD_KEY)["names"]) == [name]
 
     expire_hold(cfg)
     res = dashcamctl("--config", str(cfg_path), "upload", timeout=120)
@@ -657,6 +658,25 @@ def test_a_checksum_pass_that_ran_inside_a_hold_proves_nothing_even_when_recorde
     rows, _ = clips(cfg_path)
     assert rows["Normal/LATE.MP4"].state == "uploaded" and clip.exists()
     assert summary.files == 0 and summary.held == 1
+
+
+def test_each_held_name_has_its_own_end_so_a_link_that_keeps_dropping_releases_the_old_ones(upload_config, tmp_path):
+    cfg = config.load(str(upload_config({"upload": {"cut_session_seconds": 100}})))
+    now = [1_000_000.0]
+    with Ledger(cfg.paths.ledger) as ledger:
+        uploader = upload.Uploader(cfg, ledger, clock=lambda: now[0])
+        uploader.hold(["a/EARLY.MP4"], "sending was cut off")
+        now[0] += 60
+        uploader.hold(["a/LATER.MP4"], "sending was cut off")  # another cut, 60 s on
+        assert uploader.held() == ({"a/EARLY.MP4", "a/LATER.MP4"}, 1_000_100.0)
+        now[0] += 50  # the first cut's session has had its 100 s, the second's not yet
+        assert uploader.held() == ({"a/LATER.MP4"}, 1_000_160.0)
+        now[0] += 60
+        assert uploader.held() == (set(), 0.0)
+        # a hold is never further off than cut_session_seconds, whatever the clock said before
+        uploader.hold(["a/X.MP4"], "sending was cut off")
+        now[0] -= 10_000  # the wall clock set back
+        assert uploader.held() == ({"a/X.MP4"}, now[0] + 100)
 
 
 def test_transient_failures_are_retried_within_one_run(upload_config, server, dashcamctl, tmp_path):

@@ -42,9 +42,13 @@ def staging_section(cfg) -> Dict[str, Any]:
         failed = ledger.counts()["failed"]
         hold = ledger.get_state(UPLOAD_HOLD_KEY)
     out: Dict[str, Any] = {"backlog_files": files, "backlog_bytes": size, "failed_files": failed}
-    if isinstance(hold, dict) and time.time() < float(hold.get("until") or 0):
+    if isinstance(hold, dict):
         # names a session cut earlier may still write on the server: not sent before then
-        out["held_files"], out["held_until"] = len(hold.get("names") or []), hold["until"]
+        names = hold.get("names") or {}
+        ends = [float(u) for u in (names.values() if isinstance(names, dict) else [hold.get("until") or 0] * len(names))]
+        ends = [u for u in ends if u > time.time()]
+        if ends:
+            out["held_files"], out["held_until"] = len(ends), max(ends)
     try:
         out["free_bytes"], out["reserve_bytes"] = staging_space(cfg)
     except OSError as e:

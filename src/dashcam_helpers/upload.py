@@ -680,26 +680,37 @@ class Uploader:
         self.sending = names
         self.ledger.put_state(RUN_KEY, {"wall": self.clock(), "sending": names})
 
-    def held(self) -> Tuple[Set[str], float]:
-        """(names held, until when); empty once the hold has ended."""
+    def holds(self) -> Dict[str, float]:
+        """{name: until when} of the names held now. Each name has its own end: on a link
+        that drops again and again, a name held by an early cut is not held by the later ones."""
         hold = self.ledger.get_state(HOLD_KEY) or {}
         now = self.clock()
         # never further off than a hold can be (a wall clock set back, an absurd value)
-        until = min(float(hold.get("until") or 0), now + self.cfg.upload.cut_session_seconds)
-        if now >= until:
-            return set(), 0.0
-        return set(hold.get("names") or []), until
+        longest = now + self.cfg.upload.cut_session_seconds
+        names = hold.get("names") or {}
+        if isinstance(names, list):  # one end for all
+            names = dict.fromkeys(names, hold.get("until") or 0)
+        ends = {name: min(float(until), longest) for name, until in names.items()}
+        return {name: until for name, until in ends.items() if until > now}
+
+    def held(self) -> Tuple[Set[str], float]:
+        """(names held now, the earliest end among them); empty once every hold has ended."""
+        ends = self.holds()
+        return set(ends), min(ends.values(), default=0.0)
 
     def hold(self, names: Iterable[str], why: str) -> None:
-        """Hold ``names`` for upload.cut_session_seconds from now (joining a hold still on)."""
+        """Hold ``names`` for upload.cut_session_seconds from now."""
         names = set(names)
         if not names or self.dry_run:
             return
-        held, until = self.held()
-        until = max(until, self.clock() + self.cfg.upload.cut_session_seconds)
-        self.ledger.put_state(HOLD_KEY, {"until": until, "names": sorted(held | names)})
+        ends = self.holds()
+        new = names - set(ends)
+        until = self.clock() + self.cfg.upload.cut_session_seconds
+        ends.update(dict.fromkeys(names, until))
+        # "until": the last end, for readers that only need to know whether any hold is on
+        self.ledger.put_state(HOLD_KEY, {"until": max(ends.values()), "names": ends})
         # said once per name (a retry that cannot connect extends the hold without a word)
-        (log.info if names - held else log.debug)(
+        (log.info if new else log.debug)(
             "%s: %d file(s) it was writing are checked again after %s, when the server has ended its side of it",
             why, len(names), time.strftime("%H:%M:%S", time.localtime(until)),
         )
