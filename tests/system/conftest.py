@@ -8,6 +8,7 @@ import tempfile
 import time
 
 import pytest
+from _pytest.runner import runtestprotocol
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -110,6 +111,24 @@ def _ours(line):
     return said.startswith(("dashcam", "systemd-networkd")) or (said.startswith("systemd[1]") and "dashcam" in said)
 
 
+# A guest kernel oops inside dummy_hcd, the USB emulation behind the test camera (not part of
+# the package): seen with Debian's 6.1 kernel when the camera's port power goes off while the
+# emulated controller's timer runs ("general protection fault ... dummy_timer", then "Kernel
+# panic - not syncing: Fatal exception in interrupt"). The guest is gone; the test learns of it
+# only by its own timeout. Such a test runs once more; any other failure stands.
+TEST_DOUBLE_PANIC = ("Kernel panic", "[dummy_hcd]")
+RERUNS = []  # (test, why): said in the summary
+
+
+def _test_double_panic(vm):
+    """The oops line when the guest's kernel died inside the test camera's emulation, else None."""
+    text = "".join(vm.console_text())
+    if not all(mark in text for mark in TEST_DOUBLE_PANIC):
+        return None
+    return next((ln.strip() for ln in text.splitlines() if "general protection fault" in ln or "BUG:" in ln),
+                "kernel panic in dummy_hcd")
+
+
 def _postmortem(vm):
     """(where the lines come from, the guest's last lines of ours). Never raises: the agent may
     be gone with the guest, and the serial console (the journal goes there too) still tells."""
@@ -147,6 +166,9 @@ def make_vm(vm_image, workroot, request):
         if failed:
             source, lines = _postmortem(vm)
             POSTMORTEMS.append(("%s (%s, %s)" % (request.node.name, os.path.basename(vm.workdir), source), lines))
+            panic = _test_double_panic(vm)
+            if panic:
+                request.node.test_double_panic = panic
         vm.kill()
         if not KEEP and not failed:
             shutil.rmtree(vm.workdir, ignore_errors=True)
@@ -168,7 +190,34 @@ def server(tmp_path):
     s.stop()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A system test whose guest died of the test camera's kernel bug (TEST_DOUBLE_PANIC) runs
+    once more, with fresh fixtures; its reports are those of the last run."""
+    if item.get_closest_marker("system") is None:
+        return None
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    for attempt in (1, 2):
+        item.test_double_panic = None
+        reports = runtestprotocol(item, nextitem=nextitem, log=False)
+        panic = item.test_double_panic
+        if attempt == 2 or not panic or not any(r.failed for r in reports):
+            break
+        RERUNS.append((item.nodeid, panic))
+        print("\n%s: the guest's kernel died in the test camera's emulation (%s); running it again"
+              % (item.nodeid, panic), flush=True)
+        item._initrequest()             # fresh fixtures for the second run
+    for report in reports:
+        item.ihook.pytest_runtest_logreport(report=report)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+
+
 def pytest_terminal_summary(terminalreporter):
+    if RERUNS:
+        terminalreporter.section("system tests run again (the guest kernel died in dummy_hcd)")
+        for nodeid, panic in RERUNS:
+            terminalreporter.write_line("%s: %s" % (nodeid, panic[:200]))
     for name, lines in POSTMORTEMS:
         terminalreporter.section("guest post-mortem: " + name)
         for line in lines:
