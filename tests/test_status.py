@@ -100,7 +100,8 @@ def test_status_reports_backlog_server_and_last_runs(fake_hw, dashcamctl, make_c
     assert text[5].startswith("upload:   ") and text[5].endswith(" ok: 3 clips, 3.0 kB")
 
     with Ledger(cfg.paths.ledger) as ledger:  # a cut send: its names wait
-        ledger.put_state("upload_hold", {"until": time.time() + 600, "names": ["dashcam/2026/01/01/A.MP4"]})
+        end = time.time() + 600
+        ledger.put_state("upload_hold", {"until": end, "names": {"dashcam/2026/01/01/A.MP4": end}})
     r = dashcamctl("--config", str(path), "status", "--json", env=fake_hw.env)
     assert json.loads(r.stdout)["staging"]["held_files"] == 1
     text = dashcamctl("--config", str(path), "status", env=fake_hw.env).stdout.splitlines()

@@ -42,8 +42,8 @@ class _Transaction:
         return False
 
 
-# ledger state the upload writes and the policy reads: names a cut session on the server may
-# still write, and until when (upload.py, "A cut send")
+# ledger state the upload writes ({"until": the last end, "names": {name: end}}) and status
+# reads: names a cut session on the server may still write, and until when (upload.py, "A cut send")
 UPLOAD_HOLD_KEY = "upload_hold"
 STATES = ("seen", "staged", "uploaded", "verified", "pruned", "failed")
 
@@ -363,6 +363,12 @@ class Ledger:
                 " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                 (key, json.dumps(value), self.clock()),
             )
+
+    def upload_holds(self, now: float, longest: float = float("inf")) -> Dict[str, float]:
+        """{name: end} of the upload's holds still on at ``now``; no end later than ``longest``."""
+        hold = self.get_state(UPLOAD_HOLD_KEY) or {}
+        ends = {name: min(float(end), longest) for name, end in (hold.get("names") or {}).items()}
+        return {name: end for name, end in ends.items() if end > now}
 
     def delete_state(self, key: str) -> None:
         with self.transaction() as db:

@@ -34,21 +34,17 @@ def staging_section(cfg) -> Dict[str, Any]:
     """The backlog the server has not verified yet, and the room left in staging."""
     import time
 
-    from .ledger import UPLOAD_HOLD_KEY, Ledger
+    from .ledger import Ledger
     from .staging import space as staging_space
 
     with Ledger(cfg.paths.ledger) as ledger:
         files, size = ledger.backlog()
         failed = ledger.counts()["failed"]
-        hold = ledger.get_state(UPLOAD_HOLD_KEY)
-    out: Dict[str, Any] = {"backlog_files": files, "backlog_bytes": size, "failed_files": failed}
-    if isinstance(hold, dict):
         # names a session cut earlier may still write on the server: not sent before then
-        names = hold.get("names") or {}
-        ends = [float(u) for u in (names.values() if isinstance(names, dict) else [hold.get("until") or 0] * len(names))]
-        ends = [u for u in ends if u > time.time()]
-        if ends:
-            out["held_files"], out["held_until"] = len(ends), max(ends)
+        holds = ledger.upload_holds(time.time())
+    out: Dict[str, Any] = {"backlog_files": files, "backlog_bytes": size, "failed_files": failed}
+    if holds:
+        out["held_files"], out["held_until"] = len(holds), max(holds.values())
     try:
         out["free_bytes"], out["reserve_bytes"] = staging_space(cfg)
     except OSError as e:

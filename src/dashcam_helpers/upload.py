@@ -683,15 +683,9 @@ class Uploader:
     def holds(self) -> Dict[str, float]:
         """{name: until when} of the names held now. Each name has its own end: on a link
         that drops again and again, a name held by an early cut is not held by the later ones."""
-        hold = self.ledger.get_state(HOLD_KEY) or {}
         now = self.clock()
         # never further off than a hold can be (a wall clock set back, an absurd value)
-        longest = now + self.cfg.upload.cut_session_seconds
-        names = hold.get("names") or {}
-        if isinstance(names, list):  # one end for all
-            names = dict.fromkeys(names, hold.get("until") or 0)
-        ends = {name: min(float(until), longest) for name, until in names.items()}
-        return {name: until for name, until in ends.items() if until > now}
+        return self.ledger.upload_holds(now, now + self.cfg.upload.cut_session_seconds)
 
     def held(self) -> Tuple[Set[str], float]:
         """(names held now, the earliest end among them); empty once every hold has ended."""
@@ -781,8 +775,8 @@ class Uploader:
             while clips:  # footage staged while we upload is picked up before we finish
                 items = plan(clips, self.cfg.paths.ready, self.tz)
                 held, until = self.held()
-                if any(i.remote in held for i in items):
-                    waiting = [i for i in items if i.remote in held]
+                waiting = [i for i in items if i.remote in held]
+                if waiting:
                     self.summary.held += len(waiting)
                     log.info(
                         "%d clip(s) wait until %s: a session cut earlier may still be writing them on the server",
