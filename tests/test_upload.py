@@ -1224,3 +1224,106 @@ def test_receiver_errors_and_sshs_own_refusal_are_told_apart(make_config):
         problem = ssh.classify(cfg, 23, stderr)
         assert isinstance(problem, ssh.ServerCannotWrite) and said in str(problem), errno_
         assert "/proc/self/fd" not in str(problem) and 'mkstemp "footage/c/.a.MP4.Xy12Ab"' in str(problem)
+
+
+def test_the_ledgers_promises_hold_after_a_failed_a_cut_and_a_good_run(upload_config, server, monkeypatch, dashcamctl):
+    """The invariant after each kind of run, over every odd name: a run whose second round fails,
+    a run whose connection is cut mid-send, then the run that completes."""
+    cfg_path = upload_config({"upload": {"bwlimit": 4000}})
+    for n, name in enumerate(sorted(ODD_NAMES.values())):
+        stage(cfg_path, name, 20_000 + n, T0 + n)
+    big = stage(cfg_path, "cut \\#101\n" + ODD_NAMES["esc"], 30_000_000, T0 + 1000)   # sent last
+    cfg = config.load(str(cfg_path))
+
+    # 1. the second round's send fails
+    monkeypatch.setattr(upload, "ROUND_FILES", 5)
+    send, calls = upload.Uploader.send, []
+
+    def failing_second_send(self, items, *, resume):
+        calls.append(len(items))
+        if len(calls) == 2:
+            raise upload.UploadFailed("sending failed: the link went down", transient=True)
+        return send(self, items, resume=resume)
+
+    monkeypatch.setattr(upload.Uploader, "send", failing_second_send)
+    with pytest.raises(upload.UploadFailed):
+        run_bounded(cfg)
+    assert assert_ledger_promises_hold(cfg, server) == 5
+    monkeypatch.undo()
+
+    # 2. the connection is cut while the big clip is sent
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent / "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "dashcam_helpers", "--config", str(cfg_path), "upload"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    remote_dir = server_file(server, upload.remote_path(CAMERA, "x", int((T0 + 1000) * 1e9)))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        names = os.listdir(os.path.dirname(remote_dir)) if os.path.isdir(os.path.dirname(remote_dir)) else []
+        if any(os.path.getsize(os.path.join(os.path.dirname(remote_dir), n)) > 4_000_000 for n in names):
+            break
+        time.sleep(0.05)
+    assert server.cut_sessions() >= 1
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert assert_ledger_promises_hold(cfg, server) >= 5     # the cut round proved nothing
+    assert big.exists()
+
+    # 3. once the cut session's hold has ended, the run that completes
+    expire_hold(cfg)
+    res = dashcamctl("--config", str(cfg_path), "upload", timeout=180)
+    assert res.returncode == 0, res.stderr
+    assert assert_ledger_promises_hold(cfg, server) == len(ODD_NAMES) + 1
+    assert states(cfg) == {"pruned"}
+
+
+# --- the same, over generated names (Hypothesis), against one sshd for the module ----------------
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+NAME_CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00")
+
+
+def fits(name: str) -> bool:
+    return name not in (".", "..") and 0 < len(name.encode("utf-8")) <= 255
+
+
+# names of any character but "/" and NUL (the ledger holds text: no lone surrogates), up to 255
+# bytes, with the characters rsync escapes or that split lines made likely
+GENERATED_NAME = st.one_of(
+    st.text(NAME_CHARS, min_size=1, max_size=40),
+    st.lists(st.sampled_from(["\\", "#", "1", "0", "7", "\r", "\n", "\t", "\x1b", " ", "-", "é", "a"]),
+             min_size=1, max_size=30).map("".join),
+    st.text(NAME_CHARS, min_size=1, max_size=8).map(lambda s: (s * 255)[:200] + ".MP4"),
+).filter(fits)
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("shared-sshd")
+    with SshServer(base / "sshd", base / "server", rrsync_args=None, key_line=ssh.authorized_keys_line) as srv:
+        known_hosts = base / "known_hosts"
+        known_hosts.write_text(srv.known_hosts_line() + "\n")
+        srv.known_hosts_file = known_hosts
+        yield srv
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(names=st.lists(GENERATED_NAME, min_size=1, max_size=4, unique_by=lambda n: n.encode("utf-8").lower()))
+def test_generated_names_all_arrive_and_the_ledgers_promises_hold(shared_server, tmp_path_factory, names):
+    base = tmp_path_factory.mktemp("example")
+    cfg_path = base / "config.yaml"
+    import yaml
+    cfg_path.write_text(yaml.safe_dump({
+        "camera": {"name": CAMERA}, "poll": {"upload_retries": 0},
+        "paths": {"local_staging": str(base / "staging"), "state_dir": str(base / "state")},
+        "upload": {"host": "127.0.0.1", "port": shared_server.port, "user": shared_server.user,
+                   "dest_path": base.name, "ssh_key": str(shared_server.client_key),
+                   "known_hosts": str(shared_server.known_hosts_file), "connect_timeout": 5, "io_timeout": 30}}))
+    for n, name in enumerate(names):
+        stage(cfg_path, name, 1000 + n, T0 + n)
+    cfg = config.load(str(cfg_path))
+
+    summary, _ = run_bounded(cfg)
+
+    assert assert_ledger_promises_hold(cfg, shared_server, base.name) == len(names)
+    assert summary.files == len(names) and not summary.problems
