@@ -6,15 +6,17 @@ one shared ssh connection (ControlMaster; every rsync still is its own rrsync se
 1. a tree of symlinks ``<state_dir>/upload-tree/<camera>/<YYYY>/<MM>/<DD>/<file>`` points at
    the staged files, so each rsync (``--files-from``, ``--copy-links``) writes the server's
    layout ``DEST/<camera>/<YYYY>/<MM>/<DD>/<file>`` in one go;
-2. one dry run asks the server which of those names it lacks (no data moves); they are
-   remembered in the ledger ("upload_in_flight") before a byte is sent;
+2. one dry run asks the server which of those names it lacks (no data moves); the ones it
+   names as lacking are remembered in the ledger ("upload_in_flight") before a byte is sent,
+   and a name it does not name as there counts as lacking;
 3. then, in rounds of about a minute of sending each (ROUND_SECONDS): the missing files are
    sent with ``--ignore-existing`` (a file already on the server is never touched) and
    ``--partial``; a name from the in-flight
    list that is now on the server holds our own partial file from a cut run and is completed
    (rsync's delta transfer uses it as basis: what arrived is not sent again);
-4. verification: ``rsync --checksum --dry-run --itemize-changes`` over the round must print
-   nothing for a file, i.e. the server's bytes equal ours, before the ledger says ``verified``;
+4. verification: ``rsync --checksum --dry-run -ii`` over the round must name the file (its
+   exact bytes, rsync's ``\\#ooo`` escapes undone) as identical (``.f``) before the ledger says
+   ``verified``; silence, a line that names another file or no answer prove nothing;
    it runs in a thread while the next round is sent (only rsync runs there; the main thread
    writes the ledger), so the checksum pass costs time only for the last round; and it runs
    as two sessions over halves of the round, because one such rsync hashes all of the Pi's
@@ -42,8 +44,11 @@ connection dies, drops the partial file (checked on this machine: the partial is
 without rrsync and lost with it). ``--partial`` keeps it under the final name, which is safe
 only because of the in-flight list above.
 
-Works through a key restricted with ``command="/usr/bin/rrsync -wo DIR",restrict``: only
-transfers to the server, no remote shell command, no option rrsync refuses.
+Every list goes to rsync NUL-separated (``--from0``): a name may hold any byte but "/" and NUL.
+
+Works through a key restricted with ``command="/usr/bin/rrsync -wo -no-del -no-lock DIR",restrict``
+(as keygen prints it): only transfers to the server, no remote shell command, no option rrsync
+refuses (never --delete* or --remove-*).
 """
 
 from __future__ import annotations
