@@ -1327,3 +1327,19 @@ def test_generated_names_all_arrive_and_the_ledgers_promises_hold(shared_server,
 
     assert assert_ledger_promises_hold(cfg, shared_server, base.name) == len(names)
     assert summary.files == len(names) and not summary.problems
+
+
+def test_a_host_that_looks_like_an_option_never_reaches_ssh_as_one(make_config, tmp_path, caplog):
+    """check-config refuses such a host; past it (a config made in code), ssh-keyscan and ssh get
+    the host after "--", and rsync, which passes the host to ssh with no "--", is never started."""
+    ran = tmp_path / "ran"
+    cfg = config.load(str(make_config({"upload": {"port": free_port(), "connect_timeout": 2}})))
+    cfg = cfg.replace(upload=cfg.upload.replace(host=f"-oProxyCommand=touch {ran}"))
+    caplog.set_level(logging.DEBUG, logger="dashcam.runner")
+    with pytest.raises(upload.DashcamError):
+        ssh.scan_host_keys(cfg)
+    assert f" -- '-oProxyCommand=touch {ran}'" in caplog.text      # the command as it was run
+    with pytest.raises(upload.DashcamError) as refused:
+        upload.Uploader(cfg, None).destination()      # every rsync and ssh -O exit is given this
+    assert "may not start with '-'" in str(refused.value)
+    assert not ran.exists()

@@ -349,7 +349,7 @@ class Uploader:
         self.done_files = 0
         self.done_bytes = 0
         self.sending: List[str] = []  # the names of the send session on (for a hold if it fails)
-        self.send_failure = ""  # why the last send that ended with some files not sent failed
+        self.send_failures: Dict[str, str] = {}  # name -> why the send that had it did not take every file
 
     # --- rsync ------------------------------------------------------------------------------
 
@@ -521,10 +521,10 @@ class Uploader:
             # one file the server could not take must not hold back the others: each is
             # proven (or not) by the checksum pass, and what failed keeps this reason
             cause = ssh.cannot_write(self.cfg, res.stderr, then="")
-            self.send_failure = str(cause) if cause else (
+            why = str(cause) if cause else (
                 f"rsync exited with {runner.describe_returncode(res.returncode)}: {explain(res.stderr) or 'no message'}")
-            log.error("%s: %s; what arrived is verified, the rest stays in staging",
-                      "resuming" if resume else "sending", self.send_failure)
+            self.send_failures.update(dict.fromkeys((i.remote for i in items), why))
+            log.error("%s: %s; what arrived is verified, the rest stays in staging", "resuming" if resume else "sending", why)
         stats = parse_stats(res.stdout)
         self.summary.sent += stats["sent"]
         self.summary.literal += stats["literal"]
@@ -726,7 +726,8 @@ class Uploader:
                     collisions.append(Item(item.clip, other, item.local))
                 else:
                     self.problem(item, f"the server's copy of {item.remote} is not identical after the upload ({code}); "
-                                       "kept in staging" + (f": {self.send_failure}" if self.send_failure else ""))
+                                       "kept in staging" + (f": {self.send_failures[item.remote]}"
+                                                            if item.remote in self.send_failures else ""))
             # the names just sent hold whole files now, not partial ones
             done = ours | {i.remote for i in verified}
             self.ledger.put_state(IN_FLIGHT_KEY, sorted(set(self.ledger.get_state(IN_FLIGHT_KEY, [])) - done))
