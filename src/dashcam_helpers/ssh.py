@@ -192,7 +192,7 @@ def classify(cfg: Config, returncode: int, stderr: str) -> Optional[DashcamError
             f"the host key of {name} is not pinned in {up.known_hosts}: refusing to upload. "
             "Run: dashcamctl trust-host (it shows the fingerprint and asks before pinning)"
         )
-    if returncode == 255 and SSH_AUTH_FAILED.search(stderr):
+    if SSH_AUTH_FAILED.search(stderr):  # ssh's own words, never those of rsync's receiver
         return AuthProblem(
             f"the server {name} refused the key {up.ssh_key} for user {up.user}. Add its line to "
             f"~{up.user}/.ssh/authorized_keys on the server; `dashcamctl keygen` prints it, of the form: "
