@@ -1307,7 +1307,7 @@ def shared_server(tmp_path_factory):
         yield srv
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(names=st.lists(GENERATED_NAME, min_size=1, max_size=4, unique_by=lambda n: n.encode("utf-8").lower()))
 def test_generated_names_all_arrive_and_the_ledgers_promises_hold(shared_server, tmp_path_factory, names):
     base = tmp_path_factory.mktemp("example")
