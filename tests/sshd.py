@@ -5,8 +5,10 @@ Importable on its own (the VM tests and bench/upload reuse it):
     with SshServer(base_dir, restrict_dir=server_root) as server:
         server.port, server.host_key_pub, server.user, server.client_key
 
-The client key is restricted like the README tells users to restrict it on their home
-server: ``command="/usr/bin/rrsync -wo DIR",restrict``. The server logs in the user
+The client key is restricted as `dashcamctl keygen` prints it for the user's home server:
+``command="/usr/bin/rrsync -wo -no-del -no-lock DIR",restrict`` (``key_line``: the function that
+makes that line, e.g. dashcam_helpers.ssh.authorized_keys_line itself; ``rrsync_args``: other
+options, for a key without -no-lock). The server logs in the user
 running the tests (root in CI: allowed with ``PermitRootLogin prohibit-password``, keys only),
 so no system user has to be created and nothing outside ``base_dir`` changes except
 ``/run/sshd`` (sshd's privilege-separation directory, which it insists on).
@@ -29,10 +31,11 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 SSHD = "/usr/sbin/sshd"
 RRSYNC = "/usr/bin/rrsync"
+KEYGEN_RRSYNC_ARGS = "-wo -no-del -no-lock"  # the options of the line `dashcamctl keygen` prints
 
 
 def free_port() -> int:
@@ -57,12 +60,17 @@ def keygen(path: Path, comment: str = "") -> str:
 
 
 class SshServer:
-    def __init__(self, base_dir: Path, restrict_dir: Path, *, rrsync_args: Optional[str] = "-wo",
-                 login_shell: Optional[str] = "/bin/sh"):
+    def __init__(self, base_dir: Path, restrict_dir: Path, *, rrsync_args: Optional[str] = KEYGEN_RRSYNC_ARGS,
+                 login_shell: Optional[str] = "/bin/sh", key_line: Optional[Callable[[str, str], str]] = None,
+                 drop_dac_override: bool = False):
         self.base = Path(base_dir)
         self.login_shell = login_shell
         self.restrict_dir = Path(restrict_dir)
         self.rrsync_args = rrsync_args
+        self.key_line = key_line
+        # as root, file permissions bind the server's rsync only without CAP_DAC_OVERRIDE (for
+        # tests of a directory the server's user may not write): sshd runs without it then
+        self.drop_dac_override = drop_dac_override
         self.port = free_port()
         self.user = getpass.getuser()
         self.host_key = self.base / "ssh_host_ed25519_key"
@@ -76,6 +84,8 @@ class SshServer:
     # --- set up --------------------------------------------------------------------------
 
     def authorized_line(self, public_key: str) -> str:
+        if self.key_line is not None:  # (public key, DIR) -> the line, exactly as keygen makes it
+            return self.key_line(public_key, str(self.restrict_dir))
         if self.rrsync_args is None:  # an unrestricted key, for comparisons (the benchmark's plain rsync)
             return f"restrict {public_key}"
         return f'command="{RRSYNC} {self.rrsync_args} {self.restrict_dir}",restrict {public_key}'
@@ -116,7 +126,7 @@ class SshServer:
         # -D: stay in the foreground (our child, so we can stop it); -e: log to stderr (our log file)
         log = open(self.log_file, "ab")
         self.proc = subprocess.Popen(
-            self.with_login_shell([SSHD, "-D", "-e", "-f", str(self.config)]),
+            self.with_login_shell(self.without_dac_override([SSHD, "-D", "-e", "-f", str(self.config)])),
             stdout=log, stderr=log, stdin=subprocess.DEVNULL,
         )
         log.close()
@@ -149,6 +159,13 @@ class SshServer:
         passwd.chmod(0o644)
         return ["unshare", "--mount", "--propagation", "private", "--",
                 "/bin/sh", "-c", 'mount --bind "$0" /etc/passwd && exec "$@"', str(passwd), *argv]
+
+    def without_dac_override(self, argv: List[str]) -> List[str]:
+        """``argv`` with CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH out of its bounding set (as root,
+        when asked): every process sshd starts then obeys file modes, as a normal user does."""
+        if not self.drop_dac_override or os.geteuid() != 0:
+            return argv
+        return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *argv]
 
     def known_hosts_line(self) -> str:
         keytype, key = self.host_key_pub.split()[:2]

@@ -113,3 +113,12 @@ def test_a_program_that_is_not_executable_is_a_typed_error(tmp_path):
     with pytest.raises(runner.CommandNotFound) as e:
         runner.run(["tool"], timeout=5, env={"PATH": str(tmp_path)})
     assert "permission denied" in str(e.value)
+
+
+def test_every_tool_runs_under_one_locale_whatever_ours_is(monkeypatch):
+    """What the upload parses (rsync's names and escapes, ssh's messages) must not change with LANG."""
+    monkeypatch.setenv("LC_ALL", "de_DE.ISO-8859-1")
+    monkeypatch.setenv("LANGUAGE", "de")
+    show = "import os; print(os.environ.get('LC_ALL'), os.environ.get('LANGUAGE'), os.environ.get('X'))"
+    r = runner.run([sys.executable, "-c", show], timeout=10, changes_state=False, env={"LC_ALL": "C", "X": "1"})
+    assert r.stdout.split() == ["C.UTF-8", "None", "1"]

@@ -34,9 +34,12 @@ T0 = 1_763_000_000  # 2025-11-13, an afternoon in every time zone that matters h
 
 @pytest.fixture
 def server(tmp_path, request):
-    """A real sshd: host key, client key and authorized_keys (rrsync -wo <tmp>/server) all in tmp_path.
-    Parametrized indirectly, the rrsync options (e.g. "-wo -no-lock", as `dashcamctl keygen` prints)."""
-    with SshServer(tmp_path / "sshd", tmp_path / "server", rrsync_args=getattr(request, "param", "-wo")) as srv:
+    """A real sshd: host key, client key and authorized_keys all in tmp_path; the key's line is
+    the one `dashcamctl keygen` prints (ssh.authorized_keys_line, DIR <tmp>/server). Parametrized
+    indirectly, other rrsync options instead (e.g. "-wo", a key without -no-lock)."""
+    param = getattr(request, "param", None)
+    line = ssh.authorized_keys_line if param is None else None
+    with SshServer(tmp_path / "sshd", tmp_path / "server", rrsync_args=param, key_line=line) as srv:
         yield srv
 
 
@@ -302,7 +305,6 @@ def test_a_backlog_uploads_byte_identical_and_leaves_staging(upload_config, serv
     assert again.returncode == 0 and "nothing to upload" in again.stderr
 
 
-@pytest.mark.parametrize("server", ["-wo -no-lock"], indirect=True)
 def test_rounds_are_verified_while_the_next_one_is_sent(upload_config, server, monkeypatch):
     """Five rounds of two clips through the key `dashcamctl keygen` describes: round k's checksum
     pass overlaps round k+1's send, and every clip still ends verified, byte-identical on the
@@ -331,7 +333,6 @@ def test_rounds_are_verified_while_the_next_one_is_sent(upload_config, server, m
         assert on_server(server, name, mtime).read_bytes() == data
 
 
-@pytest.mark.parametrize("server", ["-wo -no-lock"], indirect=True)
 def test_a_rounds_checksum_pass_runs_as_two_sessions_at_once(upload_config, server, monkeypatch):
     """One --checksum rsync hashes the Pi's files first and the server's after: two sessions
     over halves of the round keep both ends busy. Both end with every clip verified."""
@@ -363,6 +364,7 @@ def test_a_rounds_checksum_pass_runs_as_two_sessions_at_once(upload_config, serv
         assert on_server(server, name, mtime).read_bytes() == data
 
 
+@pytest.mark.parametrize("server", ["-wo -no-del"], indirect=True)  # no -no-lock
 def test_a_part_of_the_checksum_pass_refused_by_the_lock_runs_again_after_the_other(upload_config, server,
                                                                                       monkeypatch, caplog):
     """Through a key without -no-lock the second part's session is refused ("Another instance of
@@ -389,6 +391,7 @@ def test_a_part_of_the_checksum_pass_refused_by_the_lock_runs_again_after_the_ot
     assert len(checksum_passes) == 3        # both parts, then the refused one again
 
 
+@pytest.mark.parametrize("server", ["-wo -no-del"], indirect=True)  # no -no-lock
 def test_a_key_without_no_lock_gets_one_session_at_a_time_and_everything_verified(upload_config, server,
                                                                                  monkeypatch, caplog):
     """rrsync without -no-lock refuses a session of the key while another runs ("Another instance
@@ -425,6 +428,7 @@ def test_a_key_without_no_lock_gets_one_session_at_a_time_and_everything_verifie
         assert on_server(server, name, mtime).read_bytes() == data
 
 
+@pytest.mark.parametrize("server", ["-wo -no-del"], indirect=True)  # no -no-lock
 def test_through_a_key_without_no_lock_many_rounds_end_verified_whoever_is_refused(upload_config, server,
                                                                                     monkeypatch, caplog):
     """The real race, many times: a round's two checksum sessions and the next round's send
@@ -639,19 +643,19 @@ def test_a_checksum_pass_that_ran_inside_a_hold_proves_nothing_even_when_recorde
     cfg_path = upload_config({"upload": {"cut_session_seconds": 100}})
     clip = stage(cfg_path, "LATE.MP4", 100_000, T0)
     now = [time.time()]
-    send, differing = upload.Uploader.send, upload.Uploader.differing_on_server
+    send, checksums = upload.Uploader.send, upload.Uploader.checksums_on_server
 
     def send_cut_then_retried(self, items, *, resume):
         send(self, items, resume=resume)
         self.hold([i.remote for i in items], "sending was cut off")  # as a retry after a cut leaves it
 
     def long_pass(self, items):
-        out = differing(self, items)  # identical: the retry completed the file
+        out = checksums(self, items)  # identical: the retry completed the file
         now[0] += 150  # the hold ends while the pass (or the next round's send) is on
         return out
 
     monkeypatch.setattr(upload.Uploader, "send", send_cut_then_retried)
-    monkeypatch.setattr(upload.Uploader, "differing_on_server", long_pass)
+    monkeypatch.setattr(upload.Uploader, "checksums_on_server", long_pass)
     summary, _ = run_bounded(config.load(str(cfg_path)), clock=lambda: now[0])
 
     # the cut session could have ended, and overwritten the file, after that pass had read it
@@ -870,7 +874,7 @@ def test_keygen_creates_the_key_once_and_prints_the_restricted_authorized_keys_l
     public = (tmp_path / "home" / ".ssh" / "id_ed25519.pub").read_text().strip()
     assert public.startswith("ssh-ed25519 AAAA")
     line = res.stdout.strip().splitlines()[-1]
-    assert line == f'command="/usr/bin/rrsync -wo -no-lock /srv/footage",restrict {public}'
+    assert line == f'command="/usr/bin/rrsync -wo -no-del -no-lock /srv/footage",restrict {public}'
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     again = dashcamctl("--config", str(cfg_path), "keygen", "--server-dir", "/srv/footage")
     assert again.stdout.strip().splitlines()[-1] == line
@@ -898,3 +902,444 @@ def test_progress_goes_to_systemd_as_status_lines(upload_config, server, dashcam
     assert any(m.startswith("STATUS=upload 0/4 files") for m in statuses), statuses
     assert any(re.match(r"STATUS=upload [123]/4 files, .* MB/s, ETA", m) for m in statuses), statuses
     assert any(m.startswith("STATUS=upload 4/4 files") and "ETA" in m for m in statuses), statuses
+
+
+# --- names: whatever a card's filesystem allows, proven byte for byte ---------------------------
+
+# every odd kind of name a card or `ingest --source` can hold (and the ledger can record)
+ODD_NAMES = {
+    "space": "with space.MP4",
+    "leading-dash": "-leading-dash.MP4",
+    "non-ascii": "Ünïcødé 日本 ☃.MP4",
+    "backslash": "back\\slash.MP4",
+    "escape-like": "a\\#101.MP4",          # what rsync's own escape of "A" looks like
+    "escape-like-2": "b\\#134#101.MP4",    # ... and of a backslash
+    "tab": "tab\there.MP4",
+    "cr": "cr\rhere.MP4",
+    "lf": "lf\nhere.MP4",
+    "control": "ctl\x01\x02\x7f.MP4",
+    "esc": "esc\x1b]0;title\x07\x1b[2J.MP4",
+    "len-240": "L" * 236 + ".MP4",
+    "len-255": "M" * 251 + ".MP4",
+    "len-255-multibyte": "é" * 125 + "N.MP4",   # 255 bytes, 131 characters
+}
+
+
+def server_file(server: SshServer, remote: str, dest: str = "footage") -> bytes:
+    """The server's path of ``remote`` (relative to dest_path), as bytes (names are any bytes)."""
+    return os.path.join(os.fsencode(str(server.restrict_dir)), os.fsencode(dest), os.fsencode(remote))
+
+
+def sha256_of(path: bytes) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def assert_ledger_promises_hold(cfg, server: SshServer, dest: str = "footage") -> int:
+    """The invariant: every clip the ledger calls verified or pruned is on the server, with the
+    SHA-256 the ledger holds. Returns how many clips it checked."""
+    checked = 0
+    with Ledger(cfg.paths.ledger) as ledger:
+        for clip in ledger.files():
+            if clip.state not in ("verified", "pruned"):
+                continue
+            assert clip.remote_path, f"{clip.source_path!r} is {clip.state} without a name on the server"
+            path = server_file(server, clip.remote_path, dest)
+            assert os.path.isfile(path), f"{clip.source_path!r} is {clip.state} but not on the server"
+            assert sha256_of(path) == clip.sha256, f"{clip.source_path!r} is {clip.state} but differs on the server"
+            checked += 1
+    return checked
+
+
+def test_every_odd_name_arrives_byte_identical_and_only_then_is_verified(upload_config, server):
+    cfg_path = upload_config()
+    staged = {}
+    for n, (kind, name) in enumerate(sorted(ODD_NAMES.items())):
+        staged[name] = (stage(cfg_path, name, 20_000 + n, T0 + n), T0 + n)
+    stage(cfg_path, "PLAIN.MP4", 20_000, T0 + 100)
+    cfg = config.load(str(cfg_path))
+
+    summary, _ = run_bounded(cfg)
+
+    assert assert_ledger_promises_hold(cfg, server) == len(ODD_NAMES) + 1
+    rows, _ = clips(cfg_path)
+    assert {c.state for c in rows.values()} == {"pruned"} and summary.files == len(ODD_NAMES) + 1
+    assert not summary.problems
+
+
+@pytest.mark.parametrize("kind", sorted(ODD_NAMES))
+def test_a_clip_with_an_odd_name_beside_a_plain_one(upload_config, server, kind):
+    """Each kind of name alone beside a plain clip: neither blocks the other, both are proven."""
+    cfg_path = upload_config()
+    odd = stage(cfg_path, ODD_NAMES[kind], 30_000, T0)
+    plain = stage(cfg_path, "PLAIN.MP4", 30_000, T0 + 60)
+    cfg = config.load(str(cfg_path))
+
+    summary, _ = run_bounded(cfg)
+
+    assert assert_ledger_promises_hold(cfg, server) == 2
+    assert not odd.exists() and not plain.exists() and summary.files == 2
+
+
+def test_rsync_escapes_are_undone_byte_for_byte():
+    assert upload.unescape("cam/a\\#134#101.MP4") == "cam/a\\#101.MP4"
+    assert upload.unescape("a\\#101.MP4") == "aA.MP4"                 # what the old parser missed
+    assert upload.unescape("cr\\#015lf\\#012esc\\#033.MP4") == "cr\rlf\nesc\x1b.MP4"
+    assert upload.unescape("tab\there \\#12x \\#9999") == "tab\there \\#12x \\#9999"   # not escapes
+    assert upload.unescape("bad\\#377\\#376.MP4") == os.fsdecode(b"bad\xff\xfe.MP4")
+    assert upload.unescape("Ünï.MP4") == "Ünï.MP4"
+    assert upload.unescape("no\\#777") is None                          # no byte: not rsync's
+
+
+def test_itemized_output_names_every_file_and_only_a_dot_f_proves_identical():
+    out = (".d          cam/\n.f          cam/a\\#134#101.MP4\n<fcsT...... cam/b.MP4\n"
+           "<f+++++++++ cam/lf\\#012x.MP4\ncreated directory /proc/self/fd/3/footage\n"
+           ".f          cam/tab\tname \n*deleting   cam/gone.MP4\n")
+    answer = upload.parse_itemized(out)
+    assert answer == {"cam/a\\#101.MP4": ".f         ", "cam/b.MP4": "<fcsT......", "cam/lf\nx.MP4": "<f+++++++++",
+                      "cam/tab\tname ": ".f         "}
+    assert [n for n, c in answer.items() if upload.identical(c)] == ["cam/a\\#101.MP4", "cam/tab\tname "]
+    assert not upload.identical(None) and not upload.identical(upload.UNCLEAR)
+    # the same name given twice with different codes proves nothing
+    assert upload.parse_itemized(".f          x\n<fc........ x\n") == {"x": upload.UNCLEAR}
+
+
+def test_an_answer_that_does_not_name_a_clip_leaves_it_unverified(upload_config, server, monkeypatch):
+    """Silence is not proof: a checksum pass whose answer leaves a clip out (here: rsync's output
+    cut to nothing) marks nothing verified; the clip stays in staging and goes next run."""
+    cfg_path = upload_config()
+    clip = stage(cfg_path, "SILENT.MP4", 20_000, T0)
+    real_run = upload.runner.run
+
+    def run(argv, **kw):
+        res = real_run(argv, **kw)
+        if "--checksum" in argv:
+            return upload.runner.Result(res.argv, res.returncode, "", res.stderr)
+        return res
+
+    monkeypatch.setattr(upload.runner, "run", run)
+    cfg = config.load(str(cfg_path))
+    summary, _ = run_bounded(cfg)
+    rows, _ = clips(cfg_path)
+    assert rows["Normal/SILENT.MP4"].state == "uploaded" and clip.exists() and summary.files == 0
+    assert "does not name" in summary.problems[0] and "does not name" in rows["Normal/SILENT.MP4"].reason
+    monkeypatch.setattr(upload.runner, "run", real_run)
+    summary, _ = run_bounded(cfg)
+    assert assert_ledger_promises_hold(cfg, server) == 1 and not clip.exists()
+
+
+def test_a_listing_that_does_not_name_a_clip_counts_it_as_missing(upload_config, server, monkeypatch):
+    cfg_path = upload_config()
+    stage(cfg_path, "UNLISTED.MP4", 20_000, T0)
+    real_run = upload.runner.run
+
+    def run(argv, **kw):
+        res = real_run(argv, **kw)
+        if "--dry-run" in argv and "--checksum" not in argv:
+            return upload.runner.Result(res.argv, res.returncode, "", res.stderr)
+        return res
+
+    monkeypatch.setattr(upload.runner, "run", run)
+    cfg = config.load(str(cfg_path))
+    summary, _ = run_bounded(cfg)
+    assert summary.files == 1 and assert_ledger_promises_hold(cfg, server) == 1
+    with Ledger(cfg.paths.ledger) as ledger:     # sent, but never taken for our own partial file
+        assert ledger.get_state(upload.IN_FLIGHT_KEY) == []
+
+
+def test_invalid_utf8_names_go_through_the_transfer_byte_exact(upload_config, server):
+    """The ledger holds text, so the ingest refuses a name that is not UTF-8; the transfer itself
+    (lists, listing, send, checksum pass) still handles such a name's bytes exactly."""
+    cfg = config.load(str(upload_config()))
+    ready = Path(cfg.paths.ready)
+    names = [os.fsdecode(b"bad\xff\xfe.MP4"), os.fsdecode(b"half\xc3.MP4"), "ok.MP4"]
+    items = []
+    for n, name in enumerate(names):
+        local = os.path.join(os.fsencode(str(ready)), b"x", os.fsencode(name))
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        with open(local, "wb") as f:
+            f.write(os.urandom(5000 + n))
+        clip = upload.Clip(id=n + 1, camera=CAMERA, source_path=name, size=5000 + n, mtime_ns=T0 * 10**9,
+                           event=False, sha256=sha256_of(local), staged_path="x/" + name, remote_path=None,
+                           state="staged", reason=None, retries=0, seen_at=None, staged_at=None, uploaded_at=None,
+                           verified_at=None, pruned_at=None, updated_at=0.0)
+        items.append(upload.Item(clip, f"{CAMERA}/{name}", os.fsdecode(local)))
+    with Ledger(cfg.paths.ledger) as ledger:
+        uploader = upload.Uploader(cfg, ledger)
+        try:
+            uploader.build_tree(items)
+            missing, said = uploader.missing_on_server(items)
+            assert missing == said == {i.remote for i in items}
+            uploader.send(items, resume=False)
+            answer = uploader.checksums_on_server(items)
+        finally:
+            uploader.clean()
+    assert all(upload.identical(answer[i.remote]) for i in items), answer
+    for item in items:
+        assert sha256_of(server_file(server, item.remote)) == item.clip.sha256
+
+
+def test_a_host_starting_with_a_dash_is_a_config_error(make_config, dashcamctl):
+    res = dashcamctl("--config", str(make_config({"upload": {"host": "-oProxyCommand"}})), "check-config")
+    assert res.returncode == 78 and "upload.host: may not start with '-'" in res.stderr
+
+
+@pytest.mark.parametrize("server_dir", ['/srv/x",command="/bin/sh', "srv/relative", "/srv/a b", "/srv/a,b",
+                                        "/srv/x;rm -rf ~", "/srv/$(id)", "/srv/\x1b[2J"])
+def test_keygen_refuses_a_server_dir_that_is_not_one_plain_absolute_path(make_config, dashcamctl, tmp_path, server_dir):
+    key = tmp_path / "home" / ".ssh" / "id_ed25519"
+    res = dashcamctl("--config", str(make_config({"upload": {"ssh_key": str(key)}})), "keygen", "--server-dir", server_dir)
+    assert res.returncode == 2 and "--server-dir" in res.stderr and "command=" not in res.stdout
+    assert len(res.stderr.strip().splitlines()) == 1 and "\x1b" not in res.stderr
+    assert not key.exists()
+
+
+def test_the_keygen_line_refuses_delete_and_remove_and_the_servers_files_survive(server, upload_config, tmp_path):
+    """Through the key line exactly as `dashcamctl keygen` prints it (the fixture's default), an
+    attacker with the Pi's key tries to wipe the archive: rrsync refuses both options."""
+    cfg = config.load(str(upload_config()))
+    archive = server.restrict_dir / "footage" / CAMERA
+    archive.mkdir(parents=True)
+    (archive / "OLD.MP4").write_bytes(b"precious")
+    empty = tmp_path / "empty"
+    (empty / CAMERA).mkdir(parents=True)
+    (empty / "x.MP4").write_bytes(b"x")
+    base = [cfg.tools.rsync, "-e", " ".join(ssh.ssh_argv(cfg))]
+    dest = f"{ssh.remote_host(cfg)}:footage/"
+    for attack in (["-r", "--delete", f"{empty}/", dest], ["-r", "--delete-after", f"{empty}/", dest],
+                   ["-r", "--remove-source-files", f"{empty}/", dest]):
+        res = subprocess.run(base + attack, capture_output=True, text=True, timeout=60)
+        assert res.returncode != 0 and "rrsync" in res.stderr, (attack, res.stderr)
+        assert (archive / "OLD.MP4").read_bytes() == b"precious"
+    assert (empty / "x.MP4").exists()
+    assert ssh.authorized_keys_line("K", "/D") == 'command="/usr/bin/rrsync -wo -no-del -no-lock /D",restrict K'
+    assert server.authorized_keys.read_text().strip() == ssh.authorized_keys_line(server.client_pub, str(server.restrict_dir))
+
+
+# --- what really failed, said as such ------------------------------------------------------------
+
+
+def can_mount() -> bool:
+    return os.geteuid() == 0 and subprocess.run(["which", "mount"], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def server_on(tmp_path, make_config):
+    """A server whose footage directory is a tmpfs mounted (with ``options``) before sshd starts
+    (sshd runs in a mount namespace of its own, made when it starts); the config to go with it."""
+    started = []
+
+    def make(options: str, drop_dac_override: bool = False):
+        footage = tmp_path / "server" / "footage"
+        footage.mkdir(parents=True)
+        if options:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", options, "dashcam-test", str(footage)], check=True)
+            started.append(footage)
+        srv = SshServer(tmp_path / "sshd", tmp_path / "server", rrsync_args=None, key_line=ssh.authorized_keys_line,
+                        drop_dac_override=drop_dac_override).start()
+        started.append(srv)
+        known_hosts = tmp_path / "known_hosts"
+        known_hosts.write_text(srv.known_hosts_line() + "\n")
+        cfg_path = make_config({"camera": {"name": CAMERA}, "poll": {"upload_retries": 0}, "upload": {
+            "host": "127.0.0.1", "port": srv.port, "user": srv.user, "dest_path": "footage",
+            "ssh_key": str(srv.client_key), "known_hosts": str(known_hosts), "connect_timeout": 5, "io_timeout": 30}})
+        return srv, cfg_path
+
+    yield make
+    for thing in reversed(started):
+        if isinstance(thing, SshServer):
+            thing.stop()
+        else:
+            subprocess.run(["umount", "-l", str(thing)], check=False)
+
+
+def test_a_server_directory_the_user_may_not_write_is_said_as_such_not_as_a_refused_key(server_on, dashcamctl):
+    srv, cfg_path = server_on("", drop_dac_override=True)
+    day = srv.restrict_dir / "footage" / upload.remote_path(CAMERA, "X.MP4", T0 * 10**9)
+    day.parent.mkdir(parents=True)
+    day.parent.chmod(0o555)
+    clip = stage(cfg_path, "DENIED.MP4", 20_000, T0)
+    try:
+        res = dashcamctl("--config", str(cfg_path), "upload")
+    finally:
+        day.parent.chmod(0o755)
+
+    assert res.returncode == 1, res.stderr
+    assert "accepted the key" in res.stderr and "may not write" in res.stderr and "Permission denied (13)" in res.stderr
+    assert "refused the key" not in res.stderr and "authorized_keys" not in res.stderr
+    rows, last = clips(cfg_path)
+    assert rows["Normal/DENIED.MP4"].state != "verified" and clip.exists() and "may not write" in last["reason"]
+    assert assert_ledger_promises_hold(config.load(str(cfg_path)), srv) == 0
+    # fixed on the server: the next run sends it
+    assert dashcamctl("--config", str(cfg_path), "upload").returncode == 0 and not clip.exists()
+
+
+def test_one_clip_the_server_cannot_take_does_not_hold_back_the_others(server_on, dashcamctl):
+    """rsync ends with status 23 for the one file it could not write; the others of the same
+    send are proven and leave staging, the one stays with the reason."""
+    srv, cfg_path = server_on("", drop_dac_override=True)
+    blocked = stage(cfg_path, "BLOCKED.MP4", 20_000, T0 - DAY)
+    fine = [stage(cfg_path, f"FINE{n}.MP4", 20_000, T0 + n) for n in range(3)]
+    day = (srv.restrict_dir / "footage" / upload.remote_path(CAMERA, "X", (T0 - DAY) * 10**9)).parent
+    day.mkdir(parents=True)
+    day.chmod(0o555)
+    try:
+        res = dashcamctl("--config", str(cfg_path), "upload")
+    finally:
+        day.chmod(0o755)
+    assert res.returncode == 1 and "may not write" in res.stderr
+    assert blocked.exists() and not any(p.exists() for p in fine)
+    assert assert_ledger_promises_hold(config.load(str(cfg_path)), srv) == 3
+
+
+@pytest.mark.skipif(not can_mount(), reason="needs root to mount a tmpfs")
+def test_a_full_server_disk_is_said_as_such(server_on, dashcamctl):
+    srv, cfg_path = server_on("size=1m")
+    big = stage(cfg_path, "BIG.MP4", 3_000_000, T0)
+    res = dashcamctl("--config", str(cfg_path), "upload")
+    assert res.returncode == 1, res.stderr
+    assert "disk" in res.stderr and "is full" in res.stderr and "No space left on device (28)" in res.stderr
+    assert "refused the key" not in res.stderr and big.exists()
+    assert assert_ledger_promises_hold(config.load(str(cfg_path)), srv) == 0
+
+
+@pytest.mark.skipif(not can_mount(), reason="needs root to mount a tmpfs")
+def test_a_read_only_server_filesystem_is_said_as_such(server_on, dashcamctl):
+    srv, cfg_path = server_on("ro,size=1m")
+    clip = stage(cfg_path, "RO.MP4", 20_000, T0)
+    res = dashcamctl("--config", str(cfg_path), "upload")
+    assert res.returncode == 1, res.stderr
+    assert "read-only" in res.stderr and "Read-only file system (30)" in res.stderr
+    assert "refused the key" not in res.stderr and clip.exists()
+    assert assert_ledger_promises_hold(config.load(str(cfg_path)), srv) == 0
+
+
+def test_receiver_errors_and_sshs_own_refusal_are_told_apart(make_config):
+    cfg = config.load(str(make_config()))
+    auth = ssh.classify(cfg, 255, "dashcam@srv: Permission denied (publickey).\r\nrsync: connection unexpectedly closed")
+    assert isinstance(auth, ssh.AuthProblem) and "refused the key" in str(auth)
+    for errno_, said in (("13", "may not write"), ("28", "is full"), ("122", "is full"), ("30", "read-only")):
+        stderr = (f'rsync: [receiver] mkstemp "/proc/self/fd/3/footage/c/.a.MP4.Xy12Ab" failed: Something ({errno_})\n'
+                  "rsync error: some files/attrs were not transferred (code 23) at main.c(1338) [sender=3.2.7]\n")
+        problem = ssh.classify(cfg, 23, stderr)
+        assert isinstance(problem, ssh.ServerCannotWrite) and said in str(problem), errno_
+        assert "/proc/self/fd" not in str(problem) and 'mkstemp "footage/c/.a.MP4.Xy12Ab"' in str(problem)
+
+
+def test_the_ledgers_promises_hold_after_a_failed_a_cut_and_a_good_run(upload_config, server, monkeypatch, dashcamctl):
+    """The invariant after each kind of run, over every odd name: a run whose second round fails,
+    a run whose connection is cut mid-send, then the run that completes."""
+    cfg_path = upload_config({"upload": {"bwlimit": 4000}})
+    for n, name in enumerate(sorted(ODD_NAMES.values())):
+        stage(cfg_path, name, 20_000 + n, T0 + n)
+    big = stage(cfg_path, "cut \\#101\n" + ODD_NAMES["esc"], 30_000_000, T0 + 1000)   # sent last
+    cfg = config.load(str(cfg_path))
+
+    # 1. the second round's send fails
+    monkeypatch.setattr(upload, "ROUND_FILES", 5)
+    send, calls = upload.Uploader.send, []
+
+    def failing_second_send(self, items, *, resume):
+        calls.append(len(items))
+        if len(calls) == 2:
+            raise upload.UploadFailed("sending failed: the link went down", transient=True)
+        return send(self, items, resume=resume)
+
+    monkeypatch.setattr(upload.Uploader, "send", failing_second_send)
+    with pytest.raises(upload.UploadFailed):
+        run_bounded(cfg)
+    assert assert_ledger_promises_hold(cfg, server) == 5
+    monkeypatch.undo()
+
+    # 2. the connection is cut while the big clip is sent
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent / "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "dashcam_helpers", "--config", str(cfg_path), "upload"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    remote_dir = server_file(server, upload.remote_path(CAMERA, "x", int((T0 + 1000) * 1e9)))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        names = os.listdir(os.path.dirname(remote_dir)) if os.path.isdir(os.path.dirname(remote_dir)) else []
+        if any(os.path.getsize(os.path.join(os.path.dirname(remote_dir), n)) > 4_000_000 for n in names):
+            break
+        time.sleep(0.05)
+    assert server.cut_sessions() >= 1
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert assert_ledger_promises_hold(cfg, server) >= 5     # the cut round proved nothing
+    assert big.exists()
+
+    # 3. once the cut session's hold has ended, the run that completes
+    expire_hold(cfg)
+    res = dashcamctl("--config", str(cfg_path), "upload", timeout=180)
+    assert res.returncode == 0, res.stderr
+    assert assert_ledger_promises_hold(cfg, server) == len(ODD_NAMES) + 1
+    assert states(cfg) == {"pruned"}
+
+
+# --- the same, over generated names (Hypothesis), against one sshd for the module ----------------
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+NAME_CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00")
+
+
+def fits(name: str) -> bool:
+    return name not in (".", "..") and 0 < len(name.encode("utf-8")) <= 255
+
+
+# names of any character but "/" and NUL (the ledger holds text: no lone surrogates), up to 255
+# bytes, with the characters rsync escapes or that split lines made likely
+GENERATED_NAME = st.one_of(
+    st.text(NAME_CHARS, min_size=1, max_size=40),
+    st.lists(st.sampled_from(["\\", "#", "1", "0", "7", "\r", "\n", "\t", "\x1b", " ", "-", "é", "a"]),
+             min_size=1, max_size=30).map("".join),
+    st.text(NAME_CHARS, min_size=1, max_size=8).map(lambda s: (s * 255)[:200] + ".MP4"),
+).filter(fits)
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("shared-sshd")
+    with SshServer(base / "sshd", base / "server", rrsync_args=None, key_line=ssh.authorized_keys_line) as srv:
+        known_hosts = base / "known_hosts"
+        known_hosts.write_text(srv.known_hosts_line() + "\n")
+        srv.known_hosts_file = known_hosts
+        yield srv
+
+
+@settings(max_examples=20, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(names=st.lists(GENERATED_NAME, min_size=1, max_size=4, unique_by=lambda n: n.encode("utf-8").lower()))
+def test_generated_names_all_arrive_and_the_ledgers_promises_hold(shared_server, tmp_path_factory, names):
+    base = tmp_path_factory.mktemp("example")
+    cfg_path = base / "config.yaml"
+    import yaml
+    cfg_path.write_text(yaml.safe_dump({
+        "camera": {"name": CAMERA}, "poll": {"upload_retries": 0},
+        "paths": {"local_staging": str(base / "staging"), "state_dir": str(base / "state")},
+        "upload": {"host": "127.0.0.1", "port": shared_server.port, "user": shared_server.user,
+                   "dest_path": base.name, "ssh_key": str(shared_server.client_key),
+                   "known_hosts": str(shared_server.known_hosts_file), "connect_timeout": 5, "io_timeout": 30}}))
+    for n, name in enumerate(names):
+        stage(cfg_path, name, 1000 + n, T0 + n)
+    cfg = config.load(str(cfg_path))
+
+    summary, _ = run_bounded(cfg)
+
+    assert assert_ledger_promises_hold(cfg, shared_server, base.name) == len(names)
+    assert summary.files == len(names) and not summary.problems
+
+
+def test_a_host_that_looks_like_an_option_never_reaches_ssh_as_one(make_config, tmp_path, caplog):
+    """check-config refuses such a host; past it (a config made in code), ssh-keyscan and ssh get
+    the host after "--", and rsync, which passes the host to ssh with no "--", is never started."""
+    ran = tmp_path / "ran"
+    cfg = config.load(str(make_config({"upload": {"port": free_port(), "connect_timeout": 2}})))
+    cfg = cfg.replace(upload=cfg.upload.replace(host=f"-oProxyCommand=touch {ran}"))
+    caplog.set_level(logging.DEBUG, logger="dashcam.runner")
+    with pytest.raises(upload.DashcamError):
+        ssh.scan_host_keys(cfg)
+    assert f" -- '-oProxyCommand=touch {ran}'" in caplog.text      # the command as it was run
+    with pytest.raises(upload.DashcamError) as refused:
+        upload.Uploader(cfg, None).destination()      # every rsync and ssh -O exit is given this
+    assert "may not start with '-'" in str(refused.value)
+    assert not ran.exists()

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--server-dir",
         default="/srv/dashcam",
         metavar="DIR",
-        help="directory on the server the key is restricted to (rrsync -wo DIR; default /srv/dashcam)",
+        help="directory on the server the key is restricted to (rrsync -wo -no-del -no-lock DIR; an absolute path of letters, digits and / . _ - + @ %% = : only; default /srv/dashcam)",
     )
 
     p = add("trust-host")

@@ -31,6 +31,12 @@ log = get_logger("dashcam.runner")
 
 MASK = "********"
 
+# Every tool runs under this locale, whatever the environment of the unit or the shell that
+# started us: what we parse (rsync's file names and escapes, ssh's and rsync's messages) must
+# not change with LANG. C.UTF-8 is built into glibc (no locales package needed); LANGUAGE
+# goes too, as GNU gettext reads it before LC_ALL.
+TOOL_LOCALE = "C.UTF-8"
+
 
 class CommandError(Exception):
     """Base of every failure of an external command."""
@@ -120,7 +126,7 @@ def run(
         log.info("dry run, not running: %s", line)
         return Result(argv, 0, "", "", dry_run=True)
     log.debug("running: %s", line)
-    full_env = os.environ if env is None else {**os.environ, **env}
+    full_env = tool_env(env)
     try:
         returncode, stdout, stderr = _spawn(argv, full_env, timeout)
     except FileNotFoundError:
@@ -137,6 +143,13 @@ def run(
         if check:
             raise CommandFailed(argv, proc.returncode, stdout, stderr, line)
     return proc
+
+
+def tool_env(env: Optional[Mapping[str, str]] = None) -> dict:
+    """The environment of a tool: ours, ``env`` on top, and the locale fixed."""
+    full = {**os.environ, **(env or {}), "LC_ALL": TOOL_LOCALE}
+    full.pop("LANGUAGE", None)
+    return full
 
 
 class _Timeout(Exception):

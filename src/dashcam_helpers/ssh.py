@@ -73,7 +73,7 @@ def close_shared(cfg: Config, control_path: str) -> None:
         return
     try:
         runner.run(
-            ssh_argv(cfg, control_path) + ["-O", "exit", remote_host(cfg)],
+            ssh_argv(cfg, control_path) + ["-O", "exit", "--", remote_host(cfg)],
             timeout=10,
             changes_state=False,
             check=False,
@@ -83,8 +83,14 @@ def close_shared(cfg: Config, control_path: str) -> None:
 
 
 def remote_host(cfg: Config) -> str:
-    """user@host as rsync wants it (an IPv6 address in brackets)."""
+    """user@host as rsync wants it (an IPv6 address in brackets).
+
+    rsync hands the host to ssh as an argument of its own, after ssh's options and with no
+    ``--`` before it: a host starting with "-" would be read as an ssh option (for instance
+    -oProxyCommand=...). check-config refuses such a host; this refuses it once more."""
     host = cfg.upload.host
+    if host.startswith("-") or cfg.upload.user.startswith("-"):
+        raise DashcamError(f"upload.host {host!r} / upload.user {cfg.upload.user!r}: may not start with '-'")
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"{cfg.upload.user}@{host}"
@@ -117,6 +123,18 @@ class ServerRefused(DashcamError):
     """The server's rrsync refused the request: a setup problem, never retried."""
 
 
+class ServerCannotWrite(DashcamError):
+    """The key was accepted, but the server's rsync could not write there (permissions, a full
+    disk, a read-only filesystem): the server needs fixing, retrying now does not help."""
+
+
+# what ssh itself says when the server refuses every key it offered (not rsync's "Permission denied (13)")
+SSH_AUTH_FAILED = re.compile(r"Permission denied \((publickey|password|keyboard-interactive|hostbased|gssapi)"
+                             r"|Too many authentication failures")
+# errors of the server's rsync (receiver or generator), by the errno it prints after the message
+RECEIVER_ERROR = re.compile(r"^rsync: .*\((13|28|30|122)\)\s*$", re.MULTILINE)
+
+
 TRANSIENT_SSH = re.compile(
     r"Connection (refused|timed out|reset|closed)|closed by remote host|No route to host|"
     r"Network is unreachable|Broken pipe|client_loop|kex_exchange_identification|"
@@ -128,10 +146,35 @@ TRANSIENT_SSH = re.compile(
 
 
 def authorized_keys_line(public_key: str, server_dir: str = DEFAULT_SERVER_DIR) -> str:
-    """-wo: write only, under server_dir. -no-lock: let two sessions of the key run at once (the
-    upload verifies one round while it sends the next); without it the upload still works,
-    one session at a time."""
-    return f'command="{RRSYNC} -wo -no-lock {server_dir}",restrict {public_key.strip()}'
+    """-wo: write only, under server_dir. -no-del: no --delete* or --remove-* option (without
+    it a write-only key can still delete the whole archive with rsync --delete). -no-lock: let
+    two sessions of the key run at once (the upload verifies one round while it sends the
+    next); without it the upload still works, one session at a time."""
+    return f'command="{RRSYNC} -wo -no-del -no-lock {server_dir}",restrict {public_key.strip()}'
+
+
+class BadServerDir(DashcamError):
+    """A --server-dir that cannot stand in the key's line: a command-line error, as argparse's own."""
+
+    exit_code = 2
+
+
+def check_server_dir(server_dir: str) -> str:
+    """``server_dir`` if it can stand in the authorized_keys line's command="..." as one plain
+    absolute path; a BadServerDir saying why not otherwise. A quote would end the command (and
+    let a second option such as command="/bin/sh" follow), a comma separates options,
+    whitespace splits rrsync's arguments, and sshd runs the command through the account's
+    shell, so no character the shell reads ($ ` ; | & < > * ? ! ...) may be in it either."""
+    if not server_dir.startswith("/"):
+        raise BadServerDir(f"--server-dir {server_dir!r}: must be an absolute path (starting with /)")
+    bad = sorted({c for c in server_dir if not SERVER_DIR_CHAR.fullmatch(c)})
+    if bad:
+        raise BadServerDir(f"--server-dir {server_dir!r}: may hold only letters, digits and / . _ - + @ % = : "
+                           f"(no quotes, commas, whitespace or shell characters; found {''.join(bad)!r})")
+    return server_dir
+
+
+SERVER_DIR_CHAR = re.compile(r"[\w/.+@%=:-]")
 
 
 def classify(cfg: Config, returncode: int, stderr: str) -> Optional[DashcamError]:
@@ -149,7 +192,7 @@ def classify(cfg: Config, returncode: int, stderr: str) -> Optional[DashcamError
             f"the host key of {name} is not pinned in {up.known_hosts}: refusing to upload. "
             "Run: dashcamctl trust-host (it shows the fingerprint and asks before pinning)"
         )
-    if "Permission denied" in stderr:
+    if SSH_AUTH_FAILED.search(stderr):  # ssh's own words, never those of rsync's receiver
         return AuthProblem(
             f"the server {name} refused the key {up.ssh_key} for user {up.user}. Add its line to "
             f"~{up.user}/.ssh/authorized_keys on the server; `dashcamctl keygen` prints it, of the form: "
@@ -160,7 +203,34 @@ def classify(cfg: Config, returncode: int, stderr: str) -> Optional[DashcamError
         return ServerRefused(f"the server's rrsync refused the upload: {line.strip()}")
     if ("Identity file" in stderr and "not accessible" in stderr) or "no such identity" in stderr.lower():
         return AuthProblem(f"the ssh key {up.ssh_key} is missing or unreadable: run dashcamctl keygen")
-    return None
+    return cannot_write(cfg, stderr)
+
+
+def cannot_write(cfg: Config, stderr: str, then: str = "; the clips stay in staging and go with the next upload"
+                 ) -> Optional[ServerCannotWrite]:
+    """The server's rsync failed to write (the key itself was accepted): which cause, its fix, ``then``."""
+    m = RECEIVER_ERROR.search(stderr or "")
+    if m is None:
+        return None
+    up = cfg.upload
+    # rrsync runs rsync on /proc/self/fd/N, a descriptor of a directory under the key's: drop it
+    said = re.sub(r"/proc/self/fd/\d+/?", "", m.group(0).strip())
+    where = f"{up.dest_path} in the directory the key is restricted to"
+    errno_ = m.group(1)
+    if errno_ == "13":
+        return ServerCannotWrite(
+            f"the server accepted the key, but its user {up.user} may not write in {where} ({said}). "
+            f"On the server, give {up.user} write access there (e.g. chown -R {up.user} on that directory)" + then
+        )
+    if errno_ in ("28", "122"):
+        return ServerCannotWrite(
+            f"the server's disk (or {up.user}'s quota) holding {where} is full ({said}). "
+            "Free space on the server" + then
+        )
+    return ServerCannotWrite(
+        f"the server's filesystem holding {where} is read-only ({said}). On the server, find out why "
+        "(mounted read-only, or remounted so after a disk error: dmesg, findmnt) and make it writable" + then
+    )
 
 
 def is_transient(returncode: int, stderr: str) -> bool:
@@ -188,6 +258,7 @@ def _chown_to_dashcam(paths: List[str]) -> None:
 
 def keygen(cfg: Config, *, server_dir: str = DEFAULT_SERVER_DIR, dry_run: bool = False) -> str:
     """Create the ed25519 key at upload.ssh_key unless it exists; return the authorized_keys line."""
+    check_server_dir(server_dir)
     key = cfg.upload.ssh_key
     pub = key + ".pub"
     if os.path.exists(key):
@@ -223,7 +294,7 @@ def scan_host_keys(cfg: Config, timeout: Optional[int] = None) -> List[str]:
     timeout = timeout or up.connect_timeout
     try:
         res = runner.run(
-            ["ssh-keyscan", "-p", str(up.port), "-T", str(timeout), up.host],
+            ["ssh-keyscan", "-p", str(up.port), "-T", str(timeout), "--", up.host],
             timeout=timeout * 3 + 5,
             changes_state=False,
             check=False,

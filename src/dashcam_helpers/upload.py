@@ -6,15 +6,17 @@ one shared ssh connection (ControlMaster; every rsync still is its own rrsync se
 1. a tree of symlinks ``<state_dir>/upload-tree/<camera>/<YYYY>/<MM>/<DD>/<file>`` points at
    the staged files, so each rsync (``--files-from``, ``--copy-links``) writes the server's
    layout ``DEST/<camera>/<YYYY>/<MM>/<DD>/<file>`` in one go;
-2. one dry run asks the server which of those names it lacks (no data moves); they are
-   remembered in the ledger ("upload_in_flight") before a byte is sent;
+2. one dry run asks the server which of those names it lacks (no data moves); the ones it
+   names as lacking are remembered in the ledger ("upload_in_flight") before a byte is sent,
+   and a name it does not name as there counts as lacking;
 3. then, in rounds of about a minute of sending each (ROUND_SECONDS): the missing files are
    sent with ``--ignore-existing`` (a file already on the server is never touched) and
    ``--partial``; a name from the in-flight
    list that is now on the server holds our own partial file from a cut run and is completed
    (rsync's delta transfer uses it as basis: what arrived is not sent again);
-4. verification: ``rsync --checksum --dry-run --itemize-changes`` over the round must print
-   nothing for a file, i.e. the server's bytes equal ours, before the ledger says ``verified``;
+4. verification: ``rsync --checksum --dry-run -ii`` over the round must name the file (its
+   exact bytes, rsync's ``\\#ooo`` escapes undone) as identical (``.f``) before the ledger says
+   ``verified``; silence, a line that names another file or no answer prove nothing;
    it runs in a thread while the next round is sent (only rsync runs there; the main thread
    writes the ledger), so the checksum pass costs time only for the last round; and it runs
    as two sessions over halves of the round, because one such rsync hashes all of the Pi's
@@ -42,8 +44,11 @@ connection dies, drops the partial file (checked on this machine: the partial is
 without rrsync and lost with it). ``--partial`` keeps it under the final name, which is safe
 only because of the in-flight list above.
 
-Works through a key restricted with ``command="/usr/bin/rrsync -wo DIR",restrict``: only
-transfers to the server, no remote shell command, no option rrsync refuses.
+Every list goes to rsync NUL-separated (``--from0``): a name may hold any byte but "/" and NUL.
+
+Works through a key restricted with ``command="/usr/bin/rrsync -wo -no-del -no-lock DIR",restrict``
+(as keygen prints it): only transfers to the server, no remote shell command, no option rrsync
+refuses (never --delete* or --remove-*).
 """
 
 from __future__ import annotations
@@ -187,17 +192,55 @@ def next_round_bytes(sent: int, seconds: float, previous: int) -> int:
     return int(min(ROUND_MAX_BYTES, max(ROUND_MIN_BYTES, sent / seconds * ROUND_SECONDS)))
 
 
-_ITEM = re.compile(r"^([<>ch.*][fdLDS][^ ]{9}) (.+)$")
+ESCAPE = re.compile(rb"\\#([0-7]{3})")
+NEW = "+" * 9  # the attributes of an item the receiver does not have at all
+UNCLEAR = "?" * 11  # a name the answer gave twice, differently: proves nothing
+
+
+def unescape(name: str) -> Optional[str]:
+    """A name as rsync printed it -> the name (as os.fsdecode gives it), or None if it is no
+    name rsync could have printed.
+
+    rsync prints every byte below 0x20 but tab, every byte that is not a printable character
+    in its locale (the tools' C.UTF-8 here: invalid UTF-8), and the backslash of any ``\\#``
+    followed by three digits, as ``\\#ooo`` (octal): so every ``\\#ooo`` it prints is an
+    escape, and undoing them gives the name's bytes exactly.
+    """
+    raw = name.encode("utf-8", "surrogateescape")
+
+    def byte(m: "re.Match[bytes]") -> bytes:
+        value = int(m.group(1), 8)
+        if value > 0xFF:
+            raise ValueError(m.group(0))
+        return bytes((value,))
+
+    try:
+        return os.fsdecode(ESCAPE.sub(byte, raw))
+    except ValueError:
+        return None
 
 
 def parse_itemized(stdout: str) -> Dict[str, str]:
-    """``--itemize-changes`` output -> {path: code} for regular files (directories ignored)."""
-    out = {}
-    for line in stdout.splitlines():
-        m = _ITEM.match(line.rstrip("\n"))
-        if m and m.group(1)[1] == "f":
-            out[m.group(2)] = m.group(1)
+    """``--itemize-changes`` output -> {name: code} for the regular files it names (directories
+    and other lines ignored), names unescaped (see unescape). Given twice (``-ii``), rsync names
+    unchanged files too, with a code such as ``.f`` and nine spaces."""
+    out: Dict[str, str] = {}
+    for line in stdout.split("\n"):
+        code, sep, name = line[:11], line[11:12], line[12:]
+        if len(code) != 11 or sep != " " or not name or code[0] not in "<>ch.*" or code[1] != "f":
+            continue
+        decoded = unescape(name)
+        if decoded is None:
+            continue
+        out[decoded] = code if out.get(decoded, code) == code else UNCLEAR
     return out
+
+
+def identical(code: Optional[str]) -> bool:
+    """The code of a ``--checksum --itemize-changes`` line says the server's copy is identical:
+    nothing to transfer (``.f``), no checksum (``c``) or size (``s``) difference, not new."""
+    return (code is not None and len(code) == 11 and code[:2] == ".f" and code[2] != "c" and code[3] != "s"
+            and "+" not in code and "?" not in code)
 
 
 _STAT = re.compile(r"^(Total bytes sent|Literal data|Matched data): ([\d,.]+)", re.MULTILINE)
@@ -306,6 +349,7 @@ class Uploader:
         self.done_files = 0
         self.done_bytes = 0
         self.sending: List[str] = []  # the names of the send session on (for a hold if it fails)
+        self.send_failures: Dict[str, str] = {}  # name -> why the send that had it did not take every file
 
     # --- rsync ------------------------------------------------------------------------------
 
@@ -329,30 +373,35 @@ class Uploader:
         what: str,
         timeout: float,
         retry_options: Optional[List[str]] = None,
+        partial_ok: bool = False,
     ) -> runner.Result:
         """One rsync over the round's tree, retried with exponential backoff when the failure may pass.
 
         ``retry_options``: the options of a retry, when they differ (a cut transfer resumes).
+        ``partial_ok``: rsync's "some files could not be transferred" (status 23, 24) is returned,
+        not raised: the session ended in order, and the checksum pass tells which files made it.
         """
         # a list of its own: a round's verification runs beside the next round's send
         os.makedirs(self.list_dir, exist_ok=True)
-        fd, list_file = tempfile.mkstemp(dir=self.list_dir, suffix=".txt")
-        with open(fd, "w", encoding="utf-8") as f:
-            f.write("".join(i.remote + "\n" for i in items))
+        # NUL-separated (--from0): a name may hold any byte but NUL and "/", newlines included
+        fd, list_file = tempfile.mkstemp(dir=self.list_dir, suffix=".lst")
+        with open(fd, "wb") as f:
+            f.write(b"".join(os.fsencode(i.remote) + b"\0" for i in items))
         # a send that fails may leave its server side running on: what it was writing is held
         writes = [] if "--dry-run" in options else [i.remote for i in items]
         try:
-            return self._rsync(options, list_file, what, timeout, retry_options, writes)
+            return self._rsync(options, list_file, what, timeout, retry_options, writes, partial_ok)
         finally:
             os.unlink(list_file)
 
-    def _rsync(self, options, list_file, what, timeout, retry_options, writes) -> runner.Result:
+    def _rsync(self, options, list_file, what, timeout, retry_options, writes, partial_ok) -> runner.Result:
         retries = self.cfg.poll.upload_retries
         attempt = 0
         locked_out, lock_waits = 0.0, 0  # for an rrsync lock that none of our sessions holds
         while True:
             opts = retry_options if attempt and retry_options is not None else options
-            argv = self.rsync_base() + opts + [f"--files-from={list_file}", self.tree + "/", self.destination()]
+            argv = self.rsync_base() + opts + ["--from0", f"--files-from={list_file}", self.tree + "/",
+                                               self.destination()]
             self.sessions.enter()
             try:
                 if writes:  # sends run on the thread that owns the ledger, checksum passes do not
@@ -369,6 +418,10 @@ class Uploader:
                 raise DashcamError(str(e))
             finally:
                 self.sessions.leave()
+            if partial_ok and failed is not None and failed.returncode in PARTIAL_TRANSFER:
+                if writes:  # it ended in order: its server side is done, nothing to hold
+                    self.mark_sending([])
+                return runner.Result(argv, failed.returncode, failed.stdout, failed.stderr)
             if writes and (failed is None or RRSYNC_BUSY not in failed.stderr):
                 self.hold(writes, f"{what} was cut off")
             if failed is None:
@@ -422,15 +475,25 @@ class Uploader:
             opts.append(f"--bwlimit={self.cfg.upload.bwlimit}")
         return opts
 
-    def missing_on_server(self, items: Sequence[Item]) -> Set[str]:
-        """Names of the round the server does not have (a dry run: lists, moves no data)."""
+    def missing_on_server(self, items: Sequence[Item]) -> Tuple[Set[str], Set[str]]:
+        """(names the server lacks, those of them it said it lacks): a dry run that names every
+        file (``-ii``: unchanged ones too) and moves no data. A name is on the server only when
+        the answer names it as there; one it does not name at all counts as missing (it is sent
+        with --ignore-existing, which never touches a file that is there)."""
         res = self.rsync(
-            self.common_options() + ["--ignore-existing", "--dry-run", "--itemize-changes"],
+            self.common_options() + ["--dry-run", "--itemize-changes", "--itemize-changes"],
             items,
             "checking which files the server lacks",
             timeout=300,
         )
-        return set(parse_itemized(res.stdout))
+        answer = parse_itemized(res.stdout)
+        said = {name for name, code in answer.items() if code[2:] == NEW}
+        there = {name for name, code in answer.items() if code[2:] != NEW and code != UNCLEAR}
+        unnamed = [i for i in items if i.remote not in answer]
+        for item in unnamed:
+            log.warning("the server's listing does not name %s; sending it as missing", item.remote,
+                        extra={"DASHCAM_FILE": item.clip.source_path})
+        return {i.remote for i in items if i.remote not in there}, said
 
     def send(self, items: Sequence[Item], *, resume: bool) -> None:
         """Send ``items``; ``resume``: these names hold our own partial files and may be rewritten."""
@@ -450,9 +513,18 @@ class Uploader:
                 "resuming" if resume else "sending",
                 timeout=600 + size / 16384,
                 retry_options=opts,
+                partial_ok=True,
             )
         finally:
             watcher.stop()
+        if res.returncode:
+            # one file the server could not take must not hold back the others: each is
+            # proven (or not) by the checksum pass, and what failed keeps this reason
+            cause = ssh.cannot_write(self.cfg, res.stderr, then="")
+            why = str(cause) if cause else (
+                f"rsync exited with {runner.describe_returncode(res.returncode)}: {explain(res.stderr) or 'no message'}")
+            self.send_failures.update(dict.fromkeys((i.remote for i in items), why))
+            log.error("%s: %s; what arrived is verified, the rest stays in staging", "resuming" if resume else "sending", why)
         stats = parse_stats(res.stdout)
         self.summary.sent += stats["sent"]
         self.summary.literal += stats["literal"]
@@ -463,8 +535,9 @@ class Uploader:
             extra={"DASHCAM_BYTES": stats["literal"], "DASHCAM_FILES": len(items)},
         )
 
-    def differing_on_server(self, items: Sequence[Item]) -> Dict[str, str]:
-        """The verification: {name: itemize code} of every file whose server copy is not byte-identical.
+    def checksums_on_server(self, items: Sequence[Item]) -> Dict[str, str]:
+        """The verification: {name: itemize code} of every file the server's answer names; a
+        name is proven identical only by a code for which ``identical`` holds.
 
         Up to VERIFY_PARTS rsync sessions at once, each over a part of ``items`` (one part once
         the server takes one session at a time; a part it refuses waits for the others)."""
@@ -485,17 +558,18 @@ class Uploader:
         one(0)
         for t in helpers:
             t.join()
-        differing: Dict[str, str] = {}
+        answer: Dict[str, str] = {}
         for result, error in zip(results, errors):
             if error is not None:
                 raise error
-            differing.update(result or {})
-        return differing
+            answer.update(result or {})
+        return answer
 
     def checksum_pass(self, items: Sequence[Item]) -> Dict[str, str]:
         size = sum(i.size for i in items)
         res = self.rsync(
-            self.common_options() + ["--checksum", "--dry-run", "--itemize-changes"],
+            # -ii: an identical file is named too (".f"), so it is proven, not inferred from silence
+            self.common_options() + ["--checksum", "--dry-run", "--itemize-changes", "--itemize-changes"],
             items,
             "verifying checksums",
             timeout=600 + size / 5_000_000,
@@ -551,11 +625,12 @@ class Uploader:
             return
         self.build_tree(items)
         # one listing for the whole plan: which names does the server lack?
-        missing = self.missing_on_server(items)
+        missing, said_missing = self.missing_on_server(items)
         in_flight = set(self.ledger.get_state(IN_FLIGHT_KEY, []))
-        # remembered before a byte moves: a name that was missing and is later found on the
-        # server holds our (possibly partial) file, never someone else's
-        self.ledger.put_state(IN_FLIGHT_KEY, sorted(in_flight | missing))
+        # remembered before a byte moves: a name the server said it lacked and that is later
+        # found there holds our (possibly partial) file, never someone else's. (A name its
+        # answer did not mention is sent too, but never counted as ours before it is proven.)
+        self.ledger.put_state(IN_FLIGHT_KEY, sorted(in_flight | said_missing))
         # round k is verified while round k+1 is sent: the checksum pass reads the disks of
         # both ends while the link (the bottleneck on a Pi's WiFi) carries the next round
         collisions: List[Item] = []
@@ -606,11 +681,11 @@ class Uploader:
     def settle(self, verification: "Verification") -> List[Item]:
         """Wait for a round's verification and record it; returns the collisions to upload beside."""
         verification.settled = True
-        differing = verification.result()
-        return self.record_verification(verification.items, differing, verification.ours, verification.collision_pass,
+        answer = verification.result()
+        return self.record_verification(verification.items, answer, verification.ours, verification.collision_pass,
                                         verification.held_at_start)
 
-    def record_verification(self, items: Sequence[Item], differing: Dict[str, str], ours: Set[str],
+    def record_verification(self, items: Sequence[Item], answer: Dict[str, str], ours: Set[str],
                             collision_pass: bool, held_at_start: Set[str] = frozenset()) -> List[Item]:
         collisions: List[Item] = []
         verified: List[Item] = []
@@ -618,7 +693,7 @@ class Uploader:
         held = held | set(held_at_start)
         with self.ledger.transaction():
             for item in items:
-                code = differing.get(item.remote)
+                code = answer.get(item.remote)
                 if item.remote in held:
                     # identical now, but a cut session may yet put its partial copy there
                     self.summary.held += 1
@@ -628,7 +703,12 @@ class Uploader:
                         item.remote, time.strftime("%H:%M:%S", time.localtime(until)),
                         extra={"DASHCAM_FILE": item.clip.source_path},
                     )
-                elif code is None:
+                elif code is None or code == UNCLEAR:
+                    # silence proves nothing: the clip stays unverified, in staging, and is sent
+                    # (or checked) again next run
+                    self.problem(item, f"the server's checksum answer does not name {item.remote} "
+                                       "clearly: not proven, kept in staging for the next run")
+                elif identical(code):
                     self.ledger.advance(item.clip.id, "verified", remote_path=item.remote)
                     verified.append(item)
                     log.info(
@@ -645,7 +725,9 @@ class Uploader:
                     self.summary.collisions.append(item.remote)
                     collisions.append(Item(item.clip, other, item.local))
                 else:
-                    self.problem(item, f"the server's copy of {item.remote} is not identical after the upload ({code}); kept in staging")
+                    self.problem(item, f"the server's copy of {item.remote} is not identical after the upload ({code}); "
+                                       "kept in staging" + (f": {self.send_failures[item.remote]}"
+                                                            if item.remote in self.send_failures else ""))
             # the names just sent hold whole files now, not partial ones
             done = ours | {i.remote for i in verified}
             self.ledger.put_state(IN_FLIGHT_KEY, sorted(set(self.ledger.get_state(IN_FLIGHT_KEY, [])) - done))
@@ -827,13 +909,13 @@ class Verification(threading.Thread):
         # pass that ran while a name was held proves nothing about it, even if the hold has
         # ended by the time its result is recorded (the cut session may have ended between)
         self.held_at_start = uploader.held()[0]
-        self._differing: Optional[Dict[str, str]] = None
+        self._answer: Optional[Dict[str, str]] = None
         self._error: Optional[BaseException] = None
         self.settled = False                  # result() taken and recorded (or tried to be)
 
     def run(self) -> None:
         try:
-            self._differing = self.uploader.differing_on_server(self.items)
+            self._answer = self.uploader.checksums_on_server(self.items)
         except BaseException as e:          # handed to the main thread by result()
             self._error = e
 
@@ -841,11 +923,12 @@ class Verification(threading.Thread):
         self.join()
         if self._error is not None:
             raise self._error
-        assert self._differing is not None
-        return self._differing
+        assert self._answer is not None
+        return self._answer
 
 
 RRSYNC_BUSY = "Another instance of rrsync"       # its one-session lock (a key without -no-lock)
+PARTIAL_TRANSFER = (23, 24)  # rsync: some files were not transferred / vanished; the session ended in order
 SENT_MARK = "dashcam-sent"
 _SENT = re.compile(SENT_MARK + r" (\d+) (.+)$")
 
@@ -985,6 +1068,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
 def cmd_keygen(args: argparse.Namespace) -> int:
     from .commands import load_config
 
+    ssh.check_server_dir(args.server_dir)  # before anything is created
     cfg = load_config(args)
     line = ssh.keygen(cfg, server_dir=args.server_dir, dry_run=args.dry_run)
     print(f"# Add this line to ~{cfg.upload.user}/.ssh/authorized_keys on {cfg.upload.host}")
