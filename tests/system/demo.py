@@ -13,7 +13,9 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(1, os.path.join(HERE, "..", "..", "src"))  # the key line as dashcamctl keygen prints it
 
 import cards  # noqa: E402
 import guest  # noqa: E402
@@ -45,7 +47,7 @@ def main(deb):
 
         os.makedirs(os.path.join(work, "server"))
         server = Server(os.path.join(work, "server")).start()
-        say("home server: sshd on 127.0.0.1:%d (the VM sees 10.0.2.2), key restricted to rrsync -wo %s"
+        say("home server: sshd on 127.0.0.1:%d (the VM sees 10.0.2.2), key restricted to rrsync -wo -no-del -no-lock %s"
             % (server.port, server.root))
 
         layout = cards.user_layout(normal=10, event=2, size=6 << 20)

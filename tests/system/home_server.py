@@ -1,16 +1,15 @@
 """The home server for the system tests: the host's sshd on 127.0.0.1, a random port, an rrsync key.
 
 The guest reaches it as 10.0.2.2:<port> through QEMU's user networking. The only key it accepts
-is the dashcam's, forced to `rrsync -wo <root>` (write-only, confined to <root>), exactly the
-authorized_keys line the README documents for a real server.
+is the dashcam's, forced to `rrsync -wo -no-del -no-lock <root>` (write-only, no deleting,
+confined to <root>): the authorized_keys line exactly as `dashcamctl keygen` prints it.
 """
 import os
-import shutil
 import socket
 import subprocess
 import time
 
-RRSYNC = shutil.which("rrsync") or "/usr/bin/rrsync"
+from dashcam_helpers.ssh import authorized_keys_line
 
 
 def free_port():
@@ -38,7 +37,7 @@ class Server:
             pub = f.read().strip()
         self.authorized_keys = os.path.join(self.workdir, "authorized_keys")
         with open(self.authorized_keys, "w") as f:
-            f.write('command="%s -wo %s",restrict %s\n' % (RRSYNC, self.root, pub))
+            f.write(authorized_keys_line(pub, self.root) + "\n")
         self.port = free_port()
         cfg = os.path.join(self.workdir, "sshd_config")
         with open(cfg, "w") as f:
