@@ -81,9 +81,22 @@ def cache_dir():
     return os.path.join(CACHE_ROOT, "bookworm-" + recipe_key())
 
 
-def _run(argv, **kw):
-    print("+ " + " ".join(argv), file=sys.stderr, flush=True)
-    subprocess.run(argv, check=True, **kw)
+def say(text):
+    print("image: " + text, file=sys.stderr, flush=True)
+
+
+def _run(argv, log, **kw):
+    """Run a build tool with its output in the build log, not on the terminal; on failure, show the
+    log's last lines and say where the whole log is."""
+    with open(log, "ab") as f:
+        f.write(("+ " + " ".join(argv) + "\n").encode())
+        f.flush()
+        done = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, **kw)
+    if done.returncode != 0:
+        with open(log, "rb") as f:
+            tail = f.read()[-4000:].decode(errors="replace")
+        sys.stderr.write(tail)
+        raise SystemExit("image: %s failed (exit %d); the whole log: %s" % (argv[0], done.returncode, log))
 
 
 def build(dest):
@@ -92,22 +105,30 @@ def build(dest):
     shutil.rmtree(work, ignore_errors=True)
     tree = os.path.join(work, "root")
     os.makedirs(tree)
+    log = dest + ".log"
+    open(log, "w").close()
     t0 = time.monotonic()
+    say("building the guest image once (Debian %s, a few minutes); the tools' output goes to %s"
+        % (RECIPE["suite"], log))
+    say("debootstrap: fetching and installing %d packages and what they need from %s"
+        % (len(RECIPE["packages"]), mirror()))
     _run(["debootstrap", "--variant=" + RECIPE["variant"], "--include=" + ",".join(RECIPE["packages"]),
-          RECIPE["suite"], tree, mirror()], stdout=sys.stderr)
+          RECIPE["suite"], tree, mirror()], log)
+    say("configuring the guest (%.0f s so far)" % (time.monotonic() - t0))
     for path, text in RECIPE["files"].items():
         full = tree + path
         os.makedirs(os.path.dirname(full), exist_ok=True)
         with open(full, "w") as f:
             f.write(text)
     for unit in RECIPE["enable"]:
-        _run(["chroot", tree, "systemctl", "enable", unit])
+        _run(["chroot", tree, "systemctl", "enable", unit], log)
     for unit in RECIPE["disable"]:
         subprocess.run(["chroot", tree, "systemctl", "disable", unit], check=False,
                        stderr=subprocess.DEVNULL)
     # root without a password: the image is only ever reached through the guest agent
-    _run(["chroot", tree, "passwd", "-d", "root"])
-    _run(["chroot", tree, "update-initramfs", "-u", "-k", "all"], stdout=sys.stderr)
+    _run(["chroot", tree, "passwd", "-d", "root"], log)
+    say("building the initramfs (%.0f s so far)" % (time.monotonic() - t0))
+    _run(["chroot", tree, "update-initramfs", "-u", "-k", "all"], log)
     boot = os.path.join(tree, "boot")
     kernel = sorted(n for n in os.listdir(boot) if n.startswith("vmlinuz-"))[-1]
     initrd = "initrd.img-" + kernel[len("vmlinuz-"):]
@@ -119,13 +140,14 @@ def build(dest):
             if os.path.isfile(p) and n.endswith((".deb", "_Packages", "_InRelease")):
                 os.unlink(p)
     img = os.path.join(work, "rootfs.img")
-    _run(["mkfs.ext4", "-q", "-F", "-L", "dashcam-root", "-d", tree, img, "%dM" % RECIPE["image_mib"]])
+    say("packing the root file system into %d MiB of ext4 (%.0f s so far)" % (RECIPE["image_mib"], time.monotonic() - t0))
+    _run(["mkfs.ext4", "-q", "-F", "-L", "dashcam-root", "-d", tree, img, "%dM" % RECIPE["image_mib"]], log)
     shutil.rmtree(tree)
     with open(os.path.join(work, "recipe.json"), "w") as f:
         json.dump({"recipe": RECIPE, "kernel": kernel, "build_seconds": round(time.monotonic() - t0, 1)},
                   f, indent=1)
     os.rename(work, dest)
-    print("image built in %.0f s: %s" % (time.monotonic() - t0, dest), file=sys.stderr)
+    say("built in %.0f s: %s" % (time.monotonic() - t0, dest))
 
 
 def ensure_image():
