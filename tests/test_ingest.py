@@ -122,9 +122,12 @@ def test_camera_goes_back_to_record_on_external_power_else_to_after_ingest(make_
     assert ingest.mode_after_ingest(cfg, None) == "off"
 
 
-def test_mount_is_read_only_and_never_executes_from_the_card():
+def test_mount_is_read_only_never_executes_from_the_card_and_adds_no_time_zone():
     assert ingest.mount_argv("/dev/sda1", "vfat", "/run/dashcam/mnt/sda1") == [
-        "mount", "-t", "vfat", "-o", "ro,nosuid,nodev,noexec,noatime", "/dev/sda1", "/run/dashcam/mnt/sda1"]
+        "mount", "-t", "vfat", "-o", "ro,nosuid,nodev,noexec,noatime,tz=UTC,utf8", "/dev/sda1",
+        "/run/dashcam/mnt/sda1"]
+    assert ingest.mount_argv("/dev/sda1", "exfat", "/m") == [
+        "mount", "-t", "exfat", "-o", "ro,nosuid,nodev,noexec,noatime,time_offset=0", "/dev/sda1", "/m"]
 
 
 # --- a directory source, through the real CLI ----------------------------------------------------
@@ -422,7 +425,7 @@ def test_device_ingest_mounts_read_only_copies_unmounts_and_puts_the_camera_back
     result = ingest.ingest_device(cfg, str(dev), camera_back=lambda c, dry_run: back.append(dry_run))
     assert result.files == 1
     calls = fake_mount_tools.read_text().splitlines()
-    assert f"mount -t vfat -o ro,nosuid,nodev,noexec,noatime {dev} {tmp_path}/mnt/sdz1" in calls
+    assert f"mount -t vfat -o ro,nosuid,nodev,noexec,noatime,tz=UTC,utf8 {dev} {tmp_path}/mnt/sdz1" in calls
     assert calls[-1] == f"umount {tmp_path}/mnt/sdz1"
     assert back == [False]
 
