@@ -115,7 +115,8 @@ def glob_regex(pattern: str) -> "re.Pattern[str]":
         else:
             out.append(re.escape(c))
         i += 1
-    return re.compile("".join(out) + r"\Z", re.IGNORECASE)
+    # DOTALL: a name may hold a newline, and ** must still match it
+    return re.compile("".join(out) + r"\Z", re.IGNORECASE | re.DOTALL)
 
 
 def is_event(source_path: str) -> bool:
