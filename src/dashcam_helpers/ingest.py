@@ -2,7 +2,7 @@
 
     scan (globs, known keys skipped unread) -> order (event/locked first, then newest)
       -> per clip: free-space reserve -> read + SHA-256 + write incoming/<name>.part
-         -> [finisher thread] fsync -> rename into ready/<camera>/<YYYY-MM-DD>/ -> fsync dir
+         -> [finisher thread] fsync -> rename into ready/<camera>/<camera's date>/ -> fsync dir
          -> ledger.record_staged
 
 The reading thread (the caller's) and a finisher thread overlap: while the finisher waits for
