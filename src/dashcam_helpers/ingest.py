@@ -1,7 +1,7 @@
 """Ingest: copy every new clip from the camera's card to staging, once, verified, never partial.
 
     scan (globs, known keys skipped unread) -> order (event/locked first, then newest)
-      -> per clip: free-space reserve -> read + SHA-256 + write incoming/<name>.part
+      -> per clip: free-space reserve -> read + SHA-256 + write incoming/<n>.part, with the clip's mtime
          -> [finisher thread] fsync -> rename into ready/<camera>/<camera's date>/ -> fsync dir
          -> ledger.record_staged
 
