@@ -696,7 +696,13 @@ def test_a_very_deep_tree_is_walked_without_recursion_and_its_depths_skipped_wit
     write_clip(card, "Normal/" + "d/" * 5 + "shallow.MP4", 1000, now - 1)
     with open(os.path.join(deep, "bottom.MP4"), "wb") as f:
         f.write(b"x")
-    r = dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card), "--json")
+    try:
+        r = dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card), "--json")
+    finally:  # bottom up: pytest's own clean-up (shutil.rmtree) recurses and would fail on it
+        os.unlink(os.path.join(deep, "bottom.MP4"))
+        while deep != os.path.join(str(card), "Normal"):
+            os.rmdir(deep)
+            deep = os.path.dirname(deep)
     assert r.returncode == 0, r.stderr
     assert "RecursionError" not in r.stderr
     assert "deeper than 32 folders" in r.stderr
