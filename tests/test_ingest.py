@@ -693,7 +693,7 @@ def test_a_very_deep_tree_is_walked_without_recursion_and_its_depths_skipped_wit
     for _ in range(1100):  # deeper than Python's recursion limit (os.makedirs too recurses)
         deep = os.path.join(deep, "d")
         os.makedirs(deep, exist_ok=True)
-    write_clip(card, "Normal/" + "d/" * 5 + "shallow.MP4", 1000, now - 1)
+    write_clip(card, "Normal/" + "s/" * 5 + "shallow.MP4", 1000, now - 1)
     with open(os.path.join(deep, "bottom.MP4"), "wb") as f:
         f.write(b"x")
     try:
@@ -707,7 +707,7 @@ def test_a_very_deep_tree_is_walked_without_recursion_and_its_depths_skipped_wit
     assert "RecursionError" not in r.stderr
     assert "deeper than 32 folders" in r.stderr
     rows = assert_staging_consistent(tmp_path / "staging", tmp_path / "state", complete=True)
-    assert sorted(row["source_path"] for row in rows) == ["Normal/d/d/d/d/d/shallow.MP4", "Normal/top.MP4"]
+    assert sorted(row["source_path"] for row in rows) == ["Normal/s/s/s/s/s/shallow.MP4", "Normal/top.MP4"]
 
 
 def test_mtimes_beyond_2262_and_before_1970_are_staged_with_their_time_and_no_orphan(card, cfg_path, tmp_path,
