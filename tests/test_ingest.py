@@ -559,6 +559,8 @@ def test_any_name_is_staged_byte_identical_or_refused_with_a_reason_never_skippe
         assert row["state"] == "staged"
         assert os.fsencode(row["staged_path"]).rsplit(b"/", 1)[1] == name  # the very name
         assert staged_bytes(tmp_path / "staging", row) == odd  # the very bytes
+        listed = dashcamctl("--config", str(cfg_path), "files").stdout.splitlines()
+        assert len(listed) == 3 and any(line.endswith(" " + shown) for line in listed)  # one line each
         assert any(line.startswith(("INFO staged " + shown, f"staged {shown}")) or f" staged {shown} " in line
                    for line in r.stderr.splitlines()), r.stderr
     else:
