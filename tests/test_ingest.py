@@ -260,7 +260,7 @@ def small_staging(tmp_path):
         subprocess.run(["umount", str(mnt)], check=True)
 
 
-def test_reserve_refusal_stops_copying_keeps_what_was_copied_and_says_why(card, small_staging, make_config, tmp_path,
+def test_clips_that_would_cross_the_reserve_stay_on_the_card_with_a_message(card, small_staging, make_config, tmp_path,
                                                                           dashcamctl):
     now = time.time()
     for i in range(6):
