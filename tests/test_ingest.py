@@ -260,8 +260,8 @@ def small_staging(tmp_path):
         subprocess.run(["umount", str(mnt)], check=True)
 
 
-def test_clips_that_would_cross_the_reserve_stay_on_the_card_with_a_message(card, small_staging, make_config, tmp_path,
-                                                                          dashcamctl):
+def test_clips_that_would_cross_the_reserve_stay_on_the_card_with_a_message(card, small_staging, make_config,
+                                                                            tmp_path, dashcamctl):
     now = time.time()
     for i in range(6):
         write_clip(card, f"Normal/{i}.MP4", 4 << 20, now - i * 60)  # 24 MiB of clips for a 24 MiB filesystem
