@@ -27,7 +27,6 @@ RECORDED = [
 ]
 
 
-@pytest.mark.quarantined(reason="not yet run in a guest: lift this mark once make test-quarantined passes it")
 def test_staged_folders_carry_the_cameras_date_in_zones_on_either_side_of_utc(booted, tmp_path):
     vm = booted
     # mtools writes the DOS time as it reads the mtime in TZ: with UTC, the card says exactly RECORDED
