@@ -633,7 +633,8 @@ def test_shown_names_are_one_line_and_say_which_bytes():
                                                                       .replace(b"\x00", b"_"))),
                       min_size=1, max_size=4),
        event_too=st.booleans())
-@settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_property_every_clip_whatever_its_name_is_staged_identical_or_refused_once_with_a_row(
         names, event_too, make_config, tmp_path):
     with tempfile.TemporaryDirectory(dir=tmp_path) as d:
