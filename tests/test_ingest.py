@@ -756,8 +756,8 @@ def test_a_clip_replaced_by_a_fifo_after_the_scan_fails_alone_and_blocks_nothing
         return False
 
     out = {}
-    worker = threading.Thread(target=lambda: out.update(r=ingest.ingest_source(cfg, str(card), should_stop=should_stop)),
-                              daemon=True)
+    worker = threading.Thread(
+        target=lambda: out.update(r=ingest.ingest_source(cfg, str(card), should_stop=should_stop)), daemon=True)
     worker.start()
     worker.join(60)
     assert not worker.is_alive(), "the ingest waits on a FIFO"
