@@ -6,6 +6,8 @@ directory that looks like the camera's card, with the real SQLite ledger.
 
 from __future__ import annotations
 
+import calendar
+import datetime
 import hashlib
 import os
 import random
@@ -14,10 +16,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import SRC
 from dashcam_helpers import config, ingest
@@ -122,9 +128,12 @@ def test_camera_goes_back_to_record_on_external_power_else_to_after_ingest(make_
     assert ingest.mode_after_ingest(cfg, None) == "off"
 
 
-def test_mount_is_read_only_and_never_executes_from_the_card():
+def test_mount_is_read_only_never_executes_from_the_card_and_adds_no_time_zone():
     assert ingest.mount_argv("/dev/sda1", "vfat", "/run/dashcam/mnt/sda1") == [
-        "mount", "-t", "vfat", "-o", "ro,nosuid,nodev,noexec,noatime", "/dev/sda1", "/run/dashcam/mnt/sda1"]
+        "mount", "-t", "vfat", "-o", "ro,nosuid,nodev,noexec,noatime,tz=UTC,utf8", "/dev/sda1",
+        "/run/dashcam/mnt/sda1"]
+    assert ingest.mount_argv("/dev/sda1", "exfat", "/m") == [
+        "mount", "-t", "exfat", "-o", "ro,nosuid,nodev,noexec,noatime,time_offset=0", "/dev/sda1", "/m"]
 
 
 # --- a directory source, through the real CLI ----------------------------------------------------
@@ -251,8 +260,8 @@ def small_staging(tmp_path):
         subprocess.run(["umount", str(mnt)], check=True)
 
 
-def test_reserve_refusal_stops_copying_keeps_what_was_copied_and_says_why(card, small_staging, make_config, tmp_path,
-                                                                          dashcamctl):
+def test_clips_that_would_cross_the_reserve_stay_on_the_card_with_a_message(card, small_staging, make_config,
+                                                                            tmp_path, dashcamctl):
     now = time.time()
     for i in range(6):
         write_clip(card, f"Normal/{i}.MP4", 4 << 20, now - i * 60)  # 24 MiB of clips for a 24 MiB filesystem
@@ -422,7 +431,7 @@ def test_device_ingest_mounts_read_only_copies_unmounts_and_puts_the_camera_back
     result = ingest.ingest_device(cfg, str(dev), camera_back=lambda c, dry_run: back.append(dry_run))
     assert result.files == 1
     calls = fake_mount_tools.read_text().splitlines()
-    assert f"mount -t vfat -o ro,nosuid,nodev,noexec,noatime {dev} {tmp_path}/mnt/sdz1" in calls
+    assert f"mount -t vfat -o ro,nosuid,nodev,noexec,noatime,tz=UTC,utf8 {dev} {tmp_path}/mnt/sdz1" in calls
     assert calls[-1] == f"umount {tmp_path}/mnt/sdz1"
     assert back == [False]
 
@@ -486,3 +495,325 @@ def test_files_root_stages_belong_to_the_staging_owner_so_the_uploader_can_prune
     made = [p for p in (tmp_path / "staging").rglob("*") if p.name != ".lock"] + [tmp_path / "state/ledger.sqlite3"]
     assert len(made) == 6  # incoming, ready, camera, day, the clip; the ledger
     assert {(p.stat().st_uid, p.stat().st_gid) for p in made} == {(4321, 4321)}
+
+
+# --- names and files from the card -------------------------------------------------------------------
+
+# any name a card's (or --source's) filesystem allows: (what it is, the name as bytes)
+ODD_NAMES = [
+    ("spaces", b"clip with  spaces .MP4"),
+    ("leading dash", b"-rf --delete-after.MP4"),
+    ("non-ascii", "Fahrt_Ünïcödé_日本.MP4".encode()),
+    ("backslash", b"back\\slash\\.MP4"),
+    ("rsync escape", b"a\\#101.MP4"),
+    ("tab", b"tab\there.MP4"),
+    ("carriage return", b"cr\rhere.MP4"),
+    ("newline", b"nl\nhere.MP4"),
+    ("control characters", b"ctl\x01\x1b[31m\x7f.MP4"),
+    ("invalid utf-8", b"bad\xff\xfeutf8.MP4"),
+    ("240 bytes", b"L" * 236 + b".MP4"),
+    ("255 bytes", b"M" * 251 + b".MP4"),
+    ("255 bytes multibyte", ("é" * 125 + "x.MP4").encode()),
+]
+
+
+def write_named(card: Path, folder: str, name: bytes, size: int, mtime: float, seed: int = 0) -> bytes:
+    """A clip under a bytes name (the card's filesystem takes any); returns its content."""
+    directory = os.path.join(os.fsencode(str(card)), folder.encode())
+    os.makedirs(directory, exist_ok=True)
+    data = random.Random(name + bytes([seed])).randbytes(size)
+    path = os.path.join(directory, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    os.utime(path, (mtime, mtime))
+    return data
+
+
+def staged_bytes(staging: Path, row) -> bytes:
+    with open(os.path.join(os.fsencode(str(staging / "ready")), os.fsencode(row["staged_path"])), "rb") as f:
+        return f.read()
+
+
+def utf8(name: bytes) -> bool:
+    try:
+        name.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+@pytest.mark.parametrize("what,name", ODD_NAMES, ids=[w for w, _ in ODD_NAMES])
+def test_any_name_is_staged_byte_identical_or_refused_with_a_reason_never_skipped(what, name, card, cfg_path, tmp_path,
+                                                                                  dashcamctl):
+    now = time.time()
+    odd = write_named(card, "Normal/Front", name, 20_000, now - 10)
+    plain = write_named(card, "Normal/Front", b"plain.MP4", 10_000, now - 20)
+    r = dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card), "--json")
+    rows = {os.fsencode(row["source_path"]): row for row in ledger_rows(tmp_path / "state")}
+    assert_staging_consistent(tmp_path / "staging", tmp_path / "state", complete=True)
+    assert staged_bytes(tmp_path / "staging", rows[b"Normal/Front/plain.MP4"]) == plain  # never blocked
+    shown = ingest.shown(os.fsdecode(b"Normal/Front/" + name))
+    if utf8(name):
+        assert r.returncode == 0, r.stderr
+        row = rows[b"Normal/Front/" + name]
+        assert row["state"] == "staged"
+        assert os.fsencode(row["staged_path"]).rsplit(b"/", 1)[1] == name  # the very name
+        assert staged_bytes(tmp_path / "staging", row) == odd  # the very bytes
+        listed = dashcamctl("--config", str(cfg_path), "files").stdout.splitlines()
+        assert len(listed) == 3 and any(line.endswith(" " + shown) for line in listed)  # one line each
+        assert any(line.startswith(("INFO staged " + shown, f"staged {shown}")) or f" staged {shown} " in line
+                   for line in r.stderr.splitlines()), r.stderr
+    else:
+        assert r.returncode == 1
+        row = rows[b"Normal/Front/bad\\xff\\xfeutf8.MP4"]  # the bytes, escaped: a row a person can read
+        assert row["state"] == "failed" and row["reason"].startswith("refused: the name is not valid UTF-8")
+        # one line in the log names the clip and the reason
+        assert any(shown + ": refused: the name is not valid UTF-8" in line for line in r.stderr.splitlines())
+        assert '"reason": "refused: the name is not valid UTF-8' in r.stdout
+        listed = dashcamctl("--config", str(cfg_path), "files", "--state", "failed").stdout
+        assert "bad\\xff\\xfeutf8.MP4  (refused: the name is not valid UTF-8" in listed
+        status = dashcamctl("--config", str(cfg_path), "status", "--json").stdout
+        assert '"failed_files": 1' in status
+    assert "\n" not in shown and "\r" not in shown and "\t" not in shown
+
+    # the next run copies nothing again; a refused clip is refused again, never "already in the ledger"
+    r = dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card), "--json")
+    assert '"files": 0' in r.stdout
+    assert f'"known": {1 + utf8(name)}' in r.stdout
+    assert len(ledger_rows(tmp_path / "state")) == 2
+
+
+@pytest.mark.parametrize("name", [b"SAME.MP4", b"N" * 251 + b".MP4"], ids=["short", "255 bytes"])
+def test_the_same_name_in_normal_and_event_with_different_content_stages_both(name, card, cfg_path, tmp_path,
+                                                                                dashcamctl):
+    now = time.time()
+    normal = write_named(card, "Normal/Front", name, 30_000, now - 10, seed=1)
+    event = write_named(card, "Event/Front", name, 30_000, now - 10, seed=2)
+    r = dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card))
+    assert r.returncode == 0, r.stderr
+    rows = {row["source_path"].split("/")[0]: row for row in assert_staging_consistent(
+        tmp_path / "staging", tmp_path / "state", complete=True)}
+    assert staged_bytes(tmp_path / "staging", rows["Event"]) == event
+    assert staged_bytes(tmp_path / "staging", rows["Normal"]) == normal
+    # the event clip (copied first) keeps the name; the other gets name~1, still within 255 bytes
+    assert os.path.basename(rows["Event"]["staged_path"]).encode() == name
+    other = os.path.basename(rows["Normal"]["staged_path"])
+    assert other.endswith("~1.MP4") and len(other.encode()) <= 255
+
+
+def test_a_name_once_staged_is_never_given_to_another_clip_even_after_it_left_staging(card, cfg_path, tmp_path,
+                                                                                      dashcamctl):
+    now = time.time()
+    write_clip(card, "Normal/Front/LOOP.MP4", 10_000, now - 60)
+    assert dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card)).returncode == 0
+    first = ledger_rows(tmp_path / "state")[0]["staged_path"]
+    os.unlink(tmp_path / "staging/ready" / first)  # uploaded, verified and pruned
+    write_clip(card, "Normal/Front/LOOP.MP4", 11_000, now - 30, seed=1)  # the camera reused the name
+    assert dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card)).returncode == 0
+    second = ledger_rows(tmp_path / "state")[1]["staged_path"]
+    assert second != first and second.endswith("LOOP~1.MP4")
+
+
+def test_name_variants_stay_within_255_bytes_and_cut_at_a_character():
+    assert ingest.name_variant("A.MP4", 2) == "A~2.MP4"
+    long = "é" * 125 + "x.MP4"
+    v = ingest.name_variant(long, 1)
+    assert len(v.encode()) <= 255 and v.endswith("~1.MP4") and v.encode().decode() == v
+
+
+def test_shown_names_are_one_line_and_say_which_bytes():
+    assert ingest.shown("a\nb\r\tc\x1b.MP4") == "a\\x0ab\\x0d\\x09c\\x1b.MP4"
+    assert ingest.shown(os.fsdecode(b"bad\xff.MP4")) == "bad\\xff.MP4"
+    assert ingest.shown("Fahrt_Ü.MP4") == "Fahrt_Ü.MP4"
+
+
+@given(names=st.lists(st.one_of(st.text(st.characters(blacklist_characters="/\x00"), min_size=1, max_size=60)
+                                .map(lambda t: t.encode("utf-8", "surrogatepass")),
+                                st.binary(min_size=1, max_size=60).map(lambda b: b.replace(b"/", b"_")
+                                                                      .replace(b"\x00", b"_"))),
+                      min_size=1, max_size=4),
+       event_too=st.booleans())
+@settings(max_examples=30, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_property_every_clip_whatever_its_name_is_staged_identical_or_refused_once_with_a_row(
+        names, event_too, make_config, tmp_path):
+    with tempfile.TemporaryDirectory(dir=tmp_path) as d:
+        card = Path(d) / "card"
+        cfg = config.load(str(make_config({"ingest": {"reserve_bytes": 0, "reserve_percent": 0},
+                                           "paths": {"local_staging": f"{d}/staging", "state_dir": f"{d}/state"}},
+                                          name="config-%s.yaml" % os.path.basename(d))))
+        now = time.time()
+        content = {}
+        for i, name in enumerate(dict.fromkeys(n + b".MP4" for n in names)):
+            folders = ["Normal/Front"] + (["Event/Front"] if event_too and i == 0 else [])
+            for seed, folder in enumerate(folders):
+                content[folder.encode() + b"/" + name] = write_named(card, folder, name, 100 + i, now - i, seed)
+        result = ingest.ingest_source(cfg, str(card))
+        rows = {os.fsencode(r["source_path"]): r for r in ledger_rows(Path(d) / "state")}
+        assert len(rows) == len(content)  # one row per clip: nothing skipped
+        assert_staging_consistent(Path(d) / "staging", Path(d) / "state", complete=True)
+        refused = 0
+        for path, data in content.items():
+            if utf8(path):
+                row = rows[path]
+                assert row["state"] == "staged" and staged_bytes(Path(d) / "staging", row) == data
+                base = os.path.basename(path)
+                got = os.fsencode(os.path.basename(row["staged_path"]))
+                assert got == base or (got.endswith(b".MP4") and b"~" in got)  # the name, or name~n beside it
+            else:
+                refused += 1
+                row = rows[os.fsencode(ingest.ledger_path(os.fsdecode(path)))]
+                assert row["state"] == "failed" and row["reason"].startswith("refused: ")
+        assert result.files == len(content) - refused and len(result.failed) == refused
+        again = ingest.ingest_source(cfg, str(card))
+        assert again.files == 0 and again.known == len(content) - refused and len(again.failed) == refused
+
+
+# --- odd files, times and space ------------------------------------------------------------------------
+
+
+def test_an_oversized_clip_is_skipped_and_the_clips_that_fit_are_copied(card, small_staging, make_config, tmp_path,
+                                                                        dashcamctl):
+    now = time.time()
+    write_clip(card, "Normal/huge.MP4", 12 << 20, now)  # the newest: first in line
+    for i in range(3):
+        write_clip(card, f"Normal/{i}.MP4", 1 << 20, now - 60 - i)
+    st = os.statvfs(small_staging)
+    cfg = make_config({"ingest": {"reserve_bytes": st.f_bavail * st.f_frsize - (8 << 20), "reserve_percent": 0}})
+    r = dashcamctl("--config", str(cfg), "ingest", "--source", str(card), "--json")
+    assert r.returncode == 0, r.stderr
+    assert "skipping Normal/huge.MP4" in r.stderr and "would leave less than the reserve" in r.stderr
+    assert '"pending": 1' in r.stdout
+    rows = assert_staging_consistent(small_staging, tmp_path / "state", complete=True)
+    assert sorted(row["source_path"] for row in rows) == ["Normal/0.MP4", "Normal/1.MP4", "Normal/2.MP4"]
+
+
+def test_a_very_deep_tree_is_walked_without_recursion_and_its_depths_skipped_with_a_message(card, cfg_path, tmp_path,
+                                                                                            dashcamctl):
+    now = time.time()
+    write_clip(card, "Normal/top.MP4", 1000, now)
+    deep = os.path.join(str(card), "Normal")
+    for _ in range(1100):  # deeper than Python's recursion limit (os.makedirs too recurses)
+        deep = os.path.join(deep, "d")
+        os.makedirs(deep, exist_ok=True)
+    write_clip(card, "Normal/" + "s/" * 5 + "shallow.MP4", 1000, now - 1)
+    with open(os.path.join(deep, "bottom.MP4"), "wb") as f:
+        f.write(b"x")
+    try:
+        r = dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card), "--json")
+    finally:  # bottom up: pytest's own clean-up (shutil.rmtree) recurses and would fail on it
+        os.unlink(os.path.join(deep, "bottom.MP4"))
+        while deep != os.path.join(str(card), "Normal"):
+            os.rmdir(deep)
+            deep = os.path.dirname(deep)
+    assert r.returncode == 0, r.stderr
+    assert "RecursionError" not in r.stderr
+    assert "deeper than 32 folders" in r.stderr
+    rows = assert_staging_consistent(tmp_path / "staging", tmp_path / "state", complete=True)
+    assert sorted(row["source_path"] for row in rows) == ["Normal/s/s/s/s/s/shallow.MP4", "Normal/top.MP4"]
+
+
+def test_mtimes_beyond_2262_and_before_1970_are_staged_with_their_time_and_no_orphan(card, cfg_path, tmp_path,
+                                                                                     dashcamctl):
+    late = calendar.timegm((2300, 6, 1, 12, 0, 0)) * 10**9  # beyond a signed 64-bit count of ns
+    early = calendar.timegm((1960, 6, 1, 12, 0, 0)) * 10**9
+    for rel, ns in (("Normal/late.MP4", late), ("Normal/early.MP4", early), ("Normal/now.MP4", time.time_ns())):
+        path = write_clip(card, rel, 1000, 0)
+        os.utime(path, ns=(ns, ns))
+    if os.stat(card / "Normal/late.MP4").st_mtime_ns != late:
+        pytest.skip("this filesystem cannot hold a time in 2300")
+    r = dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card), "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {row["source_path"]: row for row in assert_staging_consistent(tmp_path / "staging", tmp_path / "state",
+                                                                         complete=True)}
+    assert rows["Normal/late.MP4"]["staged_path"] == "dashcam/2300-06-01/late.MP4"
+    assert rows["Normal/early.MP4"]["staged_path"] == "dashcam/1960-06-01/early.MP4"
+    assert (tmp_path / "staging/ready/dashcam/2300-06-01/late.MP4").stat().st_mtime_ns == late
+    assert (tmp_path / "staging/ready/dashcam/1960-06-01/early.MP4").stat().st_mtime_ns == early
+    r = dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card), "--json")
+    assert '"files": 0' in r.stdout and '"known": 3' in r.stdout
+
+
+def test_a_time_no_calendar_holds_is_refused_with_a_reason():
+    c = ingest.Candidate("Normal/x.MP4", 1, 10**30, False)
+    assert "no calendar date" in ingest.refusal(c)
+    # a time in the name still dates the clip
+    assert ingest.refusal(ingest.Candidate("Normal/2026_1125_233000_001F.MP4", 1, 10**30, False)) is None
+
+
+def test_a_clip_replaced_by_a_fifo_after_the_scan_fails_alone_and_blocks_nothing(card, make_config, tmp_path):
+    cfg = config.load(str(make_config({"ingest": {"reserve_bytes": 0, "reserve_percent": 0}})))
+    now = time.time()
+    swapped = write_clip(card, "Normal/swapped.MP4", 1000, now)  # the newest: copied first
+    write_clip(card, "Normal/other.MP4", 1000, now - 60)
+    calls = []
+
+    def should_stop():  # asked before each clip: the first time, between the scan and the copy
+        if not calls:
+            swapped.unlink()
+            os.mkfifo(swapped)
+        calls.append(1)
+        return False
+
+    out = {}
+    worker = threading.Thread(
+        target=lambda: out.update(r=ingest.ingest_source(cfg, str(card), should_stop=should_stop)), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "the ingest waits on a FIFO"
+    result = out["r"]
+    assert result.files == 1 and [f for f, _ in result.failed] == ["Normal/swapped.MP4"]
+    assert "not a regular file" in result.failed[0][1]
+    rows = {row["source_path"]: row for row in ledger_rows(tmp_path / "state")}
+    assert rows["Normal/swapped.MP4"]["state"] == "failed" and rows["Normal/other.MP4"]["state"] == "staged"
+
+
+# --- clip dates --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["America/New_York", "Europe/Berlin"])
+def pi_zone(request, monkeypatch):
+    """The Pi's time zone (this process and the dashcamctl it starts)."""
+    monkeypatch.setenv("TZ", request.param)
+    time.tzset()
+    yield request.param
+    monkeypatch.undo()
+    time.tzset()
+
+
+def wall(*clock) -> int:
+    """The camera's wall clock as the card's mtime reads on a mount without a zone (tz=UTC)."""
+    return calendar.timegm(clock + (0,) * (6 - len(clock))) * 10**9
+
+
+def test_the_folder_date_is_the_cameras_in_any_zone_of_the_pi(pi_zone):
+    c = ingest.Candidate
+    assert ingest.staged_name("cam", c("Normal/CLIP1.MP4", 1, wall(2026, 11, 25, 23, 59, 30), False)) == \
+        "cam/2026-11-25/CLIP1.MP4"
+    assert ingest.staged_name("cam", c("Normal/CLIP2.MP4", 1, wall(2026, 11, 26, 0, 0, 30), False)) == \
+        "cam/2026-11-26/CLIP2.MP4"
+
+
+def test_a_timestamp_in_the_name_wins_over_the_mtime(pi_zone):
+    mtime = wall(2026, 11, 27, 3, 0, 0)  # copied or touched later
+    assert ingest.clip_date("Normal/Front/2026_1125_233000_001F.MP4", mtime) == datetime.date(2026, 11, 25)
+    assert ingest.clip_date("Event/NO20261125-235959-000123F.MP4", mtime) == datetime.date(2026, 11, 25)
+    assert ingest.clip_date("Normal/20261125_235959_EF.MP4", mtime) == datetime.date(2026, 11, 25)
+    # digits that are no time, or no timestamp at all: the mtime as the camera's wall clock
+    assert ingest.clip_date("Normal/2026_1340_990000_001F.MP4", mtime) == datetime.date(2026, 11, 27)
+    assert ingest.clip_date("Normal/FILE0001.MP4", mtime) == datetime.date(2026, 11, 27)
+
+
+def test_ingest_in_any_zone_files_clips_under_the_cameras_date_and_keeps_their_mtime(pi_zone, card, cfg_path, tmp_path,
+                                                                                    dashcamctl):
+    before, after = wall(2026, 11, 25, 23, 59, 30), wall(2026, 11, 26, 0, 0, 30)
+    for rel, ns in (("Normal/CLIPA.MP4", before), ("Normal/CLIPB.MP4", after)):
+        os.utime(write_clip(card, rel, 1000, 0), ns=(ns, ns))
+    r = dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card))
+    assert r.returncode == 0, r.stderr
+    rows = {row["source_path"]: row for row in ledger_rows(tmp_path / "state")}
+    assert rows["Normal/CLIPA.MP4"]["staged_path"] == "dashcam/2026-11-25/CLIPA.MP4"
+    assert rows["Normal/CLIPB.MP4"]["staged_path"] == "dashcam/2026-11-26/CLIPB.MP4"
+    ready = tmp_path / "staging/ready/dashcam"
+    assert (ready / "2026-11-25/CLIPA.MP4").stat().st_mtime_ns == before
+    assert (ready / "2026-11-26/CLIPB.MP4").stat().st_mtime_ns == after

@@ -1,8 +1,8 @@
 """Ingest: copy every new clip from the camera's card to staging, once, verified, never partial.
 
     scan (globs, known keys skipped unread) -> order (event/locked first, then newest)
-      -> per clip: free-space reserve -> read + SHA-256 + write incoming/<name>.part
-         -> [finisher thread] fsync -> rename into ready/<camera>/<YYYY-MM-DD>/ -> fsync dir
+      -> per clip: free-space reserve -> read + SHA-256 + write incoming/<n>.part, with the clip's mtime
+         -> [finisher thread] fsync -> rename into ready/<camera>/<camera's date>/ -> fsync dir
          -> ledger.record_staged
 
 The reading thread (the caller's) and a finisher thread overlap: while the finisher waits for
@@ -26,6 +26,7 @@ import hashlib
 import os
 import queue
 import re
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Set, 
 from . import notify
 from .config import Config
 from .errors import DashcamError, TryLater
-from .ledger import Ledger
+from .ledger import Ledger, LedgerError
 from .staging import Owner, free_space, fsync_dir, owner_of, reserve_bytes
 from .log import get as get_logger
 
@@ -46,6 +47,13 @@ STATUS_EVERY = 1.0  # seconds between sd_notify STATUS updates
 
 EVENT_FOLDERS = {"event", "events", "emr", "ro", "locked", "lock", "protected", "protect", "sos"}
 EVENT_SUFFIX = re.compile(r"_E[A-Z0-9]{0,2}$", re.IGNORECASE)
+MAX_DEPTH = 32  # folders below the card's root; cameras use two or three
+NAME_MAX = 255  # bytes in one file name (ext4, vfat, exFAT)
+
+# the recording time in a camera's file name: Novatek 2026_1125_233000_001F.MP4,
+# NO20261125-233000-000123F.MP4, and the like (date, then time, with _ or - or nothing between)
+NAME_STAMP = re.compile(r"(?<!\d)((?:19|20)\d\d)[_-]?(\d\d)[_-]?(\d\d)[_-](\d\d)[_-]?(\d\d)[_-]?(\d\d)(?!\d)")
+INT64 = (-(1 << 63), (1 << 63) - 1)  # what an SQLite INTEGER holds (mtime_ns beyond: years 1677, 2262)
 
 
 # --- what there is to copy ------------------------------------------------------------------
@@ -107,7 +115,8 @@ def glob_regex(pattern: str) -> "re.Pattern[str]":
         else:
             out.append(re.escape(c))
         i += 1
-    return re.compile("".join(out) + r"\Z", re.IGNORECASE)
+    # DOTALL: a name may hold a newline, and ** must still match it
+    return re.compile("".join(out) + r"\Z", re.IGNORECASE | re.DOTALL)
 
 
 def is_event(source_path: str) -> bool:
@@ -119,37 +128,69 @@ def is_event(source_path: str) -> bool:
     return bool(EVENT_SUFFIX.search(stem))
 
 
-def _walk(root: str, rel: str = "") -> Iterable[Tuple[str, os.stat_result]]:
-    """(relative path, lstat) of every regular file below root; symlinks are never followed."""
-    try:
-        entries = list(os.scandir(os.path.join(root, rel) if rel else root))
-    except OSError as e:
-        log.warning("cannot list %s: %s", os.path.join(root, rel), e.strerror or e)
-        return
-    for entry in entries:
-        path = f"{rel}/{entry.name}" if rel else entry.name
+def shown(name: str) -> str:
+    """A name as one printable line: control characters and undecodable bytes as \\xNN escapes.
+
+    For messages only (the journal, the terminal): a name with a newline must not split a record."""
+    return _UNPRINTABLE.sub(_escape_char, name)
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
+
+
+def _escape_char(m: "re.Match[str]") -> str:
+    o = ord(m.group())
+    if 0xDC80 <= o <= 0xDCFF:  # a byte that is not UTF-8, carried by os.fsdecode's surrogateescape
+        return "\\x%02x" % (o - 0xDC00)
+    return "\\x%02x" % o if o < 0x100 else "\\u%04x" % o
+
+
+def _walk(root: str, max_depth: int = MAX_DEPTH) -> Iterable[Tuple[str, os.stat_result]]:
+    """(relative path, lstat) of every regular file below root; symlinks are never followed.
+
+    Iterative (a card's tree may be any depth): folders deeper than ``max_depth`` are skipped,
+    each with a message. Folders are listed in name order, so runs see clips in the same order."""
+    stack: List[Tuple[str, int]] = [("", 0)]
+    while stack:
+        rel, depth = stack.pop()
+        here = os.path.join(root, rel) if rel else root
         try:
-            if entry.is_symlink():
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                yield from _walk(root, path)
-            elif entry.is_file(follow_symlinks=False):
-                yield path, entry.stat(follow_symlinks=False)
+            with os.scandir(here) as it:
+                entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
-            log.warning("cannot stat %s: %s", path, e.strerror or e)
+            log.warning("cannot list %s: %s", shown(here), e.strerror or e)
+            continue
+        subdirs = []
+        for entry in entries:
+            path = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                if entry.is_symlink():
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    if depth + 1 > max_depth:
+                        log.warning("not looking into %s: deeper than %d folders", shown(path), max_depth)
+                        continue
+                    subdirs.append((path, depth + 1))
+                elif entry.is_file(follow_symlinks=False):
+                    yield path, entry.stat(follow_symlinks=False)
+            except OSError as e:
+                log.warning("cannot stat %s: %s", shown(path), e.strerror or e)
+        stack.extend(reversed(subdirs))
 
 
 def footage_files(
     root: str, globs: Sequence[str], extensions: Sequence[str], after_date: Optional[str] = None
 ) -> Iterator[Tuple[str, int, int]]:
     """(relative path, size, mtime_ns) of every footage file below ``root``: a glob and an extension
-    match (case-insensitive). Kept lean: a rescan walks every clip on the card."""
+    match (case-insensitive). Kept lean: a rescan walks every clip on the card.
+
+    ``after_date`` compares with the mtime read as the camera's wall-clock time (see clip_date)."""
     patterns = [glob_regex(g) for g in globs]
     exts = {e.lower().lstrip(".") for e in extensions}
     not_before = None
     if after_date:
-        not_before = int(datetime.datetime.combine(datetime.date.fromisoformat(after_date),
-                                                   datetime.time()).timestamp() * 1e9)
+        day = datetime.date.fromisoformat(after_date)
+        not_before = (day - EPOCH.date()).days * 86400 * 10**9
     for rel, st in _walk(root):
         if rel.rpartition(".")[2].lower() not in exts:
             continue
@@ -160,19 +201,69 @@ def footage_files(
         yield rel, st.st_size, st.st_mtime_ns
 
 
-def candidate(rel: str, size: int, mtime_ns: int) -> Optional[Candidate]:
-    try:
-        rel.encode("utf-8")
-    except UnicodeEncodeError:
-        log.warning("skipping %r: its name is not valid UTF-8", rel)
+EPOCH = datetime.datetime(1970, 1, 1)
+
+
+def name_date(name: str) -> Optional[datetime.date]:
+    """The recording date in a camera's file name (Novatek and the like), or None."""
+    m = NAME_STAMP.search(os.path.basename(name))
+    if m is None:
         return None
+    try:
+        stamp = datetime.datetime(*(int(g) for g in m.groups()))
+    except ValueError:  # 2026_1340_...: digits, not a time
+        return None
+    return stamp.date()
+
+
+def clip_date(source_path: str, mtime_ns: int) -> datetime.date:
+    """The date the camera showed when it recorded the clip, whatever the Pi's time zone.
+
+    The timestamp in the file name when there is one; else the mtime as wall-clock time. vfat and
+    exFAT keep the camera's wall clock without a zone, and the card is mounted so that the kernel
+    adds none (vfat ``tz=UTC``, exFAT ``time_offset=0``): that mtime broken down in UTC is what the
+    camera's clock said. Raises OverflowError for an mtime no calendar date holds."""
+    day = name_date(source_path)
+    if day is not None:
+        return day
+    try:
+        return (EPOCH + datetime.timedelta(microseconds=mtime_ns // 1000)).date()
+    except (OverflowError, ValueError) as e:
+        raise OverflowError(f"its modification time ({mtime_ns} ns after 1970) is no calendar date") from e
+
+
+def ledger_key(source_path: str, size: int, mtime_ns: int) -> Tuple[str, int, int]:
+    """The clip's key as the ledger holds it: a name that is not UTF-8 as its bytes escaped
+    (\\xNN, only ever in a refused clip's row), the mtime within what SQLite's INTEGER holds."""
+    return ledger_path(source_path), size, min(max(mtime_ns, INT64[0]), INT64[1])
+
+
+def ledger_path(source_path: str) -> str:
+    try:
+        source_path.encode("utf-8")
+        return source_path
+    except UnicodeEncodeError:
+        return os.fsencode(source_path).decode("utf-8", "backslashreplace")
+
+
+def refusal(clip: Candidate) -> Optional[str]:
+    """Why a clip cannot be staged as it is (the reason kept in its ledger row), or None."""
+    if ledger_path(clip.source_path) != clip.source_path:
+        return "refused: the name is not valid UTF-8 (the ledger and the server's listings need text)"
+    try:
+        clip_date(clip.source_path, clip.mtime_ns)
+    except OverflowError as e:
+        return f"refused: {e}"
+    return None
+
+
+def candidate(rel: str, size: int, mtime_ns: int) -> Candidate:
     return Candidate(rel, size, mtime_ns, is_event(rel))
 
 
 def scan(root: str, globs: Sequence[str], extensions: Sequence[str], after_date: Optional[str] = None) -> List[Candidate]:
     """Every footage file below ``root`` as a Candidate."""
-    found = (candidate(*f) for f in footage_files(root, globs, extensions, after_date))
-    return [c for c in found if c is not None]
+    return [candidate(*f) for f in footage_files(root, globs, extensions, after_date)]
 
 
 def order(candidates: Iterable[Candidate], newest_first: bool = True) -> List[Candidate]:
@@ -182,9 +273,23 @@ def order(candidates: Iterable[Candidate], newest_first: bool = True) -> List[Ca
 
 
 def staged_name(camera: str, clip: Candidate) -> str:
-    """ready/-relative path for a clip: <camera>/<YYYY-MM-DD of its mtime>/<file>."""
-    day = datetime.datetime.fromtimestamp(clip.mtime_ns / 1e9).strftime("%Y-%m-%d")
-    return f"{camera}/{day}/{os.path.basename(clip.source_path)}"
+    """ready/-relative path for a clip: <camera>/<YYYY-MM-DD the camera recorded it>/<file>."""
+    day = clip_date(clip.source_path, clip.mtime_ns)
+    return f"{camera}/{day:%Y-%m-%d}/{os.path.basename(clip.source_path)}"
+
+
+def name_variant(name: str, n: int) -> str:
+    """``clip.MP4`` -> ``clip~n.MP4``; a long stem is shortened (at a character) so the name still
+    fits NAME_MAX bytes."""
+    stem, ext = os.path.splitext(name)
+    tail = f"~{n}{ext}".encode("utf-8")
+    if len(tail) >= NAME_MAX // 2:  # not a footage extension: the suffix goes at the very end
+        stem, ext, tail = name, "", f"~{n}".encode("utf-8")
+    room = NAME_MAX - len(tail)
+    raw = stem.encode("utf-8", "surrogateescape")
+    if len(raw) > room:
+        stem = raw[:room].decode("utf-8", "ignore")
+    return stem + f"~{n}{ext}"
 
 
 # --- durable writes ---------------------------------------------------------------------------
@@ -238,6 +343,18 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+# a clip's own trouble while it is staged (its name, its time): the clip fails, the others go on
+CLIP_ERRORS = (OSError, OverflowError, ValueError, UnicodeError)
+CLIP_ERRNOS = (errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL, errno.EOVERFLOW)
+
+
+def describe(e: BaseException) -> str:
+    """An exception as a one-line reason: ``strerror (ENAME)`` for an OSError."""
+    if isinstance(e, OSError) and e.errno:
+        return f"{e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)})"
+    return shown(str(e)) or type(e).__name__
+
+
 class Interrupted(Exception):
     """should_stop() said stop (SIGTERM): abandon the clip in hand."""
 
@@ -285,6 +402,12 @@ class _Finisher(threading.Thread):
                     continue
                 try:
                     self._finish(ledger, item)
+                except CLIP_ERRORS as e:  # this clip's own problem: the next clips go on
+                    self._discard(item)
+                    if isinstance(e, OSError) and e.errno not in CLIP_ERRNOS:
+                        self.error = e
+                        continue
+                    self._failed(ledger, item.clip, e)
                 except BaseException as e:  # noqa: B902 - handed to the reading thread
                     self._discard(item)
                     self.error = e
@@ -293,6 +416,15 @@ class _Finisher(threading.Thread):
         finally:
             if ledger is not None:
                 ledger.close()
+
+    def _failed(self, ledger: Ledger, clip: Candidate, e: BaseException) -> None:
+        reason = describe(e)
+        log.error("cannot stage %s: %s; marked failed, going on with the others", shown(clip.source_path), reason,
+                  extra={"DASHCAM_FILE": clip.source_path})
+        ledger.record_failed(self.cfg.camera.name, *ledger_key(clip.source_path, clip.size, clip.mtime_ns),
+                             event=clip.event, reason=f"stage: {reason}")
+        with self.lock:
+            self.result.failed.append((clip.source_path, reason))
 
     @staticmethod
     def _discard(item: _Copied) -> None:
@@ -318,45 +450,53 @@ class _Finisher(threading.Thread):
             raise Interrupted()
         rel = staged_name(cfg.camera.name, clip)
         rel = self._place(ledger, item, rel)
-        ledger.record_staged(
-            cfg.camera.name,
-            clip.source_path,
-            clip.size,
-            clip.mtime_ns,
-            event=clip.event,
-            sha256=item.sha256,
-            staged_path=rel,
-        )
+        try:
+            path, size, mtime_ns = ledger_key(clip.source_path, clip.size, clip.mtime_ns)
+            ledger.record_staged(cfg.camera.name, path, size, mtime_ns, event=clip.event, sha256=item.sha256,
+                                 staged_path=rel)
+        except BaseException:
+            # no row, no file: a file in ready/ always has its ledger row
+            target = os.path.join(cfg.paths.ready, rel)
+            try:
+                os.unlink(target)
+                fsync_dir(os.path.dirname(target))
+            except OSError as e:
+                log.error("cannot remove %s after its ledger row failed: %s", shown(rel), describe(e))
+            raise
         with self.lock:
             self.result.files += 1
             self.result.bytes += clip.size
         log.info(
             "staged %s (%s%s) as %s",
-            clip.source_path,
+            shown(clip.source_path),
             notify.human_bytes(clip.size),
             ", event" if clip.event else "",
-            rel,
+            shown(rel),
             extra={"DASHCAM_FILE": clip.source_path, "DASHCAM_BYTES": clip.size, "DASHCAM_SHA256": item.sha256,
                    "DASHCAM_STAGED": rel},
         )
         self.progress(1)
 
     def _place(self, ledger: Ledger, item: _Copied, rel: str) -> str:
-        """Rename the .part into ready/ under ``rel`` or a free variant of it; never overwrite."""
+        """Rename the .part into ready/ under ``rel`` or a free variant of it (``name~1.MP4``: the same
+        name from another folder of the card, or a name an earlier clip had); never overwrite."""
         ready = self.cfg.paths.ready
-        stem, ext = os.path.splitext(rel)
+        directory, name = os.path.split(rel)
+        makedirs_owned(os.path.join(ready, directory), self.owner)
         n = 0
         while True:
-            candidate = rel if n == 0 else f"{stem}~{n}{ext}"
+            candidate = rel if n == 0 else f"{directory}/{name_variant(name, n)}"
             target = os.path.join(ready, candidate)
-            makedirs_owned(os.path.dirname(target), self.owner)
+            if self._taken(ledger, candidate):
+                n += 1
+                continue
             try:
                 # link(2) fails if the name exists: an atomic "rename unless taken"
                 os.link(item.part, target)
             except FileExistsError:
                 if self._is_orphan_copy(ledger, candidate, target, item):
                     # the same bytes renamed by a run killed before its ledger commit: adopt them
-                    log.info("adopting %s, staged by an interrupted run", candidate)
+                    log.info("adopting %s, staged by an interrupted run", shown(candidate))
                     os.unlink(item.part)
                     fsync_dir(os.path.dirname(target))
                     return candidate
@@ -366,10 +506,12 @@ class _Finisher(threading.Thread):
             fsync_dir(os.path.dirname(target))
             return candidate
 
+    @staticmethod
+    def _taken(ledger: Ledger, rel: str) -> bool:
+        """Another clip has (or had, before it was pruned) this staged name: the server may hold it."""
+        return ledger.db.execute("SELECT 1 FROM footage WHERE staged_path = ? LIMIT 1", (rel,)).fetchone() is not None
+
     def _is_orphan_copy(self, ledger: Ledger, rel: str, target: str, item: _Copied) -> bool:
-        row = ledger.db.execute("SELECT 1 FROM footage WHERE staged_path = ? LIMIT 1", (rel,)).fetchone()
-        if row is not None:
-            return False  # another clip's file
         try:
             if os.stat(target).st_size != item.clip.size:
                 return False
@@ -451,13 +593,20 @@ class _Reader(threading.Thread):
 
 def _copy_one(src_root: str, clip: Candidate, incoming: str, seq: int, should_stop, progress: _Progress,
               owner: Owner = None) -> _Copied:
-    """Read, hash and write one clip to incoming/<name>.<seq>.part; the fd stays open for the finisher."""
+    """Read, hash and write one clip to incoming/<seq>.part; the fd stays open for the finisher.
+
+    The temporary name is short whatever the clip's (a 255-byte name plus a suffix would not fit)."""
     src = os.path.join(src_root, clip.source_path)
-    part = os.path.join(incoming, f"{os.path.basename(clip.source_path)}.{seq}.part")
-    # O_NOFOLLOW: a name swapped for a symlink after the scan is not followed out of the card
-    sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    part = os.path.join(incoming, f"{seq:06d}.part")
+    # O_NOFOLLOW: a name swapped for a symlink after the scan is not followed out of the card;
+    # O_NONBLOCK: nor does a FIFO or a device swapped in make the open wait for a writer
+    sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     reader = None
     try:
+        st = os.fstat(sfd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file any more (replaced since the scan)")
+        fcntl.fcntl(sfd, fcntl.F_SETFL, fcntl.fcntl(sfd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         try:
             os.posix_fadvise(sfd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         except OSError:
@@ -499,6 +648,7 @@ def _copy_one(src_root: str, clip: Candidate, incoming: str, seq: int, should_st
             reader.join()
             if written != clip.size:
                 raise OSError(errno.EIO, f"read {written} bytes, the card said {clip.size} (changed while copying?)")
+            keep_mtime(dfd, clip)
             return _Copied(clip, dfd, part, h.hexdigest())
         except BaseException:
             os.close(dfd)
@@ -508,6 +658,14 @@ def _copy_one(src_root: str, clip: Candidate, incoming: str, seq: int, should_st
         # a reader stuck in read(2) keeps its fd: closing it could hand the number to the next clip
         if reader is None or not reader.is_alive() or reader.cancel():
             os.close(sfd)
+
+
+def keep_mtime(fd: int, clip: Candidate) -> None:
+    """Give the staged copy the clip's own modification time (upload's rsync --times carries it on)."""
+    try:
+        os.utime(fd, ns=(clip.mtime_ns, clip.mtime_ns))
+    except (OSError, OverflowError, ValueError) as e:  # beyond what staging's filesystem holds
+        log.warning("%s keeps the time of the copy: staging cannot hold its own (%s)", shown(clip.source_path), e)
 
 
 def _lock_staging(incoming: str) -> int:
@@ -554,24 +712,31 @@ def ingest_source(
             known: Set[Tuple[str, int, int]] = ledger.known_keys(cfg.camera.name)
             found = 0
             new = []
-            for key in footage_files(source_dir, cfg.ingest.globs, cfg.ingest.extensions, cfg.ingest.after_date):
+            for rel, size, mtime_ns in footage_files(source_dir, cfg.ingest.globs, cfg.ingest.extensions,
+                                                     cfg.ingest.after_date):
                 found += 1
-                if key in known:  # copied before: not read, not even looked at further
+                if ledger_key(rel, size, mtime_ns) in known:  # copied before: not read, not even looked at further
                     continue
-                c = candidate(*key)
-                if c is not None:
-                    new.append(c)
+                new.append(candidate(rel, size, mtime_ns))
             result.known = found - len(new)
-            todo = order(new, cfg.ingest.newest_first)
+            verdicts = [(c, refusal(c)) for c in new]
+            refused = [(c, why) for c, why in verdicts if why]
+            todo = order([c for c, why in verdicts if not why], cfg.ingest.newest_first)
             total = sum(c.size for c in todo)
             log.info(
-                "%s: %d footage files, %d already in the ledger, %d new (%s)",
-                source_dir, found, result.known, len(todo), notify.human_bytes(total),
+                "%s: %d footage files, %d already in the ledger, %d new (%s)%s",
+                shown(source_dir), found, result.known, len(todo), notify.human_bytes(total),
+                f", {len(refused)} refused" if refused else "",
                 extra={"DASHCAM_FILES": len(todo), "DASHCAM_BYTES": total},
             )
+            for clip, why in refused:
+                log.error("%s: %s", shown(clip.source_path), why, extra={"DASHCAM_FILE": ledger_path(clip.source_path)})
+                result.failed.append((ledger_path(clip.source_path), why))
+                if not dry_run:
+                    _record_refused(ledger, cfg.camera.name, clip, why)
             if dry_run:
                 for c in todo:
-                    log.info("dry run, would copy %s (%s%s)", c.source_path, notify.human_bytes(c.size),
+                    log.info("dry run, would copy %s (%s%s)", shown(c.source_path), notify.human_bytes(c.size),
                              ", event" if c.event else "")
                 result.pending = len(todo)
                 return result
@@ -595,11 +760,21 @@ def ingest_source(
     return result
 
 
+def _record_refused(ledger: Ledger, camera: str, clip: Candidate, why: str) -> None:
+    """A ``failed`` row with the reason, so status and ``files --state failed`` show the clip."""
+    try:
+        ledger.record_failed(camera, *ledger_key(clip.source_path, clip.size, clip.mtime_ns), event=clip.event,
+                             reason=why)
+    except LedgerError as e:  # its escaped key names another clip's row: the message above stands
+        log.error("%s: no ledger row for the refusal: %s", shown(clip.source_path), e)
+
+
 def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner) -> None:
     progress = _Progress(len(todo), total)
     finisher = _Finisher(cfg, result, lambda n: progress.add(files=n), should_stop, owner)
     finisher.start()
     remaining = len(todo)
+    skipped = 0  # too big for the space left: on the card for later
     try:
         for seq, clip in enumerate(todo):
             if should_stop():
@@ -612,27 +787,32 @@ def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner) 
             # bytes already written but still in the finisher are counted by statvfs already
             if free - clip.size < keep:
                 result.refused = (
-                    f"staging has {notify.human_bytes(free)} free; copying {clip.source_path} "
+                    f"staging has {notify.human_bytes(free)} free; copying {shown(clip.source_path)} "
                     f"({notify.human_bytes(clip.size)}) would leave less than the reserve of {notify.human_bytes(keep)}"
                 )
-                log.warning("stopping the copy: %s; %d clips stay on the card for later", result.refused, remaining,
-                            extra={"DASHCAM_FILE": clip.source_path})
-                break
+                if free <= keep:  # nothing fits any more
+                    log.warning("stopping the copy: %s; %d clips stay on the card for later", result.refused,
+                                remaining, extra={"DASHCAM_FILE": clip.source_path})
+                    break
+                log.warning("skipping %s: %s; it stays on the card, going on with clips that fit",
+                            shown(clip.source_path), result.refused, extra={"DASHCAM_FILE": clip.source_path})
+                skipped += 1
+                continue
             try:
                 copied = _copy_one(source_dir, clip, cfg.paths.incoming, seq, should_stop, progress, owner)
             except Interrupted:
                 result.interrupted = True
                 break
             except OSError as e:
-                reason = f"{e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)})" if e.errno else str(e)
+                reason = describe(e)
                 if e.errno in (errno.ENOSPC, errno.EDQUOT):
                     result.refused = f"staging is full ({reason})"
                     log.error("stopping the copy: %s", result.refused)
                     break
-                log.error("cannot read %s: %s; marked failed, going on with the others", clip.source_path, reason,
-                          extra={"DASHCAM_FILE": clip.source_path})
-                ledger.record_failed(cfg.camera.name, clip.source_path, clip.size, clip.mtime_ns, event=clip.event,
-                                     reason=f"read: {reason}")
+                log.error("cannot read %s: %s; marked failed, going on with the others", shown(clip.source_path),
+                          reason, extra={"DASHCAM_FILE": clip.source_path})
+                ledger.record_failed(cfg.camera.name, *ledger_key(clip.source_path, clip.size, clip.mtime_ns),
+                                     event=clip.event, reason=f"read: {reason}")
                 result.failed.append((clip.source_path, reason))
                 remaining -= 1
                 continue
@@ -663,6 +843,8 @@ def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner) 
             log.error("stopping the copy: %s", result.refused)
         else:
             raise DashcamError(f"ingest stopped: {type(err).__name__}: {err}") from err
+    if skipped:
+        log.warning("%d clips too big for the space left above the reserve stay on the card for later", skipped)
     if result.interrupted:
         log.warning("interrupted: %d clips staged, the rest stay on the card for the next run", result.files)
     result.pending = max(0, remaining)
@@ -675,7 +857,12 @@ def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner) 
 # --- the camera's card ----------------------------------------------------------------------
 
 MOUNT_OPTIONS = "ro,nosuid,nodev,noexec,noatime"
-FILESYSTEMS = ("vfat", "exfat")
+# the card's timestamps are the camera's wall clock without a zone: read them as UTC, so the
+# mtime broken down in UTC is what the camera showed (clip_date), whatever the Pi's time zone.
+# vfat: tz=UTC (else the kernel's sys_tz applies), utf8 names; exFAT: time_offset=0 (minutes;
+# a timestamp the camera marked with its own UTC offset is converted with that offset instead)
+FS_OPTIONS = {"vfat": "tz=UTC,utf8", "exfat": "time_offset=0"}
+FILESYSTEMS = tuple(FS_OPTIONS)
 
 
 def fs_type(devnode: str, timeout: float) -> str:
@@ -696,7 +883,8 @@ def fs_type(devnode: str, timeout: float) -> str:
 
 
 def mount_argv(devnode: str, fstype: str, mountpoint: str) -> List[str]:
-    return ["mount", "-t", fstype, "-o", MOUNT_OPTIONS, devnode, mountpoint]
+    options = ",".join(o for o in (MOUNT_OPTIONS, FS_OPTIONS.get(fstype)) if o)
+    return ["mount", "-t", fstype, "-o", options, devnode, mountpoint]
 
 
 def mode_after_ingest(cfg: Config, external: Optional[bool]) -> str:

@@ -1,6 +1,6 @@
 """Staging: the footage area on the Pi between the camera and the server.
 
-    <local_staging>/incoming/<name>.<n>.part           a clip being copied: never a whole file
+    <local_staging>/incoming/<n>.part                  a clip being copied: never a whole file
     <local_staging>/ready/<camera>/<YYYY-MM-DD>/<file> copied, hashed, in the ledger; waits for
                                                        the server to verify it
 

@@ -40,8 +40,11 @@ def user_layout(normal=6, event=2, size=4 << 20, start=None, step=180):
     return out
 
 
-def make_card(image, clips, label="DASHCAM", fs_uuid=CAMERA_FS_UUID, extra_mib=16):
-    """Write a vfat image holding `clips` [(path, size, mtime)]; return [Clip] with SHA-256s."""
+def make_card(image, clips, label="DASHCAM", fs_uuid=CAMERA_FS_UUID, extra_mib=16, tz=None):
+    """Write a vfat image holding `clips` [(path, size, mtime)]; return [Clip] with SHA-256s.
+
+    vfat keeps a wall-clock time without a zone: mtools writes each mtime as it reads in `tz`
+    (the host's zone when None). tz="UTC" writes the camera's clock as the UTC breakdown of mtime."""
     total = sum(size for _, size, _ in clips)
     mib = max(64, total // (1 << 20) + extra_mib + len(clips) // 8 + 8)
     if os.path.exists(image):
@@ -51,6 +54,8 @@ def make_card(image, clips, label="DASHCAM", fs_uuid=CAMERA_FS_UUID, extra_mib=1
     subprocess.run(["mkfs.vfat", "-F", "32", "-n", label, "-i", fs_uuid.replace("-", ""), image],
                    check=True, stdout=subprocess.DEVNULL)
     env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+    if tz is not None:
+        env["TZ"] = tz
     made_dirs = set()
     result = []
     with tempfile.TemporaryDirectory() as tmp:
