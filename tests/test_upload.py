@@ -75,7 +75,7 @@ def stage(cfg_path: Path, name: str, size: int, mtime: float, data: bytes = None
     """A clip as the ingest leaves it: bytes durable in ready/<camera>/<date>/, a 'staged' ledger row."""
     cfg = config.load(str(cfg_path))
     data = os.urandom(size) if data is None else data
-    day = datetime.datetime.fromtimestamp(mtime).strftime("%Y-%m-%d")
+    day = datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc).strftime("%Y-%m-%d")  # as ingest dates it
     rel = f"{CAMERA}/{day}/{name}"
     path = Path(cfg.paths.ready) / rel
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,12 +142,21 @@ def clips(cfg_path: Path):
 # --- pure functions ----------------------------------------------------------------------------
 
 
-def test_remote_path_is_camera_year_month_day_of_the_clips_mtime():
-    utc = datetime.timezone.utc
-    ns = int(datetime.datetime(2026, 3, 7, 23, 59, 59, tzinfo=utc).timestamp()) * 10**9 + 999_999_999
-    assert upload.remote_path("cam", "frontcam/2026-03-07/FILE0001.MP4", ns, utc) == "cam/2026/03/07/FILE0001.MP4"
-    plus2 = datetime.timezone(datetime.timedelta(hours=2))
-    assert upload.remote_path("cam", "FILE0001.MP4", ns, plus2) == "cam/2026/03/08/FILE0001.MP4"
+def test_remote_path_is_the_day_ingest_gave_the_staged_clip_whatever_the_pis_zone(monkeypatch):
+    ns = int(datetime.datetime(2026, 3, 7, 23, 59, 59, tzinfo=datetime.timezone.utc).timestamp()) * 10**9
+    for zone in ("UTC", "America/New_York", "Europe/Berlin"):
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+        assert upload.remote_path("cam", "cam/2026-03-07/FILE0001.MP4", ns) == "cam/2026/03/07/FILE0001.MP4"
+        # a day ingest chose from the clip's name wins over its mtime
+        assert upload.remote_path("cam", "cam/2026-03-09/2026_0309_000100_001F.MP4", ns) == \
+            "cam/2026/03/09/2026_0309_000100_001F.MP4"
+        # a path without the staged day: dated as ingest would, the mtime read as the camera's wall clock
+        assert upload.remote_path("cam", "FILE0001.MP4", ns) == "cam/2026/03/07/FILE0001.MP4"
+        assert upload.remote_path("cam", "NO20260308-000100-000123F.MP4", ns) == \
+            "cam/2026/03/08/NO20260308-000100-000123F.MP4"
+    monkeypatch.delenv("TZ")
+    time.tzset()
 
 
 def test_alternate_name_keeps_the_extension_and_adds_the_content_hash():
@@ -157,13 +166,12 @@ def test_alternate_name_keeps_the_extension_and_adds_the_content_hash():
 
 def test_plan_is_oldest_first_and_gives_a_reused_name_a_distinct_one(tmp_path):
     ledger = Ledger(str(tmp_path / "l.sqlite3"))
-    utc = datetime.timezone.utc
     newer = ledger.record_staged("c", "Normal/A.MP4", 1, T0 * 10**9 + 5, event=False, sha256="aa" * 32, staged_path="c/d/A.MP4")
     older = ledger.record_staged("c", "Event/B.MP4", 1, (T0 - 3 * DAY) * 10**9, event=True, sha256="bb" * 32, staged_path="c/d/B.MP4")
     reused = ledger.record_staged("c", "Normal/A.MP4", 2, T0 * 10**9 + 9, event=False, sha256="cc" * 32, staged_path="c/d/A-1.MP4")
     sent = ledger.record_staged("c", "Normal/C.MP4", 1, T0 * 10**9, event=False, sha256="dd" * 32, staged_path="c/d/C.MP4")
     ledger.advance(sent, "uploaded", remote_path="c/2025/11/13/C.dd000000.MP4")
-    items = upload.plan(ledger.files(), "/ready", utc)
+    items = upload.plan(ledger.files(), "/ready")
     assert [i.clip.id for i in items] == [older, sent, newer, reused]
     names = {i.clip.id: i.remote for i in items}
     assert names[older] == "c/2025/11/10/B.MP4"
@@ -172,7 +180,7 @@ def test_plan_is_oldest_first_and_gives_a_reused_name_a_distinct_one(tmp_path):
     assert names[reused] == "c/2025/11/13/A-1.MP4"
     assert items[0].local == "/ready/c/d/B.MP4"
     same_name = ledger.record_staged("c", "Event/A.MP4", 3, T0 * 10**9 + 7, event=True, sha256="ee" * 32, staged_path="c/e/A.MP4")
-    names = {i.clip.id: i.remote for i in upload.plan(ledger.files(), "/ready", utc)}
+    names = {i.clip.id: i.remote for i in upload.plan(ledger.files(), "/ready")}
     assert names[same_name] == "c/2025/11/13/A.eeeeeeee.MP4"
     ledger.close()
 

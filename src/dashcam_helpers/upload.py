@@ -111,13 +111,28 @@ def server_reachable(cfg: Config, timeout: Optional[float] = None) -> bool:
 # --- pure functions ---------------------------------------------------------------------------
 
 
-def remote_path(camera: str, file_name: str, mtime_ns: int, tz: Optional[datetime.tzinfo] = None) -> str:
-    """``<camera>/<YYYY>/<MM>/<DD>/<file>`` (relative to upload.dest_path), dated by the clip's mtime.
+STAGED_DAY = re.compile(r"(?:^|/)(\d{4})-(\d{2})-(\d{2})/[^/]+\Z")
 
-    ``tz`` None means the Pi's local time, the clock the camera's clips are named after.
+
+def remote_path(camera: str, file_name: str, mtime_ns: int) -> str:
+    """``<camera>/<YYYY>/<MM>/<DD>/<file>`` (relative to upload.dest_path), on the day the camera
+    showed when it recorded the clip, whatever the Pi's time zone.
+
+    ``file_name`` is the staged path (``<camera>/<YYYY-MM-DD>/<name>``): its day is the one ingest
+    chose (`ingest.clip_date`: the timestamp in the clip's name, else its mtime read as the camera's
+    wall clock), so staging and the server agree. A path without that day is dated the same way here.
     """
-    when = datetime.datetime.fromtimestamp(mtime_ns // 1_000_000_000, tz)
-    return f"{camera}/{when:%Y}/{when:%m}/{when:%d}/{os.path.basename(file_name)}"
+    found = STAGED_DAY.search(file_name)
+    if found:
+        year, month, day = found.groups()
+    else:
+        from .ingest import clip_date
+        try:
+            when = clip_date(file_name, mtime_ns)
+        except OverflowError:  # ingest refuses such a clip; never a reason to stop an upload
+            when = datetime.date(1970, 1, 1)
+        year, month, day = f"{when:%Y}", f"{when:%m}", f"{when:%d}"
+    return f"{camera}/{year}/{month}/{day}/{os.path.basename(file_name)}"
 
 
 def alternate_name(path: str, sha256: str) -> str:
@@ -138,7 +153,7 @@ class Item:
         return self.clip.size
 
 
-def plan(clips: Iterable[Clip], ready: str, tz: Optional[datetime.tzinfo] = None) -> List[Item]:
+def plan(clips: Iterable[Clip], ready: str) -> List[Item]:
     """The backlog in upload order (oldest clip first) with each clip's name on the server.
 
     A clip that was already sent keeps the name it was sent under. Two clips of one plan
@@ -148,7 +163,7 @@ def plan(clips: Iterable[Clip], ready: str, tz: Optional[datetime.tzinfo] = None
     taken: Dict[str, str] = {}
     items = []
     for clip in ordered:
-        name = clip.remote_path or remote_path(clip.camera, clip.staged_path or clip.source_path, clip.mtime_ns, tz)
+        name = clip.remote_path or remote_path(clip.camera, clip.staged_path or clip.source_path, clip.mtime_ns)
         if name in taken and taken[name] != clip.sha256:
             name = alternate_name(name, clip.sha256 or f"{clip.id:08d}")
         taken.setdefault(name, clip.sha256 or "")
@@ -326,7 +341,6 @@ class Uploader:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
         backoff_base: float = 2.0,
-        tz: Optional[datetime.tzinfo] = None,
     ):
         self.cfg = cfg
         self.ledger = ledger
@@ -334,7 +348,6 @@ class Uploader:
         self.sleep = sleep
         self.clock = clock
         self.backoff_base = backoff_base
-        self.tz = tz
         self.tree = os.path.join(cfg.paths.state_dir, "upload-tree")
         self.list_dir = os.path.join(cfg.paths.state_dir, "upload-lists")
         self.control_dir: Optional[str] = None
@@ -855,7 +868,7 @@ class Uploader:
             self.ledger.put_state(RUN_KEY, {"wall": self.clock(), "sending": []})
         try:
             while clips:  # footage staged while we upload is picked up before we finish
-                items = plan(clips, self.cfg.paths.ready, self.tz)
+                items = plan(clips, self.cfg.paths.ready)
                 held, until = self.held()
                 waiting = [i for i in items if i.remote in held]
                 if waiting:
