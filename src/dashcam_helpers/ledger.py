@@ -21,6 +21,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
     from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
+from .cli import dumps  # strict JSON: a NaN from a tool is stored as null, never as NaN
 from .record import Record
 
 class _Transaction:
@@ -361,7 +362,7 @@ class Ledger:
             db.execute(
                 "INSERT INTO state (key, value, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                (key, json.dumps(value), self.clock()),
+                (key, dumps(value), self.clock()),
             )
 
     def upload_holds(self, now: float, longest: float = float("inf")) -> Dict[str, float]:
