@@ -447,3 +447,105 @@ def test_what_a_tick_saw_becomes_the_home_assistant_state_without_a_second_read(
     assert doc["camera_mode"] == "record"  # the mode the tick switched to, not the one it saw
     assert doc["backlog_files"] == 1 and doc["server_reachable"] == "OFF"
     assert doc["last_ingest_files"] == 7 and doc["last_upload"] is None
+
+
+# ---------------------------------------------------------------- hostile battery output: the tick goes on and shuts down
+
+from test_battery import BAD_CLI_STATES, BAD_COMMAND_OUTPUTS  # noqa: E402  (the same outputs battery.read is tested with)
+
+WINDOW_MINUTES = 2  # thresholds.unknown_low_minutes for these tests: 4 ticks of 30 s
+
+
+class RealBatteryWorld(FakeWorld):
+    """The fake world, but the battery is battery.read() of a real program (the fake lifepo4wered-cli
+    or a battery-info.sh script), as SystemFacts reads it."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+
+    def battery(self):
+        from dashcam_helpers import battery
+
+        return battery.read(self.cfg)
+
+
+@pytest.fixture
+def real_battery(tmp_path, fake_hw):
+    def make(**battery_keys):
+        cfg = config.validate(
+            deep_merge(MINIMAL, {
+                "paths": {"local_staging": str(tmp_path / "staging"), "state_dir": str(tmp_path / "state")},
+                "battery": {"timeout_seconds": 1, **battery_keys},
+                "thresholds": {"unknown_low_minutes": WINDOW_MINUTES},
+            }),
+            "test.yaml",
+        )
+        return cfg, RealBatteryWorld(cfg)
+
+    return make
+
+
+def ticks_until_shutdown(cfg, world, set_bad, limit=12):
+    """One known on-battery tick, then bad output: the tick numbers (from the first bad one) that shut down.
+    Every tick must return (no exception) and store its reading."""
+    clock = FakeClock()
+    actions = FakeActions(world)
+    shut = []
+    with Ledger(cfg.paths.ledger) as ledger:
+        first = tick(cfg, world, actions, ledger=ledger, clock=clock)
+        assert first["saw"]["battery"]["percent"] is not None and first["saw"]["battery"]["external"] is False
+        assert not first["decision"]["shutdown"]
+        set_bad()
+        for i in range(limit):
+            clock.advance()
+            record = tick(cfg, world, actions, ledger=ledger, clock=clock)
+            b = record["saw"]["battery"]
+            assert b["percent"] is None and b["reason"], b
+            shut.append(record["decision"]["shutdown"])
+        assert len(ledger.recent_readings(100)) == limit + 1  # every reading stored
+    assert ("poweroff",) in actions.calls
+    return shut
+
+
+@pytest.mark.parametrize("state", list(BAD_CLI_STATES.values()) + ["mode = hang\n"],
+                         ids=list(BAD_CLI_STATES) + ["hang"])
+def test_each_bad_lifepo4wered_output_still_shuts_down_on_battery_after_the_unknown_window(real_battery, fake_hw, state):
+    cfg, world = real_battery()
+    fake_hw.set_battery("VBAT = 3400\nVIN = 0\n")
+    shut = ticks_until_shutdown(cfg, world, lambda: fake_hw.set_battery(state))
+    # unknown from the first bad tick (0); WINDOW_MINUTES later it counts as low and the Pi powers off
+    assert shut.index(True) == WINDOW_MINUTES * 2
+
+
+@pytest.mark.parametrize("text", BAD_COMMAND_OUTPUTS, ids=lambda t: t[:40])
+def test_each_bad_battery_command_output_still_shuts_down_on_battery_after_the_unknown_window(tmp_path, real_battery, text):
+    out = tmp_path / "battery.json"
+    out.write_text('{"battery_voltage": 3.4, "input_voltage": 0.1}')
+    prog = tmp_path / "battery-info.sh"
+    prog.write_text(f"#!/bin/sh\ncat {out}\n")
+    prog.chmod(0o755)
+    cfg, world = real_battery(source="command", command=str(prog))
+    shut = ticks_until_shutdown(cfg, world, lambda: out.write_text(text), limit=WINDOW_MINUTES * 2 + 1)
+    assert shut.index(True) == WINDOW_MINUTES * 2
+
+
+@pytest.mark.parametrize("state", list(BAD_CLI_STATES.values()), ids=list(BAD_CLI_STATES))
+def test_dashcamctl_policy_fed_a_bad_battery_output_exits_0_and_records_an_unknown_reading(
+    fake_hw, make_config, dashcamctl, tmp_path, state
+):
+    import json
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: away from home
+        s.bind(("127.0.0.1", 0))
+        away = s.getsockname()[1]
+    fake_hw.usb_device("1-1", authorized="1")
+    fake_hw.set_battery(state)
+    cfg = make_config({"upload": {"port": away, "connect_timeout": 1}, "battery": {"timeout_seconds": 2}})
+    r = dashcamctl("--config", str(cfg), "--dry-run", "policy", "--json", env={**fake_hw.env, "CACHE_DIRECTORY": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    record = json.loads(r.stdout, parse_constant=lambda name: pytest.fail(f"{name} in the output"))
+    assert record["saw"]["battery"]["percent"] is None and record["saw"]["battery"]["reason"]
+    with Ledger(str(tmp_path / "state" / "ledger.sqlite3")) as ledger:
+        assert [row["percent"] for row in ledger.recent_readings(5)] == [None]
