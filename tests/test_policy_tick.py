@@ -549,3 +549,144 @@ def test_dashcamctl_policy_fed_a_bad_battery_output_exits_0_and_records_an_unkno
     assert record["saw"]["battery"]["percent"] is None and record["saw"]["battery"]["reason"]
     with Ledger(str(tmp_path / "state" / "ledger.sqlite3")) as ledger:
         assert [row["percent"] for row in ledger.recent_readings(5)] == [None]
+
+
+# ---------------------------------------------------------------- a broken ledger does not stop the shutdown
+
+from dashcam_helpers.ledger import TickLedger  # noqa: E402
+
+GARBAGE = b"\x00\xffthis is no SQLite database\n" * 200
+
+
+def low_battery_ticks(cfg, fallback_dir, n=3, timeout=5):
+    """n ticks, each with its own TickLedger as dashcamctl policy opens it, on battery at 10 %."""
+    world = FakeWorld()
+    world.reading = FakeReading(percent=10, millivolts=3150, external=False)
+    actions = FakeActions(world)
+    clock = FakeClock()
+    records = []
+    for _ in range(n):
+        with TickLedger(cfg.paths.ledger, [str(fallback_dir)], clock.boot, timeout=timeout) as ledger:
+            records.append(tick(cfg, world, actions, ledger=ledger, clock=clock))
+            problem = ledger.problem
+        clock.advance()
+    return records, actions, problem
+
+
+def test_a_garbage_ledger_still_debounces_and_powers_off(tmp_path):
+    cfg = config.validate(deep_merge(MINIMAL, {"paths": {"local_staging": str(tmp_path / "staging"),
+                                                          "state_dir": str(tmp_path / "state")}}), "test.yaml")
+    os.makedirs(cfg.paths.state_dir, exist_ok=True)
+    with open(cfg.paths.ledger, "wb") as f:
+        f.write(GARBAGE)
+    records, actions, problem = low_battery_ticks(cfg, tmp_path / "run")
+    assert [r["decision"]["shutdown"] for r in records] == [False, False, True]  # debounced over 3 ticks
+    assert actions.calls[-1] == ("poweroff",)
+    assert "damaged" in problem
+    aside = [n for n in os.listdir(cfg.paths.state_dir) if n.startswith("ledger.sqlite3.damaged-")]
+    assert len(aside) == 1 and open(os.path.join(cfg.paths.state_dir, aside[0]), "rb").read() == GARBAGE
+    assert not os.path.exists(cfg.paths.ledger)  # never replaced by an empty ledger
+
+
+def test_a_ledger_locked_by_another_writer_still_debounces_and_powers_off(rig, tmp_path):
+    cfg, world, actions, clock, ledger, run = rig
+    ledger.db.execute("BEGIN IMMEDIATE")  # e.g. an ingest stuck in a transaction
+    try:
+        records, actions, problem = low_battery_ticks(cfg, tmp_path / "run", timeout=0.2)
+    finally:
+        ledger.db.execute("ROLLBACK")
+    assert [r["decision"]["shutdown"] for r in records] == [False, False, True]
+    assert actions.calls[-1] == ("poweroff",) and "locked" in problem
+
+
+def test_a_ledger_that_breaks_between_ticks_keeps_the_debounce_it_had(rig, tmp_path):
+    cfg, world, actions, clock, ledger, run = rig
+    world.reading = FakeReading(percent=10, millivolts=3150, external=False)
+    assert not run()["decision"]["shutdown"]  # one low reading in the ledger
+    assert not run()["decision"]["shutdown"]  # two
+    ledger.db.execute("BEGIN IMMEDIATE")
+    try:
+        with TickLedger(cfg.paths.ledger, [str(tmp_path / "run")], clock.boot, timeout=0.2) as tl:
+            record = tick(cfg, world, actions, ledger=tl, clock=clock)
+    finally:
+        ledger.db.execute("ROLLBACK")
+    assert record["decision"]["shutdown"] and actions.calls[-1] == ("poweroff",)
+
+
+def policy_env(tmp_path, fake_hw):
+    """Fakes on PATH for a real (not dry-run) dashcamctl policy: uhubctl and lifepo4wered-cli from
+    tests/fakes, a systemctl that logs what it is asked; away from home."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    log = tmp_path / "systemctl.log"
+    (bindir / "systemctl").write_text(f'#!/bin/sh\ncase "$1" in list-units) exit 0 ;; esac\necho "$*" >> {log}\n')
+    (bindir / "systemctl").chmod(0o755)
+    fake_hw.usb_device("1-1", authorized="1")
+    fake_hw.set_battery("VBAT = 3150\nVIN = 0\n")  # 10 %, on battery
+    env = {**fake_hw.env, "PATH": f"{bindir}{os.pathsep}{fake_hw.env['PATH']}",
+           "CACHE_DIRECTORY": str(tmp_path / "cache"), "RUNTIME_DIRECTORY": str(tmp_path / "run")}
+    return env, log
+
+
+def away_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dashcamctl_policy_with_a_garbage_ledger_powers_off_and_status_says_the_ledger_is_damaged(
+    tmp_path, fake_hw, make_config, dashcamctl
+):
+    env, systemctl_log = policy_env(tmp_path, fake_hw)
+    cfg = make_config({"upload": {"port": away_port(), "connect_timeout": 1}})
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "ledger.sqlite3").write_bytes(GARBAGE)
+    for n in range(3):
+        r = dashcamctl("--config", str(cfg), "policy", env=env)
+        assert r.returncode == 0, r.stderr
+        assert "ledger unusable" in r.stderr and "is damaged" in r.stderr  # loud in the journal, every tick
+        assert ("poweroff" in (systemctl_log.read_text() if systemctl_log.exists() else "")) == (n == 2)
+    r = dashcamctl("--config", str(cfg), "status", env=env)
+    assert r.returncode == 0 and r.stdout.startswith("LEDGER DAMAGED: ") and "moved aside to" in r.stdout
+    import json
+
+    facts = json.loads(dashcamctl("--config", str(cfg), "status", "--json", env=env).stdout)
+    assert facts["ledger"]["damaged"] is True and facts["ledger"]["moved_to"].startswith(str(tmp_path / "state"))
+
+
+def test_dashcamctl_policy_with_a_read_only_state_dir_powers_off(tmp_path, fake_hw, make_config):
+    """The state directory mounted read-only (in a private mount namespace), the ledger in it readable."""
+    import shutil
+    import subprocess
+
+    from conftest import LAUNCHER, SRC
+
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs unshare -m (mount namespaces) to make a read-only directory for root")
+    env, systemctl_log = policy_env(tmp_path, fake_hw)
+    env = {**os.environ, **env, "PYTHONPATH": str(SRC)}
+    env.pop("JOURNAL_STREAM", None)
+    cfg = tmp_path / "config.yaml"
+    state = tmp_path / "state"
+    with Ledger(str(state / "ledger.sqlite3")) as led:
+        led.put_state("last_ingest", {"wall": 1.0, "files": 1, "bytes": 1, "result": "ok"})
+    import yaml
+
+    from conftest import MINIMAL, deep_merge as merge
+
+    cfg.write_text(yaml.safe_dump(merge(MINIMAL, {
+        "paths": {"local_staging": str(tmp_path / "staging"), "state_dir": str(state)},
+        "upload": {"port": away_port(), "connect_timeout": 1},
+    })))
+    config_path = str(cfg)
+    script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+    for n in range(3):
+        r = subprocess.run(["unshare", "-m", "sh", "-c", script, str(state), str(LAUNCHER), "--config", config_path, "policy"],
+                           capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "ledger unusable" in r.stderr
+        assert ("poweroff" in (systemctl_log.read_text() if systemctl_log.exists() else "")) == (n == 2)
+    assert (tmp_path / "run" / "policy-fallback.json").exists()
+    assert not any(n.startswith("ledger.sqlite3.damaged") for n in os.listdir(state))  # unwritable is not damaged

@@ -34,6 +34,7 @@ log = get_logger("dashcam.policy")
 INGEST_UNITS = "dashcam-ingest@*.service"
 UPLOAD_UNIT = "dashcam-upload.service"
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+FALLBACK_DIR = "/run/dashcam"  # the last place for the tick's state when the ledger fails (tmpfs, root's)
 
 # the ledger keeps this many readings (about a day at one tick every 30 s); the tick reads
 # only the last HISTORY of them, enough for the debounce and the noise filter
@@ -779,14 +780,17 @@ def status_facts(record: Dict[str, Any], ledger) -> Dict[str, Any]:
 def command(args) -> int:
     """dashcamctl [--dry-run] policy [--json]: one tick with the real gatherers and actors."""
     from . import config
-    from .ledger import Ledger
+    from .ledger import TickLedger
 
     # under the unit, CacheDirectory=dashcam gives $CACHE_DIRECTORY: the validated config is kept
     # there as JSON so a tick does not parse YAML (see config.load_cached)
     cfg = config.load_cached(args.config, os.environ.get("CACHE_DIRECTORY"))
     for warning in cfg.warnings:
         get_logger("dashcam.config").warning("%s: %s", cfg.path, warning)
-    with Ledger(cfg.paths.ledger) as ledger:
+    # a damaged, locked or read-only ledger must not stop a low-battery shutdown: the tick then
+    # keeps this boot's readings and state in a fallback file, in the first of these that takes it
+    fallback_dirs = [os.environ.get("RUNTIME_DIRECTORY"), cfg.paths.state_dir, os.environ.get("CACHE_DIRECTORY"), FALLBACK_DIR]
+    with TickLedger(cfg.paths.ledger, fallback_dirs, SystemClock().boot_id()) as ledger:
         record = tick(cfg, SystemFacts(cfg), SystemActions(cfg, args.dry_run), ledger=ledger, dry_run=args.dry_run)
         if cfg.mqtt is not None:
             if args.dry_run:
