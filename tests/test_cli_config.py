@@ -190,3 +190,45 @@ def test_a_deeply_nested_config_is_a_clean_error(dashcamctl, tmp_path):
     deep.write_text(BASE + "ingest:\n  globs: " + "[" * 5000 + "]" * 5000 + "\n")
     r = dashcamctl("check-config", str(deep), timeout=60)
     assert r.returncode == 78 and "Traceback" not in r.stderr and "internal error" not in r.stderr
+
+
+# ---------------------------------------------------------------- the ingest unit's ExecCondition: a broken config fails it
+
+# ExecCondition= (systemd.service(5)): exit 1-254 skips the unit, 255 or a signal fails it
+CONDITION_SKIPS = range(1, 255)
+
+
+@pytest.mark.parametrize("content", [
+    "upload:\n  host: server\n  user: cam\n  dest_path: x\n  port: 1:20\n",   # a bad value
+    "upload: [unclosed\n",                                                    # not YAML
+    "camera:\n  match_serial: X\n",                                           # upload.host missing
+])
+def test_match_with_a_broken_config_exits_255_so_the_ingest_unit_fails_instead_of_skipping(dashcamctl, tmp_path, content):
+    bad = tmp_path / "config.yaml"
+    bad.write_text(content)
+    r = dashcamctl("--config", str(bad), "match", "sda1")
+    assert r.returncode == 255 and r.returncode not in CONDITION_SKIPS
+    assert f"{bad}: " in r.stderr and "cannot tell whether sda1 is the camera" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_match_with_a_missing_or_fifo_config_exits_255(dashcamctl, tmp_path):
+    r = dashcamctl("--config", str(tmp_path / "absent.yaml"), "match", "sda1")
+    assert r.returncode == 255
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    r = dashcamctl("--config", str(fifo), "match", "sda1", timeout=20)
+    assert r.returncode == 255 and "is a FIFO" in r.stderr
+
+
+def test_match_with_a_good_config_and_another_device_still_exits_1_to_skip(dashcamctl, make_config):
+    r = dashcamctl("--config", str(make_config()), "match", "/dev/sdzz9")
+    assert r.returncode == 1 and r.returncode in CONDITION_SKIPS
+
+
+def test_the_ingest_unit_runs_match_as_its_exec_condition_and_says_why_255():
+    from conftest import ROOT
+
+    unit = (ROOT / "systemd" / "dashcam-ingest@.service").read_text()
+    assert "ExecCondition=/usr/bin/dashcamctl match %I" in unit
+    assert "255" in unit and "1-254" in unit

@@ -25,7 +25,7 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "files": ("commands", "files", "list the footage ledger"),
     "status": ("status", "status", "battery, power source, camera mode and attachment"),
     "mode": ("camera", "mode_command", "switch the camera to record, data or off, and confirm it took"),
-    "match": ("device", "match_command", "exit 0 if a block device is the configured camera, 1 if not"),
+    "match": ("device", "match_command", "exit 0 if a block device is the configured camera, 1 if not, 255 if it cannot tell (broken config)"),
     "mqtt-publish": ("mqtt", "command", "publish the current status to MQTT / Home Assistant once, and report how it went"),
     "policy": ("policy", "command", "one tick of the battery policy: decide the camera mode, start the upload, shut down when low"),
     "upload": ("upload", "cmd_upload", "upload staged footage to the server, verify it, then free staging"),
