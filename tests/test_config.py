@@ -347,7 +347,6 @@ def test_config_path_prefers_the_option_then_the_environment(monkeypatch):
 
 import datetime  # noqa: E402
 
-import yaml  # noqa: E402
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 any_value = st.recursive(
