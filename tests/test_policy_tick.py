@@ -690,3 +690,24 @@ def test_dashcamctl_policy_with_a_read_only_state_dir_powers_off(tmp_path, fake_
         assert ("poweroff" in (systemctl_log.read_text() if systemctl_log.exists() else "")) == (n == 2)
     assert (tmp_path / "run" / "policy-fallback.json").exists()
     assert not any(n.startswith("ledger.sqlite3.damaged") for n in os.listdir(state))  # unwritable is not damaged
+
+
+def test_nonsense_stored_in_the_ledger_is_left_out_and_the_tick_still_shuts_down(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    ledger.put_state("policy", {"boot_id": clock.boot, "last_tick": "yesterday", "unknown_since": "x",
+                                "recorded_seconds": [1], "data_since": {"a": 1}})
+    ledger.put_state("last_upload", {"result": "failed", "wall": "noon", "held_until": "never"})
+    ledger.db.execute("INSERT INTO readings (wall, boot_id, monotonic, millivolts, percent, external, source)"
+                      " VALUES (0, ?, 'soon', 'many', 'low', 1, 'x')", (clock.boot,))
+    ledger.db.execute("INSERT INTO readings (wall, boot_id, monotonic, millivolts, percent, external, source)"
+                      " VALUES (0, ?, 1.0, NULL, 400, 0, 'x')", (clock.boot,))
+    world.reading = FakeReading(percent=10, millivolts=3150, external=False)
+    assert [run()["decision"]["shutdown"] for _ in range(3)] == [False, False, True]
+    assert actions.calls[-1] == ("poweroff",)
+
+
+def test_a_tick_state_that_is_not_a_mapping_is_ignored(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    ledger.put_state("policy", ["not", "a", "mapping"])
+    world.reading = FakeReading(percent=10, millivolts=3150, external=False)
+    assert [run()["decision"]["shutdown"] for _ in range(3)] == [False, False, True]

@@ -505,6 +505,43 @@ def _sample(row) -> Sample:
     )
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value - value == 0
+
+
+def _samples(rows) -> List[Sample]:
+    """The stored readings the tick can use: the ledger on disk is input like any other, and a row
+    a person or a fault changed (text for a number, NaN) is left out rather than crash the tick."""
+    out = []
+    for row in rows:
+        try:
+            sample = _sample(row)
+        except (KeyError, IndexError, TypeError, ValueError):
+            continue
+        if (
+            _finite(sample.monotonic)
+            and (sample.percent is None or (type(sample.percent) is int and 0 <= sample.percent <= 100))
+            and (sample.millivolts is None or type(sample.millivolts) is int)
+        ):
+            out.append(sample)
+    return out
+
+
+def _number_or_0(value: Any) -> float:
+    return float(value) if _finite(value) else 0.0
+
+
+# the tick's state keys that hold a number (monotonic seconds); anything else there is dropped
+_STATE_NUMBERS = ("last_tick", "data_since", "recorded_seconds", "unknown_since")
+
+
+def _state(value: Any) -> Dict[str, Any]:
+    """The tick state as stored, with what cannot be used dropped (see _samples)."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if k not in _STATE_NUMBERS or v is None or _finite(v)}
+
+
 def _try(outcome: Outcome, what: str, fn, *args) -> bool:
     try:
         fn(*args)
@@ -531,12 +568,12 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
     """
     clock = clock or SystemClock()
     now, wall, boot = clock.monotonic(), clock.time(), clock.boot_id()
-    st = ledger.get_state(STATE_KEY) or {}
+    st = _state(ledger.get_state(STATE_KEY))
     same_boot = st.get("boot_id") == boot
 
     # the battery: record this reading, read back the recent ones
     reading = facts_source.battery()
-    history = [_sample(r) for r in ledger.recent_readings(HISTORY - 1)]
+    history = _samples(ledger.recent_readings(HISTORY - 1))
     history.append(
         Sample(
             monotonic=now,
@@ -583,14 +620,14 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
     upload_failed_recently = (
         isinstance(last_upload, dict)
         and last_upload.get("result") == "failed"
-        and 0 <= wall - float(last_upload.get("wall") or 0) < UPLOAD_FAILURE_PAUSE
+        and 0 <= wall - _number_or_0(last_upload.get("wall")) < UPLOAD_FAILURE_PAUSE
     )
     # the last run had nothing to send but clips held for a session cut earlier (new clips
     # start an upload through the path unit, not through this)
     upload_held = (
         isinstance(last_upload, dict)
         and last_upload.get("result") == "held"
-        and wall < float(last_upload.get("held_until") or 0)
+        and wall < _number_or_0(last_upload.get("held_until"))
     )
     # which units run matters only at home or in data mode (data mode, upload, an ingest to stop);
     # away from home, recording, the systemctl call is saved
