@@ -690,3 +690,13 @@ def test_a_policy_tick_with_a_nan_battery_publishes_unknown_as_null(make_config,
     state = strict_json(ha.wait_for("dashcam/testpi/state"))
     assert state["battery_voltage"] is None and state["battery_percent"] is None
     assert state["input_voltage"] is None and state["output_voltage"] is None
+
+
+def test_a_damaged_ledger_still_lets_the_state_reach_home_assistant(make_config, broker, listen):
+    cfg = mqtt_config(make_config, broker.port, notifications=True)
+    os.makedirs(os.path.dirname(cfg.paths.ledger), exist_ok=True)
+    with open(cfg.paths.ledger, "wb") as f:
+        f.write(b"\x00\xff not a database " * 100)
+    ha = listen("dashcam/testpi/state")
+    mqtt.publish_state(cfg, FACTS)
+    assert strict_json(ha.wait_for("dashcam/testpi/state"))["battery_percent"] == 95

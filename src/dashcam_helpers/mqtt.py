@@ -616,18 +616,31 @@ def publish_event(cfg, kind: str, data: Optional[Dict[str, Any]] = None, *, budg
 
 
 def _load_memory(cfg) -> Dict[str, Any]:
-    from .ledger import Ledger
+    """The events' memory; {} (take bearings, announce nothing old) when the ledger cannot be read:
+    a damaged or locked ledger must not keep the state from reaching Home Assistant."""
+    import sqlite3
 
-    with Ledger(cfg.paths.ledger) as ledger:
-        value = ledger.get_state(EVENTS_STATE_KEY, {})
+    from .ledger import Ledger, LedgerError
+
+    try:
+        with Ledger(cfg.paths.ledger) as ledger:
+            value = ledger.get_state(EVENTS_STATE_KEY, {})
+    except (LedgerError, sqlite3.Error) as e:
+        log.warning("mqtt: events skipped, the ledger cannot be read: %s", e)
+        return {}
     return value if isinstance(value, dict) else {}
 
 
 def _save_memory(cfg, memory: Dict[str, Any]) -> None:
-    from .ledger import Ledger
+    import sqlite3
 
-    with Ledger(cfg.paths.ledger) as ledger:
-        ledger.put_state(EVENTS_STATE_KEY, memory)
+    from .ledger import Ledger, LedgerError
+
+    try:
+        with Ledger(cfg.paths.ledger) as ledger:
+            ledger.put_state(EVENTS_STATE_KEY, memory)
+    except (LedgerError, sqlite3.Error) as e:
+        log.warning("mqtt: the events' rate limits could not be kept in the ledger: %s", e)
 
 
 def _due_events(cfg, facts: Dict[str, Any], now: float) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
