@@ -212,3 +212,19 @@ def test_the_tick_ledger_keeps_its_state_in_the_fallback_and_forgets_it_once_the
         assert tl.get_state("policy") == {"n": 2}
     with TickLedger(path, fb, "boot-2") as tl:  # another boot: the fallback's readings are not this boot's
         assert tl.recent_readings(10) == []
+
+
+def test_a_fallback_file_with_nonsense_is_read_without_a_crash(tmp_path):
+    import json
+
+    fb = tmp_path / "fb"
+    fb.mkdir()
+    (fb / "policy-fallback.json").write_text(json.dumps({
+        "boot_id": "boot-1", "state": {},
+        "readings": [{"boot_id": "boot-1", "monotonic": "soon"}, {"boot_id": "boot-1", "monotonic": 5.0, "percent": 20}],
+    }))
+    with TickLedger(str(tmp_path / "ledger.sqlite3"), [str(fb)], "boot-1") as tl:
+        assert len(tl.recent_readings(10)) == 2  # the tick itself leaves out the unusable one
+    (fb / "policy-fallback.json").write_bytes(b"\x00garbage")
+    with TickLedger(str(tmp_path / "ledger.sqlite3"), [str(fb)], "boot-1") as tl:
+        assert tl.recent_readings(10) == []

@@ -614,7 +614,13 @@ class TickLedger:
         in the database's order, then this boot's by monotonic time."""
         rows = [dict(r) for r in self._use(lambda ledger: ledger.recent_readings(limit), [])]
         rows += self.fallback["readings"]
-        rows.sort(key=lambda r: (r.get("boot_id") == self.boot_id, r.get("monotonic") if r.get("boot_id") == self.boot_id else 0))
+        def order(row: Dict[str, Any]) -> Tuple[bool, float]:
+            m = row.get("monotonic")
+            this_boot = row.get("boot_id") == self.boot_id
+            usable = isinstance(m, (int, float)) and not isinstance(m, bool) and m - m == 0
+            return this_boot, float(m) if this_boot and usable else 0.0
+
+        rows.sort(key=order)
         return rows[-limit:] if limit > 0 else []
 
     def backlog(self) -> Tuple[int, int]:
