@@ -378,7 +378,14 @@ def test_property_any_values_validate_or_fail_naming_their_key(keys, values):
     except config.ConfigError as e:
         assert_keyed(e.problems)
         return
-    # accepted: every number finite, every date a date, the globs compile
+    # accepted: check-config --json can print it (strict JSON), the policy's cache gives it back,
+    # every number finite, every date a date
+    import json
+
+    from dashcam_helpers.cli import dumps
+
+    data = json.loads(dumps(config.as_dict(cfg)), parse_constant=lambda name: pytest.fail(name))
+    assert config.from_dict(data, "test.yaml", cfg.warnings) == cfg
     for section, key, spec in ALL_KEYS:
         section_cfg = getattr(cfg, section)
         if section_cfg is None:
