@@ -9,6 +9,7 @@ import json
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import FIXTURES
 from dashcam_helpers import battery, config
@@ -46,10 +47,19 @@ def test_the_fixture_dump_parses_into_every_register():
     assert len(values) == 36
 
 
-@pytest.mark.parametrize("text", ["", "hello\n", "VBAT = three\n", "VBAT 3611\n", "= 5\n", "vbat = 3611\n"])
+@pytest.mark.parametrize("text", ["", "hello\n", "VBAT 3611\n", "= 5\n", "vbat = 3611\n", "\x00\x17 bus error\n"])
 def test_garbage_is_a_parse_error_naming_the_line(text):
     with pytest.raises(battery.ParseError):
         battery.parse_lifepo4wered(text)
+
+
+@pytest.mark.parametrize("value", ["three", "nan", "inf", "-inf", "1e308", "9" * 400, "+3300", "3_300", "\u0663\u0663\u0660\u0660", ""])
+def test_a_register_that_is_not_a_plain_number_is_unknown_and_the_others_still_count(value):
+    values = battery.parse_lifepo4wered(f"VBAT = {value}\nVIN = 0\nVIN_THRESHOLD = 4498\n")
+    r = battery.reading_from_lifepo4wered(values, DEFAULT_TABLE)
+    assert r.percent is None and r.millivolts is None and "VBAT is not a number" in r.reason
+    assert r.external is False  # VIN still read: on battery, so the unknown window runs
+    assert len(r.reason) < 200 and json.dumps(r.as_dict(), allow_nan=False)
 
 
 def test_external_power_when_vin_reaches_the_threshold():
@@ -93,6 +103,100 @@ def test_battery_info_may_say_external_power_itself():
 def test_battery_info_nonsense_is_unknown_with_a_reason(data):
     r = battery.reading_from_battery_info(data, DEFAULT_TABLE)
     assert r.percent is None and r.reason
+
+
+# What a battery-info.sh-style program printed, on battery (input_voltage 0.1), each with a bad value
+# where the battery's is expected: every one is an unknown reading with a reason, on battery.
+BAD_NUMBERS = ["NaN", "Infinity", "-Infinity", "1e308", "-1e308", "1e400", "9" * 400, "-3.3", '"3.3"', "[3.3]",
+               "{}", "true", "null"]
+BAD_COMMAND_OUTPUTS = [
+    *(f'{{"battery_voltage": {n}, "input_voltage": 0.1}}' for n in BAD_NUMBERS),
+    *(f'{{"battery_percent": {n}, "input_voltage": 0.1}}' for n in BAD_NUMBERS),
+    '{"battery_voltage": ' + "[" * 100_000 + "]" * 100_000 + ', "input_voltage": 0.1}',
+    '{"battery_percent": ' + "9" * 5000 + ', "input_voltage": 0.1}',
+    "NaN",
+    "[" * 100_000 + "]" * 100_000,
+    "",
+    "\x00\xff\xfe not json",
+]
+
+
+@pytest.mark.parametrize("text", BAD_COMMAND_OUTPUTS, ids=lambda t: t[:40])
+def test_hostile_battery_info_output_is_unknown_with_a_reason_never_an_exception(text):
+    r = battery.reading_from_command_output(text, DEFAULT_TABLE)
+    assert r.percent is None and r.millivolts is None and not r.known
+    assert r.reason and len(r.reason) < 300
+    json.dumps(r.as_dict(), allow_nan=False)  # status --json and MQTT can carry it
+
+
+@pytest.mark.parametrize("n", ["NaN", "Infinity", "-Infinity", "1e308", "9" * 400, "-5", "70"])
+def test_an_input_voltage_that_is_no_measurement_leaves_the_power_source_unknown_not_on_battery(n):
+    r = battery.reading_from_command_output(f'{{"battery_percent": 50, "input_voltage": {n}}}', DEFAULT_TABLE)
+    assert r.percent == 50 and r.external is None and "input_voltage" in r.reason
+
+
+def test_a_null_percent_falls_back_to_the_voltage_table():
+    r = battery.reading_from_command_output('{"battery_voltage": 3.26, "battery_percent": null, "input_voltage": 0}', DEFAULT_TABLE)
+    assert (r.percent, r.external, r.reason) == (40, False, None)
+
+
+# ---------------------------------------------------------------- properties (Hypothesis)
+
+
+def assert_sane_or_unknown_with_a_reason(r):
+    """The contract of battery.read: a known reading is sane; an unknown part has its reason."""
+    assert isinstance(r, battery.Reading)
+    if r.percent is not None:
+        assert type(r.percent) is int and 0 <= r.percent <= 100
+    if r.millivolts is not None:
+        assert type(r.millivolts) is int and battery.PLAUSIBLE_MV[0] <= r.millivolts <= battery.PLAUSIBLE_MV[1]
+    assert r.external in (True, False, None)
+    if r.percent is None:
+        assert r.reason
+    json.dumps(r.as_dict(), allow_nan=False)  # no NaN, no Infinity, nothing too deep
+
+
+json_scalars = (
+    st.none() | st.booleans() | st.text(max_size=20)
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats(allow_nan=True, allow_infinity=True)
+)
+json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=10)
+battery_keys = st.sampled_from(["battery_voltage", "battery_percent", "input_voltage", "external_power", "output_power", "x"])
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(battery_keys, json_values, max_size=6))
+def test_property_any_battery_info_object_gives_a_sane_or_unknown_reading(data):
+    assert_sane_or_unknown_with_a_reason(battery.reading_from_battery_info(data, DEFAULT_TABLE))
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.one_of(
+    st.text(max_size=200),
+    st.dictionaries(battery_keys, json_values, max_size=6).map(lambda d: json.dumps(d)),  # NaN/Infinity as Python writes them
+))
+def test_property_any_command_output_gives_a_sane_or_unknown_reading(text):
+    assert_sane_or_unknown_with_a_reason(battery.reading_from_command_output(text, DEFAULT_TABLE))
+
+
+register_names = st.sampled_from(["VBAT", "VIN", "VIN_THRESHOLD", "VOUT", "IOUT", "PI_RUNNING"])
+register_values = st.one_of(
+    st.integers(min_value=-(10**12), max_value=10**12).map(str),
+    st.sampled_from(["-1", "-2", "nan", "inf", "-inf", "1e308", "9" * 400, "", "0x10", "3.3"]),
+    st.text(max_size=12).filter(lambda t: "\n" not in t and "\r" not in t),
+)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.lists(st.tuples(register_names, register_values), max_size=8) | st.text(max_size=200))
+def test_property_any_lifepo4wered_output_parses_or_is_refused_and_reads_sane_or_unknown(lines):
+    text = lines if isinstance(lines, str) else "".join(f"{n} = {v}\n" for n, v in lines)
+    try:
+        values = battery.parse_lifepo4wered(text)
+    except battery.ParseError:
+        return  # the reader turns it into an unknown reading (tests below, through the fake)
+    assert_sane_or_unknown_with_a_reason(battery.reading_from_lifepo4wered(values, DEFAULT_TABLE))
 
 
 # ---------------------------------------------------------------- lifepo4wered-cli through the fake
@@ -183,3 +287,71 @@ def test_command_source_failures_are_unknown(tmp_path, make_config, body, reason
 def test_no_battery_means_external_power(make_config):
     r = battery.read(load(make_config, source="none"))
     assert r.source == "none" and r.external is True and r.reason is None
+
+
+# ---------------------------------------------------------------- battery.read never raises, through real programs
+
+# What the fake lifepo4wered-cli is told to do (its state file), on battery unless the output is all garbage.
+BAD_CLI_STATES = {
+    "vbat-nan": "VBAT = nan\nVIN = 0\n",
+    "vbat-inf": "VBAT = inf\nVIN = 0\n",
+    "vbat-minus-inf": "VBAT = -inf\nVIN = 0\n",
+    "vbat-1e308": "VBAT = 1e308\nVIN = 0\n",
+    "vbat-400-digits": f"VBAT = {'9' * 400}\nVIN = 0\n",
+    "vbat-negative": "VBAT = -3300\nVIN = 0\n",
+    "vbat-string": "VBAT = three volts\nVIN = 0\n",
+    "garbage-bytes": "mode = garbage\n",
+    "empty-output": "mode = empty\n",
+    "i2c-failed": "mode = i2c-fail\n",
+}
+
+
+@pytest.mark.parametrize("state", BAD_CLI_STATES.values(), ids=BAD_CLI_STATES.keys())
+def test_read_of_a_hostile_lifepo4wered_cli_is_unknown_with_a_reason(fake_hw, make_config, state):
+    fake_hw.set_battery(state)
+    r = battery.read(load(make_config))
+    assert_sane_or_unknown_with_a_reason(r)
+    assert r.percent is None and r.reason
+
+
+def script(tmp_path, body, name="tool"):
+    prog = tmp_path / name
+    prog.write_text(f"#!/bin/sh\n{body}\n")
+    prog.chmod(0o755)
+    return str(prog)
+
+
+@pytest.mark.parametrize("body, reason", [("kill -SEGV $$", "signal SIGSEGV"), ("sleep 30", "did not answer within 1 s")])
+def test_read_of_a_crashing_or_hanging_lifepo4wered_cli_is_unknown(tmp_path, make_config, body, reason):
+    cfg = config.load(str(make_config({"tools": {"lifepo4wered_cli": script(tmp_path, body)}, "battery": {"timeout_seconds": 1}})))
+    r = battery.read(cfg)
+    assert r.percent is None and reason in r.reason
+
+
+@pytest.mark.parametrize(
+    "text", BAD_COMMAND_OUTPUTS[::3] + ["\x00\xff garbage", ""], ids=lambda t: t[:40]
+)
+def test_read_of_a_hostile_battery_command_is_unknown_with_a_reason(tmp_path, make_config, text):
+    out = tmp_path / "out"
+    out.write_bytes(text.encode("utf-8", "surrogateescape"))
+    r = battery.read(load(make_config, source="command", command=script(tmp_path, f"cat {out}")))
+    assert_sane_or_unknown_with_a_reason(r)
+    assert r.percent is None and r.reason
+
+
+def test_read_of_a_crashing_battery_command_is_unknown(tmp_path, make_config):
+    r = battery.read(load(make_config, source="command", command=script(tmp_path, "kill -SEGV $$")))
+    assert r.percent is None and "signal SIGSEGV" in r.reason
+
+
+def test_read_never_raises_even_when_a_parser_has_a_bug(tmp_path, make_config, caplog):
+    class BrokenTable(tuple):  # a voltage table that raises: stands for any bug below read()
+        def __iter__(self):
+            raise ZeroDivisionError("boom")
+
+    prog = script(tmp_path, 'echo \'{"battery_voltage": 3.3, "input_voltage": 0}\'')
+    cfg = load(make_config, source="command", command=prog)
+    cfg = cfg.replace(battery=cfg.battery.replace(voltage_table=BrokenTable()))
+    r = battery.read(cfg)
+    assert r.percent is None and "ZeroDivisionError: boom" in r.reason
+    assert any(rec.levelname == "ERROR" for rec in caplog.records)

@@ -21,6 +21,8 @@ WRONG_TYPE = {
     "bool": "yes please",
     "list": "not-a-list",
     "table": "not-a-table",
+    "date": "yesterday",
+    "glob": ["a", "list"],
 }
 
 
@@ -141,7 +143,7 @@ def test_several_mistakes_are_all_reported_at_once():
     assert problems == [
         "camera.backend: must be one of uhubctl, scripts, got 'magic'",
         "upload.port: must be an integer 1-65535, got 'ssh'",
-        "upload.bwlimit: must be an integer >= 0, got -5",
+        "upload.bwlimit: must be an integer 0-1000000000, got -5",
         "thresholds.disconnect_percent: must be an integer 0-100, got 150",
         "battery.command: required when battery.source is command",
     ]
@@ -339,3 +341,82 @@ def test_config_path_prefers_the_option_then_the_environment(monkeypatch):
     monkeypatch.setenv("DASHCAM_CONFIG", "/tmp/env.yaml")
     assert config.config_path() == "/tmp/env.yaml"
     assert config.config_path("/tmp/opt.yaml") == "/tmp/opt.yaml"
+
+
+# ---------------------------------------------------------------- property: any value anywhere -> a config or exit 78 by key
+
+import datetime  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+any_value = st.recursive(
+    st.none() | st.booleans() | st.text(max_size=30)
+    | st.integers(min_value=-(10**40), max_value=10**40)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.dates() | st.datetimes()
+    | st.sampled_from(["[z-a]", "-oProxyCommand", "1:20", "2024-13-45", "Normal/**", "**", "[", "]", "/abs/path", ".nan"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+some_keys = st.lists(st.sampled_from(ALL_KEYS), min_size=1, max_size=4)
+def assert_keyed(problems, also=()):
+    """Every problem is one short line that starts with the key it is about (section.key...)."""
+    assert problems
+    for p in problems:
+        assert p.split(".")[0].split(":")[0] in SCHEMA or p.startswith(also), p
+        assert len(p) < 400 and "\n" not in p, p
+
+
+@settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(some_keys, st.lists(any_value, min_size=4, max_size=4))
+def test_property_any_values_validate_or_fail_naming_their_key(keys, values):
+    raw = MINIMAL
+    for (section, key, _), value in zip(keys, values):
+        raw = deep_merge(raw, with_key(section, key, value))
+    try:
+        cfg = config.validate(raw, "test.yaml")
+    except config.ConfigError as e:
+        assert_keyed(e.problems)
+        return
+    # accepted: check-config --json can print it (strict JSON), the policy's cache gives it back,
+    # every number finite, every date a date
+    import json
+
+    from dashcam_helpers.cli import dumps
+
+    data = json.loads(dumps(config.as_dict(cfg)), parse_constant=lambda name: pytest.fail(name))
+    assert config.from_dict(data, "test.yaml", cfg.warnings) == cfg
+    for section, key, spec in ALL_KEYS:
+        section_cfg = getattr(cfg, section)
+        if section_cfg is None:
+            continue
+        value = getattr(section_cfg, key)
+        if isinstance(value, float):
+            assert value - value == 0.0, (section, key, value)
+        if spec["type"] == "date" and value is not None:
+            datetime.date.fromisoformat(value)
+
+
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(some_keys, st.lists(any_value, min_size=4, max_size=4))
+def test_property_any_yaml_file_loads_or_fails_with_config_error(tmp_path, keys, values):
+    raw = MINIMAL
+    for (section, key, _), value in zip(keys, values):
+        raw = deep_merge(raw, with_key(section, key, value))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True))
+    try:
+        config.load(str(path))
+    except config.ConfigError as e:
+        assert_keyed(e.problems, also=("line ",))
+
+
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300) | st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass")))
+def test_property_any_bytes_as_a_config_file_load_or_fail_with_config_error(tmp_path, data):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(data)
+    try:
+        config.load(str(path))
+    except config.ConfigError as e:
+        assert e.problems and all(len(p) < 400 for p in e.problems)

@@ -125,3 +125,106 @@ def test_a_ledger_root_creates_belongs_to_the_owner_of_its_directory(tmp_path):
         for name in ("ledger.sqlite3", "ledger.sqlite3-wal", "ledger.sqlite3-shm"):
             st = (state / name).stat()
             assert (st.st_uid, st.st_gid) == (4321, 4321), name
+
+
+# ---------------------------------------------------------------- a damaged ledger is set aside, never replaced
+
+from dashcam_helpers.ledger import LedgerDamaged, TickLedger, damage_marker  # noqa: E402
+
+GARBAGE = b"\x00\xffthis is no SQLite database\n" * 200
+
+
+def test_a_garbage_ledger_is_moved_aside_with_a_timestamp_and_never_replaced_by_an_empty_one(tmp_path, caplog):
+    path = tmp_path / "ledger.sqlite3"
+    path.write_bytes(GARBAGE)
+    with pytest.raises(LedgerDamaged) as e:
+        Ledger(str(path), clock=lambda: 1764470000.0)
+    aside = tmp_path / "ledger.sqlite3.damaged-20251130T023320Z"
+    assert aside.read_bytes() == GARBAGE  # kept as it was, for a person to recover
+    assert str(aside) in str(e.value) and "ingest and upload stay stopped" in str(e.value)
+    assert any(r.levelname == "ERROR" and str(aside) in r.getMessage() for r in caplog.records)
+    assert damage_marker(str(path))["moved_to"] == str(aside)
+    # every later open refuses too, and creates nothing: a fresh ledger would ingest every clip again
+    for _ in range(2):
+        with pytest.raises(LedgerDamaged):
+            Ledger(str(path))
+    assert not path.exists()
+
+
+def test_a_marker_refuses_even_a_ledger_file_that_opens(tmp_path):
+    path = tmp_path / "ledger.sqlite3"
+    path.write_bytes(GARBAGE)
+    with pytest.raises(LedgerDamaged):
+        Ledger(str(path))
+    path.write_bytes(b"")  # as systemd-tmpfiles recreates it at boot: an empty file is a valid empty database
+    with pytest.raises(LedgerDamaged):
+        Ledger(str(path))
+    os.unlink(str(path) + ".DAMAGED")  # a person restored it (or chose a fresh ledger): usable again
+    with Ledger(str(path)) as led:
+        assert led.backlog() == (0, 0)
+
+
+def test_a_damaged_ledger_is_a_one_line_error_not_a_traceback(tmp_path, dashcamctl, make_config):
+    cfg = make_config()
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "ledger.sqlite3").write_bytes(GARBAGE)
+    r = dashcamctl("--config", str(cfg), "files")
+    assert r.returncode == 1 and "is damaged" in r.stderr and "Traceback" not in r.stderr
+    source = tmp_path / "card" / "Normal" / "Front"
+    source.mkdir(parents=True)
+    (source / "A.MP4").write_bytes(b"clip")
+    r = dashcamctl("--config", str(cfg), "ingest", "--source", str(tmp_path / "card"))
+    assert r.returncode != 0 and "ingest and upload stay stopped" in r.stderr
+    assert not (tmp_path / "state" / "ledger.sqlite3").exists()
+    assert not list((tmp_path / "staging").rglob("A.MP4"))  # nothing copied that the ledger cannot record
+
+
+def test_a_locked_ledger_is_not_called_damaged(tmp_path):
+    path = str(tmp_path / "ledger.sqlite3")
+    with Ledger(path) as led:
+        led.db.execute("BEGIN IMMEDIATE")
+        with TickLedger(path, [str(tmp_path / "fb")], "boot-1", timeout=0.2) as tl:
+            tl.put_state("policy", {"x": 1})
+            assert tl.problem and "locked" in tl.problem
+        led.db.execute("ROLLBACK")
+    assert damage_marker(path) is None and os.path.exists(path)
+
+
+def test_the_tick_ledger_keeps_its_state_in_the_fallback_and_forgets_it_once_the_database_works(tmp_path):
+    path = str(tmp_path / "ledger.sqlite3")
+    fb = [str(tmp_path / "fb")]
+    with Ledger(path) as led:
+        led.put_state("policy", {"n": 0})
+        led.db.execute("BEGIN IMMEDIATE")  # another writer holds the ledger
+        with TickLedger(path, fb, "boot-1", timeout=0.2) as tl:
+            with tl.transaction():
+                tl.add_reading(wall=1.0, boot_id="boot-1", monotonic=10.0, millivolts=None, percent=20,
+                               external=False, source="t", keep=5)
+                tl.put_state("policy", {"n": 1})
+        led.db.execute("ROLLBACK")
+    with TickLedger(path, fb, "boot-1") as tl:  # the next tick: the database works again
+        assert tl.get_state("policy") == {"n": 1}  # the fallback's newer state wins
+        assert [r["percent"] for r in tl.recent_readings(10)] == [20]
+        with tl.transaction():
+            tl.put_state("policy", {"n": 2})
+        assert tl.problem is None
+    with TickLedger(path, fb, "boot-1") as tl:
+        assert tl.get_state("policy") == {"n": 2}
+    with TickLedger(path, fb, "boot-2") as tl:  # another boot: the fallback's readings are not this boot's
+        assert tl.recent_readings(10) == []
+
+
+def test_a_fallback_file_with_nonsense_is_read_without_a_crash(tmp_path):
+    import json
+
+    fb = tmp_path / "fb"
+    fb.mkdir()
+    (fb / "policy-fallback.json").write_text(json.dumps({
+        "boot_id": "boot-1", "state": {},
+        "readings": [{"boot_id": "boot-1", "monotonic": "soon"}, {"boot_id": "boot-1", "monotonic": 5.0, "percent": 20}],
+    }))
+    with TickLedger(str(tmp_path / "ledger.sqlite3"), [str(fb)], "boot-1") as tl:
+        assert len(tl.recent_readings(10)) == 2  # the tick itself leaves out the unusable one
+    (fb / "policy-fallback.json").write_bytes(b"\x00garbage")
+    with TickLedger(str(tmp_path / "ledger.sqlite3"), [str(fb)], "boot-1") as tl:
+        assert tl.recent_readings(10) == []

@@ -630,3 +630,73 @@ def test_a_policy_tick_publishes_what_it_saw_to_home_assistant(make_config, brok
     assert state["server_reachable"] == "OFF"
     assert state["camera_mode"] == "record"
     assert fake_hw.battery_call_count() == 1  # one reading per tick: the published state is what the tick saw
+
+
+# ---------------------------------------------------------------- strict JSON: unknown is null, never NaN
+
+
+def strict_json(text):
+    """json.loads that refuses NaN, Infinity and -Infinity (Python accepts them; Home Assistant does not)."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+HOSTILE_FACTS = {
+    "battery": {
+        "source": "command", "millivolts": float("nan"), "percent": float("inf"), "external": None,
+        "raw": {"battery_voltage": float("nan"), "input_voltage": "NaN", "output_voltage": float("-inf"),
+                "output_current": 10**400, "output_power": "1e999", "VIN": "nan", "nested": {"x": float("nan")}},
+    },
+    "camera": {"mode": "record", "attached": None},
+    "staging": {"backlog_files": float("nan"), "backlog_bytes": float("inf"), "free_bytes": 10**400},
+    "server": {"reachable": False},
+    "last_ingest": {"wall": float("nan"), "files": float("nan"), "result": "ok"},
+    "last_upload": {"wall": 1e300, "files": None, "result": "failed"},
+}
+
+
+def test_nan_and_infinity_in_the_facts_are_published_as_null_and_every_payload_is_strict_json(make_config):
+    cfg = mqtt_config(make_config, 1883)
+    msgs = mqtt.state_messages(cfg, HOSTILE_FACTS, now=1764534359.0)
+    state = None
+    for topic, payload, _ in msgs:
+        if payload.startswith(("{", "[")):
+            doc = strict_json(payload)
+            if topic.endswith("/state"):
+                state = doc
+    for key in ("battery_voltage", "battery_percent", "input_voltage", "output_voltage", "output_current",
+                "output_power", "backlog_files", "backlog_bytes", "staging_free_bytes", "last_ingest",
+                "last_ingest_files", "last_upload"):
+        assert state[key] is None, key
+
+
+def test_events_with_nan_are_strict_json(make_config):
+    event = mqtt.make_event("low_battery_shutdown", {"percent": float("nan")}, 1764534359.0)
+    strict_json(mqtt.dumps(event))
+
+
+def test_a_policy_tick_with_a_nan_battery_publishes_unknown_as_null(make_config, broker, listen, dashcamctl, fake_hw):
+    fake_hw.usb_device("1-1", authorized="0")
+    fake_hw.set_battery("VBAT = nan\nVIN = inf\nVOUT = 1e308\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        away = s.getsockname()[1]
+    path = make_config({"upload": {"port": away, "connect_timeout": 1},
+                        "mqtt": {"host": "127.0.0.1", "port": broker.port, "base_topic": "dashcam/testpi"}})
+    ha = listen("dashcam/testpi/#")
+    r = dashcamctl("--config", str(path), "policy", env=fake_hw.env)
+    assert r.returncode == 0, r.stderr
+    state = strict_json(ha.wait_for("dashcam/testpi/state"))
+    assert state["battery_voltage"] is None and state["battery_percent"] is None
+    assert state["input_voltage"] is None and state["output_voltage"] is None
+
+
+def test_a_damaged_ledger_still_lets_the_state_reach_home_assistant(make_config, broker, listen):
+    cfg = mqtt_config(make_config, broker.port, notifications=True)
+    os.makedirs(os.path.dirname(cfg.paths.ledger), exist_ok=True)
+    with open(cfg.paths.ledger, "wb") as f:
+        f.write(b"\x00\xff not a database " * 100)
+    ha = listen("dashcam/testpi/state")
+    mqtt.publish_state(cfg, FACTS)
+    assert strict_json(ha.wait_for("dashcam/testpi/state"))["battery_percent"] == 95

@@ -447,3 +447,267 @@ def test_what_a_tick_saw_becomes_the_home_assistant_state_without_a_second_read(
     assert doc["camera_mode"] == "record"  # the mode the tick switched to, not the one it saw
     assert doc["backlog_files"] == 1 and doc["server_reachable"] == "OFF"
     assert doc["last_ingest_files"] == 7 and doc["last_upload"] is None
+
+
+# ---------------------------------------------------------------- hostile battery output: the tick goes on and shuts down
+
+from test_battery import BAD_CLI_STATES, BAD_COMMAND_OUTPUTS  # noqa: E402  (the same outputs battery.read is tested with)
+
+WINDOW_MINUTES = 2  # thresholds.unknown_low_minutes for these tests: 4 ticks of 30 s
+
+
+class RealBatteryWorld(FakeWorld):
+    """The fake world, but the battery is battery.read() of a real program (the fake lifepo4wered-cli
+    or a battery-info.sh script), as SystemFacts reads it."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+
+    def battery(self):
+        from dashcam_helpers import battery
+
+        return battery.read(self.cfg)
+
+
+@pytest.fixture
+def real_battery(tmp_path, fake_hw):
+    def make(**battery_keys):
+        cfg = config.validate(
+            deep_merge(MINIMAL, {
+                "paths": {"local_staging": str(tmp_path / "staging"), "state_dir": str(tmp_path / "state")},
+                "battery": {"timeout_seconds": 1, **battery_keys},
+                "thresholds": {"unknown_low_minutes": WINDOW_MINUTES},
+            }),
+            "test.yaml",
+        )
+        return cfg, RealBatteryWorld(cfg)
+
+    return make
+
+
+def ticks_until_shutdown(cfg, world, set_bad, limit=12):
+    """One known on-battery tick, then bad output: the tick numbers (from the first bad one) that shut down.
+    Every tick must return (no exception) and store its reading."""
+    clock = FakeClock()
+    actions = FakeActions(world)
+    shut = []
+    with Ledger(cfg.paths.ledger) as ledger:
+        first = tick(cfg, world, actions, ledger=ledger, clock=clock)
+        assert first["saw"]["battery"]["percent"] is not None and first["saw"]["battery"]["external"] is False
+        assert not first["decision"]["shutdown"]
+        set_bad()
+        for i in range(limit):
+            clock.advance()
+            record = tick(cfg, world, actions, ledger=ledger, clock=clock)
+            b = record["saw"]["battery"]
+            assert b["percent"] is None and b["reason"], b
+            shut.append(record["decision"]["shutdown"])
+        assert len(ledger.recent_readings(100)) == limit + 1  # every reading stored
+    assert ("poweroff",) in actions.calls
+    return shut
+
+
+@pytest.mark.parametrize("state", list(BAD_CLI_STATES.values()) + ["mode = hang\n"],
+                         ids=list(BAD_CLI_STATES) + ["hang"])
+def test_each_bad_lifepo4wered_output_still_shuts_down_on_battery_after_the_unknown_window(real_battery, fake_hw, state):
+    cfg, world = real_battery()
+    fake_hw.set_battery("VBAT = 3400\nVIN = 0\n")
+    shut = ticks_until_shutdown(cfg, world, lambda: fake_hw.set_battery(state))
+    # unknown from the first bad tick (0); WINDOW_MINUTES later it counts as low and the Pi powers off
+    assert shut.index(True) == WINDOW_MINUTES * 2
+
+
+@pytest.mark.parametrize("text", BAD_COMMAND_OUTPUTS, ids=lambda t: t[:40])
+def test_each_bad_battery_command_output_still_shuts_down_on_battery_after_the_unknown_window(tmp_path, real_battery, text):
+    out = tmp_path / "battery.json"
+    out.write_text('{"battery_voltage": 3.4, "input_voltage": 0.1}')
+    prog = tmp_path / "battery-info.sh"
+    prog.write_text(f"#!/bin/sh\ncat {out}\n")
+    prog.chmod(0o755)
+    cfg, world = real_battery(source="command", command=str(prog))
+    shut = ticks_until_shutdown(cfg, world, lambda: out.write_text(text), limit=WINDOW_MINUTES * 2 + 1)
+    assert shut.index(True) == WINDOW_MINUTES * 2
+
+
+@pytest.mark.parametrize("state", list(BAD_CLI_STATES.values()), ids=list(BAD_CLI_STATES))
+def test_dashcamctl_policy_fed_a_bad_battery_output_exits_0_and_records_an_unknown_reading(
+    fake_hw, make_config, dashcamctl, tmp_path, state
+):
+    import json
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: away from home
+        s.bind(("127.0.0.1", 0))
+        away = s.getsockname()[1]
+    fake_hw.usb_device("1-1", authorized="1")
+    fake_hw.set_battery(state)
+    cfg = make_config({"upload": {"port": away, "connect_timeout": 1}, "battery": {"timeout_seconds": 2}})
+    r = dashcamctl("--config", str(cfg), "--dry-run", "policy", "--json", env={**fake_hw.env, "CACHE_DIRECTORY": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    record = json.loads(r.stdout, parse_constant=lambda name: pytest.fail(f"{name} in the output"))
+    assert record["saw"]["battery"]["percent"] is None and record["saw"]["battery"]["reason"]
+    with Ledger(str(tmp_path / "state" / "ledger.sqlite3")) as ledger:
+        assert [row["percent"] for row in ledger.recent_readings(5)] == [None]
+
+
+# ---------------------------------------------------------------- a broken ledger does not stop the shutdown
+
+from dashcam_helpers.ledger import TickLedger  # noqa: E402
+
+GARBAGE = b"\x00\xffthis is no SQLite database\n" * 200
+
+
+def low_battery_ticks(cfg, fallback_dir, n=3, timeout=5):
+    """n ticks, each with its own TickLedger as dashcamctl policy opens it, on battery at 10 %."""
+    world = FakeWorld()
+    world.reading = FakeReading(percent=10, millivolts=3150, external=False)
+    actions = FakeActions(world)
+    clock = FakeClock()
+    records = []
+    for _ in range(n):
+        with TickLedger(cfg.paths.ledger, [str(fallback_dir)], clock.boot, timeout=timeout) as ledger:
+            records.append(tick(cfg, world, actions, ledger=ledger, clock=clock))
+            problem = ledger.problem
+        clock.advance()
+    return records, actions, problem
+
+
+def test_a_garbage_ledger_still_debounces_and_powers_off(tmp_path):
+    cfg = config.validate(deep_merge(MINIMAL, {"paths": {"local_staging": str(tmp_path / "staging"),
+                                                          "state_dir": str(tmp_path / "state")}}), "test.yaml")
+    os.makedirs(cfg.paths.state_dir, exist_ok=True)
+    with open(cfg.paths.ledger, "wb") as f:
+        f.write(GARBAGE)
+    records, actions, problem = low_battery_ticks(cfg, tmp_path / "run")
+    assert [r["decision"]["shutdown"] for r in records] == [False, False, True]  # debounced over 3 ticks
+    assert actions.calls[-1] == ("poweroff",)
+    assert "damaged" in problem
+    aside = [n for n in os.listdir(cfg.paths.state_dir) if n.startswith("ledger.sqlite3.damaged-")]
+    assert len(aside) == 1 and open(os.path.join(cfg.paths.state_dir, aside[0]), "rb").read() == GARBAGE
+    assert not os.path.exists(cfg.paths.ledger)  # never replaced by an empty ledger
+
+
+def test_a_ledger_locked_by_another_writer_still_debounces_and_powers_off(rig, tmp_path):
+    cfg, world, actions, clock, ledger, run = rig
+    ledger.db.execute("BEGIN IMMEDIATE")  # e.g. an ingest stuck in a transaction
+    try:
+        records, actions, problem = low_battery_ticks(cfg, tmp_path / "run", timeout=0.2)
+    finally:
+        ledger.db.execute("ROLLBACK")
+    assert [r["decision"]["shutdown"] for r in records] == [False, False, True]
+    assert actions.calls[-1] == ("poweroff",) and "locked" in problem
+
+
+def test_a_ledger_that_breaks_between_ticks_keeps_the_debounce_it_had(rig, tmp_path):
+    cfg, world, actions, clock, ledger, run = rig
+    world.reading = FakeReading(percent=10, millivolts=3150, external=False)
+    assert not run()["decision"]["shutdown"]  # one low reading in the ledger
+    assert not run()["decision"]["shutdown"]  # two
+    ledger.db.execute("BEGIN IMMEDIATE")
+    try:
+        with TickLedger(cfg.paths.ledger, [str(tmp_path / "run")], clock.boot, timeout=0.2) as tl:
+            record = tick(cfg, world, actions, ledger=tl, clock=clock)
+    finally:
+        ledger.db.execute("ROLLBACK")
+    assert record["decision"]["shutdown"] and actions.calls[-1] == ("poweroff",)
+
+
+def policy_env(tmp_path, fake_hw):
+    """Fakes on PATH for a real (not dry-run) dashcamctl policy: uhubctl and lifepo4wered-cli from
+    tests/fakes, a systemctl that logs what it is asked; away from home."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    log = tmp_path / "systemctl.log"
+    (bindir / "systemctl").write_text(f'#!/bin/sh\ncase "$1" in list-units) exit 0 ;; esac\necho "$*" >> {log}\n')
+    (bindir / "systemctl").chmod(0o755)
+    fake_hw.usb_device("1-1", authorized="1")
+    fake_hw.set_battery("VBAT = 3150\nVIN = 0\n")  # 10 %, on battery
+    env = {**fake_hw.env, "PATH": f"{bindir}{os.pathsep}{fake_hw.env['PATH']}",
+           "CACHE_DIRECTORY": str(tmp_path / "cache"), "RUNTIME_DIRECTORY": str(tmp_path / "run")}
+    return env, log
+
+
+def away_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dashcamctl_policy_with_a_garbage_ledger_powers_off_and_status_says_the_ledger_is_damaged(
+    tmp_path, fake_hw, make_config, dashcamctl
+):
+    env, systemctl_log = policy_env(tmp_path, fake_hw)
+    cfg = make_config({"upload": {"port": away_port(), "connect_timeout": 1}})
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "ledger.sqlite3").write_bytes(GARBAGE)
+    for n in range(3):
+        r = dashcamctl("--config", str(cfg), "policy", env=env)
+        assert r.returncode == 0, r.stderr
+        assert "ledger unusable" in r.stderr and "is damaged" in r.stderr  # loud in the journal, every tick
+        assert ("poweroff" in (systemctl_log.read_text() if systemctl_log.exists() else "")) == (n == 2)
+    r = dashcamctl("--config", str(cfg), "status", env=env)
+    assert r.returncode == 0 and r.stdout.startswith("LEDGER DAMAGED: ") and "moved aside to" in r.stdout
+    import json
+
+    facts = json.loads(dashcamctl("--config", str(cfg), "status", "--json", env=env).stdout)
+    assert facts["ledger"]["damaged"] is True and facts["ledger"]["moved_to"].startswith(str(tmp_path / "state"))
+
+
+def test_dashcamctl_policy_with_a_read_only_state_dir_powers_off(tmp_path, fake_hw, make_config):
+    """The state directory mounted read-only (in a private mount namespace), the ledger in it readable."""
+    import shutil
+    import subprocess
+
+    from conftest import LAUNCHER, SRC
+
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs unshare -m (mount namespaces) to make a read-only directory for root")
+    env, systemctl_log = policy_env(tmp_path, fake_hw)
+    env = {**os.environ, **env, "PYTHONPATH": str(SRC)}
+    env.pop("JOURNAL_STREAM", None)
+    cfg = tmp_path / "config.yaml"
+    state = tmp_path / "state"
+    with Ledger(str(state / "ledger.sqlite3")) as led:
+        led.put_state("last_ingest", {"wall": 1.0, "files": 1, "bytes": 1, "result": "ok"})
+    import yaml
+
+    from conftest import MINIMAL, deep_merge as merge
+
+    cfg.write_text(yaml.safe_dump(merge(MINIMAL, {
+        "paths": {"local_staging": str(tmp_path / "staging"), "state_dir": str(state)},
+        "upload": {"port": away_port(), "connect_timeout": 1},
+    })))
+    config_path = str(cfg)
+    script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+    for n in range(3):
+        r = subprocess.run(["unshare", "-m", "sh", "-c", script, str(state), str(LAUNCHER), "--config", config_path, "policy"],
+                           capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "ledger unusable" in r.stderr
+        assert ("poweroff" in (systemctl_log.read_text() if systemctl_log.exists() else "")) == (n == 2)
+    assert (tmp_path / "run" / "policy-fallback.json").exists()
+    assert not any(n.startswith("ledger.sqlite3.damaged") for n in os.listdir(state))  # unwritable is not damaged
+
+
+def test_nonsense_stored_in_the_ledger_is_left_out_and_the_tick_still_shuts_down(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    ledger.put_state("policy", {"boot_id": clock.boot, "last_tick": "yesterday", "unknown_since": "x",
+                                "recorded_seconds": [1], "data_since": {"a": 1}})
+    ledger.put_state("last_upload", {"result": "failed", "wall": "noon", "held_until": "never"})
+    ledger.db.execute("INSERT INTO readings (wall, boot_id, monotonic, millivolts, percent, external, source)"
+                      " VALUES (0, ?, 'soon', 'many', 'low', 1, 'x')", (clock.boot,))
+    ledger.db.execute("INSERT INTO readings (wall, boot_id, monotonic, millivolts, percent, external, source)"
+                      " VALUES (0, ?, 1.0, NULL, 400, 0, 'x')", (clock.boot,))
+    world.reading = FakeReading(percent=10, millivolts=3150, external=False)
+    assert [run()["decision"]["shutdown"] for _ in range(3)] == [False, False, True]
+    assert actions.calls[-1] == ("poweroff",)
+
+
+def test_a_tick_state_that_is_not_a_mapping_is_ignored(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    ledger.put_state("policy", ["not", "a", "mapping"])
+    world.reading = FakeReading(percent=10, millivolts=3150, external=False)
+    assert [run()["decision"]["shutdown"] for _ in range(3)] == [False, False, True]

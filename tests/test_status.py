@@ -108,3 +108,41 @@ def test_status_reports_backlog_server_and_last_runs(fake_hw, dashcamctl, make_c
     assert text[2].startswith("staging:  1 clips (1.0 kB) waiting for the server, 1 of them held until ")
     r = dashcamctl("--config", str(path), "status", "--json", env=fake_hw.env)
     assert json.loads(r.stdout)["server"]["reachable"] is False  # the listener is closed now
+
+
+def strict_json(text):
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_status_json_with_a_nan_battery_program_is_strict_json_with_null_for_unknown(tmp_path, fake_hw, dashcamctl, make_config):
+    prog = tmp_path / "battery-info.sh"
+    prog.write_text('#!/bin/sh\necho \'{"battery_voltage": NaN, "battery_percent": Infinity, "input_voltage": -Infinity,'
+                    ' "output_power": 1e999, "deep": [[[[[[1]]]]]]}\'\n')
+    prog.chmod(0o755)
+    r = dashcamctl("--config", str(make_config({"battery": {"source": "command", "command": str(prog)}})),
+                   "status", "--json", env=fake_hw.env)
+    assert r.returncode == 0, r.stderr
+    b = strict_json(r.stdout)["battery"]
+    assert b["percent"] is None and b["millivolts"] is None and b["external"] is None and b["known"] is False
+    assert "not a finite number" in b["reason"]
+    assert b["raw"]["output_power"] is None or isinstance(b["raw"]["output_power"], str)
+
+
+def test_status_json_with_a_nan_register_is_strict_json(fake_hw, dashcamctl, make_config):
+    fake_hw.set_battery("VBAT = nan\nVIN = 0\n")
+    r = dashcamctl("--config", str(make_config()), "status", "--json", env=fake_hw.env)
+    assert r.returncode == 0, r.stderr
+    b = strict_json(r.stdout)["battery"]
+    assert b["percent"] is None and b["external"] is False and "VBAT is not a number" in b["reason"]
+
+
+def test_print_json_turns_nan_and_infinity_into_null_and_cuts_deep_nesting():
+    from dashcam_helpers.cli import dumps
+
+    deep = []
+    for _ in range(5000):
+        deep = [deep]
+    doc = strict_json(dumps({"a": float("nan"), "b": [float("inf"), -float("inf")], "c": deep, 1: (2,)}))
+    assert doc["a"] is None and doc["b"] == [None, None] and doc["1"] == [2]

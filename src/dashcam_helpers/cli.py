@@ -25,7 +25,7 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "files": ("commands", "files", "list the footage ledger"),
     "status": ("status", "status", "battery, power source, camera mode and attachment"),
     "mode": ("camera", "mode_command", "switch the camera to record, data or off, and confirm it took"),
-    "match": ("device", "match_command", "exit 0 if a block device is the configured camera, 1 if not"),
+    "match": ("device", "match_command", "exit 0 if a block device is the configured camera, 1 if not, 255 if it cannot tell (broken config)"),
     "mqtt-publish": ("mqtt", "command", "publish the current status to MQTT / Home Assistant once, and report how it went"),
     "policy": ("policy", "command", "one tick of the battery policy: decide the camera mode, start the upload, shut down when low"),
     "upload": ("upload", "cmd_upload", "upload staged footage to the server, verify it, then free staging"),
@@ -175,8 +175,34 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EX_FAILURE
 
 
+# json_safe() cuts structures deeper than this: json.dumps would raise RecursionError near 1000
+JSON_MAX_DEPTH = 64
+
+
+def json_safe(value, depth: int = 0):
+    """``value`` as strict JSON can carry it: NaN and ±Infinity become None (JSON null, "unknown"),
+    tuples and sets lists, keys text, anything else its str(), anything deeper than JSON_MAX_DEPTH
+    a marker. What a tool printed reaches status --json and MQTT; the output must stay valid JSON."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if value - value == 0.0 else None  # NaN - NaN and inf - inf are NaN
+    if depth >= JSON_MAX_DEPTH:
+        return "<nested too deep>"
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(k): json_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(v, depth + 1) for v in value]
+    return str(value)
+
+
+def dumps(data, **kwargs) -> str:
+    """json.dumps of json_safe(data), never NaN or Infinity (allow_nan=False)."""
+    return json.dumps(json_safe(data), allow_nan=False, **kwargs)
+
+
 def print_json(data) -> None:
-    json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write(dumps(data, indent=2, sort_keys=True))
     sys.stdout.write("\n")
 
 

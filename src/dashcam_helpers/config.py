@@ -212,19 +212,46 @@ def _unique_key_loader():
         return loader.construct_mapping(node, deep=deep)
 
     Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    # A value YAML recognises but cannot build (2024-13-45 as a date, an int of more than 4300
+    # digits) stays the text it was written as: the schema then refuses it by its key.
+    for tag, build in (("tag:yaml.org,2002:timestamp", base.construct_yaml_timestamp),
+                       ("tag:yaml.org,2002:int", base.construct_yaml_int)):
+        def construct_or_text(loader, node, build=build):
+            try:
+                return build(loader, node)
+            except (ValueError, OverflowError):
+                return loader.construct_scalar(node)
+
+        Loader.add_constructor(tag, construct_or_text)
+    # YAML 1.1 reads 1:20 as the base-60 number 80 (and 1:20.5 as a float): a port written that way
+    # is a mistake, never 80. The int and float resolvers without their sexagesimal forms leave
+    # such a value a string, which the schema then refuses by its key.
+    int_tag, float_tag = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag not in (int_tag, float_tag)]
+        for first, resolvers in base.yaml_implicit_resolvers.items()
+    }
+    Loader.add_implicit_resolver(int_tag, re.compile(
+        r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"), list("-+0123456789"))
+    Loader.add_implicit_resolver(float_tag, re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
     return Loader
 
 
 def _show(value: Any) -> str:
     if isinstance(value, str):
-        return repr(value)
+        return repr(value) if len(value) <= 80 else repr(value[:77]) + "..."
     if value is None:
         return "nothing (null)"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
         return "a mapping" if isinstance(value, dict) else "a list"
-    return str(value)
+    if isinstance(value, int) and not -INT_LIMIT <= value <= INT_LIMIT:
+        return f"a number of {_digits(value)} digits"
+    text = str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _bounds(spec: Dict[str, Any]) -> str:
@@ -254,10 +281,21 @@ def _check_value(key: str, value: Any, spec: Dict[str, Any], problems: List[str]
         if not ok:
             problems.append(f"{key}: must be {noun}{_bounds(spec)}, got {_show(value)}")
             return None
+        if isinstance(value, float) and value - value != 0.0:  # NaN and ±Infinity compare false to every bound
+            problems.append(f"{key}: must be a finite number{_bounds(spec)}, got {_show(value)}")
+            return None
+        if isinstance(value, int) and not -INT_LIMIT <= value <= INT_LIMIT:
+            problems.append(f"{key}: must be {noun}{_bounds(spec)}, got a number of {_digits(value)} digits")
+            return None
         if ("min" in spec and value < spec["min"]) or ("max" in spec and value > spec["max"]):
             problems.append(f"{key}: must be {noun}{_bounds(spec)}, got {_show(value)}")
             return None
         return value
+    if kind == "date":
+        return _check_date(key, value, problems)
+    if kind == "glob":
+        value = _check_value(key, value, {**spec, "type": "str"}, problems)
+        return None if value is None else _check_glob(key, value, problems)
     if kind == "bool":
         if not isinstance(value, bool):
             problems.append(f"{key}: must be true or false, got {_show(value)}")
@@ -308,6 +346,49 @@ def _check_value(key: str, value: Any, spec: Dict[str, Any], problems: List[str]
             return None
         return tuple(rows)
     raise AssertionError(f"schema: unknown type {kind!r} for {key}")
+
+
+# the largest int a key may hold: SQLite, struct and C take 64 bits; YAML and Python take any size
+INT_LIMIT = 2**63 - 1
+
+
+def _digits(value: int) -> int:
+    """How many digits ``value`` has, without str() (which refuses more than 4300)."""
+    return max(1, int(abs(value).bit_length() * 0.30103) + 1)
+
+
+def _check_date(key: str, value: Any, problems: List[str]) -> Optional[str]:
+    """A calendar date as YYYY-MM-DD: YAML's own date (2024-01-01 unquoted) or a string that is a
+    real date ("2024-13-45" is not)."""
+    import datetime
+
+    if isinstance(value, datetime.datetime):  # 2024-01-01 10:00:00: a time too
+        problems.append(f"{key}: must be a date (YYYY-MM-DD) without a time, got {value.isoformat(sep=' ')}")
+        return None
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+        try:
+            return datetime.date.fromisoformat(value).isoformat()
+        except ValueError as e:
+            problems.append(f"{key}: {value!r} is not a date ({e})")
+            return None
+    problems.append(f"{key}: must be a date (YYYY-MM-DD), got {_show(value)}")
+    return None
+
+
+def _check_glob(key: str, value: str, problems: List[str]) -> Optional[str]:
+    """A footage glob that compiles as ingest compiles it ("[z-a]" does not)."""
+    if "[" not in value:  # only a bracket expression can fail to compile: the usual globs cost nothing
+        return value
+    from .ingest import glob_regex  # heavy (ingest's imports): only for a glob with brackets
+
+    try:
+        glob_regex(value)
+    except re.error as e:
+        problems.append(f"{key}: {value!r} is not a valid glob ({e})")
+        return None
+    return value
 
 
 def _did_you_mean(word: str, known: List[str]) -> str:
@@ -408,20 +489,57 @@ def config_path(explicit: Optional[str] = None) -> str:
     return explicit or os.environ.get(ENV_VAR) or DEFAULT_PATH
 
 
-def load(path: Optional[str] = None) -> Config:
-    """Read, parse and validate a config file. Raises ConfigError for every kind of failure."""
-    path = config_path(path)
+# a configuration is a few KiB; anything much larger is the wrong file (or an attack on the parser)
+MAX_BYTES = 1024 * 1024
+
+
+def read_text(path: str) -> str:
+    """The file's text. Raises ConfigError, never blocks: opened non-blocking (a FIFO with no writer,
+    a device), checked to be a regular file, and at most MAX_BYTES read."""
+    import stat
+
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ConfigError(path, ["no such file (dashcamctl --config PATH or DASHCAM_CONFIG choose another)"])
     except PermissionError:
         raise ConfigError(path, ["permission denied (the file is readable by root and the dashcam group)"])
-    except IsADirectoryError:
-        raise ConfigError(path, ["is a directory, not a file"])
+    except OSError as e:
+        raise ConfigError(path, [f"cannot open: {e.strerror}"])
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = (
+                "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file"
+            )
+            raise ConfigError(path, [f"is {kind}, not a regular file"])
+        if st.st_size > MAX_BYTES:
+            raise ConfigError(path, [f"is {st.st_size} bytes; a configuration is at most {MAX_BYTES} bytes"])
+        chunks, size = [], 0
+        while size <= MAX_BYTES:
+            chunk = os.read(fd, MAX_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_BYTES:  # it grew while being read
+            raise ConfigError(path, [f"is more than {MAX_BYTES} bytes"])
+    except OSError as e:
+        raise ConfigError(path, [f"cannot read: {e.strerror}"])
+    finally:
+        os.close(fd)
+    try:
+        return b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(path, [f"not UTF-8 text ({e.reason} at byte {e.start})"])
+
+
+def load(path: Optional[str] = None) -> Config:
+    """Read, parse and validate a config file. Raises ConfigError for every kind of failure."""
+    path = config_path(path)
+    text = read_text(path)
     yaml = _yaml()
     try:
         raw = yaml.load(text, Loader=_unique_key_loader())
@@ -430,6 +548,10 @@ def load(path: Optional[str] = None) -> Config:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         what = getattr(e, "problem", None) or str(e)
         raise ConfigError(path, [f"{where}not valid YAML: {what}"])
+    except RecursionError:
+        raise ConfigError(path, ["not valid YAML: nested too deep"])
+    except (ValueError, OverflowError) as e:  # e.g. an int of more than 4300 digits, a date like 2024-02-30
+        raise ConfigError(path, [f"not valid YAML: {str(e)[:120]}"])
     return validate(raw, path)
 
 

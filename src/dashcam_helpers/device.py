@@ -180,9 +180,31 @@ def wait_for_camera(cfg, timeout: float, *, monitor=None, context=None, clock=ti
             return device.device_node
 
 
-def match_command(args) -> int:
-    """dashcamctl match DEVNAME: exit 0 when it is the configured camera, 1 otherwise."""
-    from .commands import load_config
+# dashcamctl match is the ingest unit's ExecCondition=: systemd skips the unit on exit 1-254 and
+# fails it only on 255 (or a signal). 1 means "not the camera"; whatever means "cannot tell" (a
+# broken configuration, an error) is 255, so the unit fails where a person sees it, instead of
+# every camera being skipped in silence as "not the camera".
+EX_CONDITION_FAILED = 255
 
-    cfg = load_config(args)
-    return 0 if is_camera(cfg, args.devname) else 1
+
+def match_command(args) -> int:
+    """dashcamctl match DEVNAME: exit 0 when it is the configured camera, 1 when it is not,
+    255 when that cannot be told (broken configuration, an error)."""
+    import sys
+
+    from .commands import load_config
+    from .config import ConfigError
+
+    try:
+        cfg = load_config(args)
+        return 0 if is_camera(cfg, args.devname) else 1
+    except ConfigError as e:
+        for problem in e.problems:
+            print(f"{e.path}: {problem}", file=sys.stderr)
+        log.error("%s: broken configuration: cannot tell whether %s is the camera (exit %d fails the ingest unit)",
+                  e.path, args.devname, EX_CONDITION_FAILED)
+        return EX_CONDITION_FAILED
+    except Exception as e:  # noqa: B902 - an error is "cannot tell", never "not the camera"
+        log.error("match %s failed: %s: %s (exit %d fails the ingest unit)", args.devname, type(e).__name__, e,
+                  EX_CONDITION_FAILED)
+        return EX_CONDITION_FAILED

@@ -39,6 +39,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import __version__
+from .cli import dumps  # strict JSON: no NaN/Infinity in a payload (unknown is null)
 from .record import Record
 from .log import INFO, WARNING, get as get_logger
 
@@ -204,22 +205,29 @@ def _section(facts: Dict[str, Any], name: str) -> Dict[str, Any]:
 
 
 def _number(value: Any) -> Optional[float]:
+    """A finite number, or None: NaN, ±Infinity, an int too large for a float and text that is
+    none of these all read as unknown (HA shows "unknown"; strict JSON has no NaN)."""
     if isinstance(value, bool) or value is None:
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
     try:
-        return float(str(value).strip())
-    except ValueError:
+        n = float(value) if isinstance(value, (int, float)) else float(str(value).strip()[:64])
+    except (ValueError, OverflowError):
         return None
+    return n if n - n == 0.0 else None
+
+
+def _measured(value: Any) -> Optional[float]:
+    return _number(value) if isinstance(value, (int, float)) else None
 
 
 def _raw_value(raw: Dict[str, Any], volts_key: str, milli_key: str) -> Optional[float]:
-    """A UPS value from battery.raw: battery-info.sh JSON (volts/amps) or lifepo4wered-cli (mV/mA)."""
-    v = _number(raw.get(volts_key))
+    """A UPS value from battery.raw: battery-info.sh JSON (volts/amps) or lifepo4wered-cli (mV/mA).
+    Only numbers count: battery.raw keeps what a tool printed that was no number ("nan", "1e308")
+    as its text, and that is unknown, not a value to parse again."""
+    v = _measured(raw.get(volts_key))
     if v is not None:
         return round(v, 3)
-    m = _number(raw.get(milli_key))
+    m = _measured(raw.get(milli_key))
     if m is not None and m >= 0:  # lifepo4wered-cli: -1 / -2 mean "not read"
         return round(m / 1000.0, 3)
     return None
@@ -238,7 +246,10 @@ def iso(wall: Any) -> Optional[str]:
     n = _number(wall)
     if n is None or n <= 0:
         return None
-    return datetime.datetime.fromtimestamp(n, datetime.timezone.utc).isoformat(timespec="seconds")
+    try:
+        return datetime.datetime.fromtimestamp(n, datetime.timezone.utc).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):  # beyond year 9999: no time HA can show
+        return None
 
 
 def _when(section: Dict[str, Any]) -> Any:
@@ -268,7 +279,7 @@ def state_document(facts: Dict[str, Any], now: Optional[float] = None) -> Dict[s
     volts = round(mv / 1000.0, 3) if mv is not None else _raw_value(raw, "battery_voltage", "VBAT")
     out_v = _raw_value(raw, "output_voltage", "VOUT")
     out_a = _raw_value(raw, "output_current", "IOUT")
-    power = _number(raw.get("output_power"))
+    power = _measured(raw.get("output_power"))
     if power is None and out_v is not None and out_a is not None:
         power = out_v * out_a
     mode = camera.get("mode")
@@ -536,9 +547,9 @@ def _report_failure(outcome: Outcome) -> None:
 
 def state_messages(cfg, facts: Dict[str, Any], now: Optional[float] = None) -> List[Tuple[str, str, bool]]:
     t = topics(cfg)
-    msgs = [(topic, json.dumps(conf, sort_keys=True), True) for topic, conf in discovery_messages(cfg, t)]
+    msgs = [(topic, dumps(conf, sort_keys=True), True) for topic, conf in discovery_messages(cfg, t)]
     msgs.append((t.availability, ONLINE, True))
-    msgs.append((t.state, json.dumps(state_document(facts, now), sort_keys=True), True))
+    msgs.append((t.state, dumps(state_document(facts, now), sort_keys=True), True))
     return msgs
 
 
@@ -553,7 +564,7 @@ def publish_state(cfg, facts: Dict[str, Any], *, budget: float = TICK_BUDGET) ->
         if cfg.mqtt.notifications:
             memory, events = _due_events(cfg, facts, now)
             t = topics(cfg)
-            msgs += [(t.event, json.dumps(e, sort_keys=True), False) for e in events]
+            msgs += [(t.event, dumps(e, sort_keys=True), False) for e in events]
         outcome = send(cfg, msgs, budget=budget)
         if not outcome:
             _report_failure(outcome)
@@ -592,7 +603,7 @@ def publish_event(cfg, kind: str, data: Optional[Dict[str, Any]] = None, *, budg
             log.debug("mqtt: event %s rate-limited", kind)
             return False
         event = make_event(kind, data or {}, now)
-        outcome = send(cfg, [(topics(cfg).event, json.dumps(event, sort_keys=True), False)], budget=budget)
+        outcome = send(cfg, [(topics(cfg).event, dumps(event, sort_keys=True), False)], budget=budget)
         if not outcome:
             _report_failure(outcome)
             return False
@@ -605,18 +616,31 @@ def publish_event(cfg, kind: str, data: Optional[Dict[str, Any]] = None, *, budg
 
 
 def _load_memory(cfg) -> Dict[str, Any]:
-    from .ledger import Ledger
+    """The events' memory; {} (take bearings, announce nothing old) when the ledger cannot be read:
+    a damaged or locked ledger must not keep the state from reaching Home Assistant."""
+    import sqlite3
 
-    with Ledger(cfg.paths.ledger) as ledger:
-        value = ledger.get_state(EVENTS_STATE_KEY, {})
+    from .ledger import Ledger, LedgerError
+
+    try:
+        with Ledger(cfg.paths.ledger) as ledger:
+            value = ledger.get_state(EVENTS_STATE_KEY, {})
+    except (LedgerError, sqlite3.Error) as e:
+        log.warning("mqtt: events skipped, the ledger cannot be read: %s", e)
+        return {}
     return value if isinstance(value, dict) else {}
 
 
 def _save_memory(cfg, memory: Dict[str, Any]) -> None:
-    from .ledger import Ledger
+    import sqlite3
 
-    with Ledger(cfg.paths.ledger) as ledger:
-        ledger.put_state(EVENTS_STATE_KEY, memory)
+    from .ledger import Ledger, LedgerError
+
+    try:
+        with Ledger(cfg.paths.ledger) as ledger:
+            ledger.put_state(EVENTS_STATE_KEY, memory)
+    except (LedgerError, sqlite3.Error) as e:
+        log.warning("mqtt: the events' rate limits could not be kept in the ledger: %s", e)
 
 
 def _due_events(cfg, facts: Dict[str, Any], now: float) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:

@@ -34,6 +34,7 @@ log = get_logger("dashcam.policy")
 INGEST_UNITS = "dashcam-ingest@*.service"
 UPLOAD_UNIT = "dashcam-upload.service"
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+FALLBACK_DIR = "/run/dashcam"  # the last place for the tick's state when the ledger fails (tmpfs, root's)
 
 # the ledger keeps this many readings (about a day at one tick every 30 s); the tick reads
 # only the last HISTORY of them, enough for the debounce and the noise filter
@@ -504,6 +505,43 @@ def _sample(row) -> Sample:
     )
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value - value == 0
+
+
+def _samples(rows) -> List[Sample]:
+    """The stored readings the tick can use: the ledger on disk is input like any other, and a row
+    a person or a fault changed (text for a number, NaN) is left out rather than crash the tick."""
+    out = []
+    for row in rows:
+        try:
+            sample = _sample(row)
+        except (KeyError, IndexError, TypeError, ValueError):
+            continue
+        if (
+            _finite(sample.monotonic)
+            and (sample.percent is None or (type(sample.percent) is int and 0 <= sample.percent <= 100))
+            and (sample.millivolts is None or type(sample.millivolts) is int)
+        ):
+            out.append(sample)
+    return out
+
+
+def _number_or_0(value: Any) -> float:
+    return float(value) if _finite(value) else 0.0
+
+
+# the tick's state keys that hold a number (monotonic seconds); anything else there is dropped
+_STATE_NUMBERS = ("last_tick", "data_since", "recorded_seconds", "unknown_since")
+
+
+def _state(value: Any) -> Dict[str, Any]:
+    """The tick state as stored, with what cannot be used dropped (see _samples)."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if k not in _STATE_NUMBERS or v is None or _finite(v)}
+
+
 def _try(outcome: Outcome, what: str, fn, *args) -> bool:
     try:
         fn(*args)
@@ -530,12 +568,12 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
     """
     clock = clock or SystemClock()
     now, wall, boot = clock.monotonic(), clock.time(), clock.boot_id()
-    st = ledger.get_state(STATE_KEY) or {}
+    st = _state(ledger.get_state(STATE_KEY))
     same_boot = st.get("boot_id") == boot
 
     # the battery: record this reading, read back the recent ones
     reading = facts_source.battery()
-    history = [_sample(r) for r in ledger.recent_readings(HISTORY - 1)]
+    history = _samples(ledger.recent_readings(HISTORY - 1))
     history.append(
         Sample(
             monotonic=now,
@@ -582,14 +620,14 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
     upload_failed_recently = (
         isinstance(last_upload, dict)
         and last_upload.get("result") == "failed"
-        and 0 <= wall - float(last_upload.get("wall") or 0) < UPLOAD_FAILURE_PAUSE
+        and 0 <= wall - _number_or_0(last_upload.get("wall")) < UPLOAD_FAILURE_PAUSE
     )
     # the last run had nothing to send but clips held for a session cut earlier (new clips
     # start an upload through the path unit, not through this)
     upload_held = (
         isinstance(last_upload, dict)
         and last_upload.get("result") == "held"
-        and wall < float(last_upload.get("held_until") or 0)
+        and wall < _number_or_0(last_upload.get("held_until"))
     )
     # which units run matters only at home or in data mode (data mode, upload, an ingest to stop);
     # away from home, recording, the systemctl call is saved
@@ -779,14 +817,17 @@ def status_facts(record: Dict[str, Any], ledger) -> Dict[str, Any]:
 def command(args) -> int:
     """dashcamctl [--dry-run] policy [--json]: one tick with the real gatherers and actors."""
     from . import config
-    from .ledger import Ledger
+    from .ledger import TickLedger
 
     # under the unit, CacheDirectory=dashcam gives $CACHE_DIRECTORY: the validated config is kept
     # there as JSON so a tick does not parse YAML (see config.load_cached)
     cfg = config.load_cached(args.config, os.environ.get("CACHE_DIRECTORY"))
     for warning in cfg.warnings:
         get_logger("dashcam.config").warning("%s: %s", cfg.path, warning)
-    with Ledger(cfg.paths.ledger) as ledger:
+    # a damaged, locked or read-only ledger must not stop a low-battery shutdown: the tick then
+    # keeps this boot's readings and state in a fallback file, in the first of these that takes it
+    fallback_dirs = [os.environ.get("RUNTIME_DIRECTORY"), cfg.paths.state_dir, os.environ.get("CACHE_DIRECTORY"), FALLBACK_DIR]
+    with TickLedger(cfg.paths.ledger, fallback_dirs, SystemClock().boot_id()) as ledger:
         record = tick(cfg, SystemFacts(cfg), SystemActions(cfg, args.dry_run), ledger=ledger, dry_run=args.dry_run)
         if cfg.mqtt is not None:
             if args.dry_run:

@@ -70,7 +70,25 @@ def _ledger_state(key: str):
     return section
 
 
+def ledger_section(cfg) -> Dict[str, Any]:
+    """Whether the ledger was found damaged and set aside (ingest and upload refuse until restored)."""
+    from .ledger import damage_marker, damage_message
+
+    marker = damage_marker(cfg.paths.ledger)
+    if marker is None:
+        return {"damaged": False, "path": cfg.paths.ledger}
+    return {
+        "damaged": True,
+        "path": cfg.paths.ledger,
+        "moved_to": marker.get("moved_to"),
+        "since": marker.get("wall"),
+        "reason": marker.get("reason"),
+        "message": damage_message(cfg.paths.ledger, marker),
+    }
+
+
 SECTIONS: List[Tuple[str, Callable[[Any], Dict[str, Any]]]] = [
+    ("ledger", ledger_section),
     ("battery", battery_section),
     ("camera", camera_section),
     ("staging", staging_section),
@@ -152,7 +170,10 @@ def _last_line(label: str, run: Dict[str, Any]) -> str:
 def render(facts: Dict[str, Dict[str, Any]]) -> str:
     lines = []
     for name, section in facts.items():
-        if name == "battery":
+        if name == "ledger":
+            if section.get("damaged") or "error" in section:  # a healthy ledger needs no line
+                lines.append(f"LEDGER DAMAGED: {section.get('message') or section.get('error')}")
+        elif name == "battery":
             lines.append(_battery_line(section))
         elif name == "camera":
             lines.append(_camera_line(section))
