@@ -124,7 +124,7 @@ def test_camera_goes_back_to_record_on_external_power_else_to_after_ingest(make_
 
 def test_mount_is_read_only_and_never_executes_from_the_card():
     assert ingest.mount_argv("/dev/sda1", "vfat", "/run/dashcam/mnt/sda1") == [
-        "mount", "-t", "vfat", "-o", "ro,nosuid,nodev,noexec,noatime", "/dev/sda1", "/run/dashcam/mnt/sda1"]
+        "mount", "-t", "vfat", "-o", "ro,nosuid,nodev,noexec,noatime,nosymfollow", "/dev/sda1", "/run/dashcam/mnt/sda1"]
 
 
 # --- a directory source, through the real CLI ----------------------------------------------------
@@ -422,7 +422,7 @@ def test_device_ingest_mounts_read_only_copies_unmounts_and_puts_the_camera_back
     result = ingest.ingest_device(cfg, str(dev), camera_back=lambda c, dry_run: back.append(dry_run))
     assert result.files == 1
     calls = fake_mount_tools.read_text().splitlines()
-    assert f"mount -t vfat -o ro,nosuid,nodev,noexec,noatime {dev} {tmp_path}/mnt/sdz1" in calls
+    assert f"mount -t vfat -o ro,nosuid,nodev,noexec,noatime,nosymfollow {dev} {tmp_path}/mnt/sdz1" in calls
     assert calls[-1] == f"umount {tmp_path}/mnt/sdz1"
     assert back == [False]
 
@@ -481,6 +481,8 @@ def test_files_root_stages_belong_to_the_staging_owner_so_the_uploader_can_prune
     (tmp_path / "state").mkdir()
     os.chown(tmp_path / "staging", 4321, 4321)
     os.chown(tmp_path / "state", 4321, 4321)
+    for parent in (tmp_path, *tmp_path.parents[:2]):  # the copy runs as 4321: let it reach the card
+        parent.chmod(parent.stat().st_mode | 0o001)
     write_clip(card, "Normal/Front/A.MP4", 1000, time.time())
     assert dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card)).returncode == 0
     made = [p for p in (tmp_path / "staging").rglob("*") if p.name != ".lock"] + [tmp_path / "state/ledger.sqlite3"]

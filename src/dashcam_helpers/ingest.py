@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import datetime
 import errno
 import fcntl
@@ -34,7 +35,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Set, 
 from . import notify
 from .config import Config
 from .errors import DashcamError, TryLater
-from .ledger import Ledger
+from .ledger import Ledger, chown_nofollow
 from .staging import Owner, free_space, fsync_dir, owner_of, reserve_bytes
 from .log import get as get_logger
 
@@ -213,16 +214,23 @@ def _fadvise_dontneed(fd: int, offset: int = 0, length: int = 0) -> None:
 
 
 def makedirs_owned(path: str, owner: Owner) -> None:
-    """os.makedirs, giving every directory it creates to ``owner``."""
+    """os.makedirs, giving every directory it creates to ``owner``; a symlink on the way is refused."""
+    if os.path.islink(path):
+        raise DashcamError(f"refusing {path}: it is a symbolic link (staging holds none; remove it)")
     if os.path.isdir(path):
         return
     makedirs_owned(os.path.dirname(path), owner)
     try:
         os.mkdir(path, 0o750)
     except FileExistsError:
-        return
+        return makedirs_owned(path, owner)  # made meanwhile: still no link
     if owner:
-        os.chown(path, *owner)
+        # through an fd that is not a link: the name may have been swapped since the mkdir
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchown(fd, *owner)
+        finally:
+            os.close(fd)
 
 
 def sha256_file(path: str) -> str:
@@ -511,7 +519,7 @@ def _copy_one(src_root: str, clip: Candidate, incoming: str, seq: int, should_st
 
 
 def _lock_staging(incoming: str) -> int:
-    fd = os.open(os.path.join(incoming, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    fd = os.open(os.path.join(incoming, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -550,7 +558,7 @@ def ingest_source(
                 # the uploader (dashcam user) writes the ledger too; SQLite gives its -wal/-shm the db's owner
                 ledger_owner = owner_of(cfg.paths.state_dir)
                 if ledger_owner:
-                    os.chown(cfg.paths.ledger, *ledger_owner)
+                    chown_nofollow(cfg.paths.ledger, ledger_owner)
             known: Set[Tuple[str, int, int]] = ledger.known_keys(cfg.camera.name)
             found = 0
             new = []
@@ -674,7 +682,8 @@ def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner) 
 
 # --- the camera's card ----------------------------------------------------------------------
 
-MOUNT_OPTIONS = "ro,nosuid,nodev,noexec,noatime"
+# nosymfollow (Linux >= 5.10): a symlink on the card leads nowhere, whoever reads it
+MOUNT_OPTIONS = "ro,nosuid,nodev,noexec,noatime,nosymfollow"
 FILESYSTEMS = ("vfat", "exfat")
 
 
@@ -695,8 +704,38 @@ def fs_type(devnode: str, timeout: float) -> str:
     return out.stdout.strip()
 
 
-def mount_argv(devnode: str, fstype: str, mountpoint: str) -> List[str]:
-    return ["mount", "-t", fstype, "-o", MOUNT_OPTIONS, devnode, mountpoint]
+def mount_argv(devnode: str, fstype: str, mountpoint: str, reader: Optional[Tuple[int, int]] = None) -> List[str]:
+    """mount(8) of the card read-only; with ``reader`` (uid, gid) its files are that user's alone
+    (vfat and exfat have no owners of their own: the options give them one)."""
+    options = MOUNT_OPTIONS + (f",uid={reader[0]},gid={reader[1]},umask=0077" if reader else "")
+    return ["mount", "-t", fstype, "-o", options, devnode, mountpoint]
+
+
+def _result_json(result: IngestResult) -> dict:
+    return dataclasses.asdict(result)
+
+
+def _result_from_json(data: dict) -> IngestResult:
+    data = dict(data)
+    data["failed"] = [(str(f), str(r)) for f, r in data.get("failed") or []]
+    return IngestResult(**data)
+
+
+def ingest_unprivileged(
+    cfg: Config, source_dir: str, *, dry_run: bool = False, should_stop: Optional[Callable[[], bool]] = None,
+    reader: Optional[Tuple[int, int]] = None,
+) -> IngestResult:
+    """ingest_source, run as ``reader`` (the owner of staging) with no capabilities when given:
+    root mounts the card, but never reads it nor writes staging."""
+    if reader is None:
+        return ingest_source(cfg, source_dir, dry_run=dry_run, should_stop=should_stop)
+    from . import privilege
+
+    log.info("reading %s as uid %d, gid %d", source_dir, *reader)
+    return privilege.run_as(
+        reader, lambda: ingest_source(cfg, source_dir, dry_run=dry_run, should_stop=should_stop),
+        encode=_result_json, decode=_result_from_json, should_stop=should_stop or (lambda: False),
+    )
 
 
 def mode_after_ingest(cfg: Config, external: Optional[bool]) -> str:
@@ -725,7 +764,7 @@ def ingest_device(
     camera_back: Optional[Callable[..., object]] = None,
 ) -> IngestResult:
     """Mount the camera's card read-only, ingest it, unmount, put the camera back (always)."""
-    from . import runner
+    from . import privilege, runner
 
     camera_back = camera_back or put_camera_back
     devnode = devname if devname.startswith("/") else os.path.join("/dev", devname)
@@ -738,17 +777,20 @@ def ingest_device(
             if fstype not in FILESYSTEMS:
                 raise DashcamError(f"{devnode}: filesystem {fstype or 'unknown'!r}, expected one of {', '.join(FILESYSTEMS)}")
             mountpoint = os.path.join(cfg.camera.mount_base, os.path.basename(devnode))
+            reader = privilege.staging_user(cfg.paths.local_staging)
             if not dry_run:
                 os.makedirs(mountpoint, mode=0o700, exist_ok=True)
+                if reader:  # the reader passes through mount_base (it may not list it)
+                    os.chmod(cfg.camera.mount_base, os.stat(cfg.camera.mount_base).st_mode | 0o001)
             try:
-                runner.run(mount_argv(devnode, fstype, mountpoint), timeout=timeout, dry_run=dry_run)
+                runner.run(mount_argv(devnode, fstype, mountpoint, reader), timeout=timeout, dry_run=dry_run)
             except runner.CommandError as e:
                 raise TryLater(f"cannot mount {devnode}: {e}") from e
             log.info("mounted %s (%s) read-only on %s", devnode, fstype, mountpoint)
             try:
                 if dry_run and not os.path.isdir(mountpoint):
                     return IngestResult()
-                return ingest_source(cfg, mountpoint, dry_run=dry_run, should_stop=should_stop)
+                return ingest_unprivileged(cfg, mountpoint, dry_run=dry_run, should_stop=should_stop, reader=reader)
             finally:
                 try:
                     runner.run(["umount", mountpoint], timeout=timeout, dry_run=dry_run)
@@ -786,7 +828,10 @@ def command(args) -> int:
     signal.signal(signal.SIGINT, on_signal)
     notify.notify(READY="1", STATUS="ingest: scanning")
     if args.source:
-        result = ingest_source(cfg, args.source, dry_run=args.dry_run, should_stop=stop.is_set)
+        from .privilege import staging_user
+
+        result = ingest_unprivileged(cfg, args.source, dry_run=args.dry_run, should_stop=stop.is_set,
+                                     reader=staging_user(cfg.paths.local_staging))
     else:
         result = ingest_device(cfg, args.devname, dry_run=args.dry_run, should_stop=stop.is_set)
     summary = {
