@@ -119,3 +119,67 @@ def test_a_symlinked_staging_is_refused_before_anything_runs(tmp_path):
 def test_the_mount_gives_the_cards_files_to_the_reader_alone():
     argv = ingest.mount_argv("/dev/sda1", "exfat", "/run/dashcam/mnt/sda1", READER)
     assert argv[4] == "ro,nosuid,nodev,noexec,noatime,nosymfollow,uid=4321,gid=4322,umask=0077"
+
+
+def test_the_childs_progress_reaches_systemd_but_nothing_that_changes_the_units_state(tmp_path, monkeypatch):
+    import socket
+
+    from dashcam_helpers import notify
+
+    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    systemd.bind(str(tmp_path / "notify"))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+
+    def report():
+        notify.notify(STATUS="ingest 1/2 files\x1b[2J", READY="1", MAINPID="1")
+        time.sleep(0.5)  # the parent forwards while the child still runs
+        return os.environ["NOTIFY_SOCKET"]
+
+    used = privilege.run_as(READER, report, encode=str, decode=str)
+    assert used.startswith("@dashcam-status-")  # the child never saw systemd's socket
+    systemd.settimeout(5)
+    assert systemd.recv(4096) == b"STATUS=ingest 1/2 files\\x1b[2J"
+    systemd.close()
+
+
+def test_root_without_dac_capabilities_takes_the_owner_of_the_state_directory(public_tmp):
+    """The ingest's root cannot enter /var/lib/dashcam (0750, dashcam's): that directory's owner decides."""
+    state = public_tmp / "state"
+    (state / "staging").mkdir(parents=True)
+    os.chown(state, *READER)
+    state.chmod(0o750)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a root child without CAP_DAC_*, as the ingest unit runs
+        try:
+            os.write(w, repr(_drop_dac_and_ask(str(state / "staging"))).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    answer = os.read(r, 1000).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert answer == repr(READER)
+
+
+def _drop_dac_and_ask(staging):
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH: out of the bounding set, then effective
+        libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP
+    # capset: keep every capability but the two DAC ones
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)
+    data = (ctypes.c_uint32 * 6)()
+    libc.capget(header, data)
+    mask = ~((1 << 1) | (1 << 2)) & 0xFFFFFFFF
+    data[0] &= mask  # effective
+    data[1] &= mask  # permitted
+    assert libc.capset(header, data) == 0, ctypes.get_errno()
+    try:
+        os.listdir(staging)
+    except PermissionError:
+        pass
+    else:
+        raise AssertionError("still able to enter the state directory")
+    return privilege.staging_user(staging)

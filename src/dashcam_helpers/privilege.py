@@ -31,8 +31,10 @@ CAP_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapAmb")
 def staging_user(staging: str) -> Optional[User]:
     """Who copies into ``staging``: its owner, when we are root and it is someone else; else None.
 
-    The nearest existing directory of the path decides (staging may not exist before the first
-    ingest). A symlink there is refused: root follows no links in a directory another user writes.
+    The nearest directory of the path that exists and root may look at decides: staging may not
+    exist before the first ingest, and the ingest's root holds no CAP_DAC_* to enter
+    /var/lib/dashcam (dashcam's, 0750), whose owner then decides. A symlink there is refused: root
+    follows no links in a directory another user writes.
     """
     if os.geteuid() != 0:
         return None
@@ -41,7 +43,7 @@ def staging_user(staging: str) -> Optional[User]:
         try:
             st = os.lstat(path)
             break
-        except FileNotFoundError:
+        except (FileNotFoundError, PermissionError):
             parent = os.path.dirname(path)
             if parent == path:
                 return None
@@ -94,14 +96,22 @@ def run_as(
 
     A DashcamError (TryLater too) in the child is raised again here with its message; any other
     exception becomes a DashcamError naming it. When ``should_stop()`` turns true the child gets
-    SIGTERM (the unit's KillMode=mixed signals only this, the main process).
+    SIGTERM (the unit's KillMode=mixed signals only this, the main process). The child's sd_notify
+    STATUS= lines reach systemd through this process, so the unit keeps NotifyAccess=main: the
+    child can report progress but never change the unit's state (READY=, MAINPID=, ...).
     """
+    relay = _status_relay()
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns
         os.close(rfd)
         code = 0
         try:
+            if relay is not None:
+                os.environ["NOTIFY_SOCKET"] = "@" + relay.getsockname()[1:].decode("ascii")
+                relay.close()
+            else:
+                os.environ.pop("NOTIFY_SOCKET", None)
             drop_to(user)
             answer: Dict[str, Any] = {"result": encode(func())}
         except TryLater as e:
@@ -122,19 +132,48 @@ def run_as(
     stopped = False
     try:
         while True:
-            ready, _, _ = select.select([rfd], [], [], 0.2)
+            ready, _, _ = select.select([rfd] + ([relay] if relay is not None else []), [], [], 0.2)
             if not stopped and should_stop():
                 stopped = True
                 os.kill(pid, signal.SIGTERM)
-            if ready:
+            if relay is not None and relay in ready:
+                _forward_status(relay)
+            if rfd in ready:
                 chunk = os.read(rfd, 1 << 16)
                 if not chunk:
                     break
                 chunks.append(chunk)
     finally:
         os.close(rfd)
+        if relay is not None:
+            relay.close()
         _, status = os.waitpid(pid, 0)
     return _answer(b"".join(chunks), status, user, decode)
+
+
+def _status_relay():
+    """A datagram socket (abstract name) for the child's sd_notify, when we run under systemd."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return None
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    sock.bind("\0dashcam-status-%d-%s" % (os.getpid(), os.urandom(8).hex()))
+    return sock
+
+
+def _forward_status(relay) -> None:
+    """Pass on the STATUS= of one datagram from the child, and nothing else."""
+    from . import notify
+    from .log import printable
+
+    try:
+        data = relay.recv(4096)
+    except OSError:
+        return
+    for line in data.decode("utf-8", "replace").split("\n"):
+        if line.startswith("STATUS="):
+            notify.status(printable(line[len("STATUS="):])[:200])
 
 
 def _answer(raw: bytes, status: int, user: User, decode: Callable[[Any], Any]) -> Any:
