@@ -183,3 +183,14 @@ def _drop_dac_and_ask(staging):
     else:
         raise AssertionError("still able to enter the state directory")
     return privilege.staging_user(staging)
+
+
+def test_a_source_the_reader_cannot_read_is_named_with_the_fix(public_tmp, make_config):
+    staging = public_tmp / "staging"
+    staging.mkdir()
+    os.chown(staging, *READER)
+    cfg = config.load(str(make_config({"paths": {"local_staging": str(staging), "state_dir": str(staging)}})))
+    card = public_tmp / "card"
+    card.mkdir(mode=0o700)
+    with pytest.raises(DashcamError, match=rf"{card}: the copy runs as uid 4321 .*\(mount -o ro,uid=4321\)"):
+        ingest.ingest_unprivileged(cfg, str(card), reader=READER)

@@ -732,8 +732,15 @@ def ingest_unprivileged(
     from . import privilege
 
     log.info("reading %s as uid %d, gid %d", source_dir, *reader)
+
+    def copy() -> IngestResult:
+        if os.path.isdir(source_dir) and not os.access(source_dir, os.R_OK | os.X_OK):
+            raise DashcamError(f"{source_dir}: the copy runs as uid {reader[0]} (the owner of staging), which "
+                               f"cannot read it; mount the card so that user can (mount -o ro,uid={reader[0]})")
+        return ingest_source(cfg, source_dir, dry_run=dry_run, should_stop=should_stop)
+
     return privilege.run_as(
-        reader, lambda: ingest_source(cfg, source_dir, dry_run=dry_run, should_stop=should_stop),
+        reader, copy,
         encode=_result_json, decode=_result_from_json, should_stop=should_stop or (lambda: False),
     )
 
