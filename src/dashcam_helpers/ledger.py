@@ -23,6 +23,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
     from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
+from .errors import DashcamError
 from .record import Record
 
 class _Transaction:
@@ -104,8 +105,8 @@ MIGRATIONS: Sequence[str] = (
 )
 
 
-class LedgerError(Exception):
-    pass
+class LedgerError(DashcamError):
+    """A ledger that cannot be opened or a transition it forbids: one line, no traceback."""
 
 
 def _refuse_link(name: str) -> None:
