@@ -26,6 +26,8 @@ CAMERA_PROPS = {
     "ID_FS_UUID": "67EF-9CED",
     "ID_FS_LABEL": "NO NAME",
     "ID_FS_TYPE": "vfat",
+    "ID_BUS": "usb",
+    "ID_PATH": "platform-fd500000.pcie-pci-0000:01:00.0-usb-0:1.1:1.0-scsi-0:0:0:0",
 }
 STICK_PROPS = {
     "DEVNAME": "/dev/sdb1",
@@ -36,7 +38,19 @@ STICK_PROPS = {
     "ID_FS_UUID": "1234-ABCD",
     "ID_FS_LABEL": "STICK",
     "ID_FS_TYPE": "vfat",
+    "ID_BUS": "usb",
 }
+# the card's filesystem (same UUID and label) on disks that are not on USB: the Pi's own SD slot,
+# a virtio disk, an NVMe disk; none has a USB device among its parents
+CARD_ELSEWHERE = {
+    "mmc": {"DEVNAME": "/dev/mmcblk0p1", "ID_PATH": "platform-fe340000.mmc", "ID_NAME": "SD32G"},
+    "virtio": {"DEVNAME": "/dev/vdb1", "ID_PATH": "pci-0000:00:05.0"},
+    "nvme": {"DEVNAME": "/dev/nvme0n1p1", "ID_PATH": "pci-0000:01:00.0-nvme-1", "ID_BUS": "nvme"},
+    # udev claims usb but no USB device is among its parents (a forged or stale property)
+    "usb-claim-only": {"DEVNAME": "/dev/vdc1", "ID_BUS": "usb"},
+}
+CARD_FS = {k: CAMERA_PROPS[k] for k in ("ID_FS_UUID", "ID_FS_LABEL", "ID_FS_TYPE", "ID_SERIAL", "ID_SERIAL_SHORT",
+                                        "ID_VENDOR_ID", "ID_MODEL_ID")}
 
 
 def cfg_with(**camera_keys):
@@ -84,7 +98,20 @@ def test_a_device_without_the_properties_never_matches():
 
 def test_which_match_names_the_criterion():
     crit = device.criteria(cfg_with(match_fs_uuid="67EF-9CED", match_serial="nope"))
-    assert device.which_match(crit, CAMERA_PROPS, None) == "fs_uuid=67EF-9CED"
+    assert device.which_match(crit, CAMERA_PROPS, "1-1.1") == "fs_uuid=67EF-9CED"
+
+
+@pytest.mark.parametrize("bus", sorted(CARD_ELSEWHERE))
+@pytest.mark.parametrize("keys", [{"match_fs_uuid": "67EF-9CED"}, {"match_fs_label": "NO NAME"},
+                                  {"match_serial": "96680-00000-001"}, {"match_vendor_model": "0603:8612"}])
+def test_a_disk_not_on_usb_is_never_the_camera_whatever_it_carries(bus, keys):
+    props = dict(CARD_FS, **CARD_ELSEWHERE[bus])
+    cfg = cfg_with(**keys)
+    assert device.matches(device.criteria(cfg), dict(props, ID_BUS="usb"), "1-1.1")  # the same facts on USB match
+    assert not device.matches(device.criteria(cfg), props, None)
+    ctx = FakeContext([FakeDevice(props, None)])
+    assert device.camera_attached(cfg, context=ctx) is None  # status does not show it as the camera
+    assert device.is_camera(cfg, props["DEVNAME"], lookup=lambda name: FakeDevice(props, None)) is False
 
 
 @pytest.mark.parametrize("name", ["sda1", "/dev/sda1", " /dev/sda1\n"])
@@ -236,8 +263,9 @@ def test_match_with_real_pyudev_reads_a_real_device():
     assert device.lookup_block("sdzz9") is None
 
 
-def test_match_exits_0_for_a_real_device_configured_by_its_udev_serial(dashcamctl, make_config):
-    """No camera here, but any block device udev knows a serial of proves the real pyudev path end to end."""
+def test_match_by_udev_serial_takes_a_real_usb_device_and_refuses_any_other(dashcamctl, make_config):
+    """No camera here, but any block device udev knows a serial of proves the real pyudev path end to end:
+    exit 0 when it is on USB, 1 when it is on another bus (virtio, NVMe, SATA, mmc)."""
     names = sorted(os.listdir("/sys/class/block")) if os.path.isdir("/sys/class/block") else []
     serials = {}
     for name in names:
@@ -248,7 +276,8 @@ def test_match_exits_0_for_a_real_device_configured_by_its_udev_serial(dashcamct
     if not serials:
         pytest.skip("udev knows no serial of any block device here")
     name, serial = next(iter(serials.items()))
+    usb = device.on_usb(*device.facts(device.lookup_block(name)))
     r = dashcamctl("--config", str(make_config({"camera": {"match_serial": serial}})), "match", f"/dev/{name}")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == (0 if usb else 1), r.stderr
     r = dashcamctl("--config", str(make_config({"camera": {"match_serial": serial + "-other"}})), "match", name)
     assert r.returncode == 1, r.stderr

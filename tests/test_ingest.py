@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import SRC
-from dashcam_helpers import config, ingest
+from dashcam_helpers import config, ingest, log
 from dashcam_helpers.ledger import Ledger
 
 DAY = 86400
@@ -130,10 +130,13 @@ def test_camera_goes_back_to_record_on_external_power_else_to_after_ingest(make_
 
 def test_mount_is_read_only_never_executes_from_the_card_and_adds_no_time_zone():
     assert ingest.mount_argv("/dev/sda1", "vfat", "/run/dashcam/mnt/sda1") == [
-        "mount", "-t", "vfat", "-o", "ro,nosuid,nodev,noexec,noatime,tz=UTC,utf8", "/dev/sda1",
+        "mount", "-t", "vfat", "-o", "ro,nosuid,nodev,noexec,noatime,nosymfollow,tz=UTC,utf8", "/dev/sda1",
         "/run/dashcam/mnt/sda1"]
     assert ingest.mount_argv("/dev/sda1", "exfat", "/m") == [
-        "mount", "-t", "exfat", "-o", "ro,nosuid,nodev,noexec,noatime,time_offset=0", "/dev/sda1", "/m"]
+        "mount", "-t", "exfat", "-o", "ro,nosuid,nodev,noexec,noatime,nosymfollow,time_offset=0", "/dev/sda1", "/m"]
+    # the card's files belong to the unprivileged reader (vfat and exfat have no owners of their own)
+    assert ingest.mount_argv("/dev/sda1", "vfat", "/m", reader=(105, 110))[4] == \
+        "ro,nosuid,nodev,noexec,noatime,nosymfollow,tz=UTC,utf8,uid=105,gid=110,umask=0077"
 
 
 # --- a directory source, through the real CLI ----------------------------------------------------
@@ -431,7 +434,7 @@ def test_device_ingest_mounts_read_only_copies_unmounts_and_puts_the_camera_back
     result = ingest.ingest_device(cfg, str(dev), camera_back=lambda c, dry_run: back.append(dry_run))
     assert result.files == 1
     calls = fake_mount_tools.read_text().splitlines()
-    assert f"mount -t vfat -o ro,nosuid,nodev,noexec,noatime,tz=UTC,utf8 {dev} {tmp_path}/mnt/sdz1" in calls
+    assert f"mount -t vfat -o ro,nosuid,nodev,noexec,noatime,nosymfollow,tz=UTC,utf8 {dev} {tmp_path}/mnt/sdz1" in calls
     assert calls[-1] == f"umount {tmp_path}/mnt/sdz1"
     assert back == [False]
 
@@ -490,6 +493,8 @@ def test_files_root_stages_belong_to_the_staging_owner_so_the_uploader_can_prune
     (tmp_path / "state").mkdir()
     os.chown(tmp_path / "staging", 4321, 4321)
     os.chown(tmp_path / "state", 4321, 4321)
+    for parent in (tmp_path, *tmp_path.parents[:2]):  # the copy runs as 4321: let it reach the card
+        parent.chmod(parent.stat().st_mode | 0o001)
     write_clip(card, "Normal/Front/A.MP4", 1000, time.time())
     assert dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card)).returncode == 0
     made = [p for p in (tmp_path / "staging").rglob("*") if p.name != ".lock"] + [tmp_path / "state/ledger.sqlite3"]
@@ -552,7 +557,7 @@ def test_any_name_is_staged_byte_identical_or_refused_with_a_reason_never_skippe
     rows = {os.fsencode(row["source_path"]): row for row in ledger_rows(tmp_path / "state")}
     assert_staging_consistent(tmp_path / "staging", tmp_path / "state", complete=True)
     assert staged_bytes(tmp_path / "staging", rows[b"Normal/Front/plain.MP4"]) == plain  # never blocked
-    shown = ingest.shown(os.fsdecode(b"Normal/Front/" + name))
+    shown = log.printable(os.fsdecode(b"Normal/Front/" + name))  # what a person reads
     if utf8(name):
         assert r.returncode == 0, r.stderr
         row = rows[b"Normal/Front/" + name]
@@ -571,7 +576,8 @@ def test_any_name_is_staged_byte_identical_or_refused_with_a_reason_never_skippe
         assert any(shown + ": refused: the name is not valid UTF-8" in line for line in r.stderr.splitlines())
         assert '"reason": "refused: the name is not valid UTF-8' in r.stdout
         listed = dashcamctl("--config", str(cfg_path), "files", "--state", "failed").stdout
-        assert "bad\\xff\\xfeutf8.MP4  (refused: the name is not valid UTF-8" in listed
+        # the row's key holds the bytes as \xNN text: shown as such, its backslashes doubled
+        assert "bad\\\\xff\\\\xfeutf8.MP4  (refused: the name is not valid UTF-8" in listed
         status = dashcamctl("--config", str(cfg_path), "status", "--json").stdout
         assert '"failed_files": 1' in status
     assert "\n" not in shown and "\r" not in shown and "\t" not in shown

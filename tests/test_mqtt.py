@@ -57,10 +57,10 @@ def wait_until(condition, timeout=10.0, what="condition"):
 
 
 class Broker:
-    def __init__(self, tmp_path: Path, users=None):
+    def __init__(self, tmp_path: Path, users=None, listener_options=()):
         self.port = free_port()
         conf = tmp_path / "mosquitto.conf"
-        lines = [f"listener {self.port} 127.0.0.1", "persistence false", "log_dest stderr", "log_type error",
+        lines = [f"listener {self.port} 127.0.0.1", *listener_options, "persistence false", "log_dest stderr", "log_type error",
                  # started as root, mosquitto would drop to its own user, who cannot read tmp_path
                  f"user {pwd.getpwuid(os.getuid()).pw_name}"]
         if users:

@@ -49,10 +49,10 @@ def files(args: argparse.Namespace) -> int:
     if not clips:
         print("no clips" + (f" in state {args.state}" if args.state else ""))
         return EX_OK
-    from .ingest import shown  # a name with a newline or a tab stays on its line
+    from .log import printable  # names come from the card: any bytes, shown escaped
 
     print(f"{'STATE':<9} {'SIZE':>12} {'UPDATED':<19} {'CAMERA':<10} PATH")
     for c in clips:
-        extra = f"  ({shown(c.reason)})" if c.reason and c.state == "failed" else ""
-        print(f"{c.state:<9} {c.size:>12} {_when(c.updated_at):<19} {c.camera:<10} {shown(c.source_path)}{extra}")
+        extra = f"  ({printable(c.reason)})" if c.reason and c.state == "failed" else ""
+        print(f"{c.state:<9} {c.size:>12} {_when(c.updated_at):<19} {printable(c.camera):<10} {printable(c.source_path)}{extra}")
     return EX_OK

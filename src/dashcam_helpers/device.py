@@ -11,6 +11,11 @@ A device is the camera when ANY configured criterion matches it:
   camera.match_fs_label      ID_FS_LABEL
   camera.match_usb_port      the USB port path
 With none of them set, the camera is whatever is plugged into <hub_location>.<port_number>.
+
+Whatever the criterion, only a USB block device can be the camera: udev must say ID_BUS=usb
+and the device must have a USB device among its parents. A disk on another bus (the Pi's own
+SD slot on mmc, a virtio or NVMe disk) that carries the card's filesystem UUID or label, say a
+copy of the card, is never taken for the camera.
 """
 
 from __future__ import annotations
@@ -59,8 +64,15 @@ def _criterion_matches(name: str, wanted: str, props: Mapping[str, str], usb_por
     raise ValueError(f"unknown match criterion {name!r}")
 
 
+def on_usb(props: Mapping[str, str], usb_port: Optional[str]) -> bool:
+    """A USB block device: udev's ID_BUS says usb and a USB device is among its parents."""
+    return props.get("ID_BUS") == "usb" and bool(usb_port)
+
+
 def which_match(crit: Criteria, props: Mapping[str, str], usb_port: Optional[str]) -> Optional[str]:
-    """The first criterion (as ``name=value``) the device meets, or None."""
+    """The first criterion (as ``name=value``) the device meets, or None; never for a device not on USB."""
+    if not on_usb(props, usb_port):
+        return None
     for name, wanted in crit:
         if _criterion_matches(name, wanted, props, usb_port):
             return f"{name}={wanted}"
@@ -118,8 +130,9 @@ def is_camera(cfg, devname: str, *, lookup: Callable[[str], Any] = lookup_block)
         log.debug("%s is the camera (%s)", kernel_name(devname), hit)
     else:
         log.debug(
-            "%s is not the camera (serial %s, usb port %s, fs uuid %s)",
-            kernel_name(devname), props.get("ID_SERIAL"), port, props.get("ID_FS_UUID"),
+            "%s is not the camera (%sserial %s, usb port %s, fs uuid %s)",
+            kernel_name(devname), "" if on_usb(props, port) else f"not on USB: bus {props.get('ID_BUS')}, ",
+            props.get("ID_SERIAL"), port, props.get("ID_FS_UUID"),
         )
     return hit is not None
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import datetime
 import errno
 import fcntl
@@ -35,7 +36,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Set, 
 from . import notify
 from .config import Config
 from .errors import DashcamError, TryLater
-from .ledger import Ledger, LedgerError
+from .ledger import Ledger, LedgerError, chown_nofollow
 from .staging import Owner, free_space, fsync_dir, owner_of, reserve_bytes
 from .log import get as get_logger
 
@@ -131,7 +132,8 @@ def is_event(source_path: str) -> bool:
 def shown(name: str) -> str:
     """A name as one printable line: control characters and undecodable bytes as \\xNN escapes.
 
-    For messages only (the journal, the terminal): a name with a newline must not split a record."""
+    For text the ledger keeps (a failed clip's reason): SQLite holds UTF-8 only, and a reason is
+    one line. Log messages need none of this: the log escapes what a person reads (log.printable)."""
     return _UNPRINTABLE.sub(_escape_char, name)
 
 
@@ -158,7 +160,7 @@ def _walk(root: str, max_depth: int = MAX_DEPTH) -> Iterable[Tuple[str, os.stat_
             with os.scandir(here) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
-            log.warning("cannot list %s: %s", shown(here), e.strerror or e)
+            log.warning("cannot list %s: %s", here, e.strerror or e)
             continue
         subdirs = []
         for entry in entries:
@@ -168,13 +170,13 @@ def _walk(root: str, max_depth: int = MAX_DEPTH) -> Iterable[Tuple[str, os.stat_
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     if depth + 1 > max_depth:
-                        log.warning("not looking into %s: deeper than %d folders", shown(path), max_depth)
+                        log.warning("not looking into %s: deeper than %d folders", path, max_depth)
                         continue
                     subdirs.append((path, depth + 1))
                 elif entry.is_file(follow_symlinks=False):
                     yield path, entry.stat(follow_symlinks=False)
             except OSError as e:
-                log.warning("cannot stat %s: %s", shown(path), e.strerror or e)
+                log.warning("cannot stat %s: %s", path, e.strerror or e)
         stack.extend(reversed(subdirs))
 
 
@@ -318,16 +320,23 @@ def _fadvise_dontneed(fd: int, offset: int = 0, length: int = 0) -> None:
 
 
 def makedirs_owned(path: str, owner: Owner) -> None:
-    """os.makedirs, giving every directory it creates to ``owner``."""
+    """os.makedirs, giving every directory it creates to ``owner``; a symlink on the way is refused."""
+    if os.path.islink(path):
+        raise DashcamError(f"refusing {path}: it is a symbolic link (staging holds none; remove it)")
     if os.path.isdir(path):
         return
     makedirs_owned(os.path.dirname(path), owner)
     try:
         os.mkdir(path, 0o750)
     except FileExistsError:
-        return
+        return makedirs_owned(path, owner)  # made meanwhile: still no link
     if owner:
-        os.chown(path, *owner)
+        # through an fd that is not a link: the name may have been swapped since the mkdir
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchown(fd, *owner)
+        finally:
+            os.close(fd)
 
 
 def sha256_file(path: str) -> str:
@@ -419,7 +428,7 @@ class _Finisher(threading.Thread):
 
     def _failed(self, ledger: Ledger, clip: Candidate, e: BaseException) -> None:
         reason = describe(e)
-        log.error("cannot stage %s: %s; marked failed, going on with the others", shown(clip.source_path), reason,
+        log.error("cannot stage %s: %s; marked failed, going on with the others", clip.source_path, reason,
                   extra={"DASHCAM_FILE": clip.source_path})
         ledger.record_failed(self.cfg.camera.name, *ledger_key(clip.source_path, clip.size, clip.mtime_ns),
                              event=clip.event, reason=f"stage: {reason}")
@@ -461,17 +470,17 @@ class _Finisher(threading.Thread):
                 os.unlink(target)
                 fsync_dir(os.path.dirname(target))
             except OSError as e:
-                log.error("cannot remove %s after its ledger row failed: %s", shown(rel), describe(e))
+                log.error("cannot remove %s after its ledger row failed: %s", rel, describe(e))
             raise
         with self.lock:
             self.result.files += 1
             self.result.bytes += clip.size
         log.info(
             "staged %s (%s%s) as %s",
-            shown(clip.source_path),
+            clip.source_path,
             notify.human_bytes(clip.size),
             ", event" if clip.event else "",
-            shown(rel),
+            rel,
             extra={"DASHCAM_FILE": clip.source_path, "DASHCAM_BYTES": clip.size, "DASHCAM_SHA256": item.sha256,
                    "DASHCAM_STAGED": rel},
         )
@@ -496,7 +505,7 @@ class _Finisher(threading.Thread):
             except FileExistsError:
                 if self._is_orphan_copy(ledger, candidate, target, item):
                     # the same bytes renamed by a run killed before its ledger commit: adopt them
-                    log.info("adopting %s, staged by an interrupted run", shown(candidate))
+                    log.info("adopting %s, staged by an interrupted run", candidate)
                     os.unlink(item.part)
                     fsync_dir(os.path.dirname(target))
                     return candidate
@@ -665,11 +674,11 @@ def keep_mtime(fd: int, clip: Candidate) -> None:
     try:
         os.utime(fd, ns=(clip.mtime_ns, clip.mtime_ns))
     except (OSError, OverflowError, ValueError) as e:  # beyond what staging's filesystem holds
-        log.warning("%s keeps the time of the copy: staging cannot hold its own (%s)", shown(clip.source_path), e)
+        log.warning("%s keeps the time of the copy: staging cannot hold its own (%s)", clip.source_path, e)
 
 
 def _lock_staging(incoming: str) -> int:
-    fd = os.open(os.path.join(incoming, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    fd = os.open(os.path.join(incoming, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -708,7 +717,7 @@ def ingest_source(
                 # the uploader (dashcam user) writes the ledger too; SQLite gives its -wal/-shm the db's owner
                 ledger_owner = owner_of(cfg.paths.state_dir)
                 if ledger_owner:
-                    os.chown(cfg.paths.ledger, *ledger_owner)
+                    chown_nofollow(cfg.paths.ledger, ledger_owner)
             known: Set[Tuple[str, int, int]] = ledger.known_keys(cfg.camera.name)
             found = 0
             new = []
@@ -725,18 +734,18 @@ def ingest_source(
             total = sum(c.size for c in todo)
             log.info(
                 "%s: %d footage files, %d already in the ledger, %d new (%s)%s",
-                shown(source_dir), found, result.known, len(todo), notify.human_bytes(total),
+                source_dir, found, result.known, len(todo), notify.human_bytes(total),
                 f", {len(refused)} refused" if refused else "",
                 extra={"DASHCAM_FILES": len(todo), "DASHCAM_BYTES": total},
             )
             for clip, why in refused:
-                log.error("%s: %s", shown(clip.source_path), why, extra={"DASHCAM_FILE": ledger_path(clip.source_path)})
+                log.error("%s: %s", clip.source_path, why, extra={"DASHCAM_FILE": ledger_path(clip.source_path)})
                 result.failed.append((ledger_path(clip.source_path), why))
                 if not dry_run:
                     _record_refused(ledger, cfg.camera.name, clip, why)
             if dry_run:
                 for c in todo:
-                    log.info("dry run, would copy %s (%s%s)", shown(c.source_path), notify.human_bytes(c.size),
+                    log.info("dry run, would copy %s (%s%s)", c.source_path, notify.human_bytes(c.size),
                              ", event" if c.event else "")
                 result.pending = len(todo)
                 return result
@@ -766,7 +775,7 @@ def _record_refused(ledger: Ledger, camera: str, clip: Candidate, why: str) -> N
         ledger.record_failed(camera, *ledger_key(clip.source_path, clip.size, clip.mtime_ns), event=clip.event,
                              reason=why)
     except LedgerError as e:  # its escaped key names another clip's row: the message above stands
-        log.error("%s: no ledger row for the refusal: %s", shown(clip.source_path), e)
+        log.error("%s: no ledger row for the refusal: %s", clip.source_path, e)
 
 
 def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner) -> None:
@@ -787,7 +796,7 @@ def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner) 
             # bytes already written but still in the finisher are counted by statvfs already
             if free - clip.size < keep:
                 result.refused = (
-                    f"staging has {notify.human_bytes(free)} free; copying {shown(clip.source_path)} "
+                    f"staging has {notify.human_bytes(free)} free; copying {clip.source_path} "
                     f"({notify.human_bytes(clip.size)}) would leave less than the reserve of {notify.human_bytes(keep)}"
                 )
                 if free <= keep:  # nothing fits any more
@@ -795,7 +804,7 @@ def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner) 
                                 remaining, extra={"DASHCAM_FILE": clip.source_path})
                     break
                 log.warning("skipping %s: %s; it stays on the card, going on with clips that fit",
-                            shown(clip.source_path), result.refused, extra={"DASHCAM_FILE": clip.source_path})
+                            clip.source_path, result.refused, extra={"DASHCAM_FILE": clip.source_path})
                 skipped += 1
                 continue
             try:
@@ -809,7 +818,7 @@ def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner) 
                     result.refused = f"staging is full ({reason})"
                     log.error("stopping the copy: %s", result.refused)
                     break
-                log.error("cannot read %s: %s; marked failed, going on with the others", shown(clip.source_path),
+                log.error("cannot read %s: %s; marked failed, going on with the others", clip.source_path,
                           reason, extra={"DASHCAM_FILE": clip.source_path})
                 ledger.record_failed(cfg.camera.name, *ledger_key(clip.source_path, clip.size, clip.mtime_ns),
                                      event=clip.event, reason=f"read: {reason}")
@@ -856,7 +865,8 @@ def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner) 
 
 # --- the camera's card ----------------------------------------------------------------------
 
-MOUNT_OPTIONS = "ro,nosuid,nodev,noexec,noatime"
+# nosymfollow (Linux >= 5.10): a symlink on the card leads nowhere, whoever reads it
+MOUNT_OPTIONS = "ro,nosuid,nodev,noexec,noatime,nosymfollow"
 # the card's timestamps are the camera's wall clock without a zone: read them as UTC, so the
 # mtime broken down in UTC is what the camera showed (clip_date), whatever the Pi's time zone.
 # vfat: tz=UTC (else the kernel's sys_tz applies), utf8 names; exFAT: time_offset=0 (minutes;
@@ -882,9 +892,46 @@ def fs_type(devnode: str, timeout: float) -> str:
     return out.stdout.strip()
 
 
-def mount_argv(devnode: str, fstype: str, mountpoint: str) -> List[str]:
-    options = ",".join(o for o in (MOUNT_OPTIONS, FS_OPTIONS.get(fstype)) if o)
+def mount_argv(devnode: str, fstype: str, mountpoint: str, reader: Optional[Tuple[int, int]] = None) -> List[str]:
+    """mount(8) of the card read-only; with ``reader`` (uid, gid) its files are that user's alone
+    (vfat and exfat have no owners of their own: the options give them one)."""
+    owner = f"uid={reader[0]},gid={reader[1]},umask=0077" if reader else None
+    options = ",".join(o for o in (MOUNT_OPTIONS, FS_OPTIONS.get(fstype), owner) if o)
     return ["mount", "-t", fstype, "-o", options, devnode, mountpoint]
+
+
+def _result_json(result: IngestResult) -> dict:
+    return dataclasses.asdict(result)
+
+
+def _result_from_json(data: dict) -> IngestResult:
+    data = dict(data)
+    data["failed"] = [(str(f), str(r)) for f, r in data.get("failed") or []]
+    return IngestResult(**data)
+
+
+def ingest_unprivileged(
+    cfg: Config, source_dir: str, *, dry_run: bool = False, should_stop: Optional[Callable[[], bool]] = None,
+    reader: Optional[Tuple[int, int]] = None,
+) -> IngestResult:
+    """ingest_source, run as ``reader`` (the owner of staging) with no capabilities when given:
+    root mounts the card, but never reads it nor writes staging."""
+    if reader is None:
+        return ingest_source(cfg, source_dir, dry_run=dry_run, should_stop=should_stop)
+    from . import privilege
+
+    log.info("reading %s as uid %d, gid %d", source_dir, *reader)
+
+    def copy() -> IngestResult:
+        if os.path.isdir(source_dir) and not os.access(source_dir, os.R_OK | os.X_OK):
+            raise DashcamError(f"{source_dir}: the copy runs as uid {reader[0]} (the owner of staging), which "
+                               f"cannot read it; mount the card so that user can (mount -o ro,uid={reader[0]})")
+        return ingest_source(cfg, source_dir, dry_run=dry_run, should_stop=should_stop)
+
+    return privilege.run_as(
+        reader, copy,
+        encode=_result_json, decode=_result_from_json, should_stop=should_stop or (lambda: False),
+    )
 
 
 def mode_after_ingest(cfg: Config, external: Optional[bool]) -> str:
@@ -913,7 +960,7 @@ def ingest_device(
     camera_back: Optional[Callable[..., object]] = None,
 ) -> IngestResult:
     """Mount the camera's card read-only, ingest it, unmount, put the camera back (always)."""
-    from . import runner
+    from . import privilege, runner
 
     camera_back = camera_back or put_camera_back
     devnode = devname if devname.startswith("/") else os.path.join("/dev", devname)
@@ -926,17 +973,20 @@ def ingest_device(
             if fstype not in FILESYSTEMS:
                 raise DashcamError(f"{devnode}: filesystem {fstype or 'unknown'!r}, expected one of {', '.join(FILESYSTEMS)}")
             mountpoint = os.path.join(cfg.camera.mount_base, os.path.basename(devnode))
+            reader = privilege.staging_user(cfg.paths.local_staging)
             if not dry_run:
                 os.makedirs(mountpoint, mode=0o700, exist_ok=True)
+                if reader:  # the reader passes through mount_base (it may not list it)
+                    os.chmod(cfg.camera.mount_base, os.stat(cfg.camera.mount_base).st_mode | 0o001)
             try:
-                runner.run(mount_argv(devnode, fstype, mountpoint), timeout=timeout, dry_run=dry_run)
+                runner.run(mount_argv(devnode, fstype, mountpoint, reader), timeout=timeout, dry_run=dry_run)
             except runner.CommandError as e:
                 raise TryLater(f"cannot mount {devnode}: {e}") from e
             log.info("mounted %s (%s) read-only on %s", devnode, fstype, mountpoint)
             try:
                 if dry_run and not os.path.isdir(mountpoint):
                     return IngestResult()
-                return ingest_source(cfg, mountpoint, dry_run=dry_run, should_stop=should_stop)
+                return ingest_unprivileged(cfg, mountpoint, dry_run=dry_run, should_stop=should_stop, reader=reader)
             finally:
                 try:
                     runner.run(["umount", mountpoint], timeout=timeout, dry_run=dry_run)
@@ -974,7 +1024,10 @@ def command(args) -> int:
     signal.signal(signal.SIGINT, on_signal)
     notify.notify(READY="1", STATUS="ingest: scanning")
     if args.source:
-        result = ingest_source(cfg, args.source, dry_run=args.dry_run, should_stop=stop.is_set)
+        from .privilege import staging_user
+
+        result = ingest_unprivileged(cfg, args.source, dry_run=args.dry_run, should_stop=stop.is_set,
+                                     reader=staging_user(cfg.paths.local_staging))
     else:
         result = ingest_device(cfg, args.devname, dry_run=args.dry_run, should_stop=stop.is_set)
     summary = {

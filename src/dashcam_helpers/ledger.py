@@ -26,9 +26,11 @@ small fallback file for this boot (FALLBACK_NAME) and the tick goes on.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
+import stat
 import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
@@ -121,7 +123,7 @@ MIGRATIONS: Sequence[str] = (
 
 
 class LedgerError(DashcamError):
-    pass
+    """A ledger that cannot be opened or a transition it forbids: one line, no traceback."""
 
 
 class LedgerDamaged(LedgerError):
@@ -208,27 +210,65 @@ def set_aside(path: str, reason: str, clock=time.time) -> str:
     return aside
 
 
-def _give_to_directory_owner(path: str, directory: str) -> None:
+def _refuse_link(name: str) -> None:
+    """Root opens the ledger in a directory another user (dashcam) can write: a ledger file that is
+    a symlink there would let that user point root's writes and chowns at any file. Refuse it."""
+    try:
+        st = os.lstat(name)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise LedgerError(f"cannot open the ledger: {name}: {e.strerror or e}") from e
+    if stat.S_ISLNK(st.st_mode):
+        raise LedgerError(f"refusing to open the ledger: {name} is a symbolic link (a ledger file never is; remove it)")
+    if not stat.S_ISREG(st.st_mode):
+        raise LedgerError(f"refusing to open the ledger: {name} is not a regular file")
+
+
+def open_nofollow(name: str, flags: int = os.O_RDONLY, mode: int = 0o640) -> int:
+    """An fd on the regular file ``name``, never through a symlink (LedgerError when it is one)."""
+    try:
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise LedgerError(f"refusing {name}: it is a symbolic link (root follows no links here; remove it)") from e
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise LedgerError(f"refusing {name}: not a regular file")
+    return fd
+
+
+def _give_fd_to(fd: int, owner: Optional[Tuple[int, int]]) -> None:
+    if owner is None:
+        return
+    st = os.fstat(fd)
+    if (st.st_uid, st.st_gid) != owner:
+        try:
+            os.fchown(fd, *owner)
+        except PermissionError:
+            pass  # without CAP_CHOWN the file stays ours; the uploader's open says so
+
+
+def chown_nofollow(name: str, owner: Tuple[int, int]) -> None:
+    """chown ``name`` through an O_NOFOLLOW fd: a symlink is refused (LedgerError), never followed."""
+    fd = open_nofollow(name)
+    try:
+        _give_fd_to(fd, owner)
+    finally:
+        os.close(fd)
+
+
+def _directory_owner(directory: str) -> Optional[Tuple[int, int]]:
     """Root (the policy, the ingest) opening a ledger in a directory that belongs to another user
-    (/var/lib/dashcam, user dashcam) gives the database file to that user, so the unprivileged
-    uploader can still write it. SQLite does the same for the -wal and -shm files it creates."""
+    (/var/lib/dashcam, user dashcam) gives the database files to that user, so the unprivileged
+    uploader can still write them."""
     from .staging import owner_of
 
     try:
-        owner = owner_of(directory)
+        return owner_of(directory)
     except OSError:
-        return
-    if owner is None:
-        return
-    # the -wal and -shm files too: SQLite gives them the database's owner only when it creates
-    # them after the database already belongs to that user
-    for name in (path, path + "-wal", path + "-shm"):
-        try:
-            st = os.stat(name)
-            if (st.st_uid, st.st_gid) != owner:
-                os.chown(name, *owner)
-        except OSError:
-            pass  # absent, or without CAP_CHOWN the file stays root's; the uploader's open says so
+        return None
 
 
 class Clip(Record):
@@ -269,21 +309,45 @@ class Ledger:
         if marker is not None:
             raise LedgerDamaged(damage_message(path, marker))
         directory = os.path.dirname(path) or "."
+        # fds held on the ledger's files while the connection lives (closing an fd of a file drops
+        # every POSIX lock this process holds on it, SQLite's included)
+        self._fds: List[int] = []
         try:
             os.makedirs(directory, exist_ok=True)
+            for name in (path, path + "-wal", path + "-shm"):
+                _refuse_link(name)
+            owner = _directory_owner(directory)
+            try:
+                fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
+            except PermissionError:
+                fd = open_nofollow(path)  # a reader in the ledger's group (dashcamctl files)
+            self._fds.append(fd)
+            # the database first: SQLite running as root gives the -wal/-shm files it creates the
+            # database's owner
+            _give_fd_to(fd, owner)
             self.db = sqlite3.connect(path, timeout=timeout, isolation_level=None)
         except (OSError, sqlite3.Error) as e:
+            self._close_fds()
             raise LedgerError(f"cannot open the ledger {path}: {e}") from e
+        except LedgerError:
+            self._close_fds()
+            raise
         try:
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
-            _give_to_directory_owner(path, directory)
+            self._same_file(path, fd)
             # FULL: a committed transition survives a power cut (NORMAL may lose the last ones in WAL mode)
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
+            # the -wal and -shm exist by now: SQLite gives them the database's owner only when it
+            # creates them after the database already belongs to that user
+            for name in (path + "-wal", path + "-shm"):
+                if os.path.lexists(name):
+                    self._fds.append(open_nofollow(name))
+                    _give_fd_to(self._fds[-1], owner)
         except sqlite3.Error as e:
-            self.db.close()
+            self.close()
             if not is_damage(e):
                 raise LedgerError(f"cannot open the ledger {path}: {e}") from e
             try:
@@ -291,7 +355,22 @@ class Ledger:
             except OSError as oe:
                 log.error("the damaged ledger %s could not be moved aside: %s", path, oe)
             raise LedgerDamaged(damage_message(path, damage_marker(path) or {"reason": str(e)})) from e
-        _give_to_directory_owner(path, directory)  # the -wal and -shm exist by now
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _same_file(path: str, fd: int) -> None:
+        """SQLite opened ``path`` by name: it must still be the file our O_NOFOLLOW fd holds."""
+        _refuse_link(path)
+        held, now = os.fstat(fd), os.lstat(path)
+        if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
+            raise LedgerError(f"refusing the ledger {path}: it was replaced while being opened")
+
+    def _close_fds(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
 
     def __enter__(self) -> "Ledger":
         return self
@@ -301,6 +380,7 @@ class Ledger:
 
     def close(self) -> None:
         self.db.close()
+        self._close_fds()
 
     def transaction(self) -> _Transaction:
         """``with ledger.transaction() as db:`` -- one BEGIN IMMEDIATE ... COMMIT, rolled back

@@ -105,8 +105,35 @@ class _Journal:
             sys.stderr.flush()
 
 
+def _escape(c: str) -> str:
+    o = ord(c)
+    if 0xDC80 <= o <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+        return "\\x%02x" % (o - 0xDC00)
+    return "\\x%02x" % o if o < 0x100 else "\\u%04x" % o if o < 0x10000 else "\\U%08x" % o
+
+
+def printable(text: str, keep: str = "") -> str:
+    """``text`` safe for a terminal: control characters (ESC, BEL, C1, newlines), invisible format
+    characters (bidi overrides) and lone surrogates as \\x1b-style escapes, a backslash doubled.
+    Names from the camera's card are any bytes: this is how a person sees them. ``keep``: characters
+    left as they are (a multi-line message keeps its newlines)."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(
+        "\\\\" if c == "\\" and not keep else c if c.isprintable() or c == " " or c in keep else _escape(c)
+        for c in text
+    )
+
+
+def _shown(arg):
+    return printable(arg) if isinstance(arg, str) else printable(str(arg)) if isinstance(arg, BaseException) else arg
+
+
 def _text(msg, args, exc_info) -> str:
-    text = str(msg) % args if args else str(msg)
+    # the message a person reads (journal MESSAGE, stderr) shows names escaped; structured DASHCAM_
+    # fields keep the raw value
+    text = str(msg) % tuple(_shown(a) for a in args) if args else str(msg)
+    text = printable(text, keep="\n\t")
     if exc_info and sys.exc_info()[0] is not None:
         import traceback
 

@@ -34,9 +34,10 @@ import json
 import os
 import re
 import socket
+import stat
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from . import __version__
 from .cli import dumps  # strict JSON: no NaN/Infinity in a payload (unknown is null)
@@ -320,6 +321,8 @@ EVENT_MIN_INTERVAL = {
 }
 UPLOAD_FAILING_AFTER = 24 * 3600
 EVENTS_STATE_KEY = "mqtt_events"
+# the broker and user last warned about a password sent without TLS (warn_plaintext)
+PLAINTEXT_STATE_KEY = "mqtt_plaintext_warned"
 
 
 def _message(kind: str, data: Dict[str, Any]) -> str:
@@ -424,13 +427,79 @@ class _NoAnswer(Exception):
     """Connected, but no CONNACK before the deadline."""
 
 
-def read_password(path: str) -> str:
-    """The first line of the password file. Errors name the file, never its content."""
+PASSWORD_USER = "dashcam"  # besides root, the only user who may read the password file
+
+
+def _allowed_readers(user: str = PASSWORD_USER) -> Tuple[Set[int], Set[int]]:
+    """(uids, gids) that may own the password file and read it: root's and ``user``'s."""
+    import grp
+    import pwd
+
+    uids, gids = {0}, {0}
+    try:
+        pw = pwd.getpwnam(user)
+        uids.add(pw.pw_uid)
+        gids.add(pw.pw_gid)
+    except KeyError:
+        pass
+    try:
+        gids.add(grp.getgrnam(user).gr_gid)
+    except KeyError:
+        pass
+    return uids, gids
+
+
+def password_file_problem(path: str, st: os.stat_result, allowed: Optional[Tuple[Set[int], Set[int]]] = None) -> Optional[str]:
+    """Why the password file is open to others than root and dashcam, or None when it is not."""
+    uids, gids = allowed if allowed is not None else _allowed_readers()
+    mode = stat.S_IMODE(st.st_mode)
+    fix = f"chown root:{PASSWORD_USER} {path}; chmod 0640 {path}"
+    if mode & 0o007:
+        return f"mqtt.password_file {path} is open to every user (mode {mode:04o}): {fix}"
+    if st.st_uid not in uids:
+        return f"mqtt.password_file {path} belongs to uid {st.st_uid}, neither root nor {PASSWORD_USER}: {fix}"
+    if mode & 0o070 and st.st_gid not in gids:
+        return f"mqtt.password_file {path} is open to group {st.st_gid}, neither root nor {PASSWORD_USER}: {fix}"
+    return None
+
+
+class BadPasswordFile(_Refused):
+    """The password file is readable by others than root and dashcam: refused, never sent."""
+
+
+def read_password(path: str, allowed: Optional[Tuple[Set[int], Set[int]]] = None) -> str:
+    """The first line of the password file, when only root and dashcam can read it. Errors name
+    the file, never its content."""
     try:
         with open(path, encoding="utf-8") as f:
+            problem = password_file_problem(path, os.fstat(f.fileno()), allowed)
+            if problem:
+                raise BadPasswordFile(problem)
             return f.readline().rstrip("\r\n")
     except OSError as e:
         raise _Refused(f"cannot read mqtt.password_file {path}: {e.strerror or e}")
+
+
+_warned_plaintext = False
+
+
+def warn_plaintext(cfg, ledger=None) -> bool:
+    """Warn once that the password goes to the broker unencrypted (mqtt.tls off). With a ledger
+    (the policy tick, every 30 s) once per broker and user, remembered there; else once per process."""
+    global _warned_plaintext
+    m = cfg.mqtt
+    if m is None or m.tls or not m.password_file or _warned_plaintext:
+        return False
+    _warned_plaintext = True
+    if ledger is not None:
+        key = {"host": m.host, "port": m.port, "username": m.username}
+        if ledger.get_state(PLAINTEXT_STATE_KEY) == key:
+            return False
+        ledger.put_state(PLAINTEXT_STATE_KEY, key)
+    log.warning("mqtt: the password for %s goes to %s:%d unencrypted (mqtt.tls is off): anyone on the "
+                "network path can read it; set mqtt.tls: true (and mqtt.ca_file) if the broker offers TLS",
+                m.username, m.host, m.port)
+    return True
 
 
 def _new_client(paho, cid: str):
@@ -558,6 +627,11 @@ def publish_state(cfg, facts: Dict[str, Any], *, budget: float = TICK_BUDGET) ->
     try:
         if cfg.mqtt is None:
             return
+        if cfg.mqtt.password_file and not cfg.mqtt.tls:
+            from .ledger import Ledger
+
+            with Ledger(cfg.paths.ledger) as ledger:
+                warn_plaintext(cfg, ledger)
         now = time.time()
         msgs = state_messages(cfg, facts, now)
         memory = None
@@ -671,6 +745,14 @@ def command(args) -> int:
         return 0  # the shutdown unit runs on every Pi; most have no broker
     if cfg.mqtt is None:
         raise BadConfig(f"{cfg.path}: mqtt is not configured (no mqtt section, or mqtt.enabled is false)")
+    if cfg.mqtt.password_file:
+        try:
+            read_password(cfg.mqtt.password_file)
+        except BadPasswordFile as e:
+            raise BadConfig(str(e))
+        except _Refused:
+            pass  # unreadable: send() names it
+    warn_plaintext(cfg)
     t = topics(cfg)
     broker = f"{cfg.mqtt.host}:{cfg.mqtt.port}"
     if args.offline:

@@ -9,6 +9,7 @@ fingerprint and pins it. Nobody has to hand-craft ssh options.
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import re
@@ -253,7 +254,24 @@ def _chown_to_dashcam(paths: List[str]) -> None:
     except KeyError:
         return
     for path in paths:
-        os.chown(path, pw.pw_uid, pw.pw_gid)
+        # through an O_NOFOLLOW fd: the dashcam user can write /var/lib/dashcam, so a link there
+        # (.ssh, or the key) could point root's chown at any file; it is refused, not followed
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            raise DashcamError(f"refusing to give {path} to {DASHCAM_USER}: "
+                               f"{'it is a symbolic link' if e.errno == errno.ELOOP else e.strerror}") from e
+        try:
+            os.fchown(fd, pw.pw_uid, pw.pw_gid)
+        finally:
+            os.close(fd)
+
+
+def _refuse_links(paths: List[str]) -> None:
+    """keygen runs as root in the dashcam user's home: a link there is refused before any read or write."""
+    for path in paths:
+        if os.path.islink(path):
+            raise DashcamError(f"refusing {path}: it is a symbolic link (root follows no links here; remove it)")
 
 
 def keygen(cfg: Config, *, server_dir: str = DEFAULT_SERVER_DIR, dry_run: bool = False) -> str:
@@ -261,6 +279,7 @@ def keygen(cfg: Config, *, server_dir: str = DEFAULT_SERVER_DIR, dry_run: bool =
     check_server_dir(server_dir)
     key = cfg.upload.ssh_key
     pub = key + ".pub"
+    _refuse_links([os.path.dirname(key), key, pub])
     if os.path.exists(key):
         log.info("%s exists; keeping it", key)
         if not os.path.exists(pub):

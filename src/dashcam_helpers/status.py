@@ -188,7 +188,9 @@ def render(facts: Dict[str, Dict[str, Any]]) -> str:
         else:
             body = ", ".join(f"{k} {v}" for k, v in section.items())
             lines.append(f"{name + ':':<9} {body}")
-    return "\n".join(lines)
+    from .log import printable  # names from the card (in reasons, sources) are any bytes: escaped
+
+    return "\n".join(printable(line) for line in lines)
 
 
 def status(args: argparse.Namespace) -> int:
