@@ -1089,7 +1089,8 @@ def test_invalid_utf8_names_go_through_the_transfer_byte_exact(upload_config, se
 
 def test_a_host_starting_with_a_dash_is_a_config_error(make_config, dashcamctl):
     res = dashcamctl("--config", str(make_config({"upload": {"host": "-oProxyCommand"}})), "check-config")
-    assert res.returncode == 78 and "upload.host: may not start with '-'" in res.stderr
+    assert res.returncode == 78 and "upload.host: '-oProxyCommand' is not valid" in res.stderr
+    assert "never starting with -" in res.stderr
 
 
 @pytest.mark.parametrize("server_dir", ['/srv/x",command="/bin/sh', "srv/relative", "/srv/a b", "/srv/a,b",

@@ -465,10 +465,6 @@ def _cross_checks(s: Dict[str, Dict[str, Any]], problems: List[str]) -> None:
         for key in ("record_script", "data_script", "off_script"):
             if cam[key] is None:
                 problems.append(f"camera.{key}: required when camera.backend is scripts")
-    host = s["upload"]["host"]
-    if isinstance(host, str) and host.startswith("-"):
-        # ssh and ssh-keyscan would read it as an option (-oProxyCommand=... runs a command)
-        problems.append(f"upload.host: may not start with '-', got {_show(host)}")
     bat = s["battery"]
     if bat["source"] == "command" and bat["command"] is None:
         problems.append("battery.command: required when battery.source is command")
