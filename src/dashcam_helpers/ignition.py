@@ -126,15 +126,15 @@ class PolicyLock:
 def watch(cfg, facts, actions, *, ledger_open: Callable[[], Any], lock: Callable[[], Any] = PolicyLock,
           clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
           sleep: Callable[[float], None] = time.sleep, poll: float = POLL, probe: float = PROBE,
-          mode_every: float = MODE) -> Optional[Dict[str, Any]]:
+          mode_every: float = MODE, last_external: Optional[bool] = None) -> Optional[Dict[str, Any]]:
     """Watch until the camera records. Returns what it did when it put the camera back to record
     (kind, message, seconds), None when the camera went back to record otherwise.
 
     ``facts``: battery(), camera_mode(), server_reachable(), units_running() (policy.SystemFacts);
     ``actions``: stop_units(units), set_camera(mode) (policy.SystemActions); ``ledger_open()``:
-    a Ledger context manager."""
+    a Ledger context manager. ``last_external``: the power source the last policy tick saw (the
+    engine may have started between that tick and the watcher's first reading)."""
     mode = facts.camera_mode()
-    last_external: Optional[bool] = None
     next_mode = next_probe = clock()
     while True:
         now = clock()
@@ -212,9 +212,12 @@ def watch_command(args) -> int:
     from .policy import SystemActions, SystemFacts
 
     cfg = config.load_cached(args.config, os.environ.get("CACHE_DIRECTORY"))
+    with Ledger(cfg.paths.ledger) as ledger:
+        st = ledger.get_state("policy")
+    seen = st.get("last_external") if isinstance(st, dict) else None
     log.info("ignition watch: the camera is not recording; watching the power source every %.0f s", POLL)
     done = watch(cfg, SystemFacts(cfg), SystemActions(cfg, args.dry_run),
-                 ledger_open=lambda: Ledger(cfg.paths.ledger))
+                 ledger_open=lambda: Ledger(cfg.paths.ledger), last_external=seen if isinstance(seen, bool) else None)
     if done is None:
         log.info("ignition watch: the camera records; watch ended")
         return 0
@@ -223,7 +226,8 @@ def watch_command(args) -> int:
 
 # --- the boot ---------------------------------------------------------------------------------------
 
-BOOT_ATTEMPTS = 10  # the camera's hub may still be enumerating this early in boot: once a second
+# the camera's hub may still be enumerating this early in boot: tried again once a second for this long
+BOOT_SECONDS = 20
 
 
 def boot_mode(reading) -> Tuple[str, str]:
@@ -244,13 +248,19 @@ def boot_command(args) -> int:
     reading = battery.read(cfg)
     mode, why = boot_mode(reading)
     log.info("boot: %s", why, extra={"DASHCAM_CAMERA_TARGET": mode})
-    for attempt in range(1, BOOT_ATTEMPTS + 1):
+    deadline = time.monotonic() + BOOT_SECONDS
+    while True:
         try:
             camera.set_mode(cfg, mode, dry_run=args.dry_run)
             break
         except CameraError as e:
-            if attempt == BOOT_ATTEMPTS:
-                raise
+            if time.monotonic() >= deadline:
+                # no camera plugged in, or a hub that does not answer: said, and not a failed boot;
+                # the policy tries again at every tick
+                log.warning("boot: camera %s did not take within %d s: %s; the policy tries again at its ticks",
+                            mode, BOOT_SECONDS, e)
+                print(f"camera: {mode} did not take ({e})")
+                return 0
             log.info("boot: camera %s not yet (%s); again in 1 s", mode, e)
             time.sleep(1)
     print(f"camera: {mode} ({why})" + (" (dry run: nothing switched)" if args.dry_run else ""))

@@ -441,11 +441,13 @@ class SystemFacts:
 
     def __init__(self, cfg):
         self.cfg = cfg
+        self.reading = None  # the last battery reading
 
     def battery(self):
         from . import battery
 
-        return battery.read(self.cfg)  # never raises: an unknown reading carries its reason
+        self.reading = battery.read(self.cfg)  # never raises: an unknown reading carries its reason
+        return self.reading
 
     def camera_mode(self) -> str:
         from . import camera
@@ -525,9 +527,10 @@ def units_running_from(listing: str) -> Tuple[bool, bool]:
 class SystemActions:
     """The real actors: systemctl through the runner, the camera through camera.set_mode."""
 
-    def __init__(self, cfg, dry_run: bool = False):
+    def __init__(self, cfg, dry_run: bool = False, facts: Optional[SystemFacts] = None):
         self.cfg = cfg
         self.dry_run = dry_run
+        self.facts = facts  # what the tick read the battery with: checked again before leaving record
 
     def stop_units(self, units: Sequence[str]) -> None:
         from . import runner
@@ -538,7 +541,21 @@ class SystemActions:
     def set_camera(self, mode: str) -> None:
         from . import camera
 
-        camera.set_mode(self.cfg, mode, dry_run=self.dry_run)
+        if mode == "record" or self.facts is None or self.facts.reading is None:
+            camera.set_mode(self.cfg, mode, dry_run=self.dry_run)
+            return
+        from .ignition import LOCK_PATH, PolicyLock
+
+        # leaving record: under the lock the ignition watcher acts with, one more battery read. The
+        # engine may have started since this tick's reading (a tick takes seconds); the watcher, or
+        # the next tick, has the camera then.
+        seen = self.facts.reading.external
+        with PolicyLock(None if self.dry_run else LOCK_PATH):
+            if seen is not True and self.facts.battery().external is True:
+                raise camera.CameraError(
+                    f"camera {mode}: not switched: external power since this tick's reading (the engine started)"
+                )
+            camera.set_mode(self.cfg, mode, dry_run=self.dry_run)
 
     def start_upload(self) -> None:
         from . import runner
@@ -897,12 +914,9 @@ def command(args) -> int:
     cfg = config.load_cached(args.config, os.environ.get("CACHE_DIRECTORY"))
     for warning in cfg.warnings:
         get_logger("dashcam.config").warning("%s: %s", cfg.path, warning)
-    from .ignition import LOCK_PATH, PolicyLock
-
-    # one at a time with the ignition watcher (dashcamctl watch): each decides on what it saw last
-    # (a dry run switches nothing: it takes no lock)
-    with PolicyLock(None if args.dry_run else LOCK_PATH), Ledger(cfg.paths.ledger) as ledger:
-        record = tick(cfg, SystemFacts(cfg), SystemActions(cfg, args.dry_run), ledger=ledger, dry_run=args.dry_run)
+    with Ledger(cfg.paths.ledger) as ledger:
+        facts = SystemFacts(cfg)
+        record = tick(cfg, facts, SystemActions(cfg, args.dry_run, facts), ledger=ledger, dry_run=args.dry_run)
         if cfg.mqtt is not None:
             if args.dry_run:
                 log.info("dry run, not publishing to MQTT")
