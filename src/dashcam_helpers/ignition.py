@@ -10,7 +10,7 @@ again). Every second it reads the battery's power flag (the LiFePO4wered answers
 
 - battery -> external power (the engine started), the camera off or in data mode;
 - in data mode on external power, the server stops answering (the car is leaving; probed every
-  few seconds);
+  second too: a TCP connect to a host on the local network);
 
 and then stops any ingest (crash-safe: the clip in flight is dropped and copied next time) and
 puts the camera to record. An unknown reading is no change: the watcher only ever moves the
@@ -41,7 +41,7 @@ LOCK_PATH = "/run/dashcam-policy.lock"  # /run: root only, no symlink planted by
 
 # the watcher: the power flag every POLL seconds; in data mode on external power, the server
 # every PROBE seconds; the camera's mode (uhubctl) every MODE seconds, to exit once it records
-POLL, PROBE, MODE = 1.0, 5.0, 5.0
+POLL, PROBE, MODE = 1.0, 1.0, 5.0
 
 WHAT = {
     "engine_started": "the engine started",
@@ -205,6 +205,9 @@ def _back_to_record(cfg, facts, actions, kind, seen, ledger_open, lock, clock, w
     return {"kind": kind, "message": message, "seconds": seconds, "failed": failed}
 
 
+PROBE_TIMEOUT = 1.0  # seconds: the car leaving is a server that does not answer within one poll
+
+
 def watch_command(args) -> int:
     """dashcamctl watch: until the camera records, put it back to record when the engine starts or the car leaves."""
     from . import config
@@ -216,7 +219,17 @@ def watch_command(args) -> int:
         st = ledger.get_state("policy")
     seen = st.get("last_external") if isinstance(st, dict) else None
     log.info("ignition watch: the camera is not recording; watching the power source every %.0f s", POLL)
-    done = watch(cfg, SystemFacts(cfg), SystemActions(cfg, args.dry_run),
+    class Facts(SystemFacts):
+        def server_reachable(self) -> bool:
+            from . import server
+
+            try:
+                return bool(server.reachable(self.cfg, PROBE_TIMEOUT))
+            except Exception as e:
+                log.debug("reachability probe failed: %s", e)
+                return False
+
+    done = watch(cfg, Facts(cfg), SystemActions(cfg, args.dry_run),
                  ledger_open=lambda: Ledger(cfg.paths.ledger), last_external=seen if isinstance(seen, bool) else None)
     if done is None:
         log.info("ignition watch: the camera records; watch ended")
