@@ -108,3 +108,14 @@ def test_status_reports_backlog_server_and_last_runs(fake_hw, dashcamctl, make_c
     assert text[2].startswith("staging:  1 clips (1.0 kB) waiting for the server, 1 of them held until ")
     r = dashcamctl("--config", str(path), "status", "--json", env=fake_hw.env)
     assert json.loads(r.stdout)["server"]["reachable"] is False  # the listener is closed now
+
+
+def test_status_counts_the_returns_to_record_for_the_road():
+    from dashcam_helpers.status import render
+
+    assert render({"back_to_record": {}}) == "road:     the camera was never put back to record for the road"
+    line = render({"back_to_record": {"counts": {"engine_started": 2, "leaving_home": 1}, "total": 3,
+                                      "last": {"kind": "leaving_home", "wall": 1.7e9,
+                                               "message": "leaving home: ingest stopped after 7 of 31 clips"}}})
+    assert line.startswith("road:     camera back to record 3 times (engine started 2, leaving home 1); last ")
+    assert line.endswith(": leaving home: ingest stopped after 7 of 31 clips")
