@@ -48,50 +48,6 @@ def back_to_record_within_limit(vm, t_engine, what, figure):
     return took
 
 
-def test_the_engine_starting_during_an_ingest_on_battery_puts_the_camera_back_to_record(booted, tmp_path,
-                                                                                          server, figure):
-    setup = scenario.prepare_gadget_camera(booted, str(tmp_path), cards.user_layout(normal=8, event=1,
-                                                                                     size=24 << 20),
-                                           server=server, external=False, vbat=FULL)
-    scenario.arrive_home(booted)                       # on battery: data mode at once, the ingest starts
-    wait_for(lambda: started_copying(booted, setup.clips), 300, "the ingest to start copying", interval=0.2)
-    t_engine = engine(booted, True)
-    back_to_record_within_limit(booted, t_engine, "during an ingest on battery", figure)
-
-    # the ingest unit ended cleanly: stopped, not failed; no partial file; some clips left on the card
-    wait_for(lambda: all(s not in ("active", "activating", "deactivating", "reloading")
-                         for s in scenario.unit_instances(booted).values()), 60, "the ingest unit to end",
-             interval=0.5)
-    assert guest.failed_units(booted) == ""
-    assert no_partial_files(booted) == []
-    done = [r for r in guest.ledger_rows(booted) if r["state"] != "failed"]
-    assert len(done) < len(setup.clips), "the copy finished before the engine started: make the card bigger"
-    said = booted.run(["/bin/journalctl", "--no-pager", "-b", "-u", "dashcam-watch.service"]).out
-    assert re.search(r"engine started: ingest stopped after \d+ of %d clips, camera back to record [\d.]+ s after"
-                     r" the engine started" % len(setup.clips), said), said[-3000:]
-    returns = guest.ledger_state(booted, "back_to_record")
-    assert returns and returns["counts"].get("engine_started") == 1, returns
-
-    # the engine stops, the car leaves and comes back: the next arrival completes the copy
-    engine(booted, False)
-    booted.set_link(False)
-    scenario.wait_policy_ticks(booted, 2, timeout=300)
-    booted.set_link(True)
-    wait_for(lambda: len(guest.ledger_rows(booted)) >= len(setup.clips)
-             and (guest.ledger_state(booted, "last_ingest") or {}).get("result") == "ok", 900,
-             "every clip in the ledger after the next arrival", interval=2)
-    rows = guest.ledger_rows(booted)
-    assert sorted(r["source_path"] for r in rows) == sorted(c.path for c in setup.clips)  # none lost or doubled
-    assert {r["sha256"] for r in rows} == {c.sha256 for c in setup.clips}
-    assert all(r["state"] != "failed" for r in rows)
-
-    # on battery the ingest leaves the camera off (camera.after_ingest); the engine starts again
-    wait_for(lambda: guest.monitor_events(booted)[-1]["mode"] == "off", 180, "the camera off after the ingest")
-    t_engine = engine(booted, True)
-    back_to_record_within_limit(booted, t_engine, "camera off after an ingest", figure)
-    assert guest.ledger_state(booted, "back_to_record")["counts"].get("engine_started") == 2
-
-
 VCAM_BOOT = """[Unit]
 Description=test camera present from power-on, its data on (as a Pi's hub gives it)
 DefaultDependencies=no
@@ -154,3 +110,47 @@ def test_at_power_on_on_external_power_the_camera_records_long_before_multi_user
     scenario.wait_policy_ticks(vm, 0, timeout=180)
     timer = vm.run(["/bin/systemctl", "show", "-p", "TimersMonotonic", "dashcam-policy.timer"]).out
     assert "OnBootUSec" in timer and "OnUnitActiveUSec" in timer, timer
+
+
+def test_the_engine_starting_during_an_ingest_on_battery_puts_the_camera_back_to_record(booted, tmp_path,
+                                                                                          server, figure):
+    setup = scenario.prepare_gadget_camera(booted, str(tmp_path), cards.user_layout(normal=8, event=1,
+                                                                                     size=24 << 20),
+                                           server=server, external=False, vbat=FULL)
+    scenario.arrive_home(booted)                       # on battery: data mode at once, the ingest starts
+    wait_for(lambda: started_copying(booted, setup.clips), 300, "the ingest to start copying", interval=0.2)
+    t_engine = engine(booted, True)
+    back_to_record_within_limit(booted, t_engine, "during an ingest on battery", figure)
+
+    # the ingest unit ended cleanly: stopped, not failed; no partial file; some clips left on the card
+    wait_for(lambda: all(s not in ("active", "activating", "deactivating", "reloading")
+                         for s in scenario.unit_instances(booted).values()), 60, "the ingest unit to end",
+             interval=0.5)
+    assert guest.failed_units(booted) == ""
+    assert no_partial_files(booted) == []
+    done = [r for r in guest.ledger_rows(booted) if r["state"] != "failed"]
+    assert len(done) < len(setup.clips), "the copy finished before the engine started: make the card bigger"
+    said = booted.run(["/bin/journalctl", "--no-pager", "-b", "-u", "dashcam-watch.service"]).out
+    assert re.search(r"engine started: ingest stopped after \d+ of %d clips, camera back to record [\d.]+ s after"
+                     r" the engine started" % len(setup.clips), said), said[-3000:]
+    returns = guest.ledger_state(booted, "back_to_record")
+    assert returns and returns["counts"].get("engine_started") == 1, returns
+
+    # the engine stops, the car leaves and comes back: the next arrival completes the copy
+    engine(booted, False)
+    booted.set_link(False)
+    scenario.wait_policy_ticks(booted, 2, timeout=300)
+    booted.set_link(True)
+    wait_for(lambda: len(guest.ledger_rows(booted)) >= len(setup.clips)
+             and (guest.ledger_state(booted, "last_ingest") or {}).get("result") == "ok", 900,
+             "every clip in the ledger after the next arrival", interval=2)
+    rows = guest.ledger_rows(booted)
+    assert sorted(r["source_path"] for r in rows) == sorted(c.path for c in setup.clips)  # none lost or doubled
+    assert {r["sha256"] for r in rows} == {c.sha256 for c in setup.clips}
+    assert all(r["state"] != "failed" for r in rows)
+
+    # on battery the ingest leaves the camera off (camera.after_ingest); the engine starts again
+    wait_for(lambda: guest.monitor_events(booted)[-1]["mode"] == "off", 180, "the camera off after the ingest")
+    t_engine = engine(booted, True)
+    back_to_record_within_limit(booted, t_engine, "camera off after an ingest", figure)
+    assert guest.ledger_state(booted, "back_to_record")["counts"].get("engine_started") == 2
