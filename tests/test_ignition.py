@@ -170,3 +170,29 @@ def test_the_count_survives_a_broken_ledger_value():
     assert ignition.counted("garbage", "leaving_home", "m", 1.0)["counts"] == {"leaving_home": 1}
     mem = ignition.counted({"counts": {"leaving_home": 2, "engine_started": -4, 7: 1}}, "engine_started", "m", 2.0)
     assert mem["counts"] == {"leaving_home": 2, "engine_started": 1} and mem["total"] == 3
+
+
+SYSTEMCTL = """#!/bin/sh
+echo "$*" >> {log}
+"""
+
+
+@pytest.mark.parametrize("vin,mode,watch", [("5208", "record", False), ("0", "off", True)])
+def test_dashcamctl_boot_switches_the_camera_from_one_battery_read(fake_hw, dashcamctl, make_config, tmp_path,
+                                                                    vin, mode, watch):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "systemctl").write_text(SYSTEMCTL.format(log=tmp_path / "systemctl.log"))
+    (bindir / "systemctl").chmod(0o755)
+    fake_hw.usb_device("1-1", authorized="1")  # at power-on the hub gives the camera power and data
+    fake_hw.set_battery(f"VIN = {vin}\n")
+    env = dict(fake_hw.env, PATH=f"{bindir}:{fake_hw.env['PATH']}")
+    r = dashcamctl("--config", str(make_config()), "boot", env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"camera: {mode} (")
+    assert fake_hw.battery_call_count() == 1
+    assert fake_hw.port_power() is (mode == "record")
+    if mode == "record":
+        assert fake_hw.authorized("1-1") == "0"  # powered, data off: recording
+    started = (tmp_path / "systemctl.log").read_text() if (tmp_path / "systemctl.log").exists() else ""
+    assert ("start --no-block dashcam-watch.service" in started) is watch
