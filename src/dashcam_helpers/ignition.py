@@ -130,7 +130,7 @@ def watch(cfg, facts, actions, *, ledger_open: Callable[[], Any], lock: Callable
     """Watch until the camera records. Returns what it did when it put the camera back to record
     (kind, message, seconds), None when the camera went back to record otherwise.
 
-    ``facts``: battery(), camera_mode(), server_reachable(), units_running() (policy.SystemFacts);
+    ``facts``: battery(), camera_mode(), server_reachable() (policy.SystemFacts);
     ``actions``: stop_units(units), set_camera(mode) (policy.SystemActions); ``ledger_open()``:
     a Ledger context manager. ``last_external``: the power source the last policy tick saw (the
     engine may have started between that tick and the watcher's first reading)."""
@@ -154,7 +154,7 @@ def watch(cfg, facts, actions, *, ledger_open: Callable[[], Any], lock: Callable
         if external is not None:
             last_external = external
         if kind is not None:
-            done = _back_to_record(cfg, facts, actions, kind, now, ledger_open, lock, clock, wall)
+            done = _back_to_record(cfg, facts, actions, kind, mode, now, ledger_open, lock, clock, wall)
             if done is not None:
                 return done
             mode = facts.camera_mode()  # checked again and not confirmed: go on watching
@@ -162,27 +162,26 @@ def watch(cfg, facts, actions, *, ledger_open: Callable[[], Any], lock: Callable
         sleep(poll)
 
 
-def _back_to_record(cfg, facts, actions, kind, seen, ledger_open, lock, clock, wall) -> Optional[Dict[str, Any]]:
+def _back_to_record(cfg, facts, actions, kind, mode, seen, ledger_open, lock, clock, wall) -> Optional[Dict[str, Any]]:
+    """Stop the ingest (in data mode) and put the camera to record. Nothing between the reading
+    and the switch but what must be there: a second reading, the ingest's stop (it drops the clip
+    in flight), the switch. ``mode``: the camera's mode as the watcher last read it."""
     from .policy import INGEST_UNITS
 
     with lock():
-        # again, under the lock: a second reading (one odd reading moves nothing) and the mode a
-        # policy tick may have changed meanwhile
+        # again, under the lock: a second reading (one odd reading moves nothing)
         if facts.battery().external is not True:
             log.info("ignition watch: external power not confirmed by a second reading; watching on")
             return None
-        mode = facts.camera_mode()
-        if mode == "record":
-            return None
-        if kind == "leaving_home" and (mode != "data" or facts.server_reachable()):
+        if kind == "leaving_home" and facts.server_reachable():
             return None
         with ledger_open() as ledger:
             before = ledger.get_state("last_ingest")
-        running = facts.units_running()[0]
         failed = []
-        if running:
+        if mode == "data":
             try:
-                actions.stop_units([INGEST_UNITS])  # blocks until the ingest has dropped its .part and unmounted
+                # blocks until the ingest has dropped its .part and unmounted (nothing to do without one)
+                actions.stop_units([INGEST_UNITS])
             except Exception as e:  # the camera goes to record all the same
                 failed.append(f"stop {INGEST_UNITS}: {e}")
         try:
@@ -192,7 +191,8 @@ def _back_to_record(cfg, facts, actions, kind, seen, ledger_open, lock, clock, w
         seconds = clock() - seen
         with ledger_open() as ledger:
             after = ledger.get_state("last_ingest")
-            stopped = after if running and isinstance(after, dict) and after != before else ({} if running else None)
+            # the ingest records how far it got as it stops: a new record is the run just stopped
+            stopped = after if isinstance(after, dict) and after != before else None
             message = describe(kind, stopped, seconds)
             if failed:
                 message += "; FAILED: " + "; ".join(failed)
