@@ -196,3 +196,9 @@ def test_dashcamctl_boot_switches_the_camera_from_one_battery_read(fake_hw, dash
         assert fake_hw.authorized("1-1") == "0"  # powered, data off: recording
     started = (tmp_path / "systemctl.log").read_text() if (tmp_path / "systemctl.log").exists() else ""
     assert ("start --no-block dashcam-watch.service" in started) is watch
+
+
+def test_a_camera_mode_unknown_is_not_record_the_engine_starting_still_puts_it_to_record(ledger):
+    car = Car("unknown", [False, True], ledger=ledger)  # a hub that does not answer uhubctl
+    done = run(car, ledger)
+    assert car.calls == [("stop", (INGEST_UNITS,)), ("camera", "record")] and done["kind"] == "engine_started"

@@ -145,7 +145,8 @@ def watch(cfg, facts, actions, *, ledger_open: Callable[[], Any], lock: Callable
             return None
         external = facts.battery().external
         kind = None
-        if external is True and last_external is False and mode in ("off", "data"):
+        # the mode unknown (a hub that does not answer) is not record either: the car can move
+        if external is True and last_external is False:
             kind = "engine_started"
         elif external is True and mode == "data" and now >= next_probe:
             next_probe = now + probe
@@ -178,7 +179,7 @@ def _back_to_record(cfg, facts, actions, kind, mode, seen, ledger_open, lock, cl
         with ledger_open() as ledger:
             before = ledger.get_state("last_ingest")
         failed = []
-        if mode == "data":
+        if mode != "off":  # data, or unknown: an ingest may run
             try:
                 # blocks until the ingest has dropped its .part and unmounted (nothing to do without one)
                 actions.stop_units([INGEST_UNITS])
