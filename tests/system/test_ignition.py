@@ -120,7 +120,6 @@ def test_at_power_on_on_external_power_the_camera_records_long_before_multi_user
     assert "OnBootUSec" in timer and "OnUnitActiveUSec" in timer, timer
 
 
-@pytest.mark.quarantined(reason="new, not yet run in the VM: its first run under the VM lock decides")
 def test_the_engine_starting_during_an_ingest_on_battery_puts_the_camera_back_to_record(booted, tmp_path,
                                                                                           server, figure):
     setup = scenario.prepare_gadget_camera(booted, str(tmp_path), cards.user_layout(normal=12, event=1,
