@@ -700,3 +700,20 @@ def test_a_damaged_ledger_still_lets_the_state_reach_home_assistant(make_config,
     ha = listen("dashcam/testpi/state")
     mqtt.publish_state(cfg, FACTS)
     assert strict_json(ha.wait_for("dashcam/testpi/state"))["battery_percent"] == 95
+
+
+def test_each_return_of_the_camera_to_record_goes_out_with_its_reason(make_config, broker, listen):
+    from dashcam_helpers import ignition
+
+    cfg = mqtt_config(make_config, broker.port, notifications=True)
+    ha = listen("dashcam/testpi/event")
+    leaving = ("leaving home: ingest stopped after 7 of 31 clips, camera back to record 1.2 s after the server"
+               " stopped answering")
+    ignition.publish(cfg, "leaving_home", leaving, 1.23)
+    ignition.publish(cfg, "engine_started", "engine started: no ingest running, camera back to record", None)
+    wait_until(lambda: len(ha.all) == 2, what="two events: each return is news, none rate-limited")
+    first, second = (json.loads(payload) for _, payload in ha.all)
+    assert (first["event_type"], first["reason"], first["message"], first["seconds"]) == (
+        "camera_back_to_record", "leaving_home", leaving, 1.2)
+    assert second["reason"] == "engine_started" and second["seconds"] is None
+    assert "camera_back_to_record" in mqtt.EVENT_TYPES

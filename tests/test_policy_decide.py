@@ -63,6 +63,8 @@ def minutes(m):
 
 H = batt(80, 80, 80)  # a healthy battery
 T0 = now_of(H)
+# parked at home on external power: the server has answered (and the power stayed external) for an hour
+PARKED = dict(reachable_since=T0 - minutes(60), external_since=T0 - minutes(60))
 
 # (id, history, facts overrides, camera target, start_upload, shutdown, a phrase the reason must contain)
 CASES = [
@@ -88,7 +90,7 @@ CASES = [
     ("B an ingest (SD card) is running: no data", H, dict(reachable=True, ingest_running=True), None, False, False, "an ingest is running"),
     ("B at home, recorded 31 min -> data", H, dict(reachable=True, was_reachable=True, recorded_seconds=minutes(31)), "data", False, False, "recorded 31 min"),
     ("B at home, recorded 10 min -> stays", H, dict(reachable=True, was_reachable=True, recorded_seconds=minutes(10)), None, False, False, "no new footage expected"),
-    ("B at home on external power, recorded 31 min -> data", batt(95, external=True), dict(reachable=True, was_reachable=True, recorded_seconds=minutes(31)), "data", False, False, "data: server reachable"),
+    ("B at home on external power, recorded 31 min -> data", batt(95, external=True), dict(reachable=True, was_reachable=True, recorded_seconds=minutes(31), **PARKED), "data", False, False, "data: server reachable"),
     ("B at home on external power, camera off -> record", batt(95, external=True), dict(reachable=True, was_reachable=True, camera_mode="off"), "record", False, False, "external power"),
     ("B upload already running: not started twice", H, dict(reachable=True, was_reachable=True, camera_mode="off", backlog_files=2, backlog_bytes=9, upload_running=True), None, False, False, "upload running"),
     ("B nothing to upload", H, dict(reachable=True, was_reachable=True, camera_mode="off"), None, False, False, "nothing to upload"),
@@ -123,7 +125,7 @@ CASES = [
     ("U unknown 10 min on battery: counts as low -> shutdown", batt(None, start=T0), dict(unknown_since=T0 - minutes(10), last_external=False), "off", False, True, "no battery reading for 10 min"),
     ("U unknown 60 min, last seen on external power: nothing", batt(None, start=T0), dict(unknown_since=T0 - minutes(60), last_external=True), None, False, False, "unknown"),
     ("U unknown 60 min, power never known: nothing", batt(None, start=T0), dict(unknown_since=T0 - minutes(60), last_external=None), None, False, False, "unknown"),
-    ("U percent unknown on external power (source none) -> data", batt(None, external=True), dict(reachable=True, camera_mode="off"), "data", False, False, "data: server reachable"),
+    ("U percent unknown on external power (source none) -> data", batt(None, external=True), dict(reachable=True, camera_mode="off", **PARKED), "data", False, False, "data: server reachable"),
     ("U no reading at all: nothing", [], dict(now=1000.0), None, False, False, "no battery reading"),
     # --- the data mode watchdog
     ("W data for 31 min with an ingest -> record, stop ingest", H, dict(reachable=True, was_reachable=True, camera_mode="data", data_since=T0 - minutes(31), ingest_running=True), "record", False, False, "watchdog"),
@@ -203,3 +205,99 @@ def test_the_latch_carried_to_the_next_tick():
     assert decide(unknown, facts(unknown, battery_low=True, unknown_since=T0), CFG).battery_low is True
     charging = batt(20, external=True)
     assert decide(charging, facts(charging, battery_low=True), CFG).battery_low is False
+
+
+# --- the camera records whenever the car can move ---------------------------------------------------
+
+EXT = batt(95, 95, 95, external=True)  # the engine runs (or permanent USB power)
+ENGINE_ON = batt(80, 80) + batt(95, external=True, start=T0)  # on battery, then external power at T0
+
+# (id, history, facts overrides, camera target, units stopped, back_to_record, a phrase the reason must contain)
+CAR_CASES = [
+    ("drive-by: reachable for one tick on external power -> keeps recording", EXT,
+     dict(reachable=True, was_reachable=False, reachable_since=T0, external_since=T0 - minutes(20),
+          previous_tick=T0 - STEP, recorded_seconds=minutes(20), ingested_before=True),
+     None, (), "", "settle_minutes 3"),
+    ("drive-by, first tick of a boot -> keeps recording", EXT,
+     dict(reachable=True, was_reachable=None, reachable_since=T0, external_since=T0, camera_mode="off"),
+     "record", (), "engine_started", "settle_minutes 3"),
+    ("drop-off: two minutes in reach on external power -> keeps recording", EXT,
+     dict(reachable=True, was_reachable=True, reachable_since=T0 - minutes(2), external_since=T0 - minutes(30),
+          previous_tick=T0 - STEP, recorded_seconds=minutes(30), ingested_before=True),
+     None, (), "", "answered for 120 s"),
+    ("drop-off with the engine started at the door -> keeps recording", EXT,
+     dict(reachable=True, was_reachable=True, reachable_since=T0 - minutes(60), external_since=T0 - minutes(1),
+          previous_tick=T0 - STEP, recorded_seconds=minutes(40), ingested_before=True),
+     None, (), "", "answered for 60 s"),
+    ("parking, permanent USB power: settled this tick -> data", EXT,
+     dict(reachable=True, was_reachable=True, reachable_since=T0 - minutes(3), external_since=T0 - minutes(40),
+          previous_tick=T0 - STEP, recorded_seconds=minutes(40), ingested_before=True),
+     "data", (), "", "answered on external power for settle_minutes 3"),
+    ("parking, permanent USB power: settled earlier, nothing new -> keeps recording", EXT,
+     dict(reachable=True, was_reachable=True, reachable_since=T0 - minutes(10), external_since=T0 - minutes(40),
+          previous_tick=T0 - STEP, recorded_seconds=minutes(5), ingested_before=True),
+     None, (), "", "no new footage expected"),
+    ("engine start during an ingest on battery -> ingest stopped, record", ENGINE_ON,
+     dict(reachable=True, was_reachable=True, camera_mode="data", data_since=T0 - minutes(5), ingest_running=True,
+          external_since=T0, reachable_since=T0 - minutes(6)),
+     "record", (INGEST_UNITS,), "engine_started", "engine started"),
+    ("engine start with the camera off after an ingest on battery -> record", ENGINE_ON,
+     dict(reachable=True, was_reachable=True, camera_mode="off", external_since=T0, reachable_since=T0 - minutes(60),
+          ingested_before=True),
+     "record", (), "engine_started", "external power"),
+    ("Wi-Fi lost on external power during an ingest -> ingest stopped, record", EXT,
+     dict(reachable=False, was_reachable=True, camera_mode="data", data_since=T0 - minutes(2), ingest_running=True,
+          external_since=T0 - minutes(30)),
+     "record", (INGEST_UNITS,), "leaving_home", "leaving home"),
+    ("Wi-Fi blip while parked on battery during an ingest -> no change", H,
+     dict(reachable=False, was_reachable=True, camera_mode="data", data_since=T0 - minutes(2), ingest_running=True),
+     None, (), "", "ingest running"),
+    ("Wi-Fi blip while parked on battery, camera off -> no change", H,
+     dict(reachable=False, was_reachable=True, camera_mode="off", ingested_before=True),
+     None, (), "", "not yet counted as away"),
+    ("data on external power for 11 min -> watchdog, record", EXT,
+     dict(reachable=True, was_reachable=True, camera_mode="data", data_since=T0 - minutes(11), ingest_running=True,
+          external_since=T0 - minutes(60), reachable_since=T0 - minutes(15)),
+     "record", (INGEST_UNITS,), "watchdog_external", "max_data_minutes_external 10"),
+    ("data on external power for 9 min -> hold", EXT,
+     dict(reachable=True, was_reachable=True, camera_mode="data", data_since=T0 - minutes(9), ingest_running=True,
+          external_since=T0 - minutes(60), reachable_since=T0 - minutes(15)),
+     None, (), "", "ingest running"),
+    ("data on battery for 11 min -> hold (max_data_minutes 30)", H,
+     dict(reachable=True, was_reachable=True, camera_mode="data", data_since=T0 - minutes(11), ingest_running=True),
+     None, (), "", "ingest running"),
+    ("an unknown power reading during an ingest on battery -> no change", batt(80, 80, None),
+     dict(reachable=True, was_reachable=True, camera_mode="data", data_since=T0 - minutes(2), ingest_running=True,
+          unknown_since=T0, last_external=False),
+     None, (), "", "ingest running"),
+]
+
+
+@pytest.mark.parametrize("name,history,overrides,camera,stop,back,phrase", CAR_CASES, ids=[c[0] for c in CAR_CASES])
+def test_the_camera_records_whenever_the_car_can_move(name, history, overrides, camera, stop, back, phrase):
+    d = decide(history, facts(history, **overrides), CFG)
+    assert (d.camera, d.stop_units, d.back_to_record) == (camera, stop, back), d.reason
+    assert phrase in d.reason, d.reason
+
+
+def test_settle_minutes_0_keeps_fetching_at_once_on_external_power():
+    f = facts(EXT, reachable=True, was_reachable=False, reachable_since=T0, external_since=T0 - minutes(20),
+              previous_tick=T0 - STEP, recorded_seconds=minutes(20), ingested_before=True)
+    assert decide(EXT, f, CFG).camera is None
+    d = decide(EXT, f, cfg_with(camera={"settle_minutes": 0}))
+    assert d.camera == "data" and "just became reachable" in d.reason
+
+
+def test_settle_and_the_external_watchdog_come_from_the_config():
+    cfg = cfg_with(camera={"settle_minutes": 1, "max_data_minutes_external": 20})
+    drop_off = facts(EXT, reachable=True, was_reachable=True, reachable_since=T0 - minutes(2),
+                     external_since=T0 - minutes(30), previous_tick=T0 - STEP, recorded_seconds=minutes(20),
+                     ingested_before=True)
+    assert decide(EXT, drop_off, CFG).camera is None
+    assert decide(EXT, drop_off, cfg).camera is None  # settled a minute ago: arriving was then
+    just = drop_off.replace(reachable_since=T0 - minutes(1))
+    assert decide(EXT, just, cfg).camera == "data"
+    copying = facts(EXT, reachable=True, was_reachable=True, camera_mode="data", data_since=T0 - minutes(11),
+                    ingest_running=True, external_since=T0 - minutes(60), reachable_since=T0 - minutes(15))
+    assert decide(EXT, copying, CFG).camera == "record"
+    assert decide(EXT, copying, cfg).camera is None

@@ -139,3 +139,208 @@ def test_a_day_on_external_power_low_readings_change_nothing(seed):
     line = threshold_mv(CFG.thresholds.shutdown_percent, CFG.battery.voltage_table)
     changes, _, shutdown_at, _, _ = simulate(line, seed, external=True)
     assert shutdown_at is None and changes == 0
+
+
+# --- a day of commutes: the camera records whenever the car can move --------------------------------
+#
+# The real tick (every 30 s, state in a real ledger) and the real ignition watcher (started by the tick
+# when the camera leaves record, one reading a second, exits once the camera records) against a world
+# simulated second by second: a car with its engine on (external power) or off (battery), in reach of
+# the home server or not, WiFi blips while parked at home, and a camera whose ingest (started like
+# udev does, 10 s after data mode) copies for 12 min of work, resumed where it stopped.
+
+import contextlib  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Any, Dict, Optional  # noqa: E402
+
+from dashcam_helpers import ignition, policy  # noqa: E402
+from dashcam_helpers.ledger import Ledger  # noqa: E402
+from dashcam_helpers.policy import INGEST_UNITS  # noqa: E402
+
+MIN = 60
+INGEST_WORK = 12 * MIN
+
+
+def commute_day():
+    """[(seconds, engine on, in reach of the server)], 24 h: a commute with a drive-by, a drop-off at
+    home with the engine running, an idle in the driveway past settle_minutes, an engine started
+    during an ingest, evening errands."""
+    day = [
+        (7 * 3600, False, True),      # the night parked at home: ingest on battery, camera off
+        (90, True, True),             # engine started in the driveway
+        (25 * MIN, True, False),      # to work ...
+        (40, True, True),             # ... past the house again (a drive-by)
+        (10 * MIN, True, False),
+        (9 * 3600, False, False),     # parked at work
+        (30 * MIN, True, False),      # home
+        (2 * MIN, True, True),        # a drop-off at the door, engine running
+        (20 * MIN, True, False),      # an errand
+        (3 * MIN, False, True),       # parked at home: an ingest starts on battery ...
+        (6 * MIN, True, True),        # ... the engine starts during it; idles past settle_minutes
+        (40 * MIN, True, False),      # evening errands
+        (60, True, True),             # a drive-by
+        (15 * MIN, True, False),
+    ]
+    rest = 24 * 3600 - sum(d for d, _, _ in day)
+    return day + [(rest, False, True)]  # the night at home
+
+
+class EndOfDay(Exception):
+    pass
+
+
+@dataclass
+class Reading:
+    external: Optional[bool]
+    percent: Optional[int] = 90
+    millivolts: Optional[int] = 3400
+    source: str = "lifepo4wered"
+    raw: Dict[str, Any] = field(default_factory=dict)
+    reason: Optional[str] = None
+
+
+class Car:
+    """The world, its clock, the camera and its ingest; the facts source and actions of tick() and watch()."""
+
+    def __init__(self, ledger, cfg, plan, seed):
+        self.ledger, self.cfg, self.rng = ledger, cfg, random.Random(seed)
+        self.t, self.end = 0, sum(d for d, _, _ in plan)
+        self.plan = [(start, ext, reach) for start, (ext, reach) in zip(self._starts(plan), [(e, r) for _, e, r in plan])]
+        self.mode, self.ingest_at, self.ingest_left, self.ingesting = "record", None, INGEST_WORK, False
+        self.watch_wanted = False
+        self.blind = 0          # seconds out of record on external power and out of the server's reach
+        self.ingests = self.stopped = self.ticks = 0
+        self.blip = False
+        self.mono, self.wall = 100.0, 1.76e9
+        self.update()
+
+    @staticmethod
+    def _starts(plan):
+        t, out = 0, []
+        for d, _, _ in plan:
+            out.append(t)
+            t += d
+        return out
+
+    def update(self):
+        for start, ext, reach in self.plan:
+            if start <= self.t:
+                self.external, self.in_reach = ext, reach
+
+    # the clock: one second of the world; a policy tick every 30 s
+    def advance(self, seconds=1.0):
+        if self.external and not self.in_reach and self.mode != "record":
+            self.blind += 1
+        self.t += 1
+        if self.t >= self.end:
+            raise EndOfDay()
+        self.update()
+        if self.ingesting:
+            self.ingest_left -= 1
+            if self.ingest_left <= 0:
+                self.finish_ingest("ok")
+                self.mode = "record" if self.external else self.cfg.camera.after_ingest
+        elif self.mode == "data" and self.ingest_at is not None and self.t >= self.ingest_at:
+            self.ingesting, self.ingest_at = True, None
+        if self.t % 30 == 0:
+            self.blip = self.in_reach and not self.external and self.rng.random() < 0.05
+            policy.tick(self.cfg, self, self, ledger=self.ledger, clock=self)
+            self.ticks += 1
+
+    def finish_ingest(self, result):
+        self.ingesting = False
+        self.ingests += result == "ok"
+        self.stopped += result != "ok"
+        if result == "ok":
+            self.ingest_left = INGEST_WORK
+        copied = (INGEST_WORK - self.ingest_left) // 60
+        self.ledger.put_state("last_ingest", {"wall": self.wall + self.t, "result": result, "files": copied,
+                                              "pending": 12 - copied, "failed": 0})
+
+    # clock
+    def monotonic(self):
+        return self.mono + self.t
+
+    def time(self):
+        return self.wall + self.t
+
+    def boot_id(self):
+        return "b"
+
+    # facts
+    def battery(self):
+        return Reading(external=self.external)
+
+    def camera_mode(self):
+        return self.mode
+
+    def camera_attached(self):
+        return self.mode == "data"
+
+    def server_reachable(self):
+        return self.in_reach and not self.blip
+
+    def units_running(self):
+        return self.ingesting, False
+
+    def staging_space(self):
+        return 2**40, 2**30
+
+    # actions
+    def stop_units(self, units):
+        if INGEST_UNITS in units and self.ingesting:
+            self.finish_ingest("interrupted")
+
+    def set_camera(self, mode):
+        self.mode = mode
+        self.ingest_at = self.t + 10 if mode == "data" else None
+
+    def start_upload(self):
+        pass
+
+    def poweroff(self):
+        raise AssertionError("no shutdown on a full battery")
+
+    def start_watch(self):
+        self.watch_wanted = True
+
+
+def live_a_day(tmp_path, seed, cfg=CFG):
+    with Ledger(str(tmp_path / f"ledger-{seed}.sqlite3")) as ledger:
+        car = Car(ledger, cfg, commute_day(), seed)
+        try:
+            while True:
+                if car.watch_wanted and car.mode != "record":
+                    car.watch_wanted = False
+                    ignition.watch(cfg, car, car, ledger_open=lambda: contextlib.nullcontext(ledger),
+                                   lock=lambda: ignition.PolicyLock(None), clock=car.monotonic, wall=car.time,
+                                   sleep=car.advance, last_external=(ledger.get_state("policy") or {}).get("last_external"))
+                else:
+                    car.watch_wanted = False
+                    car.advance()
+        except EndOfDay:
+            pass
+        return car, ledger.get_state(ignition.RETURNS_KEY) or {}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_day_of_commutes_never_leaves_the_camera_out_of_record_on_the_road(tmp_path, seed):
+    car, returns = live_a_day(tmp_path, seed)
+    print(f"seed {seed}: out of record on the road {car.blind} s; {car.ingests} ingests completed,"
+          f" {car.stopped} stopped; camera back to record {returns.get('counts')}")
+    assert car.blind == 0
+    # the camera still fetches: the night at home, the evening arrival; the engine started during one
+    assert car.ingests >= 2 and car.stopped >= 1
+    assert returns["counts"].get("engine_started", 0) >= 1
+
+
+def test_without_the_settle_time_and_the_watcher_the_same_day_drives_blind(tmp_path):
+    """The same day under the old rules (settle_minutes 0, no watcher): the check above can fail."""
+    cfg = config.validate(deep_merge(MINIMAL, {"camera": {"settle_minutes": 0}}), "test.yaml")
+    with Ledger(str(tmp_path / "old.sqlite3")) as ledger:
+        car = Car(ledger, cfg, commute_day(), 1)
+        with contextlib.suppress(EndOfDay):
+            while True:
+                car.advance()
+    print(f"without settle and watcher: out of record on the road {car.blind} s")
+    assert car.blind > 0

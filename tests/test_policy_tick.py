@@ -72,6 +72,7 @@ class FakeActions:
         self.world = world
         self.calls: List[tuple] = []
         self.fail_camera = fail_camera
+        self.watches = 0  # the ignition watcher started (it runs while the camera is not recording)
 
     def stop_units(self, units):
         self.calls.append(("stop", tuple(units)))
@@ -89,6 +90,9 @@ class FakeActions:
 
     def poweroff(self):
         self.calls.append(("poweroff",))
+
+    def start_watch(self):
+        self.watches += 1
 
 
 class FakeClock:
@@ -343,7 +347,8 @@ def test_recording_time_accumulates_and_an_ingest_resets_it(rig):
     cfg, world, actions, clock, ledger, run = rig
     world.reading = FakeReading(percent=95, external=True)
     world.reachable = True
-    run()  # just reachable -> data
+    while world.mode != "data":  # on external power: after camera.settle_minutes
+        run()
     ledger.put_state("last_ingest", {"wall": 1, "files": 3, "bytes": 3, "result": "ok"})
     world.mode = "record"  # ingest put it back (external power)
     modes = []
@@ -711,3 +716,71 @@ def test_a_tick_state_that_is_not_a_mapping_is_ignored(rig):
     ledger.put_state("policy", ["not", "a", "mapping"])
     world.reading = FakeReading(percent=10, millivolts=3150, external=False)
     assert [run()["decision"]["shutdown"] for _ in range(3)] == [False, False, True]
+
+
+# --- the camera records whenever the car can move: what the tick remembers between ticks ---------------
+
+
+def test_on_external_power_data_mode_waits_until_the_server_has_answered_for_settle_minutes(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    world.reading = FakeReading(percent=95, external=True)  # permanent USB power, or the engine runs
+    run()  # away: recording
+    world.reachable = True  # in reach of the home server
+    first = clock.monotonic()
+    modes = []
+    for _ in range(8):
+        run()
+        modes.append(world.mode)
+    assert ledger.get_state("policy")["reachable_since"] == first  # persisted from the first tick in reach
+    # 3 min of 30 s ticks: the tick that finds it settled is the 7th in reach (0, 30, ..., 180 s)
+    assert modes == ["record"] * 6 + ["data"] * 2, modes
+    assert actions.watches == 1  # the camera left record: the ignition watcher is started once
+
+
+def test_a_drive_by_and_a_drop_off_never_leave_record(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    world.reading = FakeReading(percent=95, external=True)
+    for reach in (1, 0, 5, 0, 6, 0, 2, 0):  # ticks in reach (a drive-by, 2 and 2.5 min drop-offs), out of reach
+        world.reachable = reach > 0
+        for _ in range(max(reach, 1)):
+            run()
+            assert world.mode == "record", ledger.get_state(LAST_KEY)["decision"]["reason"]
+    assert [c for c in actions.calls if c[0] == "camera"] == []
+
+
+def test_the_engine_started_during_an_ingest_on_battery_stops_it_and_counts_the_return(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    world.reachable = True
+    run()  # arriving home on battery: data at once
+    assert world.mode == "data" and actions.watches == 1
+    world.ingest_running = True
+    run()
+    before = {"wall": 5, "files": 0, "pending": 0, "failed": 0, "result": "ok"}
+    ledger.put_state("last_ingest", before)
+    world.reading = FakeReading(percent=95, external=True)  # the engine starts
+
+    def stop(units):  # the ingest, stopped, records how far it got
+        actions.calls.append(("stop", tuple(units)))
+        world.ingest_running = False
+        ledger.put_state("last_ingest", {"wall": 9, "files": 7, "pending": 24, "failed": 0, "result": "interrupted"})
+
+    actions.stop_units = stop
+    record = run()
+    assert actions.calls[-2:] == [("stop", (INGEST_UNITS,)), ("camera", "record")]
+    assert record["decision"]["back_to_record"] == "engine_started"
+    assert record["back_to_record"] == "engine started: ingest stopped after 7 of 31 clips, camera back to record 0.0 s after the engine started"
+    returns = ledger.get_state("back_to_record")
+    assert returns["counts"] == {"engine_started": 1} and returns["last"]["message"] == record["back_to_record"]
+
+
+def test_an_unknown_power_reading_neither_starts_nor_ends_the_external_streak(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    world.reading = FakeReading(percent=95, external=True)
+    run()
+    since = ledger.get_state("policy")["external_since"]
+    world.reading = FakeReading(percent=None, external=None, millivolts=None, reason="I2C failed")
+    run()
+    assert ledger.get_state("policy")["external_since"] == since
+    world.reading = FakeReading(percent=80, external=False)
+    run()
+    assert ledger.get_state("policy")["external_since"] is None

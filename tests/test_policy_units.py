@@ -34,15 +34,26 @@ def test_the_tick_is_a_oneshot_root_service_after_the_boot_unit():
     assert "Install" not in s  # started by the timer only
 
 
-def test_the_boot_unit_powers_the_camera_off_once_per_boot():
+def test_the_boot_unit_decides_the_camera_once_per_boot_early_and_without_the_network():
     b = unit("dashcam-boot.service")
-    assert b["Service"]["ExecStart"] == "/usr/bin/dashcamctl mode off"
+    assert b["Service"]["ExecStart"] == "/usr/bin/dashcamctl boot"
     assert b["Service"]["Type"] == "oneshot"
-    assert b["Install"]["WantedBy"] == "multi-user.target"
+    assert b["Unit"]["DefaultDependencies"] == "no"  # not after basic.target
+    assert "network" not in b["Unit"]["After"] and "systemd-modules-load.service" in b["Unit"]["After"]
+    assert b["Install"]["WantedBy"] == "sysinit.target"
+    assert "char-i2c rw" in (SYSTEMD / "dashcam-boot.service").read_text()  # the one battery read
+
+
+def test_the_watcher_is_started_by_the_policy_only_and_restarted_if_it_fails():
+    w = unit("dashcam-watch.service")
+    assert w["Service"]["ExecStart"] == "/usr/bin/dashcamctl watch"
+    assert w["Service"]["Restart"] == "on-failure"
+    assert "Install" not in w
+    assert re.search(r"NOSTART_UNITS := .*dashcam-watch\.service", (ROOT / "debian" / "rules").read_text())
 
 
 def test_every_relaxed_hardening_setting_carries_a_comment_saying_why():
-    for name in ("dashcam-policy.service", "dashcam-boot.service"):
+    for name in ("dashcam-policy.service", "dashcam-boot.service", "dashcam-watch.service"):
         lines = (SYSTEMD / name).read_text().splitlines()
         for i, line in enumerate(lines):
             if re.match(r"(ProtectKernelTunables=no|PrivateDevices=no|ProtectSystem=full|CapabilityBoundingSet=|DeviceAllow=)", line):

@@ -146,3 +146,14 @@ def test_print_json_turns_nan_and_infinity_into_null_and_cuts_deep_nesting():
         deep = [deep]
     doc = strict_json(dumps({"a": float("nan"), "b": [float("inf"), -float("inf")], "c": deep, 1: (2,)}))
     assert doc["a"] is None and doc["b"] == [None, None] and doc["1"] == [2]
+
+
+def test_status_counts_the_returns_to_record_for_the_road():
+    from dashcam_helpers.status import render
+
+    assert render({"back_to_record": {}}) == "road:     the camera was never put back to record for the road"
+    line = render({"back_to_record": {"counts": {"engine_started": 2, "leaving_home": 1}, "total": 3,
+                                      "last": {"kind": "leaving_home", "wall": 1.7e9,
+                                               "message": "leaving home: ingest stopped after 7 of 31 clips"}}})
+    assert line.startswith("road:     camera back to record 3 times (engine started 2, leaving home 1); last ")
+    assert line.endswith(": leaving home: ingest stopped after 7 of 31 clips")

@@ -32,6 +32,8 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "keygen": ("upload", "cmd_keygen", "create the upload ssh key, print the server's authorized_keys line"),
     "trust-host": ("upload", "cmd_trust_host", "fetch the server's host key, show its fingerprint, pin it"),
     "ingest": ("ingest", "command", "copy new footage from the camera (or a directory) into staging"),
+    "boot": ("ignition", "boot_command", "at power-on: camera to record on external power, else off (start disconnected)"),
+    "watch": ("ignition", "watch_command", "while the camera is not recording: back to record when the engine starts or the car leaves"),
 }
 
 
@@ -104,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("devname", nargs="?", help="the camera's block device (sda1 or /dev/sda1): mounted read-only")
     where.add_argument("--source", metavar="DIR", help="an already-mounted directory (an SD card in a reader)")
     _add_json(p)
+
+    add("boot")
+    add("watch")
 
     return parser
 

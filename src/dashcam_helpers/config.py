@@ -60,6 +60,8 @@ class Camera(Record):
     off_script: Optional[str]
     after_ingest: str
     max_data_minutes: int
+    max_data_minutes_external: int
+    settle_minutes: int
     min_record_minutes: int
     match_serial: Optional[str]
     match_vendor_model: Optional[str]

@@ -133,7 +133,7 @@ SENSORS: Tuple[Sensor, ...] = (
     Sensor("updated", "sensor", "Last report", device_class="timestamp", diagnostic=True),
 )
 
-EVENT_TYPES = ("clips_uploaded", "upload_failing", "low_battery_shutdown", "card_read_error")
+EVENT_TYPES = ("clips_uploaded", "upload_failing", "low_battery_shutdown", "card_read_error", "camera_back_to_record")
 
 
 def device(cfg, t: Topics) -> Dict[str, Any]:
@@ -318,6 +318,7 @@ EVENT_MIN_INTERVAL = {
     "upload_failing": 24 * 3600,
     "low_battery_shutdown": 10 * 60,
     "card_read_error": 3600,
+    "camera_back_to_record": 0,  # each is news: the engine started, the car left home
 }
 UPLOAD_FAILING_AFTER = 24 * 3600
 EVENTS_STATE_KEY = "mqtt_events"
@@ -334,6 +335,8 @@ def _message(kind: str, data: Dict[str, Any]) -> str:
         return f"battery low ({data.get('percent')} %): the Pi shuts down"
     if kind == "card_read_error":
         return f"reading the camera's card failed: {data.get('reason') or data.get('result')}"
+    if kind == "camera_back_to_record":
+        return str(data.get("detail") or "the camera is back to record")
     return kind
 
 

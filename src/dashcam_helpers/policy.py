@@ -33,6 +33,7 @@ log = get_logger("dashcam.policy")
 
 INGEST_UNITS = "dashcam-ingest@*.service"
 UPLOAD_UNIT = "dashcam-upload.service"
+WATCH_UNIT = "dashcam-watch.service"
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 FALLBACK_DIR = "/run/dashcam"  # the last place for the tick's state when the ledger fails (tmpfs, root's)
 
@@ -81,6 +82,10 @@ class Facts(Record):
 
     now, boot_id: this tick
     reachable: the server answers; was_reachable: at the previous tick of this boot (None: first)
+    reachable_since: when the server began answering, every probe since (this boot; None: not now)
+    external_since: first reading of the current streak on external power (this boot; None: not
+      on external power; an unknown reading neither starts nor ends a streak)
+    previous_tick: when the previous tick of this boot ran (None: this is the first)
     camera_mode: record | data | off | unknown
     camera_attached: the camera's storage is visible (probed in data mode only, else None)
     data_since: when the camera entered (or was first seen in) data mode
@@ -99,6 +104,9 @@ class Facts(Record):
     boot_id: str
     reachable: bool
     was_reachable: Optional[bool] = None
+    reachable_since: Optional[float] = None
+    external_since: Optional[float] = None
+    previous_tick: Optional[float] = None
     camera_mode: str = "unknown"
     camera_attached: Optional[bool] = None
     data_since: Optional[float] = None
@@ -126,7 +134,9 @@ class Decision(Record):
     """camera: the mode to switch the camera to (None: leave it); start_upload; shutdown;
     stop_units: units to stop first; reason: why, in one line (the camera part; the upload part);
     battery: how the battery was judged (external | ok | low | critical | unknown);
-    battery_low: the camera latch for the next tick (True: low, camera off)."""
+    battery_low: the camera latch for the next tick (True: low, camera off);
+    back_to_record: why the camera goes back to record because the car can move (one of
+    BACK_TO_RECORD; "": it does not, or for another reason)."""
 
     camera: Optional[str]
     start_upload: bool
@@ -135,6 +145,13 @@ class Decision(Record):
     reason: str
     battery: str = ""
     battery_low: Optional[bool] = None
+    back_to_record: str = ""
+
+
+# the camera goes back to record because the car can move: the engine started (external power
+# after battery), the car is leaving (the server stopped answering on external power), or data
+# mode lasted longer than camera.max_data_minutes_external on external power
+BACK_TO_RECORD = ("engine_started", "leaving_home", "watchdog_external")
 
 
 class Power(Record):
@@ -215,51 +232,99 @@ def _return_mode(power: Power, cfg) -> str:
     return "record" if power.state == "external" else cfg.camera.after_ingest
 
 
-def _camera(power: Power, facts: Facts, cfg) -> Tuple[Optional[str], str, Tuple[str, ...]]:
-    """(target mode or None, why, units to stop first)."""
+def settled(facts: Facts, cfg, at: float) -> bool:
+    """At monotonic time ``at``: has the server answered, on external power, for camera.settle_minutes?"""
+    if facts.reachable_since is None or facts.external_since is None:
+        return False
+    return at - max(facts.reachable_since, facts.external_since) >= cfg.camera.settle_minutes * 60
+
+
+def _camera(power: Power, facts: Facts, cfg) -> Tuple[Optional[str], str, Tuple[str, ...], str]:
+    """(target mode or None, why, units to stop first, back_to_record)."""
     mode = facts.camera_mode
     stop_ingest = (INGEST_UNITS,) if facts.ingest_running else ()
+    external = power.state == "external"
 
     if power.state in ("low", "critical") and power.camera_allowed is False:
         if mode == "off":
-            return None, f"camera stays off: {power.why}", ()
-        return "off", f"camera off: {power.why}", stop_ingest
+            return None, f"camera stays off: {power.why}", (), ""
+        return "off", f"camera off: {power.why}", stop_ingest, ""
 
     if mode == "data":
         held = facts.now - facts.data_since if facts.data_since is not None else 0.0
-        limit = cfg.camera.max_data_minutes * 60
-        if held >= limit:
+        # the car can move: the road wins over the copy (an ingest stopped is resumed next time)
+        if external and facts.external_since is not None and facts.data_since is not None \
+                and facts.external_since > facts.data_since:
             return (
                 "record",
-                f"watchdog: data mode for {held / 60:.0f} min (max_data_minutes {cfg.camera.max_data_minutes}): back to record",
+                f"engine started: external power since {facts.now - facts.external_since:.0f} s, data mode began"
+                f" on battery {held:.0f} s ago: back to record",
                 stop_ingest,
+                "engine_started",
+            )
+        if external and not facts.reachable:
+            return (
+                "record",
+                f"leaving home: the server stopped answering on external power after {held:.0f} s of data mode:"
+                " back to record",
+                stop_ingest,
+                "leaving_home",
+            )
+        minutes = cfg.camera.max_data_minutes_external if external else cfg.camera.max_data_minutes
+        if held >= minutes * 60:
+            key = "max_data_minutes_external" if external else "max_data_minutes"
+            return (
+                "record",
+                f"watchdog: data mode for {held / 60:.0f} min ({key} {minutes}): back to record",
+                stop_ingest,
+                "watchdog_external" if external else "",
             )
         if facts.ingest_running:
-            return None, f"ingest running: camera stays in data ({held:.0f} s)", ()
+            return None, f"ingest running: camera stays in data ({held:.0f} s)", (), ""
         if facts.ingested_since_data:
             back = _return_mode(power, cfg)
-            return back, f"ingest finished but left the camera in data: back to {back}", ()
+            return back, f"ingest finished but left the camera in data: back to {back}", (), ""
         grace = cfg.poll.mount_timeout_seconds * STORAGE_GRACE_TIMEOUTS
         if facts.camera_attached is False and held >= grace:
-            return "record", f"the camera's storage did not appear within {held:.0f} s of data mode: back to record", ()
-        return None, f"camera in data for {held:.0f} s, waiting for its storage and the ingest", ()
+            return "record", f"the camera's storage did not appear within {held:.0f} s of data mode: back to record", (), ""
+        return None, f"camera in data for {held:.0f} s, waiting for its storage and the ingest", (), ""
 
     if power.state == "unknown":
-        return None, f"camera stays {mode}: {power.why} (an unknown reading changes nothing by itself)", ()
+        return None, f"camera stays {mode}: {power.why} (an unknown reading changes nothing by itself)", (), ""
 
     # data mode: at home, battery allowing, room in staging, and new footage to expect
-    allowed = power.state == "external" or power.camera_allowed is True
-    # arriving home fetches at once -- if the camera recorded anything since the last ingest (or
-    # nothing was ever ingested): a WiFi blip at home after an ingest brings no new footage
-    just_reachable = (
-        facts.reachable
-        and facts.was_reachable is not True
-        and (facts.recorded_seconds > 0 or not facts.ingested_before)
-    )
+    allowed = external or power.camera_allowed is True
+    new_footage = facts.recorded_seconds > 0 or not facts.ingested_before
+    settle = cfg.camera.settle_minutes
+    if external and settle > 0:
+        # on external power the engine may be running: the car is parked only once the server has
+        # answered (and the power stayed external) for settle_minutes -- a drive-by or a drop-off
+        # never gets there. "Arriving" is the tick that first finds it so.
+        parked = settled(facts, cfg, facts.now)
+        just_reachable = (
+            parked
+            and (facts.previous_tick is None or not settled(facts, cfg, facts.previous_tick))
+            and new_footage
+        )
+        arrived = f"the server has answered on external power for settle_minutes {settle}"
+    else:
+        # on battery (ignition off), arriving home fetches at once -- if the camera recorded anything
+        # since the last ingest (or nothing was ever ingested): a WiFi blip at home after an ingest
+        # brings no new footage
+        parked = True
+        just_reachable = facts.reachable and facts.was_reachable is not True and new_footage
+        arrived = "the server just became reachable"
     recorded = facts.recorded_seconds >= cfg.camera.min_record_minutes * 60
     if facts.reachable and allowed:
         why_not = None
-        if not facts.staging_has_room:
+        if not parked:
+            answering = facts.now - facts.reachable_since if facts.reachable_since is not None else 0.0
+            external_for = facts.now - facts.external_since if facts.external_since is not None else 0.0
+            why_not = (
+                f"on external power (the car may move): the server answered for {min(answering, external_for):.0f} s,"
+                f" settle_minutes {settle}"
+            )
+        elif not facts.staging_has_room:
             why_not = f"staging has no room ({facts.staging_free} bytes free, reserve {facts.staging_reserve})"
         elif facts.ingest_running:
             why_not = "an ingest is running"
@@ -269,15 +334,18 @@ def _camera(power: Power, facts: Facts, cfg) -> Tuple[Optional[str], str, Tuple[
                 f" min_record_minutes {cfg.camera.min_record_minutes})"
             )
         if why_not is None:
-            expect = "the server just became reachable" if just_reachable else (
+            expect = arrived if just_reachable else (
                 f"the camera recorded {facts.recorded_seconds / 60:.0f} min since the last ingest"
             )
-            return "data", f"data: server reachable, {power.why}, staging has room, {expect}", ()
+            return "data", f"data: server reachable, {power.why}, staging has room, {expect}", (), ""
     else:
         why_not = None
 
-    if power.state == "external":
+    event = ""
+    if external:
         target, why = "record", power.why
+        if mode == "off":
+            event = "engine_started"  # the camera was off on battery; external power now
     elif not facts.reachable and facts.was_reachable is True and mode == "off":
         # parked at home on battery, camera off after an ingest: one missed probe (a WiFi blip)
         # is not leaving home; the next tick decides
@@ -291,8 +359,8 @@ def _camera(power: Power, facts: Facts, cfg) -> Tuple[Optional[str], str, Tuple[
     if why_not:
         why += f"; no data mode: {why_not}"
     if target == mode:
-        return None, f"camera stays {mode}: {why}", ()
-    return target, f"camera {target}: {why}", ()
+        return None, f"camera stays {mode}: {why}", (), ""
+    return target, f"camera {target}: {why}", (), event
 
 
 def _upload(facts: Facts) -> Tuple[bool, str]:
@@ -327,7 +395,7 @@ def decide(history: Sequence[Sample], facts: Facts, cfg) -> Decision:
             battery=power.state,
             battery_low=True,
         )
-    camera, why, stop = _camera(power, facts, cfg)
+    camera, why, stop, back = _camera(power, facts, cfg)
     upload, upload_why = _upload(facts)
     return Decision(
         camera=camera,
@@ -337,6 +405,7 @@ def decide(history: Sequence[Sample], facts: Facts, cfg) -> Decision:
         reason=f"{why}; {upload_why}",
         battery=power.state,
         battery_low=_latch(power, facts),
+        back_to_record=back if camera == "record" else "",
     )
 
 
@@ -373,11 +442,13 @@ class SystemFacts:
 
     def __init__(self, cfg):
         self.cfg = cfg
+        self.reading = None  # the last battery reading
 
     def battery(self):
         from . import battery
 
-        return battery.read(self.cfg)  # never raises: an unknown reading carries its reason
+        self.reading = battery.read(self.cfg)  # never raises: an unknown reading carries its reason
+        return self.reading
 
     def camera_mode(self) -> str:
         from . import camera
@@ -457,9 +528,10 @@ def units_running_from(listing: str) -> Tuple[bool, bool]:
 class SystemActions:
     """The real actors: systemctl through the runner, the camera through camera.set_mode."""
 
-    def __init__(self, cfg, dry_run: bool = False):
+    def __init__(self, cfg, dry_run: bool = False, facts: Optional[SystemFacts] = None):
         self.cfg = cfg
         self.dry_run = dry_run
+        self.facts = facts  # what the tick read the battery with: checked again before leaving record
 
     def stop_units(self, units: Sequence[str]) -> None:
         from . import runner
@@ -470,7 +542,21 @@ class SystemActions:
     def set_camera(self, mode: str) -> None:
         from . import camera
 
-        camera.set_mode(self.cfg, mode, dry_run=self.dry_run)
+        if mode == "record" or self.facts is None or self.facts.reading is None:
+            camera.set_mode(self.cfg, mode, dry_run=self.dry_run)
+            return
+        from .ignition import LOCK_PATH, PolicyLock
+
+        # leaving record: under the lock the ignition watcher acts with, one more battery read. The
+        # engine may have started since this tick's reading (a tick takes seconds); the watcher, or
+        # the next tick, has the camera then.
+        seen = self.facts.reading.external
+        with PolicyLock(None if self.dry_run else LOCK_PATH):
+            if seen is not True and self.facts.battery().external is True:
+                raise camera.CameraError(
+                    f"camera {mode}: not switched: external power since this tick's reading (the engine started)"
+                )
+            camera.set_mode(self.cfg, mode, dry_run=self.dry_run)
 
     def start_upload(self) -> None:
         from . import runner
@@ -481,6 +567,11 @@ class SystemActions:
         from . import runner
 
         runner.run(["systemctl", "poweroff"], timeout=30, dry_run=self.dry_run)
+
+    def start_watch(self) -> None:
+        from . import runner
+
+        runner.run(["systemctl", "start", "--no-block", WATCH_UNIT], timeout=30, dry_run=self.dry_run)
 
 
 # --- the tick -----------------------------------------------------------------------------------
@@ -592,6 +683,12 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
     else:
         unknown_since = now
     last_external = reading.external if reading.external is not None else st.get("last_external")
+    # the current streak on external power (this boot): an unknown reading neither starts nor ends it
+    external_since = st.get("external_since") if same_boot else None
+    if reading.external is True:
+        external_since = external_since if external_since is not None else now
+    elif reading.external is False or not same_boot:
+        external_since = None
 
     # the camera
     mode = facts_source.camera_mode()
@@ -613,6 +710,9 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
     # the world around it
     reachable = facts_source.server_reachable()
     was_reachable = st.get("reachable") if same_boot else None
+    reachable_since = (st.get("reachable_since") if same_boot and was_reachable else None) if reachable else None
+    if reachable and reachable_since is None:
+        reachable_since = now
     free, reserve = facts_source.staging_space()
     backlog_files, backlog_bytes = ledger.backlog()
     last_upload = ledger.get_state("last_upload")
@@ -641,6 +741,9 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
         boot_id=boot,
         reachable=reachable,
         was_reachable=was_reachable,
+        reachable_since=reachable_since,
+        external_since=external_since,
+        previous_tick=st.get("last_tick") if same_boot else None,
         camera_mode=mode,
         camera_attached=attached,
         data_since=data_since,
@@ -663,6 +766,8 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
 
     # act: stop units first (a shutdown, or the camera going away under an ingest), then the camera
     outcome = Outcome()
+    back = decision.back_to_record
+    stopping_ingest = back and INGEST_UNITS in decision.stop_units
     if decision.stop_units:
         _try(outcome, "stop " + " ".join(decision.stop_units), actions.stop_units, list(decision.stop_units))
     new_mode = mode
@@ -672,6 +777,20 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
                 new_mode = decision.camera
     if decision.start_upload:
         _try(outcome, "start " + UPLOAD_UNIT, actions.start_upload)
+    # the camera leaves record (or a boot finds it out of record): the watcher puts it back within
+    # about a second of the engine starting or the car leaving, the tick only every 30 s
+    if new_mode in ("data", "off") and not decision.shutdown and not dry_run and (
+        new_mode != mode or not same_boot or st.get("last_mode") not in ("data", "off")
+    ):
+        _try(outcome, "start " + WATCH_UNIT, actions.start_watch)
+    back_message = None
+    if back and new_mode == "record" and mode != "record":
+        from .ignition import describe
+
+        after = ledger.get_state("last_ingest") if stopping_ingest else None
+        stopped = (after if isinstance(after, dict) and after != last_ingest else {}) if stopping_ingest else None
+        since = now - external_since if back == "engine_started" and external_since is not None else None
+        back_message = describe(back, stopped, since)
     if new_mode == "data" and mode != "data":
         data_since, data_ingest = now, last_ingest
     elif new_mode != "data":
@@ -684,6 +803,8 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
             "last_tick": now,
             "last_mode": new_mode,
             "reachable": reachable,
+            "reachable_since": reachable_since,
+            "external_since": external_since,
             "data_since": data_since,
             "data_ingest": data_ingest,
             "recorded_seconds": recorded,
@@ -722,6 +843,7 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
             "upload_running": upload_running,
         },
         "decision": decision.asdict(),
+        "back_to_record": back_message,
         "done": outcome.done,
         "failed": outcome.failed,
     }
@@ -742,6 +864,10 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
         )
         ledger.put_state(*state)
         ledger.put_state(LAST_KEY, record)
+        if back_message:
+            from .ignition import note
+
+            note(ledger, back, back_message, wall)
     _log_line(record, decision, dry_run)
     if decision.shutdown:
         # last: the log line and the state are written before systemd starts stopping everything
@@ -778,6 +904,8 @@ def _log_line(record: Dict[str, Any], decision: Decision, dry_run: bool) -> None
     if record["failed"]:
         did += "; FAILED: " + "; ".join(record["failed"])
     line = f"policy{' (dry run)' if dry_run else ''}: saw {seen} -> did {did} -- why: {decision.reason}"
+    if record.get("back_to_record"):
+        line += f" -- {record['back_to_record']}"
     level = ERROR if record["failed"] else WARNING if decision.shutdown else INFO
     log.log(
         level,
@@ -828,7 +956,8 @@ def command(args) -> int:
     # keeps this boot's readings and state in a fallback file, in the first of these that takes it
     fallback_dirs = [os.environ.get("RUNTIME_DIRECTORY"), cfg.paths.state_dir, os.environ.get("CACHE_DIRECTORY"), FALLBACK_DIR]
     with TickLedger(cfg.paths.ledger, fallback_dirs, SystemClock().boot_id()) as ledger:
-        record = tick(cfg, SystemFacts(cfg), SystemActions(cfg, args.dry_run), ledger=ledger, dry_run=args.dry_run)
+        facts = SystemFacts(cfg)
+        record = tick(cfg, facts, SystemActions(cfg, args.dry_run, facts), ledger=ledger, dry_run=args.dry_run)
         if cfg.mqtt is not None:
             if args.dry_run:
                 log.info("dry run, not publishing to MQTT")
@@ -836,6 +965,10 @@ def command(args) -> int:
                 from . import mqtt  # only with an mqtt section: bounded (< 1 s), never raises
 
                 mqtt.publish_state(cfg, status_facts(record, ledger))
+                if record["back_to_record"]:
+                    from .ignition import publish
+
+                    publish(cfg, record["decision"]["back_to_record"], record["back_to_record"], None)
     if args.json:
         from .cli import print_json
 

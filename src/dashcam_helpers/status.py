@@ -95,6 +95,7 @@ SECTIONS: List[Tuple[str, Callable[[Any], Dict[str, Any]]]] = [
     ("server", server_section),
     ("last_ingest", _ledger_state("last_ingest")),
     ("last_upload", _ledger_state("last_upload")),
+    ("back_to_record", _ledger_state("back_to_record")),
 ]
 
 
@@ -167,6 +168,18 @@ def _last_line(label: str, run: Dict[str, Any]) -> str:
     return f"{label + ':':<9} {_when(run.get('wall'))} {run.get('result', '?')}: {what}{why}"
 
 
+def _returns_line(r: Dict[str, Any]) -> str:
+    """How often the camera was put back to record because the car could move (dashcam-watch, the policy)."""
+    if "error" in r:
+        return f"road:     error: {r['error']}"
+    counts = r.get("counts") if isinstance(r.get("counts"), dict) else {}
+    if not counts:
+        return "road:     the camera was never put back to record for the road"
+    each = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(counts.items()))
+    last = r.get("last") if isinstance(r.get("last"), dict) else {}
+    return f"road:     camera back to record {sum(counts.values())} times ({each}); last {_when(last.get('wall'))}: {last.get('message')}"
+
+
 def render(facts: Dict[str, Dict[str, Any]]) -> str:
     lines = []
     for name, section in facts.items():
@@ -185,6 +198,8 @@ def render(facts: Dict[str, Dict[str, Any]]) -> str:
             lines.append(_last_line("ingest", section))
         elif name == "last_upload":
             lines.append(_last_line("upload", section))
+        elif name == "back_to_record":
+            lines.append(_returns_line(section))
         else:
             body = ", ".join(f"{k} {v}" for k, v in section.items())
             lines.append(f"{name + ':':<9} {body}")

@@ -1,0 +1,289 @@
+"""The camera records whenever the car can move: the boot decision and the ignition watcher.
+
+``dashcamctl boot`` (dashcam-boot.service, early in boot, before the network): one battery
+read. On external power the engine runs: the camera records at once. On battery (or an unknown
+reading) it starts disconnected, the policy decides at its first tick, and the watcher runs.
+
+``dashcamctl watch`` (dashcam-watch.service): runs only while the camera is not recording (the
+policy and the boot start it when the camera leaves record; it exits once the camera records
+again). Every second it reads the battery's power flag (the LiFePO4wered answers in a few ms):
+
+- battery -> external power (the engine started), the camera off or in data mode;
+- in data mode on external power, the server stops answering (the car is leaving; probed every
+  second too: a TCP connect to a host on the local network);
+
+and then stops any ingest (crash-safe: the clip in flight is dropped and copied next time) and
+puts the camera to record. An unknown reading is no change: the watcher only ever moves the
+camera to record. It acts under the policy's lock and checks again there, so a policy tick and
+the watcher never switch the camera against each other.
+
+Each such return is logged with its reason, counted in the ledger (state ``back_to_record``,
+shown by ``dashcamctl status``) and published as the Home Assistant event
+``camera_back_to_record``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Optional, Tuple
+
+from .log import ERROR, INFO, get as get_logger
+
+log = get_logger("dashcam.ignition")
+
+RETURNS_KEY = "back_to_record"
+EVENT = "camera_back_to_record"
+# RuntimeDirectory=dashcam of the policy and watch units: root's, writable under their
+# ProtectSystem=strict, and no other user can plant a symlink there
+LOCK_PATH = "/run/dashcam/policy.lock"
+
+# the watcher: the power flag every POLL seconds; in data mode on external power, the server
+# every PROBE seconds; the camera's mode (uhubctl) every MODE seconds, to exit once it records
+POLL, PROBE, MODE = 1.0, 1.0, 5.0
+
+WHAT = {
+    "engine_started": "the engine started",
+    "leaving_home": "the server stopped answering",
+    "watchdog_external": "data mode reached max_data_minutes_external",
+}
+
+
+def describe(kind: str, stopped: Optional[Dict[str, Any]], seconds: Optional[float]) -> str:
+    """One line: ``leaving home: ingest stopped after 7 of 31 clips, camera back to record 4.2 s
+    after the engine started``. ``stopped``: the ingest's own account (ledger state last_ingest)
+    of the run that was stopped, None when no ingest ran."""
+    head = {"engine_started": "engine started", "leaving_home": "leaving home",
+            "watchdog_external": "watchdog on external power"}.get(kind, kind)
+    if stopped is None:
+        copy = "no ingest running"
+    elif not stopped:
+        copy = "ingest stopped"
+    else:
+        files = _count(stopped.get("files"))
+        total = files + _count(stopped.get("pending")) + _count(stopped.get("failed"))
+        copy = f"ingest stopped after {files} of {total} clips"
+    after = f" {seconds:.1f} s after {WHAT.get(kind, kind)}" if seconds is not None else ""
+    return f"{head}: {copy}, camera back to record{after}"
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def counted(memory: Any, kind: str, message: str, wall: float) -> Dict[str, Any]:
+    """The ledger's ``back_to_record`` state with one more return (a broken value starts afresh)."""
+    mem = memory if isinstance(memory, dict) else {}
+    counts = mem.get("counts") if isinstance(mem.get("counts"), dict) else {}
+    counts = {k: _count(v) for k, v in counts.items() if isinstance(k, str)}
+    counts[kind] = counts.get(kind, 0) + 1
+    return {"counts": counts, "total": sum(counts.values()), "last": {"kind": kind, "message": message, "wall": wall}}
+
+
+def note(ledger, kind: str, message: str, wall: float) -> None:
+    ledger.put_state(RETURNS_KEY, counted(ledger.get_state(RETURNS_KEY), kind, message, wall))
+
+
+def publish(cfg, kind: str, message: str, seconds: Optional[float]) -> None:
+    """The Home Assistant event (only with an mqtt section; bounded, never raises)."""
+    if cfg.mqtt is None:
+        return
+    from . import mqtt
+
+    mqtt.publish_event(cfg, EVENT, {"reason": kind, "detail": message,
+                                    "seconds": None if seconds is None else round(seconds, 1)})
+
+
+class PolicyLock:
+    """flock on LOCK_PATH: the policy tick and the watcher decide and act one at a time."""
+
+    def __init__(self, path: Optional[str] = LOCK_PATH):
+        self.path = path  # None: no lock (a dry run)
+        self.fd = -1
+
+    def __enter__(self) -> "PolicyLock":
+        import fcntl
+
+        if self.path is None:
+            return self
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except OSError as e:  # not root (a test, a dry run by hand): nothing else switches the camera then
+            log.debug("policy lock %s unavailable: %s", self.path, e)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+# --- the watcher ----------------------------------------------------------------------------------
+
+
+def watch(cfg, facts, actions, *, ledger_open: Callable[[], Any], lock: Callable[[], Any] = PolicyLock,
+          clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+          sleep: Callable[[float], None] = time.sleep, poll: float = POLL, probe: float = PROBE,
+          mode_every: float = MODE, last_external: Optional[bool] = None) -> Optional[Dict[str, Any]]:
+    """Watch until the camera records. Returns what it did when it put the camera back to record
+    (kind, message, seconds), None when the camera went back to record otherwise.
+
+    ``facts``: battery(), camera_mode(), server_reachable() (policy.SystemFacts);
+    ``actions``: stop_units(units), set_camera(mode) (policy.SystemActions); ``ledger_open()``:
+    a Ledger context manager. ``last_external``: the power source the last policy tick saw (the
+    engine may have started between that tick and the watcher's first reading)."""
+    mode = facts.camera_mode()
+    next_mode = next_probe = clock()
+    while True:
+        now = clock()
+        if now >= next_mode:
+            mode = facts.camera_mode()
+            next_mode = now + mode_every
+        if mode == "record":
+            return None
+        external = facts.battery().external
+        kind = None
+        # the mode unknown (a hub that does not answer) is not record either: the car can move
+        if external is True and last_external is False:
+            kind = "engine_started"
+        elif external is True and mode == "data" and now >= next_probe:
+            next_probe = now + probe
+            if not facts.server_reachable():
+                kind = "leaving_home"
+        if external is not None:
+            last_external = external
+        if kind is not None:
+            done = _back_to_record(cfg, facts, actions, kind, mode, now, ledger_open, lock, clock, wall)
+            if done is not None:
+                return done
+            mode = facts.camera_mode()  # checked again and not confirmed: go on watching
+            next_mode = clock() + mode_every
+        sleep(poll)
+
+
+def _back_to_record(cfg, facts, actions, kind, mode, seen, ledger_open, lock, clock, wall) -> Optional[Dict[str, Any]]:
+    """Stop the ingest (in data mode) and put the camera to record. Nothing between the reading
+    and the switch but what must be there: a second reading, the ingest's stop (it drops the clip
+    in flight), the switch. ``mode``: the camera's mode as the watcher last read it."""
+    from .policy import INGEST_UNITS
+
+    with lock():
+        # again, under the lock: a second reading (one odd reading moves nothing)
+        if facts.battery().external is not True:
+            log.info("ignition watch: external power not confirmed by a second reading; watching on")
+            return None
+        if kind == "leaving_home" and facts.server_reachable():
+            return None
+        with ledger_open() as ledger:
+            before = ledger.get_state("last_ingest")
+        failed = []
+        if mode != "off":  # data, or unknown: an ingest may run
+            try:
+                # blocks until the ingest has dropped its .part and unmounted (nothing to do without one)
+                actions.stop_units([INGEST_UNITS])
+            except Exception as e:  # the camera goes to record all the same
+                failed.append(f"stop {INGEST_UNITS}: {e}")
+        try:
+            actions.set_camera("record")
+        except Exception as e:
+            failed.append(f"camera record: {e}")
+        seconds = clock() - seen
+        with ledger_open() as ledger:
+            after = ledger.get_state("last_ingest")
+            # the ingest records how far it got as it stops: a new record is the run just stopped
+            stopped = after if isinstance(after, dict) and after != before else None
+            message = describe(kind, stopped, seconds)
+            if failed:
+                message += "; FAILED: " + "; ".join(failed)
+            else:
+                note(ledger, kind, message, wall())
+    log.log(ERROR if failed else INFO, message,
+            extra={"DASHCAM_BACK_TO_RECORD": kind, "DASHCAM_CAMERA_TARGET": "record"})
+    if not failed:
+        publish(cfg, kind, message, seconds)
+    return {"kind": kind, "message": message, "seconds": seconds, "failed": failed}
+
+
+PROBE_TIMEOUT = 1.0  # seconds: the car leaving is a server that does not answer within one poll
+
+
+def watch_command(args) -> int:
+    """dashcamctl watch: until the camera records, put it back to record when the engine starts or the car leaves."""
+    from . import config
+    from .ledger import Ledger
+    from .policy import SystemActions, SystemFacts
+
+    cfg = config.load_cached(args.config, os.environ.get("CACHE_DIRECTORY"))
+    with Ledger(cfg.paths.ledger) as ledger:
+        st = ledger.get_state("policy")
+    seen = st.get("last_external") if isinstance(st, dict) else None
+    log.info("ignition watch: the camera is not recording; watching the power source every %.0f s", POLL)
+    class Facts(SystemFacts):
+        def server_reachable(self) -> bool:
+            from . import server
+
+            try:
+                return bool(server.reachable(self.cfg, PROBE_TIMEOUT))
+            except Exception as e:
+                log.debug("reachability probe failed: %s", e)
+                return False
+
+    done = watch(cfg, Facts(cfg), SystemActions(cfg, args.dry_run),
+                 ledger_open=lambda: Ledger(cfg.paths.ledger), last_external=seen if isinstance(seen, bool) else None)
+    if done is None:
+        log.info("ignition watch: the camera records; watch ended")
+        return 0
+    return 1 if done["failed"] else 0
+
+
+# --- the boot ---------------------------------------------------------------------------------------
+
+# the camera's hub may still be enumerating this early in boot: tried again once a second for this long
+BOOT_SECONDS = 20
+
+
+def boot_mode(reading) -> Tuple[str, str]:
+    """(mode, why) for the camera at boot, from one battery reading."""
+    if reading.external is True:
+        return "record", "on external power at boot (the engine runs): the camera records at once"
+    power = "on battery" if reading.external is False else "power source unknown"
+    return "off", f"{power} at boot: the camera starts disconnected; the policy decides"
+
+
+def boot_command(args) -> int:
+    """dashcamctl boot: the camera's mode at power-on, from one battery read."""
+    from . import battery, camera
+    from .camera import CameraError
+    from .commands import load_config
+
+    cfg = load_config(args)
+    reading = battery.read(cfg)
+    mode, why = boot_mode(reading)
+    log.info("boot: %s", why, extra={"DASHCAM_CAMERA_TARGET": mode})
+    deadline = time.monotonic() + BOOT_SECONDS
+    while True:
+        try:
+            camera.set_mode(cfg, mode, dry_run=args.dry_run)
+            break
+        except CameraError as e:
+            if time.monotonic() >= deadline:
+                # no camera plugged in, or a hub that does not answer: said, and not a failed boot;
+                # the policy tries again at every tick
+                log.warning("boot: camera %s did not take within %d s: %s; the policy tries again at its ticks",
+                            mode, BOOT_SECONDS, e)
+                print(f"camera: {mode} did not take ({e})")
+                return 0
+            log.info("boot: camera %s not yet (%s); again in 1 s", mode, e)
+            time.sleep(1)
+    print(f"camera: {mode} ({why})" + (" (dry run: nothing switched)" if args.dry_run else ""))
+    if mode == "off" and not args.dry_run:
+        from . import runner
+        from .policy import WATCH_UNIT
+
+        # the engine may start before the policy's first tick
+        runner.run(["systemctl", "start", "--no-block", WATCH_UNIT], timeout=30, check=False)
+    return 0

@@ -1,0 +1,204 @@
+"""The ignition watcher and the boot decision with fake readings, a fake camera and clock, and a real ledger."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import pytest
+
+from conftest import MINIMAL, deep_merge
+from dashcam_helpers import config, ignition
+from dashcam_helpers.ledger import Ledger
+from dashcam_helpers.policy import INGEST_UNITS
+
+CFG = config.validate(deep_merge(MINIMAL, {}), "test.yaml")
+
+
+@dataclass
+class Reading:
+    external: Optional[bool]
+    percent: Optional[int] = 90
+    millivolts: Optional[int] = 3400
+    source: str = "lifepo4wered"
+    raw: Dict[str, Any] = field(default_factory=dict)
+    reason: Optional[str] = None
+
+
+class Car:
+    """One second per sleep: ``power`` and ``reach`` are per-second scripts (the last value stays)."""
+
+    def __init__(self, mode, power, reach=(True,), ingest=False, ledger=None):
+        self.mode, self.power, self.reach, self.ingest, self.ledger = mode, list(power), list(reach), ingest, ledger
+        self.t = 0.0
+        self.calls = []
+        self.reads = 0
+
+    def _at(self, script):
+        return script[min(int(self.t), len(script) - 1)]
+
+    def sleep(self, seconds):
+        self.t += seconds
+        if self.t > 600:
+            raise AssertionError("the watcher did not end")
+
+    def clock(self):
+        return self.t
+
+    def battery(self):
+        self.reads += 1
+        return Reading(external=self._at(self.power))
+
+    def camera_mode(self):
+        return self.mode
+
+    def server_reachable(self):
+        return self._at(self.reach)
+
+    def units_running(self):
+        return self.ingest, False
+
+    def stop_units(self, units):
+        self.calls.append(("stop", tuple(units)))
+        self.ingest = False
+        self.ledger.put_state("last_ingest", {"wall": 2, "files": 7, "pending": 24, "failed": 0, "result": "interrupted"})
+
+    def set_camera(self, mode):
+        self.calls.append(("camera", mode))
+        self.mode = mode
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    with Ledger(str(tmp_path / "ledger.sqlite3")) as led:
+        yield led
+
+
+def run(car, ledger, **kw):
+    return ignition.watch(CFG, car, car, ledger_open=lambda: contextlib.nullcontext(ledger),
+                          lock=lambda: ignition.PolicyLock(None), clock=car.clock, wall=lambda: 1.7e9 + car.t,
+                          sleep=car.sleep, **kw)
+
+
+def test_the_engine_starting_during_an_ingest_stops_it_and_puts_the_camera_to_record(ledger):
+    ledger.put_state("last_ingest", {"wall": 1, "files": 31, "result": "ok"})
+    car = Car("data", [False] * 5 + [True], ingest=True, ledger=ledger)
+    done = run(car, ledger)
+    assert car.calls == [("stop", (INGEST_UNITS,)), ("camera", "record")]
+    assert done["kind"] == "engine_started" and not done["failed"]
+    assert done["message"] == ("engine started: ingest stopped after 7 of 31 clips, camera back to record"
+                               " 0.0 s after the engine started")
+    assert ledger.get_state(ignition.RETURNS_KEY)["counts"] == {"engine_started": 1}
+
+
+def test_the_engine_starting_with_the_camera_off_puts_it_to_record(ledger):
+    car = Car("off", [False, False, True], ledger=ledger)
+    done = run(car, ledger)
+    assert car.calls == [("camera", "record")]
+    assert done["message"].startswith("engine started: no ingest running, camera back to record")
+
+
+def test_unknown_readings_are_no_change_and_one_odd_reading_moves_nothing(ledger):
+    # False, unknown, then a single True that the second reading under the lock does not confirm
+    car = Car("off", [False, None, True, False, None, False], ledger=ledger)
+
+    def sleep(seconds):
+        car.t += seconds
+        if car.t >= 20:
+            car.mode = "record"  # the policy put it back for its own reasons: the watcher ends
+    car.sleep = sleep
+    power = iter([False, None, True, False, None] + [False] * 100)
+    car.battery = lambda: Reading(external=next(power))
+    assert run(car, ledger, mode_every=1.0) is None
+    assert car.calls == []
+
+
+def test_starting_after_the_engine_the_policys_last_reading_counts_as_the_one_before(ledger):
+    car = Car("off", [True], ledger=ledger)
+    done = run(car, ledger, last_external=False)
+    assert done["kind"] == "engine_started" and car.calls == [("camera", "record")]
+
+
+def test_in_data_mode_on_external_power_the_server_stopping_to_answer_is_the_car_leaving(ledger):
+    ledger.put_state("last_ingest", {"wall": 1, "files": 3, "result": "ok"})
+    car = Car("data", [True], reach=[True] * 8 + [False], ingest=True, ledger=ledger)
+    done = run(car, ledger)
+    assert done["kind"] == "leaving_home" and car.t == 8.0  # the first second out of reach
+    assert car.calls == [("stop", (INGEST_UNITS,)), ("camera", "record")]
+    assert done["message"].startswith("leaving home: ingest stopped after 7 of 31 clips, camera back to record")
+    assert "after the server stopped answering" in done["message"]
+
+
+def test_on_battery_a_wifi_blip_in_data_mode_changes_nothing(ledger):
+    car = Car("data", [False], reach=[True, False, True], ingest=True, ledger=ledger)
+
+    def sleep(seconds):
+        car.t += seconds
+        if car.t >= 30:
+            car.mode = "off"  # the ingest ended; camera.after_ingest
+        if car.t >= 60:
+            car.mode = "record"
+    car.sleep = sleep
+    assert run(car, ledger) is None
+    assert car.calls == []
+
+
+def test_a_recording_camera_needs_no_watch(ledger):
+    car = Car("record", [True], ledger=ledger)
+    assert run(car, ledger) is None
+    assert car.reads == 0
+
+
+def test_a_failed_switch_is_said_and_not_counted(ledger):
+    car = Car("off", [False, True], ledger=ledger)
+
+    def broken(mode):
+        raise RuntimeError("uhubctl: expected port power on, found off")
+    car.set_camera = broken
+    done = run(car, ledger)
+    assert done["failed"] and "FAILED: camera record: uhubctl" in done["message"]
+    assert ledger.get_state(ignition.RETURNS_KEY) is None
+
+
+@pytest.mark.parametrize("external,mode", [(True, "record"), (False, "off"), (None, "off")])
+def test_the_boot_decides_from_one_reading(external, mode):
+    assert ignition.boot_mode(Reading(external=external))[0] == mode
+
+
+def test_the_count_survives_a_broken_ledger_value():
+    assert ignition.counted("garbage", "leaving_home", "m", 1.0)["counts"] == {"leaving_home": 1}
+    mem = ignition.counted({"counts": {"leaving_home": 2, "engine_started": -4, 7: 1}}, "engine_started", "m", 2.0)
+    assert mem["counts"] == {"leaving_home": 2, "engine_started": 1} and mem["total"] == 3
+
+
+SYSTEMCTL = """#!/bin/sh
+echo "$*" >> {log}
+"""
+
+
+@pytest.mark.parametrize("vin,mode,watch", [("5208", "record", False), ("0", "off", True)])
+def test_dashcamctl_boot_switches_the_camera_from_one_battery_read(fake_hw, dashcamctl, make_config, tmp_path,
+                                                                    vin, mode, watch):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "systemctl").write_text(SYSTEMCTL.format(log=tmp_path / "systemctl.log"))
+    (bindir / "systemctl").chmod(0o755)
+    fake_hw.usb_device("1-1", authorized="1")  # at power-on the hub gives the camera power and data
+    fake_hw.set_battery(f"VIN = {vin}\n")
+    env = dict(fake_hw.env, PATH=f"{bindir}:{fake_hw.env['PATH']}")
+    r = dashcamctl("--config", str(make_config()), "boot", env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"camera: {mode} (")
+    assert fake_hw.battery_call_count() == 1
+    assert fake_hw.port_power() is (mode == "record")
+    if mode == "record":
+        assert fake_hw.authorized("1-1") == "0"  # powered, data off: recording
+    started = (tmp_path / "systemctl.log").read_text() if (tmp_path / "systemctl.log").exists() else ""
+    assert ("start --no-block dashcam-watch.service" in started) is watch
+
+
+def test_a_camera_mode_unknown_is_not_record_the_engine_starting_still_puts_it_to_record(ledger):
+    car = Car("unknown", [False, True], ledger=ledger)  # a hub that does not answer uhubctl
+    done = run(car, ledger)
+    assert car.calls == [("stop", (INGEST_UNITS,)), ("camera", "record")] and done["kind"] == "engine_started"
