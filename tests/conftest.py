@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -153,3 +154,14 @@ def fake_hw(tmp_path, monkeypatch):
     for k, v in hw.env.items():
         monkeypatch.setenv(k, v)
     return hw
+
+
+@dataclass
+class Reading:
+    """A battery reading as the policy and the watcher see one (battery.read's fields)."""
+    external: Optional[bool]
+    percent: Optional[int] = 90
+    millivolts: Optional[int] = 3400
+    source: str = "lifepo4wered"
+    raw: Dict[str, Any] = field(default_factory=dict)
+    reason: Optional[str] = None

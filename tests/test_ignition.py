@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
 
 import pytest
 
-from conftest import MINIMAL, deep_merge
+from conftest import MINIMAL, Reading, deep_merge
 from dashcam_helpers import config, ignition
 from dashcam_helpers.ledger import Ledger
 from dashcam_helpers.policy import INGEST_UNITS
 
 CFG = config.validate(deep_merge(MINIMAL, {}), "test.yaml")
-
-
-@dataclass
-class Reading:
-    external: Optional[bool]
-    percent: Optional[int] = 90
-    millivolts: Optional[int] = 3400
-    source: str = "lifepo4wered"
-    raw: Dict[str, Any] = field(default_factory=dict)
-    reason: Optional[str] = None
 
 
 class Car:

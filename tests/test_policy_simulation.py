@@ -23,7 +23,7 @@ import random
 
 import pytest
 
-from conftest import MINIMAL, deep_merge
+from conftest import MINIMAL, Reading, deep_merge
 from dashcam_helpers import config
 from dashcam_helpers.policy import HISTORY, Facts, Sample, decide
 
@@ -150,8 +150,6 @@ def test_a_day_on_external_power_low_readings_change_nothing(seed):
 # udev does, 10 s after data mode) copies for 12 min of work, resumed where it stopped.
 
 import contextlib  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Any, Dict, Optional  # noqa: E402
 
 from dashcam_helpers import ignition, policy  # noqa: E402
 from dashcam_helpers.ledger import Ledger  # noqa: E402
@@ -187,16 +185,6 @@ def commute_day():
 
 class EndOfDay(Exception):
     pass
-
-
-@dataclass
-class Reading:
-    external: Optional[bool]
-    percent: Optional[int] = 90
-    millivolts: Optional[int] = 3400
-    source: str = "lifepo4wered"
-    raw: Dict[str, Any] = field(default_factory=dict)
-    reason: Optional[str] = None
 
 
 class Car:

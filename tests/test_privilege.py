@@ -74,7 +74,8 @@ def public_tmp():
     shutil.rmtree(top)
 
 
-def test_staging_owned_by_the_uploader_means_the_copy_runs_as_the_uploader(public_tmp, make_config):
+def reader_owns_staging(public_tmp, make_config):
+    """(config, the card's clip folder holding A.MP4): staging and state belong to READER."""
     staging, state = public_tmp / "staging", public_tmp / "state"
     for d in (staging, state):
         d.mkdir()
@@ -84,6 +85,12 @@ def test_staging_owned_by_the_uploader_means_the_copy_runs_as_the_uploader(publi
     card = public_tmp / "card/Normal/Front"
     card.mkdir(parents=True)
     (card / "A.MP4").write_bytes(b"x" * 1000)
+    return cfg, card
+
+
+def test_staging_owned_by_the_uploader_means_the_copy_runs_as_the_uploader(public_tmp, make_config):
+    staging, state = public_tmp / "staging", public_tmp / "state"
+    cfg, card = reader_owns_staging(public_tmp, make_config)
     reader = privilege.staging_user(cfg.paths.local_staging)
     assert reader == READER
     result = ingest.ingest_unprivileged(cfg, str(public_tmp / "card"), reader=reader)
@@ -94,15 +101,7 @@ def test_staging_owned_by_the_uploader_means_the_copy_runs_as_the_uploader(publi
 
 def test_the_reader_cannot_read_what_only_root_may(public_tmp, make_config):
     """The proof that the copy holds no privilege: a clip only root may read fails, it is not copied."""
-    staging, state = public_tmp / "staging", public_tmp / "state"
-    for d in (staging, state):
-        d.mkdir()
-        os.chown(d, *READER)
-    cfg = config.load(str(make_config({"paths": {"local_staging": str(staging), "state_dir": str(state)},
-                                       "ingest": {"reserve_bytes": 0, "reserve_percent": 0}})))
-    card = public_tmp / "card/Normal/Front"
-    card.mkdir(parents=True)
-    (card / "A.MP4").write_bytes(b"x" * 1000)
+    cfg, card = reader_owns_staging(public_tmp, make_config)
     (card / "A.MP4").chmod(0o600)
     result = ingest.ingest_unprivileged(cfg, str(public_tmp / "card"), reader=READER)
     assert result.files == 0
