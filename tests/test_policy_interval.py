@@ -227,3 +227,12 @@ def test_an_mqtt_expiry_shorter_than_three_ticks_is_warned_with_the_value_to_set
     assert r.returncode == 0, r.stderr
     assert ("mqtt.expire_after is 120 s, under 3 ticks of 60 s" in r.stderr and "set it to about 240" in r.stderr) == warned
     assert (" WARNING " in r.stderr) == warned
+
+
+def test_the_readme_shows_the_drop_in_the_command_writes():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Changing the interval"):]
+    section = section[:section.index("\n## ")]
+    shown = section.split("```ini\n", 1)[1].split("```", 1)[0].splitlines()
+    written = [ln for ln in policy_timer.dropin_text(60).splitlines() if not ln.startswith("#")]
+    assert shown == written
