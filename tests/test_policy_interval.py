@@ -236,3 +236,13 @@ def test_the_readme_shows_the_drop_in_the_command_writes():
     shown = section.split("```ini\n", 1)[1].split("```", 1)[0].splitlines()
     written = [ln for ln in policy_timer.dropin_text(60).splitlines() if not ln.startswith("#")]
     assert shown == written
+
+
+def test_a_drop_in_directory_that_cannot_be_made_is_one_line_and_no_systemctl(systemd, dashcamctl, tmp_path):
+    (tmp_path / "root" / "etc").write_text("a file where /etc should be")
+    r = systemd.run(dashcamctl, "policy-interval", "60")
+    assert r.returncode == 1
+    errors = [line for line in r.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
+    assert "cannot write" in errors[0] and "interval.conf: Not a directory" in errors[0]
+    assert systemd.calls() == []

@@ -175,10 +175,17 @@ def write_dropin(seconds: int, root: str = "/", *, dry_run: bool = False) -> str
         log.info("dry run, not writing %s:\n%s", path, text)
         return path
     directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
     tmp = os.path.join(directory, f".{DROPIN_NAME}.{os.getpid()}")
-    # O_EXCL | O_NOFOLLOW: never through a link someone left in the directory
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        try:
+            os.unlink(tmp)  # a leftover of a crashed run with our pid (unlink follows no link)
+        except FileNotFoundError:
+            pass
+        # O_EXCL | O_NOFOLLOW: never through a link someone left in the directory
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise DashcamError(f"cannot write {path}: {e.strerror} (as root: sudo dashcamctl policy-interval {seconds})") from e
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -186,11 +193,13 @@ def write_dropin(seconds: int, root: str = "/", *, dry_run: bool = False) -> str
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # whatever the umask
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError):
+            raise DashcamError(f"cannot write {path}: {e.strerror}") from e
         raise
     log.info("wrote %s: ticks every %d s, the first %d s after boot", path, seconds, BOOT_DELAY_SECONDS)
     return path
@@ -204,7 +213,10 @@ def remove_dropin(root: str = "/", *, dry_run: bool = False) -> bool:
     if dry_run:
         log.info("dry run, not removing %s", path)
         return True
-    os.unlink(path)
+    try:
+        os.unlink(path)
+    except OSError as e:
+        raise DashcamError(f"cannot remove {path}: {e.strerror} (as root: sudo dashcamctl policy-interval --reset)") from e
     log.info("removed %s", path)
     return True
 
