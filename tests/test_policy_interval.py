@@ -203,7 +203,7 @@ def test_the_drop_in_keeps_the_shipped_units_boot_delay():
 
 
 @pytest.mark.parametrize("text, seconds", [
-    ("30s", 30), ("1min", 60), ("1min 30s", 90), ("2h", 7200), ("1d 2h 3min 4.5s", 93784.5), ("500ms", 0.5),
+    ("30s", 30), ("1min", 60), ("1min 30s", 90), ("2h", 7200), ("1d 2h 3min 4.5s", 93784.5), ("500ms", 0.5), ("1month", 2629800),
     ("", None), ("n/a", None), ("30", None), ("30 parsecs", None), ("s", None), ("1min garbage", None),
 ])
 def test_time_spans_as_systemctl_prints_them(text, seconds):
@@ -211,6 +211,12 @@ def test_time_spans_as_systemctl_prints_them(text, seconds):
 
 
 def test_timers_monotonic_on_one_line_or_many():
+    # systemd 252 prints one line per trigger, in the unit's order (e.g. snapper-cleanup.timer:
+    # "TimersMonotonic={ OnUnitActiveUSec=1h ; next_elapse=4h 10min 1.368734s }" then OnBootUSec)
+    real = ("TimersMonotonic={ OnUnitActiveUSec=1min ; next_elapse=4h 10min 1.368734s }\n"
+            "TimersMonotonic={ OnBootUSec=45s ; next_elapse=45s }\n")
+    state = policy_timer.TimerState(policy_timer.parse_timers_monotonic(real))
+    assert (state.boot, state.interval, state.problems()) == (45, 60, [])
     one = "TimersMonotonic={ OnBootUSec=45s ; next_elapse=0 } { OnUnitActiveUSec=1min ; next_elapse=2h }"
     many = "TimersMonotonic={ OnBootUSec=45s ; next_elapse=0 }\nTimersMonotonic={ OnUnitActiveUSec=1min ; next_elapse=2h }\n"
     for text in (one, many):

@@ -58,8 +58,8 @@ def dropin_path(root: str = "/") -> str:
 # --- what systemd loaded ----------------------------------------------------------------------
 
 _UNITS = {"us": 1e-6, "usec": 1e-6, "ms": 1e-3, "msec": 1e-3, "s": 1, "sec": 1, "min": 60, "m": 60,
-          "h": 3600, "hr": 3600, "d": 86400, "w": 604800, "M": 2629800, "y": 31557600}
-_SPAN_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(usec|us|msec|ms|sec|min|hr|s|m|h|d|w|M|y)(?![a-z])")
+          "h": 3600, "hr": 3600, "d": 86400, "w": 604800, "M": 2629800, "month": 2629800, "y": 31557600}
+_SPAN_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(usec|us|msec|ms|sec|month|min|hr|s|m|h|d|w|M|y)(?![a-z])")
 _ENTRY = re.compile(r"\{\s*(\w+)=([^;{}]*?)\s*;\s*next_elapse=([^{}]*?)\s*\}")
 
 
