@@ -12,7 +12,7 @@ PYTEST := $(PYTHON) -m pytest -p no:cacheprovider
 
 # Debian packages the build, the tests and the VM need (installed by `make deps` when missing)
 DEPS := debhelper dh-python python3-all python3-setuptools python3-yaml python3-pyudev \
-	python3-pytest python3-hypothesis python3-pyflakes lintian fakeroot rsync openssh-client \
+	python3-pytest python3-hypothesis python3-pyflakes python3-debian lintian fakeroot rsync openssh-client \
 	openssh-server uhubctl sqlite3 udev systemd mtools dosfstools e2fsprogs \
 	qemu-system-x86 qemu-utils debootstrap mosquitto python3-paho-mqtt \
 	debian-archive-keyring

@@ -479,6 +479,80 @@ def test_device_with_another_filesystem_is_not_mounted(make_config, tmp_path, fa
     assert back == [False]
 
 
+KILL_PARENT = """#!/bin/sh
+# stands in for the kernel and systemd: the camera's block device goes away, the unit bound to it
+# (BindsTo=) is stopped, and its main process gets SIGTERM
+echo "$(basename "$0")" >> "{log}"
+kill -TERM "$PPID"
+"""
+
+
+@pytest.fixture
+def device_ingest(make_config, tmp_path, fake_mount_tools, fake_hw):
+    """``dashcamctl ingest sdz1`` as the unit runs it: fake mount tools, the camera switched by
+    scripts (backend scripts) and read back from the fake uhubctl and sysfs (powered, data off:
+    record), the battery read from a command (on external power: back to record)."""
+    fake_hw.usb_device("1-1", authorized="0")
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    for name in ("record", "data", "off"):
+        p = scripts / name
+        p.write_text(f"#!/bin/sh\necho {name} >> {tmp_path / 'camera.log'}\n")
+        p.chmod(0o755)
+    battery = scripts / "battery"
+    battery.write_text("#!/bin/sh\necho '{\"battery_percent\": 95, \"input_voltage\": 5.21}'\n")
+    battery.chmod(0o755)
+    cfg = make_config({
+        "camera": {"mount_base": str(tmp_path / "mnt"), "backend": "scripts",
+                   **{f"{n}_script": str(scripts / n) for n in ("record", "data", "off")}},
+        "battery": {"source": "command", "command": str(battery)},
+        "ingest": {"reserve_bytes": 0, "reserve_percent": 0},
+    })
+    dev = tmp_path / "sdz1"
+    dev.write_bytes(b"")
+    write_clip(tmp_path / "mnt/sdz1", "Normal/Front/A.MP4", 5000, time.time())
+
+    class Run:
+        camera_log = tmp_path / "camera.log"
+
+        def signal_from(self, script: Path) -> None:
+            """``script`` logs its name to camera_log and sends the ingest SIGTERM when it runs."""
+            script.write_text(KILL_PARENT.format(log=self.camera_log))
+            script.chmod(0o755)
+
+        def __call__(self, dashcamctl):
+            return dashcamctl("--config", str(cfg), "ingest", str(dev))
+
+    run = Run()
+    run.scripts = scripts
+    run.bin = fake_mount_tools.parent / "bin"
+    return run
+
+
+def warnings_in(stderr: str):
+    return [line for line in stderr.splitlines() if "warning" in line.lower() or "error" in line.lower()]
+
+
+def test_a_normal_device_ingest_logs_no_warning_for_the_stop_that_follows_the_camera_going_back(
+        device_ingest, dashcamctl):
+    device_ingest.signal_from(device_ingest.scripts / "record")
+    r = device_ingest(dashcamctl)
+    assert r.returncode == 0, r.stderr
+    assert device_ingest.camera_log.read_text().splitlines() == ["record"]
+    assert "SIGTERM after the copy, as expected" in r.stderr
+    assert "stopping the ingest" not in r.stderr
+    assert warnings_in(r.stderr) == []
+
+
+def test_a_sigterm_before_the_copy_is_complete_still_warns_and_leaves_the_camera_alone(device_ingest, dashcamctl):
+    device_ingest.signal_from(device_ingest.bin / "mount")
+    r = device_ingest(dashcamctl)
+    assert r.returncode == 75, r.stderr
+    assert "SIGTERM: stopping the ingest" in r.stderr
+    # no camera script ran (the log holds only the fake mount): whoever stopped the ingest decides the camera
+    assert device_ingest.camera_log.read_text().splitlines() == ["mount"]
+
+
 def test_the_shipped_default_globs_cover_the_users_camera_layout(card, make_config, tmp_path):
     cfg = config.load(str(make_config({})))
     write_clip(card, "Normal/Front/2024_0101_120000_F.MP4", 10, time.time())

@@ -28,6 +28,7 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "match": ("device", "match_command", "exit 0 if a block device is the configured camera, 1 if not, 255 if it cannot tell (broken config)"),
     "mqtt-publish": ("mqtt", "command", "publish the current status to MQTT / Home Assistant once, and report how it went"),
     "policy": ("policy", "command", "one tick of the battery policy: decide the camera mode, start the upload, shut down when low"),
+    "policy-interval": ("policy_timer", "command", "how often the battery policy ticks: set it (a correct drop-in on dashcam-policy.timer), --show it, --reset it"),
     "upload": ("upload", "cmd_upload", "upload staged footage to the server, verify it, then free staging"),
     "keygen": ("upload", "cmd_keygen", "create the upload ssh key, print the server's authorized_keys line"),
     "trust-host": ("upload", "cmd_trust_host", "fetch the server's host key, show its fingerprint, pin it"),
@@ -86,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(p)
 
     p = add("policy")
+    _add_json(p)
+
+    p = add("policy-interval")
+    p.add_argument("seconds", nargs="?", metavar="SECONDS",
+                   help="tick every SECONDS (10..300): writes /etc/systemd/system/dashcam-policy.timer.d/interval.conf, "
+                        "reloads systemd, restarts the timer and shows what systemd loaded")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--show", action="store_true", help="print the interval systemd really uses (changes nothing)")
+    what.add_argument("--reset", action="store_true", help="remove the drop-in: back to the shipped 30 s")
     _add_json(p)
 
     add("upload")

@@ -1007,6 +1007,35 @@ def ingest_device(
 # --- dashcamctl ingest ----------------------------------------------------------------------
 
 
+class StopSignal:
+    """SIGTERM / SIGINT for the ingest: mid-copy a stop is news (a warning: the camera was yanked,
+    the battery is low, someone stopped the unit) and the copy ends at the next clip boundary;
+    once the copy is done and the ingest itself ends the camera's data connection, the stop that
+    follows is expected and logged as information."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._expected: Optional[str] = None
+
+    def expect(self, why: str) -> None:
+        """From now on a stop is part of the run: ``why`` says what causes it."""
+        self._expected = why
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def on_signal(self, signum: int, frame=None) -> None:
+        import signal
+
+        name = signal.Signals(signum).name
+        if self._expected is None:
+            log.warning("%s: stopping the ingest", name)
+            self._event.set()
+        else:
+            # the copy is complete: finish putting the camera back (the unit's stop timeout bounds it)
+            log.info("%s after the copy, as expected: %s", name, self._expected)
+
+
 def command(args) -> int:
     import signal
 
@@ -1014,14 +1043,9 @@ def command(args) -> int:
     from .errors import EX_FAILURE, EX_OK, EX_TEMPFAIL
 
     cfg = load_config(args)
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        log.warning("%s: stopping the ingest", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = StopSignal()
+    signal.signal(signal.SIGTERM, stop.on_signal)
+    signal.signal(signal.SIGINT, stop.on_signal)
     notify.notify(READY="1", STATUS="ingest: scanning")
     if args.source:
         from .privilege import staging_user
@@ -1029,7 +1053,15 @@ def command(args) -> int:
         result = ingest_unprivileged(cfg, args.source, dry_run=args.dry_run, should_stop=stop.is_set,
                                      reader=staging_user(cfg.paths.local_staging))
     else:
-        result = ingest_device(cfg, args.devname, dry_run=args.dry_run, should_stop=stop.is_set)
+        def camera_back(cfg: Config, *, dry_run: bool = False) -> str:
+            # the unit is bound to the camera's block device (BindsTo=): switching the camera back
+            # to record takes the device away, and systemd stops the unit. That stop is the end of
+            # a normal run, not news.
+            stop.expect("the camera is going back and takes its block device with it")
+            return put_camera_back(cfg, dry_run=dry_run)
+
+        result = ingest_device(cfg, args.devname, dry_run=args.dry_run, should_stop=stop.is_set,
+                               camera_back=camera_back)
     summary = {
         "result": result.result, "files": result.files, "bytes": result.bytes, "known": result.known,
         "failed": [{"file": f, "reason": r} for f, r in result.failed], "pending": result.pending,
