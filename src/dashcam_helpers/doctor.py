@@ -33,6 +33,7 @@ log = get_logger("dashcam.doctor")
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 TOOL_TIMEOUT = 3.0  # seconds for one local tool (version, uhubctl status, systemctl, timedatectl)
 SERVER_TIMEOUT = 3  # seconds for one connection to the server (TCP connect, ssh-keyscan, ssh)
+SERVER_BUDGET = 8.0  # seconds for the two rsync probes together (each is one ssh session)
 MQTT_BUDGET = 2.0  # seconds for the broker to accept us
 BATTERY_TIMEOUT = 3  # seconds for the one battery reading
 
@@ -543,7 +544,7 @@ def check_staging(cfg, m: Machine) -> List[Check]:
             continue
         mode = _mode_text(st.st_mode)
         if not stat.S_ISDIR(st.st_mode):
-            checks.append(fail(f"{label} owner", f"{d} is not a directory", f"move it away, then sudo systemd-tmpfiles --create"))
+            checks.append(fail(f"{label} owner", f"{d} is not a directory", f"move it away, then sudo install -d -o {m.user} -g {m.user} -m 0750 {d}"))
         elif st.st_mode & stat.S_IWOTH:
             checks.append(fail(f"{label} owner", f"{d} is {mode}: every user can write there", f"sudo chmod 0750 {d}"))
         elif uid is not None and st.st_uid != uid:
@@ -663,7 +664,7 @@ def check_server(cfg) -> List[Check]:
     return checks
 
 
-def _rsync_probe(cfg, options: List[str], dest: str) -> runner.Result:
+def _rsync_probe(cfg, options: List[str], dest: str, timeout: float) -> runner.Result:
     """A dry-run rsync of an empty folder to ``dest`` on the server, as the upload connects."""
     import shlex
     import tempfile
@@ -673,17 +674,20 @@ def _rsync_probe(cfg, options: List[str], dest: str) -> runner.Result:
     with tempfile.TemporaryDirectory(prefix="dashcam-doctor-") as empty:
         argv = [cfg.tools.rsync, "-e", shlex.join(ssh.ssh_argv(cfg)), "--dry-run", "-r", *options,
                 empty + "/", f"{ssh.remote_host(cfg)}:{dest}"]
-        return runner.run(argv, timeout=SERVER_TIMEOUT * 3, changes_state=False, check=False)
+        return runner.run(argv, timeout=timeout, changes_state=False, check=False)
 
 
 def check_key(cfg) -> List[Check]:
     """The key is accepted and the destination takes a (dry-run) write; then the key is restricted:
     an rrsync -wo -no-del key refuses --delete (refusal expected; acceptance is a warning)."""
+    import time
+
     from . import ssh
 
+    deadline = time.monotonic() + SERVER_BUDGET
     dest = cfg.upload.dest_path.rstrip("/") or "."
     try:
-        res = _rsync_probe(cfg, [], dest + "/")
+        res = _rsync_probe(cfg, [], dest + "/", SERVER_BUDGET / 2)
     except runner.CommandError as e:
         return [fail("ssh key accepted", str(e))]
     if res.returncode != 0:
@@ -692,7 +696,7 @@ def check_key(cfg) -> List[Check]:
         return [fail("ssh key accepted", said, None if problem else "see README: Setting up the home server")]
     checks = [ok("ssh key accepted", f"{cfg.upload.user}@{cfg.upload.host} took a dry-run write to {dest}/")]
     try:
-        res = _rsync_probe(cfg, ["--delete"], f"{dest}/{RESTRICT_PROBE}/")
+        res = _rsync_probe(cfg, ["--delete"], f"{dest}/{RESTRICT_PROBE}/", max(1.0, deadline - time.monotonic()))
     except runner.CommandError as e:
         return checks + [warn("ssh key restricted", f"cannot tell: {e}")]
     if res.returncode != 0 and "rrsync" in res.stderr and "disabled" in res.stderr:
