@@ -66,6 +66,8 @@ AUTO_BOOT_ON_VIN = (3, 4)
 # the UPS's cut-off must sit this far below our shutdown voltage (readings are noisy)
 UPS_MARGIN_MV = 50
 # a clean poweroff of a Pi takes tens of seconds; the UPS waits PI_SHDN_TO s for it, then SHDN_DELAY
+# ticks of its firmware (8 a second) before it cuts power
+SHDN_DELAY_TICKS_PER_SECOND = 8
 MIN_SHUTDOWN_SECONDS = 60
 
 
@@ -357,7 +359,8 @@ def check_ups_settings(cfg, raw: Dict[str, Any]) -> List[Check]:
                                "raise thresholds.shutdown_percent"))
         else:
             checks.append(ok(name, f"{v} mV, below our clean shutdown at {ours} mV"))
-    timeout, delay = value("PI_SHDN_TO"), value("SHDN_DELAY")
+    timeout, ticks = value("PI_SHDN_TO"), value("SHDN_DELAY")
+    delay = "not read" if ticks is None else f"{ticks}, about {ticks / SHDN_DELAY_TICKS_PER_SECOND:g} s"
     if timeout is None:
         checks.append(warn("ups PI_SHDN_TO", "not read", "sudo lifepo4wered-cli get PI_SHDN_TO"))
     elif timeout < MIN_SHUTDOWN_SECONDS:
