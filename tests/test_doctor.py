@@ -552,9 +552,11 @@ def test_server_with_an_unrestricted_key_warns(tmp_path, server_config):
         cfg = server_config(srv)
         cfg = cfg.replace(upload=cfg.upload.replace(dest_path=str(tmp_path / "server" / "footage")))
         checks = doctor.check_server(cfg)
+        probe_dir = tmp_path / "server" / "footage" / doctor.RESTRICT_PROBE
     check = only(checks, "ssh key restricted")
     assert check.status == WARN and "rrsync -wo -no-del" in check.fix
     assert only(checks, "ssh key accepted").status == OK
+    assert not probe_dir.exists(), "the probes are dry runs: nothing is created on the server"
 
 
 def test_server_with_a_wrong_host_key_fails(tmp_path, server_config):
