@@ -486,6 +486,22 @@ def test_systemd_all_ok_shows_the_real_interval_and_next_tick(tmp_path):
     assert only(checks, "policy timer").found == "active, every 30 s, next tick in 10 s"
 
 
+def test_systemd_next_tick_from_a_timestamp_when_the_monotonic_time_is_not_given(tmp_path):
+    import time
+
+    at = time.mktime(time.strptime("2026-08-13 08:39:21", "%Y-%m-%d %H:%M:%S"))
+    show = (GOOD_SHOW.replace("NextElapseUSecMonotonic=1h 2min 10s\n", "")
+            .replace("next_elapse=1h 2min 10s", "next_elapse=Thu 2026-08-13 08:39:21 CEST"))
+    check = only(doctor.check_systemd(fake_systemd(tmp_path, show), lambda: UPTIME, lambda: at - 25), "policy timer")
+    assert check.status == OK and check.found == "active, every 30 s, next tick in 25 s"
+
+
+def test_systemd_without_any_next_tick_warns(tmp_path):
+    show = GOOD_SHOW.replace("NextElapseUSecMonotonic=1h 2min 10s\n", "").replace("next_elapse=1h 2min 10s", "next_elapse=n/a")
+    check = only(doctor.check_systemd(fake_systemd(tmp_path, show), lambda: UPTIME), "policy timer")
+    assert check.status == WARN and "no next tick" in check.found
+
+
 def test_systemd_two_intervals_warn_that_the_shortest_wins(tmp_path):
     show = GOOD_SHOW.replace("TimersMonotonic={ OnUnitActiveUSec=30s ; next_elapse=1h 2min 10s }",
                              "TimersMonotonic={ OnUnitActiveUSec=30s ; next_elapse=1h 2min 10s }\n"

@@ -768,7 +768,41 @@ def timer_intervals(unit: Dict[str, List[str]]) -> List[float]:
     return found
 
 
-def check_systemd(m: Machine, monotonic: Callable[[], float]) -> List[Check]:
+def wall_time(text: str) -> Optional[float]:
+    """A systemd timestamp in local time ("Thu 2026-08-13 08:39:21 CEST") as a Unix time; None if not one."""
+    import time
+
+    mt = re.search(r"(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})", text)
+    if not mt:
+        return None
+    try:
+        return time.mktime(time.strptime(mt.group(1), "%Y-%m-%d %H:%M:%S"))
+    except (ValueError, OverflowError):
+        return None
+
+
+def next_tick(unit: Dict[str, List[str]], monotonic: Callable[[], float], wall: Callable[[], float]) -> Optional[float]:
+    """Seconds until the timer's next tick: from NextElapseUSecMonotonic (a time since boot), else from
+    the next_elapse of its OnUnitActiveSec (a time since boot or a local timestamp, by systemd version)."""
+    candidates = [_one(unit, "NextElapseUSecMonotonic")]
+    for value in unit.get("TimersMonotonic", []):
+        mt = re.search(r"OnUnitActiveUSec=[^;}]+;\s*next_elapse=([^}]+)", value)
+        if mt:
+            candidates.append(mt.group(1).strip())
+    for text in candidates:
+        span = timespan(text)
+        if span:
+            return max(0.0, span - monotonic())
+        at = wall_time(text)
+        if at is not None:
+            return max(0.0, at - wall())
+    return None
+
+
+def check_systemd(m: Machine, monotonic: Callable[[], float], wall: Optional[Callable[[], float]] = None) -> List[Check]:
+    import time
+
+    wall = wall or time.time
     props = "Id,LoadState,ActiveState,SubState,UnitFileState,NextElapseUSecMonotonic,TimersMonotonic"
     try:
         res = tool([m.systemctl, "show", "-p", props, "--", *UNITS])
@@ -790,13 +824,13 @@ def check_systemd(m: Machine, monotonic: Callable[[], float]) -> List[Check]:
                            f"sudo systemctl enable --now {POLICY_TIMER}"))
     else:
         intervals = timer_intervals(timer)
-        next_at = timespan(_one(timer, "NextElapseUSecMonotonic"))
-        when = f"next tick in {max(0.0, next_at - monotonic()):.0f} s" if next_at else "no next tick scheduled"
+        next_in = next_tick(timer, monotonic, wall)
+        when = f"next tick in {next_in:.0f} s" if next_in is not None else "no next tick scheduled"
         every = f"every {min(intervals):g} s" if intervals else "no OnUnitActiveSec"
         if len(intervals) > 1:
             checks.append(warn("policy timer", f"active, {every} ({len(intervals)} OnUnitActiveSec settings: the shortest wins), {when}",
                                "README: Changing the interval"))
-        elif not intervals or not next_at:
+        elif not intervals or next_in is None:
             checks.append(warn("policy timer", f"active, {every}, {when}", "README: Changing the interval"))
         else:
             checks.append(ok("policy timer", f"active, {every}, {when}"))
