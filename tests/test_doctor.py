@@ -668,3 +668,22 @@ def test_doctor_with_a_broken_config_still_checks_the_rest(dashcamctl, tmp_path,
     out = json.loads(res.stdout)
     assert any(c["name"] == "config" and "upload.port" in c["found"] for c in out["checks"])
     assert any(c["name"] == "clock" for c in out["checks"])
+
+
+def test_mqtt_broker_accepting_our_credentials_is_ok_and_refusing_them_fails(load, tmp_path):
+    from test_mqtt import Broker
+
+    broker = Broker(tmp_path, users={"dashcam": "s3cret-pw"})
+    try:
+        pw = tmp_path / "mqtt.pw"
+        pw.write_text("s3cret-pw\n")
+        pw.chmod(0o640)
+        cfg = load({"mqtt": {"enabled": True, "host": "127.0.0.1", "port": broker.port, "username": "dashcam",
+                             "password_file": str(pw)}})
+        check = doctor.check_mqtt(cfg)[0]
+        assert check.status == OK and "accepted" in check.found
+        pw.write_text("wrong-pw\n")
+        check = doctor.check_mqtt(cfg)[0]
+        assert check.status == FAIL and "refused" in check.found and "mqtt.password_file" in check.fix
+    finally:
+        broker.stop()
