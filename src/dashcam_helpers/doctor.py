@@ -641,8 +641,9 @@ def check_server(cfg) -> List[Check]:
     checks = [ok("server", f"{where} answers")]
     try:
         pinned = pinned_keys(cfg)
-    except runner.CommandError as e:
-        pinned, checks = [], checks + [warn("host key", f"cannot read {up.known_hosts}: {e}")]
+    except runner.CommandError as e:  # no ssh-keygen: the tool check says why
+        checks.append(warn("host key", f"cannot read {up.known_hosts}: {e}", "sudo apt install openssh-client"))
+        return checks
     if pinned is None:
         checks.append(fail("host key", f"{up.known_hosts} does not exist", "sudo dashcamctl trust-host"))
         return checks
