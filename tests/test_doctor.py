@@ -158,12 +158,21 @@ def test_check_config_refuses_a_program_the_units_cannot_see(make_config, overri
     assert any(p.startswith(f"{key}:") and "ProtectHome=yes" in p for p in e.value.problems)
 
 
-def test_the_runner_says_a_hidden_program_is_hidden_not_missing():
+def test_the_runner_in_a_unit_says_a_hidden_program_is_hidden_not_missing(monkeypatch):
+    monkeypatch.setenv("INVOCATION_ID", "0123456789abcdef0123456789abcdef")  # as systemd sets it for a unit
     with pytest.raises(runner.CommandNotFound) as e:
         runner.run(["/home/no-such-user-here/battery-info.sh"], timeout=5)
     assert "hidden from the service" in str(e.value) and "command not found" not in str(e.value)
+    assert "ProtectHome=yes" in str(e.value)
     with pytest.raises(runner.CommandNotFound) as e:
         runner.run(["/usr/local/bin/no-such-program-here"], timeout=5)
+    assert "command not found" in str(e.value)
+
+
+def test_the_runner_in_a_shell_says_a_missing_program_under_home_is_missing(monkeypatch):
+    monkeypatch.delenv("INVOCATION_ID", raising=False)
+    with pytest.raises(runner.CommandNotFound) as e:
+        runner.run(["/home/no-such-user-here/battery-info.sh"], timeout=5)
     assert "command not found" in str(e.value)
 
 

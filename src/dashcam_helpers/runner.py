@@ -146,8 +146,10 @@ def run(
     try:
         returncode, stdout, stderr = _spawn(argv, full_env, timeout)
     except (FileNotFoundError, PermissionError) as e:
-        hidden = hidden_from_units(argv[0])
-        if hidden:  # the file may well exist: a unit's ProtectHome=yes hides it (not found or denied)
+        # under systemd (which sets INVOCATION_ID for every unit) the file may well exist:
+        # ProtectHome=yes hides it (not found or denied); a shell sees it as it is
+        hidden = hidden_from_units(argv[0]) if os.environ.get("INVOCATION_ID") else None
+        if hidden:
             raise CommandNotFound(argv, f"{argv[0]}: hidden from the service: the units run with ProtectHome=yes, "
                                         f"which hides {', '.join(HIDDEN_FROM_UNITS)}; move the program out of {hidden} "
                                         "(e.g. to /usr/local/bin) and set its configuration key to the new path")
