@@ -34,6 +34,7 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "trust-host": ("upload", "cmd_trust_host", "fetch the server's host key, show its fingerprint, pin it"),
     "ingest": ("ingest", "command", "copy new footage from the camera (or a directory) into staging"),
     "boot": ("ignition", "boot_command", "at power-on: camera to record on external power, else off (start disconnected)"),
+    "doctor": ("doctor", "doctor_command", "check the whole chain (config, tools, battery, USB, camera, staging, server, systemd) and say what to fix"),
     "watch": ("ignition", "watch_command", "while the camera is not recording: back to record when the engine starts or the car leaves"),
 }
 
@@ -119,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("boot")
     add("watch")
+
+    p = add("doctor")
+    _add_json(p)
 
     return parser
 

@@ -470,12 +470,29 @@ def _cross_checks(s: Dict[str, Dict[str, Any]], problems: List[str]) -> None:
     bat = s["battery"]
     if bat["source"] == "command" and bat["command"] is None:
         problems.append("battery.command: required when battery.source is command")
+    _hidden_programs(s, problems)
     mq = s.get("mqtt")
     if mq is not None:
         if mq["password_file"] is not None and mq["username"] is None:
             problems.append("mqtt.password_file: needs mqtt.username (a broker takes a password only with a user)")
         if mq["ca_file"] is not None and mq["tls"] is False:
             problems.append("mqtt.ca_file: only used with TLS; set mqtt.tls: true")
+
+
+def _hidden_programs(s: Dict[str, Dict[str, Any]], problems: List[str]) -> None:
+    """A program a unit runs may not live where the units cannot see it (ProtectHome=yes)."""
+    from .runner import hidden_from_units
+
+    keys = [("battery", "command")] + [("camera", k) for k in ("record_script", "data_script", "off_script")]
+    keys += [("tools", k) for k in s["tools"]]
+    for section, key in keys:
+        value = s[section].get(key)
+        hidden = hidden_from_units(value) if isinstance(value, str) else None
+        if hidden:
+            problems.append(
+                f"{section}.{key}: {value} is under {hidden}, which the services cannot see (their units run with "
+                f"ProtectHome=yes); move it, e.g. to /usr/local/bin, and set {section}.{key} to the new path"
+            )
 
 
 def is_optional_section(section: str) -> bool:

@@ -38,6 +38,22 @@ MASK = "********"
 TOOL_LOCALE = "C.UTF-8"
 
 
+# Every unit of the package runs with ProtectHome=yes: these directories are empty and inaccessible
+# to the services, so a program under them works from a root shell and is missing in the unit.
+HIDDEN_FROM_UNITS = ("/home", "/root", "/run/user")
+
+
+def hidden_from_units(program: str) -> Optional[str]:
+    """The directory of HIDDEN_FROM_UNITS that holds ``program`` (an absolute path), else None."""
+    if not program.startswith("/"):
+        return None
+    path = os.path.normpath(program)
+    for d in HIDDEN_FROM_UNITS:
+        if path == d or path.startswith(d + "/"):
+            return d
+    return None
+
+
 class CommandError(Exception):
     """Base of every failure of an external command."""
 
@@ -129,10 +145,17 @@ def run(
     full_env = tool_env(env)
     try:
         returncode, stdout, stderr = _spawn(argv, full_env, timeout)
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError) as e:
+        # under systemd (which sets INVOCATION_ID for every unit) the file may well exist:
+        # ProtectHome=yes hides it (not found or denied); a shell sees it as it is
+        hidden = hidden_from_units(argv[0]) if os.environ.get("INVOCATION_ID") else None
+        if hidden:
+            raise CommandNotFound(argv, f"{argv[0]}: hidden from the service: the units run with ProtectHome=yes, "
+                                        f"which hides {', '.join(HIDDEN_FROM_UNITS)}; move the program out of {hidden} "
+                                        "(e.g. to /usr/local/bin) and set its configuration key to the new path")
+        if isinstance(e, PermissionError):
+            raise CommandNotFound(argv, f"{argv[0]}: permission denied (not executable?)")
         raise CommandNotFound(argv, f"{argv[0]}: command not found (is it installed and on PATH?)")
-    except PermissionError:
-        raise CommandNotFound(argv, f"{argv[0]}: permission denied (not executable?)")
     except _Timeout as e:
         raise CommandTimeout(argv, f"{line} did not finish within {timeout:g} s", e.stderr)
     proc = Result(argv, returncode, stdout, stderr)

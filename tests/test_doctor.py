@@ -1,0 +1,698 @@
+"""dashcamctl doctor: each check's ok / warn / FAIL path, against fake tools on PATH, fake sysfs and
+/proc trees, a real sshd, and the command itself as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import FIXTURES
+from dashcam_helpers import config, doctor, runner
+from dashcam_helpers.doctor import FAIL, OK, WARN, Machine
+from sshd import SshServer, keygen
+
+
+def statuses(checks, prefix=""):
+    return {c.name: c.status for c in checks if c.name.startswith(prefix)}
+
+
+def only(checks, name):
+    found = [c for c in checks if c.name == name]
+    assert len(found) == 1, checks
+    return found[0]
+
+
+def fake_tool(bin_dir: Path, name: str, script: str) -> str:
+    """A fake program ``name`` in ``bin_dir``: a shell script (argv lists, so no quoting issues)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    path = bin_dir / name
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.fixture
+def load(make_config):
+    def make(overrides=None):
+        return config.load(str(make_config(overrides)))
+
+    return make
+
+
+# ---------------------------------------------------------------------------- configuration
+
+
+def test_a_valid_config_is_ok_and_a_deprecated_key_warns_naming_it(make_config):
+    cfg, checks = doctor.check_config(str(make_config()))
+    assert cfg is not None and [c.status for c in checks] == [OK]
+    _, checks = doctor.check_config(str(make_config({"paths": {"log_path": "/var/log/dashcam.log"}})))
+    assert [c.status for c in checks] == [OK, WARN]
+    assert "paths.log_path" in checks[1].found
+
+
+def test_a_broken_config_fails_once_per_problem_naming_the_key(make_config):
+    cfg, checks = doctor.check_config(str(make_config({"upload": {"port": "ssh"}, "thresholds": {"shutdown_percent": 99}})))
+    assert cfg is None
+    assert {c.status for c in checks} == {FAIL}
+    assert any("upload.port" in c.found for c in checks) and any("thresholds.shutdown_percent" in c.found for c in checks)
+    assert all("check-config" in c.fix for c in checks)
+
+
+@pytest.mark.parametrize("mode,expected", [(0o640, OK), (0o644, WARN), (0o664, FAIL), (0o666, FAIL)])
+def test_config_file_mode(make_config, mode, expected):
+    path = make_config()
+    path.chmod(mode)
+    if os.geteuid() != 0:
+        pytest.skip("the file must belong to root")
+    check = doctor.check_config_mode(str(path))
+    assert check.status == expected
+    if expected != OK:
+        assert "chmod 0640" in check.fix
+
+
+def test_ssh_key_missing_readable_by_others_or_fine(load, tmp_path):
+    key = tmp_path / "id_ed25519"
+    cfg = load({"upload": {"ssh_key": str(key)}})
+    me = Machine(user=__import__("getpass").getuser())
+    check = doctor.check_key_mode(cfg, me)
+    assert check.status == FAIL and "keygen" in check.fix
+    keygen(key)
+    key.chmod(0o644)
+    check = doctor.check_key_mode(cfg, me)
+    assert check.status == FAIL and check.fix == f"sudo chmod 0600 {key}"
+    key.chmod(0o600)
+    assert doctor.check_key_mode(cfg, me).status == OK
+
+
+def test_ssh_key_of_another_user_fails_with_the_chown(load, tmp_path):
+    key = tmp_path / "id_ed25519"
+    keygen(key)
+    cfg = load({"upload": {"ssh_key": str(key)}})
+    other = "nobody" if os.geteuid() == 0 else "root"
+    check = doctor.check_key_mode(cfg, Machine(user=other))
+    assert check.status == FAIL and check.fix == f"sudo chown {other}: {key}"
+
+
+# ---------------------------------------------------------------------------- tools and programs
+
+
+def test_tools_present_with_versions(load, fake_hw):
+    checks = doctor.check_tools(load())
+    assert statuses(checks) == {"tool uhubctl": OK, "tool rsync": OK, "tool ssh": OK, "tool mount": OK,
+                                "tool lifepo4wered-cli": OK}
+    assert "2.5.0-fake" in only(checks, "tool uhubctl").found
+    assert "rsync" in only(checks, "tool rsync").found
+
+
+def test_a_missing_tool_fails_with_its_key(load, fake_hw, tmp_path):
+    cfg = load({"tools": {"rsync": str(tmp_path / "no-rsync"), "lifepo4wered_cli": "no-such-lifepo4wered-cli"}})
+    checks = doctor.check_tools(cfg)
+    assert only(checks, "tool rsync").status == FAIL and "tools.rsync" in only(checks, "tool rsync").fix
+    assert only(checks, "tool lifepo4wered-cli").status == FAIL
+
+
+def test_a_program_under_home_fails_as_hidden_from_the_units(tmp_path):
+    check = doctor.check_program("battery.command", "/home/pi/battery-info.sh")
+    assert check.status == FAIL
+    assert "ProtectHome=yes" in check.found and "/home" in check.found
+    assert "battery.command: /usr/local/bin/battery-info.sh" in check.fix
+    for hidden in ("/root/x.sh", "/run/user/1000/x.sh"):
+        assert doctor.check_program("camera.record_script", hidden).status == FAIL
+    assert runner.hidden_from_units("/home2/x") is None and runner.hidden_from_units("/usr/local/bin/x") is None
+
+
+def test_a_program_missing_not_executable_writable_or_fine(tmp_path):
+    prog = tmp_path / "battery-info.sh"
+    assert doctor.check_program("battery.command", str(prog)).status == FAIL
+    prog.write_text("#!/bin/sh\necho {}\n")
+    prog.chmod(0o644)
+    check = doctor.check_program("battery.command", str(prog))
+    assert check.status == FAIL and check.fix == f"sudo chmod +x {prog}"
+    prog.chmod(0o777)
+    assert doctor.check_program("battery.command", str(prog)).status == WARN
+    prog.chmod(0o755)
+    assert doctor.check_program("battery.command", str(prog)).status == OK
+
+
+def test_programs_are_the_battery_command_and_the_scripts(load, tmp_path):
+    cfg = load({"battery": {"source": "command", "command": "/usr/local/bin/b"},
+                "camera": {"backend": "scripts", "record_script": "/a", "data_script": "/b", "off_script": "/c"}})
+    assert doctor.programs(cfg) == [("battery.command", "/usr/local/bin/b"), ("camera.record_script", "/a"),
+                                    ("camera.data_script", "/b"), ("camera.off_script", "/c")]
+
+
+@pytest.mark.parametrize("overrides,key", [
+    ({"battery": {"source": "command", "command": "/home/pi/battery-info.sh"}}, "battery.command"),
+    ({"camera": {"backend": "scripts", "record_script": "/root/rec.sh", "data_script": "/usr/bin/d",
+                 "off_script": "/usr/bin/o"}}, "camera.record_script"),
+    ({"tools": {"uhubctl": "/run/user/1000/uhubctl"}}, "tools.uhubctl"),
+])
+def test_check_config_refuses_a_program_the_units_cannot_see(make_config, overrides, key):
+    with pytest.raises(config.ConfigError) as e:
+        config.load(str(make_config(overrides)))
+    assert any(p.startswith(f"{key}:") and "ProtectHome=yes" in p for p in e.value.problems)
+
+
+def test_the_runner_in_a_unit_says_a_hidden_program_is_hidden_not_missing(monkeypatch):
+    monkeypatch.setenv("INVOCATION_ID", "0123456789abcdef0123456789abcdef")  # as systemd sets it for a unit
+    with pytest.raises(runner.CommandNotFound) as e:
+        runner.run(["/home/no-such-user-here/battery-info.sh"], timeout=5)
+    assert "hidden from the service" in str(e.value) and "command not found" not in str(e.value)
+    assert "ProtectHome=yes" in str(e.value)
+    with pytest.raises(runner.CommandNotFound) as e:
+        runner.run(["/usr/local/bin/no-such-program-here"], timeout=5)
+    assert "command not found" in str(e.value)
+
+
+def test_the_runner_in_a_shell_says_a_missing_program_under_home_is_missing(monkeypatch):
+    monkeypatch.delenv("INVOCATION_ID", raising=False)
+    with pytest.raises(runner.CommandNotFound) as e:
+        runner.run(["/home/no-such-user-here/battery-info.sh"], timeout=5)
+    assert "command not found" in str(e.value)
+
+
+# ---------------------------------------------------------------------------- battery and UPS
+
+
+def test_battery_one_real_read_on_external_power(load, fake_hw):
+    checks, reading = doctor.check_battery(load())
+    assert [c.status for c in checks] == [OK]
+    assert "3611 mV" in checks[0].found and "on external power" in checks[0].found
+    assert fake_hw.battery_call_count() == 1
+
+
+def test_battery_on_battery_is_ok_and_says_so(load, fake_hw, monkeypatch):
+    monkeypatch.setenv("LIFEPO4WERED_FAKE_SET", "VIN=0,VBAT=3250")
+    checks, _ = doctor.check_battery(load())
+    assert checks[0].status == OK and "on battery" in checks[0].found
+
+
+def test_battery_unknown_fails_with_the_reason(load, fake_hw, monkeypatch):
+    monkeypatch.setenv("LIFEPO4WERED_FAKE_MODE", "garbage")
+    checks, _ = doctor.check_battery(load())
+    assert checks[0].status == FAIL and "unknown" in checks[0].found and "garbage" in checks[0].found
+
+
+def test_battery_source_none_is_ok(load):
+    checks, _ = doctor.check_battery(load({"battery": {"source": "none"}}))
+    assert checks[0].status == OK
+
+
+def ups_values(**changes):
+    from dashcam_helpers.battery import parse_lifepo4wered
+
+    values = parse_lifepo4wered((FIXTURES / "lifepo4wered-get.txt").read_text())
+    values.update(changes)
+    return values
+
+
+def test_ups_settings_of_the_fixture_are_ok(load):
+    checks = doctor.check_ups_settings(load(), ups_values())
+    assert set(statuses(checks).values()) == {OK}, checks
+    assert doctor.shutdown_millivolts(load()) > 2950
+
+
+@pytest.mark.parametrize("changes,name,expected", [
+    ({"AUTO_BOOT": 0}, "ups AUTO_BOOT", FAIL),
+    ({"AUTO_BOOT": 1}, "ups AUTO_BOOT", WARN),
+    ({"AUTO_BOOT": 4}, "ups AUTO_BOOT", OK),
+    ({"VBAT_SHDN": 3300}, "ups VBAT_SHDN", FAIL),
+    ({"VBAT_MIN": 3200}, "ups VBAT_MIN", WARN),
+    ({"PI_SHDN_TO": 20}, "ups PI_SHDN_TO", FAIL),
+    ({"PI_SHDN_TO": -1}, "ups PI_SHDN_TO", WARN),
+])
+def test_ups_settings_against_ours(load, changes, name, expected):
+    cfg = load()
+    check = only(doctor.check_ups_settings(cfg, ups_values(**changes)), name)
+    assert check.status == expected, check
+    if expected == FAIL:
+        assert "lifepo4wered-cli set" in check.fix or "thresholds" in check.fix
+
+
+def test_the_ups_cut_off_is_measured_against_our_shutdown_percent(load):
+    cfg = load({"thresholds": {"shutdown_percent": 5, "disconnect_percent": 20}})
+    ours = doctor.shutdown_millivolts(cfg)
+    check = only(doctor.check_ups_settings(cfg, ups_values(VBAT_SHDN=ours)), "ups VBAT_SHDN")
+    assert check.status == FAIL and str(ours) in check.found
+
+
+# ---------------------------------------------------------------------------- USB
+
+
+def pi_root(tmp_path, model=None, filesystems="nodev\tsysfs\n"):
+    root = tmp_path / "root"
+    (root / "proc").mkdir(parents=True, exist_ok=True)
+    (root / "proc" / "filesystems").write_text(filesystems)
+    if model:
+        (root / "proc" / "device-tree").mkdir(parents=True, exist_ok=True)
+        (root / "proc" / "device-tree" / "model").write_bytes(model.encode() + b"\0")
+    return str(root)
+
+
+@pytest.mark.parametrize("model,says", [
+    ("Raspberry Pi 4 Model B Rev 1.4", "every USB port"),
+    ("Raspberry Pi 5 Model B Rev 1.0", "every USB port"),
+    ("Raspberry Pi 3 Model B Plus Rev 1.3", "Ethernet"),
+    ("Raspberry Pi Zero 2 W Rev 1.0", "only the camera's port"),
+    (None, "not a Raspberry Pi"),
+])
+def test_pi_model_and_what_mode_off_switches_with_it(tmp_path, model, says):
+    m = Machine(root=pi_root(tmp_path, model))
+    assert doctor.pi_model(m) == model
+    assert says in doctor.mode_off_reach(doctor.pi_model(m))
+
+
+def test_usb_hub_with_per_port_switching_and_a_writable_data_switch(load, fake_hw, tmp_path):
+    fake_hw.usb_device("1-1")
+    checks = doctor.check_usb(load(), Machine(root=pi_root(tmp_path, "Raspberry Pi 4 Model B Rev 1.4")))
+    assert statuses(checks) == {"usb pi model": OK, "usb hub": OK, "usb port switch": OK, "usb data switch": OK}
+    assert "per-port" in only(checks, "usb hub").found
+    assert all(len(argv) == 4 for argv in fake_hw.uhubctl_argvs()), "doctor never switches (no -a)"
+
+
+def test_usb_kernel_port_switch_is_reported(load, fake_hw, tmp_path, monkeypatch):
+    monkeypatch.setenv("UHUBCTL_FAKE_HUBS", "1")  # a root hub, as on a Pi 4
+    d = fake_hw.sysfs / "bus" / "usb" / "devices" / "usb1" / "1-0:1.0" / "usb1-port1"
+    d.mkdir(parents=True)
+    (d / "disable").write_text("0\n")
+    checks = doctor.check_usb(load({"camera": {"hub_location": "1", "port_number": 1}}), Machine(root=pi_root(tmp_path)))
+    assert "disable" in only(checks, "usb port switch").found
+
+
+def test_usb_no_hub_fails_naming_the_key(load, fake_hw, tmp_path):
+    checks = doctor.check_usb(load({"camera": {"hub_location": "3-9"}}), Machine(root=pi_root(tmp_path)))
+    hub = only(checks, "usb hub")
+    assert hub.status == FAIL and "camera.hub_location" in hub.fix
+
+
+def test_usb_ganged_hub_warns_and_a_hub_without_switching_fails(load, fake_hw, tmp_path):
+    fake_hw.usb_device("1-1")
+    for kind, expected in (("ganged", WARN), ("nops", FAIL)):
+        prog = fake_tool(tmp_path / "bin", f"uhubctl-{kind}", f"""cat <<'EOF'
+Current status for hub 1-1 [1d6b:0002 Linux xhci-hcd, USB 2.00, 1 ports, {kind}]
+  Port 1: 0503 power highspeed enable connect [0603:8612 NOVATEKN vt-DSC]
+EOF
+""")
+        check = only(doctor.check_usb(load({"tools": {"uhubctl": prog}}), Machine(root=pi_root(tmp_path))), "usb hub")
+        assert check.status == expected and kind in check.found
+
+
+def test_usb_missing_data_switch_fails_with_the_key(load, fake_hw, tmp_path):
+    checks = doctor.check_usb(load(), Machine(root=pi_root(tmp_path)))
+    check = only(checks, "usb data switch")
+    assert check.status == FAIL and "camera.data_device" in check.fix
+
+
+# ---------------------------------------------------------------------------- camera
+
+
+class FakeDevice:
+    def __init__(self, node, props, port):
+        self.device_node, self.properties, self.port = node, props, port
+
+    def find_parent(self, subsystem, device_type=None):
+        return SimpleNamespace(sys_name=self.port) if self.port else None
+
+
+class FakeUdev:
+    def __init__(self, devices):
+        self.devices = devices
+
+    def list_devices(self, subsystem):
+        return [d for d in self.devices]
+
+
+CAMERA_PROPS = {"ID_BUS": "usb", "ID_SERIAL": "NOVATEKN_vt-DSC_96680-00000-001-0:0", "ID_FS_TYPE": "vfat",
+                "ID_FS_UUID": "67EF-9CED"}
+
+
+def test_camera_present_names_the_match_key_and_filesystem(load, tmp_path):
+    cfg = load({"camera": {"match_fs_uuid": "67ef-9ced"}})
+    m = Machine(root=pi_root(tmp_path, filesystems="nodev\tsysfs\n\tvfat\n"),
+                udev_context=FakeUdev([FakeDevice("/dev/sda1", CAMERA_PROPS, "1-1.1")]))
+    checks = doctor.check_camera(cfg, m)
+    assert statuses(checks) == {"camera filesystems": OK, "camera": OK}
+    assert "camera.match_fs_uuid" in only(checks, "camera").found and "/dev/sda1" in only(checks, "camera").found
+
+
+def test_camera_on_a_filesystem_the_kernel_lacks_fails(load, tmp_path):
+    m = Machine(root=pi_root(tmp_path, filesystems="\tvfat\n"),
+                udev_context=FakeUdev([FakeDevice("/dev/sda1", {**CAMERA_PROPS, "ID_FS_TYPE": "exfat"}, "1-1.1")]))
+    assert only(doctor.check_camera(load(), m), "camera").status == FAIL
+
+
+def test_no_camera_filesystem_in_the_kernel_fails(load, tmp_path):
+    m = Machine(root=pi_root(tmp_path), udev_context=FakeUdev([]))
+    assert only(doctor.check_camera(load(), m), "camera filesystems").status == FAIL
+
+
+def test_camera_absent_is_ok_and_another_usb_volume_warns_showing_it(load, tmp_path):
+    root = pi_root(tmp_path, filesystems="\tvfat\n")
+    checks = doctor.check_camera(load(), Machine(root=root, udev_context=FakeUdev([])))
+    assert only(checks, "camera").status == OK and "not attached" in only(checks, "camera").found
+    stick = FakeDevice("/dev/sdb1", {**CAMERA_PROPS, "ID_SERIAL": "SanDisk_123"}, "1-1.3")
+    sd_card = FakeDevice("/dev/mmcblk0p1", {"ID_FS_TYPE": "vfat", "ID_FS_UUID": "67EF-9CED"}, None)
+    checks = doctor.check_camera(load({"camera": {"match_serial": "NOVATEKN"}}),
+                                 Machine(root=root, udev_context=FakeUdev([stick, sd_card])))
+    check = only(checks, "camera")
+    assert check.status == WARN and "SanDisk_123" in check.found and "mmcblk0" not in check.found
+
+
+# ---------------------------------------------------------------------------- staging and ledger
+
+
+def staging_dirs(tmp_path):
+    for d in ("staging", "state"):
+        (tmp_path / d).mkdir(exist_ok=True)
+        (tmp_path / d).chmod(0o750)
+
+
+def me():
+    import getpass
+
+    return Machine(user=getpass.getuser())
+
+
+def test_staging_ok_with_its_ledger(load, tmp_path):
+    from dashcam_helpers.ledger import Ledger
+
+    staging_dirs(tmp_path)
+    cfg = load({"ingest": {"reserve_bytes": 1, "reserve_percent": 0}})
+    with Ledger(cfg.paths.ledger):
+        pass
+    checks = doctor.check_staging(cfg, me())
+    assert set(statuses(checks).values()) == {OK}, checks
+    assert "quick_check ok" in only(checks, "ledger").found
+
+
+def test_staging_below_the_reserve_warns(load, tmp_path):
+    staging_dirs(tmp_path)
+    cfg = load({"ingest": {"reserve_bytes": 2**60}})
+    check = only(doctor.check_staging(cfg, me()), "staging space")
+    assert check.status == WARN and "ingest.reserve" in check.fix
+
+
+def test_staging_missing_writable_by_all_or_of_another_owner_fails(load, tmp_path):
+    cfg = load()
+    check = only(doctor.check_staging(cfg, me()), "staging owner")
+    assert check.status == FAIL and "install -d" in check.fix
+    staging_dirs(tmp_path)
+    (tmp_path / "staging").chmod(0o777)
+    check = only(doctor.check_staging(cfg, me()), "staging owner")
+    assert check.status == FAIL and "chmod 0750" in check.fix
+    (tmp_path / "staging").chmod(0o750)
+    other = "nobody" if os.geteuid() == 0 else "root"
+    check = only(doctor.check_staging(cfg, Machine(user=other)), "staging owner")
+    assert check.status == FAIL and f"chown -R {other}:" in check.fix
+
+
+def test_a_damaged_ledger_fails(load, tmp_path):
+    staging_dirs(tmp_path)
+    cfg = load()
+    Path(cfg.paths.ledger).write_bytes(b"SQLite format 3\0" + b"\xff" * 4000)
+    assert doctor.check_ledger(cfg.paths.ledger).status == FAIL
+
+
+def test_a_ledger_not_created_yet_is_ok(load, tmp_path):
+    assert doctor.check_ledger(str(tmp_path / "state" / "ledger.sqlite3")).status == OK
+
+
+# ---------------------------------------------------------------------------- clock
+
+
+@pytest.mark.parametrize("said,expected", [("yes", OK), ("no", WARN)])
+def test_clock(tmp_path, said, expected):
+    prog = fake_tool(tmp_path / "bin", "timedatectl", f'[ "$*" = "show -p NTPSynchronized --value" ] && echo {said}\n')
+    check = doctor.check_clock(Machine(timedatectl=prog))
+    assert check.status == expected
+    if expected == WARN:
+        assert "set-ntp true" in check.fix
+
+
+# ---------------------------------------------------------------------------- systemd
+
+GOOD_SHOW = """Id=dashcam-boot.service
+LoadState=loaded
+ActiveState=inactive
+SubState=dead
+UnitFileState=enabled
+
+Id=dashcam-policy.timer
+LoadState=loaded
+ActiveState=active
+SubState=waiting
+UnitFileState=enabled
+NextElapseUSecMonotonic=1h 2min 10s
+TimersMonotonic={ OnBootUSec=45s ; next_elapse=0 }
+TimersMonotonic={ OnUnitActiveUSec=30s ; next_elapse=1h 2min 10s }
+
+Id=dashcam-policy.service
+LoadState=loaded
+ActiveState=inactive
+UnitFileState=static
+
+Id=dashcam-upload.path
+LoadState=loaded
+ActiveState=active
+UnitFileState=enabled
+
+Id=dashcam-upload.service
+LoadState=loaded
+ActiveState=inactive
+UnitFileState=static
+
+Id=dashcam-watch.service
+LoadState=loaded
+ActiveState=inactive
+UnitFileState=static
+"""
+
+
+def fake_systemd(tmp_path, show=GOOD_SHOW, failed="", journal=""):
+    (tmp_path / "show.txt").write_text(show)
+    (tmp_path / "failed.txt").write_text(failed)
+    systemctl = fake_tool(tmp_path / "bin", "systemctl", f"""case "$1" in
+  show) cat {tmp_path / 'show.txt'} ;;
+  list-units) cat {tmp_path / 'failed.txt'} ;;
+  *) exit 1 ;;
+esac
+""")
+    journalctl = fake_tool(tmp_path / "bin", "journalctl", f"echo '{journal}'\n")
+    return Machine(systemctl=systemctl, journalctl=journalctl)
+
+
+UPTIME = 3600 + 120  # seconds since boot in these tests: the next tick at 1h 2min 10s is 10 s away
+
+
+def test_systemd_all_ok_shows_the_real_interval_and_next_tick(tmp_path):
+    checks = doctor.check_systemd(fake_systemd(tmp_path), lambda: UPTIME)
+    assert set(statuses(checks).values()) == {OK}, checks
+    assert only(checks, "policy timer").found == "active, every 30 s, next tick in 10 s"
+
+
+def test_systemd_next_tick_from_a_timestamp_when_the_monotonic_time_is_not_given(tmp_path):
+    import time
+
+    at = time.mktime(time.strptime("2026-08-13 08:39:21", "%Y-%m-%d %H:%M:%S"))
+    show = (GOOD_SHOW.replace("NextElapseUSecMonotonic=1h 2min 10s\n", "")
+            .replace("next_elapse=1h 2min 10s", "next_elapse=Thu 2026-08-13 08:39:21 CEST"))
+    check = only(doctor.check_systemd(fake_systemd(tmp_path, show), lambda: UPTIME, lambda: at - 25), "policy timer")
+    assert check.status == OK and check.found == "active, every 30 s, next tick in 25 s"
+
+
+def test_systemd_without_any_next_tick_warns(tmp_path):
+    show = GOOD_SHOW.replace("NextElapseUSecMonotonic=1h 2min 10s\n", "").replace("next_elapse=1h 2min 10s", "next_elapse=n/a")
+    check = only(doctor.check_systemd(fake_systemd(tmp_path, show), lambda: UPTIME), "policy timer")
+    assert check.status == WARN and "no next tick" in check.found
+
+
+def test_systemd_two_intervals_warn_that_the_shortest_wins(tmp_path):
+    show = GOOD_SHOW.replace("TimersMonotonic={ OnUnitActiveUSec=30s ; next_elapse=1h 2min 10s }",
+                             "TimersMonotonic={ OnUnitActiveUSec=30s ; next_elapse=1h 2min 10s }\n"
+                             "TimersMonotonic={ OnUnitActiveUSec=1min ; next_elapse=1h 3min }")
+    check = only(doctor.check_systemd(fake_systemd(tmp_path, show), lambda: UPTIME), "policy timer")
+    assert check.status == WARN and "every 30 s" in check.found and "Changing the interval" in check.fix
+
+
+def test_systemd_missing_inactive_disabled_and_failed_units_fail(tmp_path):
+    show = (GOOD_SHOW.replace("Id=dashcam-watch.service\nLoadState=loaded", "Id=dashcam-watch.service\nLoadState=not-found")
+            .replace("ActiveState=active\nSubState=waiting", "ActiveState=inactive\nSubState=dead")
+            .replace("Id=dashcam-upload.path\nLoadState=loaded\nActiveState=active", "Id=dashcam-upload.path\nLoadState=loaded\nActiveState=inactive")
+            .replace("UnitFileState=enabled\n\nId=dashcam-policy.timer", "UnitFileState=disabled\n\nId=dashcam-policy.timer"))
+    m = fake_systemd(tmp_path, show, failed="dashcam-upload.service loaded failed failed dashcam upload\n",
+                     journal="the server refused the key")
+    checks = doctor.check_systemd(m, lambda: UPTIME)
+    assert statuses(checks) == {"units installed": FAIL, "policy timer": FAIL, "upload path": FAIL,
+                                "boot service": FAIL, "failed units": FAIL}
+    assert "dashcam-watch.service" in only(checks, "units installed").found
+    assert only(checks, "failed units").found == "dashcam-upload.service (the server refused the key)"
+    assert only(checks, "policy timer").fix == "sudo systemctl enable --now dashcam-policy.timer"
+
+
+def test_systemd_unavailable_warns(tmp_path):
+    prog = fake_tool(tmp_path / "bin", "systemctl", "echo 'System has not been booted with systemd' >&2; exit 1\n")
+    checks = doctor.check_systemd(Machine(systemctl=prog), lambda: UPTIME)
+    assert [c.status for c in checks] == [WARN]
+
+
+@pytest.mark.parametrize("text,seconds", [("30s", 30), ("1min 30s", 90), ("1h 2min 3.5s", 3723.5), ("500ms", 0.5),
+                                          ("", None), ("soon", None), ("30s later", None)])
+def test_timespan(text, seconds):
+    assert doctor.timespan(text) == seconds
+
+
+# ---------------------------------------------------------------------------- server (a real sshd)
+
+
+@pytest.fixture
+def server_config(make_config, tmp_path):
+    def make(srv, known_hosts_line=None):
+        known_hosts = tmp_path / "known_hosts"
+        known_hosts.write_text((known_hosts_line or srv.known_hosts_line()) + "\n")
+        return config.load(str(make_config({"upload": {
+            "host": "127.0.0.1", "port": srv.port, "user": srv.user, "dest_path": "footage",
+            "ssh_key": str(srv.client_key), "known_hosts": str(known_hosts)}})))
+
+    return make
+
+
+def test_server_with_the_keygen_rrsync_key_is_all_ok(tmp_path, server_config):
+    from dashcam_helpers import ssh
+
+    with SshServer(tmp_path / "sshd", tmp_path / "server", key_line=ssh.authorized_keys_line) as srv:
+        (tmp_path / "server" / "footage").mkdir()
+        checks = doctor.check_server(server_config(srv))
+    assert statuses(checks) == {"server": OK, "host key": OK, "ssh key accepted": OK, "ssh key restricted": OK}, checks
+    assert not (tmp_path / "server" / "footage" / doctor.RESTRICT_PROBE).exists()
+
+
+def test_server_with_an_unrestricted_key_warns(tmp_path, server_config):
+    with SshServer(tmp_path / "sshd", tmp_path / "server", rrsync_args=None) as srv:
+        (tmp_path / "server" / "footage").mkdir()
+        cfg = server_config(srv)
+        cfg = cfg.replace(upload=cfg.upload.replace(dest_path=str(tmp_path / "server" / "footage")))
+        checks = doctor.check_server(cfg)
+        probe_dir = tmp_path / "server" / "footage" / doctor.RESTRICT_PROBE
+    check = only(checks, "ssh key restricted")
+    assert check.status == WARN and "rrsync -wo -no-del" in check.fix
+    assert only(checks, "ssh key accepted").status == OK
+    assert not probe_dir.exists(), "the probes are dry runs: nothing is created on the server"
+
+
+def test_server_with_a_wrong_host_key_fails(tmp_path, server_config):
+    other = keygen(tmp_path / "other_host_key")
+    with SshServer(tmp_path / "sshd", tmp_path / "server") as srv:
+        wrong = f"[127.0.0.1]:{srv.port} {' '.join(other.split()[:2])}"
+        checks = doctor.check_server(server_config(srv, wrong))
+    check = only(checks, "host key")
+    assert check.status == FAIL and "trust-host" in check.fix
+    assert "ssh key accepted" not in statuses(checks)
+
+
+def test_server_with_no_pinned_key_fails(tmp_path, server_config):
+    with SshServer(tmp_path / "sshd", tmp_path / "server") as srv:
+        checks = doctor.check_server(server_config(srv, "# nothing pinned"))
+    assert only(checks, "host key").status == FAIL
+
+
+def test_server_refusing_the_key_fails_with_the_authorized_keys_line(tmp_path, server_config):
+    with SshServer(tmp_path / "sshd", tmp_path / "server") as srv:
+        srv.authorized_keys.write_text("")
+        checks = doctor.check_server(server_config(srv))
+    check = only(checks, "ssh key accepted")
+    assert check.status == FAIL and "authorized_keys" in check.found
+
+
+def test_server_not_answering_warns_and_stops_there(load):
+    from sshd import free_port
+
+    checks = doctor.check_server(load({"upload": {"port": free_port()}}))
+    assert [c.status for c in checks] == [WARN]
+
+
+# ---------------------------------------------------------------------------- MQTT
+
+
+def test_mqtt_not_configured_is_ok_and_an_absent_broker_warns(load):
+    from sshd import free_port
+
+    assert doctor.check_mqtt(load())[0].status == OK
+    cfg = load({"mqtt": {"enabled": True, "host": "127.0.0.1", "port": free_port()}})
+    check = doctor.check_mqtt(cfg)[0]
+    assert check.status == WARN and "mqtt.host" in check.fix
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def doctor_env(tmp_path, fake_hw):
+    bin_dir = tmp_path / "bin"
+    fake_tool(bin_dir, "systemctl", "echo 'System has not been booted with systemd' >&2; exit 1\n")
+    fake_tool(bin_dir, "timedatectl", "echo yes\n")
+    fake_hw.usb_device("1-1")
+    return {**fake_hw.env, "PATH": f"{bin_dir}{os.pathsep}{fake_hw.env['PATH']}",
+            "DASHCAM_ROOT": pi_root(tmp_path, "Raspberry Pi 4 Model B Rev 1.4", "\tvfat\n")}
+
+
+def test_doctor_json_is_strict_and_exits_1_on_a_fail(dashcamctl, make_config, fake_hw, tmp_path):
+    path = make_config({"upload": {"ssh_key": str(tmp_path / "missing-key")}})
+    path.chmod(0o640)
+    res = dashcamctl("--config", str(path), "doctor", "--json", env=doctor_env(tmp_path, fake_hw))
+    assert res.returncode == 1, res.stderr
+    out = json.loads(res.stdout, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    assert out["ok"] is False and out["fail"] >= 1
+    names = [c["name"] for c in out["checks"]]
+    assert names.index("config") < names.index("tool rsync") < names.index("battery") < names.index("usb hub") \
+        < names.index("camera") < names.index("ledger") < names.index("clock") < names.index("server") < names.index("systemd")
+    key = next(c for c in out["checks"] if c["name"] == "ssh key")
+    assert key["status"] == FAIL and "keygen" in key["fix"]
+
+
+def test_doctor_exits_0_when_nothing_fails_one_line_per_check(dashcamctl, make_config, fake_hw, tmp_path):
+    key = tmp_path / "id_ed25519"
+    keygen(key)
+    staging_dirs(tmp_path)
+    path = make_config({"upload": {"ssh_key": str(key)}, "ingest": {"reserve_bytes": 1, "reserve_percent": 0}})
+    path.chmod(0o640)
+    env = doctor_env(tmp_path, fake_hw)
+    res = dashcamctl("--config", str(path), "doctor", env=env)
+    lines = res.stdout.splitlines()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert all(line.split()[0] in (OK, WARN, FAIL) for line in lines[:-1])
+    assert not any(line.startswith(FAIL) for line in lines)
+    assert re.fullmatch(r"\d+ checks: 0 FAIL, \d+ warn", lines[-1])
+    assert any(line.startswith("ok") and "every USB port" in line for line in lines)
+
+
+def test_doctor_with_a_broken_config_still_checks_the_rest(dashcamctl, tmp_path, fake_hw):
+    path = tmp_path / "bad.yaml"
+    path.write_text("upload: {port: ssh}\n")
+    res = dashcamctl("--config", str(path), "doctor", "--json", env=doctor_env(tmp_path, fake_hw))
+    assert res.returncode == 1
+    out = json.loads(res.stdout)
+    assert any(c["name"] == "config" and "upload.port" in c["found"] for c in out["checks"])
+    assert any(c["name"] == "clock" for c in out["checks"])
+
+
+def test_mqtt_broker_accepting_our_credentials_is_ok_and_refusing_them_fails(load, tmp_path):
+    from test_mqtt import Broker
+
+    broker = Broker(tmp_path, users={"dashcam": "s3cret-pw"})
+    try:
+        pw = tmp_path / "mqtt.pw"
+        pw.write_text("s3cret-pw\n")
+        pw.chmod(0o640)
+        cfg = load({"mqtt": {"enabled": True, "host": "127.0.0.1", "port": broker.port, "username": "dashcam",
+                             "password_file": str(pw)}})
+        check = doctor.check_mqtt(cfg)[0]
+        assert check.status == OK and "accepted" in check.found
+        pw.write_text("wrong-pw\n")
+        check = doctor.check_mqtt(cfg)[0]
+        assert check.status == FAIL and "refused" in check.found and "mqtt.password_file" in check.fix
+    finally:
+        broker.stop()
