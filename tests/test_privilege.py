@@ -65,6 +65,38 @@ def test_a_stop_reaches_the_child():
     assert privilege.run_as(READER, wait_for_term, encode=bool, decode=bool, should_stop=lambda: True) is True
 
 
+STOP_WITHOUT_CAP_KILL = """
+import signal, sys, time
+from dashcam_helpers import privilege
+
+def wait_for_term():
+    got = []
+    signal.signal(signal.SIGTERM, lambda *a: got.append(1))
+    deadline = time.monotonic() + 20
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return bool(got)
+
+asked = []
+def should_stop():
+    asked.append(1)
+    return len(asked) > 3   # after the child has set its handler
+print(privilege.run_as((4321, 4322), wait_for_term, encode=bool, decode=bool, should_stop=should_stop))
+"""
+
+
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv (util-linux)")
+def test_a_stop_reaches_the_child_from_a_root_without_cap_kill():
+    """As in the ingest unit: root without CAP_KILL may not signal the dropped child."""
+    import subprocess
+    import sys
+
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    done = subprocess.run(["setpriv", "--bounding-set", "-kill", sys.executable, "-c", STOP_WITHOUT_CAP_KILL],
+                          capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=src))
+    assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr
+
+
 @pytest.fixture
 def public_tmp():
     """A tree the reader can reach (pytest's tmp_path is root's alone)."""

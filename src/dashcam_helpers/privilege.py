@@ -96,17 +96,23 @@ def run_as(
 
     A DashcamError (TryLater too) in the child is raised again here with its message; any other
     exception becomes a DashcamError naming it. When ``should_stop()`` turns true the child gets
-    SIGTERM (the unit's KillMode=mixed signals only this, the main process). The child's sd_notify
+    SIGTERM (the unit's KillMode=mixed signals only this, the main process), from itself: the
+    parent writes to a pipe, and a thread of the child signals its own process. Root holds no
+    CAP_KILL in the unit, and without it may not signal a process of another user; the pipe needs
+    no privilege, and its end-of-file stops the child too if this process dies. The child's sd_notify
     STATUS= lines reach systemd through this process, so the unit keeps NotifyAccess=main: the
     child can report progress but never change the unit's state (READY=, MAINPID=, ...).
     """
     relay = _status_relay()
     rfd, wfd = os.pipe()
+    stop_r, stop_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns
         os.close(rfd)
+        os.close(stop_w)
         code = 0
         try:
+            _stop_on_word(stop_r)
             if relay is not None:
                 os.environ["NOTIFY_SOCKET"] = "@" + relay.getsockname()[1:].decode("ascii")
                 relay.close()
@@ -128,6 +134,7 @@ def run_as(
         finally:
             os._exit(code)
     os.close(wfd)
+    os.close(stop_r)
     chunks = []
     stopped = False
     try:
@@ -135,7 +142,7 @@ def run_as(
             ready, _, _ = select.select([rfd] + ([relay] if relay is not None else []), [], [], 0.2)
             if not stopped and should_stop():
                 stopped = True
-                os.kill(pid, signal.SIGTERM)
+                os.write(stop_w, b"s")
             if relay is not None and relay in ready:
                 _forward_status(relay)
             if rfd in ready:
@@ -148,7 +155,22 @@ def run_as(
         if relay is not None:
             relay.close()
         _, status = os.waitpid(pid, 0)
+        os.close(stop_w)
     return _answer(b"".join(chunks), status, user, decode)
+
+
+def _stop_on_word(stop_r: int) -> None:
+    """In the child: SIGTERM to itself (its own handler then stops the work) once the parent
+    writes to ``stop_r`` or is gone (end of file)."""
+    import threading
+
+    def wait() -> None:
+        try:
+            os.read(stop_r, 1)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait, name="stop-word", daemon=True).start()
 
 
 def _status_relay():
