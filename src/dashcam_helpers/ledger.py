@@ -250,6 +250,19 @@ def _give_fd_to(fd: int, owner: Optional[Tuple[int, int]]) -> None:
             pass  # without CAP_CHOWN the file stays ours; the uploader's open says so
 
 
+def _lchown_to(name: str, owner: Optional[Tuple[int, int]]) -> None:
+    if owner is None:
+        return
+    try:
+        st = os.lstat(name)
+        if stat.S_ISREG(st.st_mode) and (st.st_uid, st.st_gid) != owner:
+            os.chown(name, *owner, follow_symlinks=False)
+    except FileNotFoundError:
+        pass
+    except PermissionError:
+        pass  # without CAP_CHOWN the file stays ours; the uploader's open says so
+
+
 def chown_nofollow(name: str, owner: Tuple[int, int]) -> None:
     """chown ``name`` through an O_NOFOLLOW fd: a symlink is refused (LedgerError), never followed."""
     fd = open_nofollow(name)
@@ -342,10 +355,14 @@ class Ledger:
             self._migrate()
             # the -wal and -shm exist by now: SQLite gives them the database's owner only when it
             # creates them after the database already belongs to that user
+            # Changed by name without following a link (lchown), not through an fd of ours: closing
+            # any fd of the -shm drops every POSIX lock this process holds on it, SQLite's too, and
+            # a connection that sees no other then truncates the -shm that the others have mapped
+            # (SIGBUS in them). A link planted here is refused; one swapped in after the check is
+            # changed itself, never its target.
             for name in (path + "-wal", path + "-shm"):
-                if os.path.lexists(name):
-                    self._fds.append(open_nofollow(name))
-                    _give_fd_to(self._fds[-1], owner)
+                _refuse_link(name)
+                _lchown_to(name, owner)
         except sqlite3.Error as e:
             self.close()
             if not is_damage(e):

@@ -37,6 +37,10 @@ def test_staged_folders_carry_the_cameras_date_in_zones_on_either_side_of_utc(bo
     # a virtio disk: no USB, so the udev rule starts no ingest of its own; this test runs it
     devnode = vm.run(["/bin/readlink", "-f", vm.add_disk(str(tmp_path / "card.img"), "card", "card")]).out.strip()
 
+    # the ledger is removed between the zones: nothing else may hold it open meanwhile (a policy
+    # tick or an upload started by the staged clips would keep writing to the removed one)
+    vm.run(["/bin/systemctl", "stop", "dashcam-policy.timer", "dashcam-upload.path", "dashcam-policy.service",
+            "dashcam-upload.service", "dashcam-watch.service"])
     for zone in ZONES:
         vm.run(["/bin/ln", "-sf", "/usr/share/zoneinfo/" + zone, "/etc/localtime"])
         assert vm.run(["/bin/date", "+%Z"]).out.strip() in ("EST", "CET"), zone
