@@ -716,23 +716,11 @@ def check_key(cfg) -> List[Check]:
 
 # ---------------------------------------------------------------------------- systemd
 
-_SPAN = re.compile(r"(\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d|w|month|y)\b")
-_SPAN_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1, "min": 60, "h": 3600, "d": 86400, "w": 604800,
-                 "month": 2629800, "y": 31557600}
-
-
 def timespan(text: str) -> Optional[float]:
-    """systemd's time span ("1h 2min 3.5s", "30s", "500ms") in seconds; None when not one."""
-    text = text.strip()
-    if not text or text in ("0", "infinity"):
-        return 0.0 if text == "0" else None
-    total, end = 0.0, 0
-    for mt in _SPAN.finditer(text):
-        if text[end:mt.start()].strip():
-            return None
-        total += float(mt.group(1)) * _SPAN_SECONDS[mt.group(2)]
-        end = mt.end()
-    return total if end and not text[end:].strip() else None
+    """systemd's time span ("1h 2min 3.5s", "30s", "500ms", "0") in seconds; None when not one."""
+    from .policy_timer import parse_timespan
+
+    return 0.0 if text.strip() == "0" else parse_timespan(text)
 
 
 def parse_show(text: str) -> List[Dict[str, List[str]]]:
