@@ -149,6 +149,19 @@ def test_a_failed_switch_is_said_and_not_counted(ledger):
     assert ledger.get_state(ignition.RETURNS_KEY) is None
 
 
+def test_a_tick_that_put_the_camera_back_first_is_not_counted_again(ledger):
+    # the watcher read the engine starting; a policy tick held the lock, switched and counted
+    car = Car("off", [False, True], ledger=ledger)
+
+    def lock():
+        car.mode = "record"
+        return ignition.PolicyLock(None)
+    done = ignition.watch(CFG, car, car, ledger_open=lambda: contextlib.nullcontext(ledger), lock=lock,
+                          clock=car.clock, wall=lambda: 1.7e9, sleep=car.sleep)
+    assert done is None and car.calls == []
+    assert ledger.get_state(ignition.RETURNS_KEY) is None
+
+
 @pytest.mark.parametrize("external,mode", [(True, "record"), (False, "off"), (None, "off")])
 def test_the_boot_decides_from_one_reading(external, mode):
     assert ignition.boot_mode(Reading(external=external))[0] == mode

@@ -773,6 +773,26 @@ def test_the_engine_started_during_an_ingest_on_battery_stops_it_and_counts_the_
     assert returns["counts"] == {"engine_started": 1} and returns["last"]["message"] == record["back_to_record"]
 
 
+def test_a_return_the_ignition_watcher_made_first_is_not_counted_again(rig):
+    cfg, world, actions, clock, ledger, run = rig
+    world.reachable = True
+    run()  # arriving home on battery: data at once; the ingest leaves the camera off
+    world.mode = "off"
+    run()
+    world.reading = FakeReading(percent=95, external=True)  # the engine starts
+
+    def watcher_was_first(mode):  # under the lock, the camera already records
+        actions.calls.append(("camera", mode))
+        world.mode = mode
+        return False
+    actions.set_camera = watcher_was_first
+    record = run()
+    assert record["decision"]["back_to_record"] == "engine_started" and world.mode == "record"
+    assert record["back_to_record"] is None
+    assert record["done"] == ["camera record (already recording: the ignition watcher switched it)"]
+    assert ledger.get_state("back_to_record") is None
+
+
 def test_an_unknown_power_reading_neither_starts_nor_ends_the_external_streak(rig):
     cfg, world, actions, clock, ledger, run = rig
     world.reading = FakeReading(percent=95, external=True)

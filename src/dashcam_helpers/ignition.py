@@ -178,6 +178,11 @@ def _back_to_record(cfg, facts, actions, kind, mode, seen, ledger_open, lock, cl
             return None
         if kind == "leaving_home" and facts.server_reachable():
             return None
+        # a policy tick that read the same change may have put the camera back while we waited
+        # for the lock: it counted that return; the watcher's work is done
+        if facts.camera_mode() == "record":
+            log.info("ignition watch: the camera already records (a policy tick switched it)")
+            return None
         with ledger_open() as ledger:
             before = ledger.get_state("last_ingest")
         failed = []
@@ -200,7 +205,8 @@ def _back_to_record(cfg, facts, actions, kind, mode, seen, ledger_open, lock, cl
             if failed:
                 message += "; FAILED: " + "; ".join(failed)
             else:
-                note(ledger, kind, message, wall())
+                with ledger.transaction():  # read and write the counts as one: a tick may count too
+                    note(ledger, kind, message, wall())
     log.log(ERROR if failed else INFO, message,
             extra={"DASHCAM_BACK_TO_RECORD": kind, "DASHCAM_CAMERA_TARGET": "record"})
     if not failed:

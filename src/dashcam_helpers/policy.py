@@ -539,14 +539,22 @@ class SystemActions:
         # blocks until they have stopped: ingest deletes its .part and unmounts, upload ends rsync
         runner.run(["systemctl", "stop", *units], timeout=150, dry_run=self.dry_run)
 
-    def set_camera(self, mode: str) -> None:
+    def set_camera(self, mode: str) -> Optional[bool]:
+        """Switch the camera; False when it was already recording (nothing done)."""
         from . import camera
-
-        if mode == "record" or self.facts is None or self.facts.reading is None:
-            camera.set_mode(self.cfg, mode, dry_run=self.dry_run)
-            return
         from .ignition import LOCK_PATH, PolicyLock
 
+        if self.facts is None or (mode != "record" and self.facts.reading is None):
+            camera.set_mode(self.cfg, mode, dry_run=self.dry_run)
+            return None
+        if mode == "record":
+            # under the watcher's lock: it may have put the camera back (and counted the return)
+            # since this tick read the mode
+            with PolicyLock(None if self.dry_run else LOCK_PATH):
+                if not self.dry_run and self.facts.camera_mode() == "record":
+                    return False
+                camera.set_mode(self.cfg, mode, dry_run=self.dry_run)
+            return None
         # leaving record: under the lock the ignition watcher acts with, one more battery read. The
         # engine may have started since this tick's reading (a tick takes seconds); the watcher, or
         # the next tick, has the camera then.
@@ -557,6 +565,7 @@ class SystemActions:
                     f"camera {mode}: not switched: external power since this tick's reading (the engine started)"
                 )
             camera.set_mode(self.cfg, mode, dry_run=self.dry_run)
+        return None
 
     def start_upload(self) -> None:
         from . import runner
@@ -771,10 +780,18 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
     if decision.stop_units:
         _try(outcome, "stop " + " ".join(decision.stop_units), actions.stop_units, list(decision.stop_units))
     new_mode = mode
+    already = []  # the camera was found recording under the lock: the watcher put it back first
+
+    def set_camera(target: str) -> None:
+        if actions.set_camera(target) is False:
+            already.append(target)
+
     if decision.camera is not None:
-        if _try(outcome, f"camera {decision.camera}", actions.set_camera, decision.camera):
+        if _try(outcome, f"camera {decision.camera}", set_camera, decision.camera):
             if not dry_run:
                 new_mode = decision.camera
+            if already:
+                outcome.done[-1] += " (already recording: the ignition watcher switched it)"
     if decision.start_upload:
         _try(outcome, "start " + UPLOAD_UNIT, actions.start_upload)
     # the camera leaves record (or a boot finds it out of record): the watcher puts it back within
@@ -784,7 +801,7 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
     ):
         _try(outcome, "start " + WATCH_UNIT, actions.start_watch)
     back_message = None
-    if back and new_mode == "record" and mode != "record":
+    if back and new_mode == "record" and mode != "record" and not already:
         from .ignition import describe
 
         after = ledger.get_state("last_ingest") if stopping_ingest else None
