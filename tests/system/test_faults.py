@@ -48,7 +48,7 @@ def test_camera_yanked_mid_copy_the_unit_ends_within_10_s_and_the_next_attach_re
     assert ended <= 10.0, "the ingest unit took %.1f s to end after the yank" % ended
     staged_at_yank = [r for r in guest.ledger_rows(booted) if r["state"] == "staged"]
     assert len(staged_at_yank) < len(setup.clips), "the copy finished before the yank: make the card bigger"
-    assert scenario.mounts_of(booted, "/run/dashcam") == ""
+    assert scenario.mounts_of(booted, "/run/dashcam/mnt") == ""
     assert no_partial_files(booted) == []
 
     # the camera comes back: the ingest resumes and finishes; nothing is copied twice
