@@ -46,9 +46,10 @@ BUDGET_KEY = "budget"  # written by the policy every tick, read by ingest and up
 RATES_KEY = "budget_rates"  # what was learned, kept by the policy between ticks
 CARD_KEY = "card_left"  # written by the ingest: footage its last scan found and did not copy (yet)
 
-# a budget older than this (monotonic seconds; the tick runs every 30 s on battery) is not
-# followed: the policy is not running, the thresholds rule alone
-STALE_SECONDS = 180.0
+# a budget older than this (monotonic seconds: two ticks at the longest policy interval,
+# policy_timer.MAX_SECONDS, and a minute) is not followed: the policy is not running, the
+# thresholds rule alone. Until then what it allowed shrinks with the time gone (allowance()).
+STALE_SECONDS = 660.0
 # the UPS's boost converter (3.2 V cell -> 5 V): the cell gives this fraction of what it loses
 CONVERTER_EFFICIENCY = 0.85
 # the discharge estimate needs the percent to fall over at least this long (seconds) ...
@@ -384,7 +385,7 @@ def verdict(est: Optional[Estimate], cfg) -> Verdict:
         elif events and events <= allowed:
             out.update(upload="events", upload_why=f"events first: ~{size(events)} of events fit in {left},"
                                                    f" ~{size(allowed - events)} of {size(normal)} of normal clips after them")
-        elif allowed > 0 and (events or normal):
+        elif est.staged_files and allowed >= est.staged_bytes / est.staged_files:
             out.update(upload="some", upload_why=f"~{size(allowed)} of {size(est.staged_bytes)} staged fit in {left},"
                                                  " events first")
         else:
@@ -393,6 +394,41 @@ def verdict(est: Optional[Estimate], cfg) -> Verdict:
             and read_s + send_s <= est.runtime_shutdown * keep:
         out["all_safe_seconds"] = read_s + send_s
     return Verdict(**out)
+
+
+def _minutes(seconds: Optional[float]) -> Optional[float]:
+    return None if seconds is None else round(seconds / 60.0, 1)
+
+
+def report(est: Optional[Estimate], verdict_: Optional[Verdict]) -> Dict[str, Any]:
+    """The budget as `dashcamctl status --json` and MQTT show it (plain data; {} without a budget)."""
+    if est is None:
+        return {}
+    v = verdict_ or Verdict()
+    return {
+        "on_battery": est.on_battery,
+        "percent": est.percent,
+        "runtime_minutes": _minutes(est.runtime_shutdown),
+        "camera_runtime_minutes": _minutes(est.runtime_disconnect),
+        "runtime_why": est.runtime_why,
+        "load_watts": round(est.load_watts, 2),
+        "load_measured": est.load_measured,
+        "waiting_bytes": est.waiting_bytes,
+        "waiting_event_bytes": est.waiting_event_bytes,
+        "staged_bytes": est.staged_bytes,
+        "camera_bytes": est.card_bytes,
+        "camera_exact": est.card_exact,
+        "all_safe_minutes": _minutes(v.all_safe_seconds),
+        "oldest_unsent_minutes": _minutes(est.oldest_unsent_seconds),
+        "read_bytes_per_second": int(est.read_bps),
+        "read_learned": est.read_learned,
+        "upload_bytes_per_second": int(est.upload_bps),
+        "upload_learned": est.upload_learned,
+        "ingest": v.ingest,
+        "why": v.why,
+        "upload": v.upload,
+        "upload_why": v.upload_why,
+    }
 
 
 # --- the gates at each clip boundary (ingest, upload) ---------------------------------------------------
@@ -477,8 +513,13 @@ class IngestGate:
 
     def _left(self, start: int) -> None:
         rest = self.clips[start:]
-        self.put_state(CARD_KEY, {"camera": self.camera, "bytes": sum(n for n, _ in rest),
-                                  "event_bytes": sum(n for n, e in rest if e), "files": len(rest), "scan": self.scan})
+        try:
+            self.put_state(CARD_KEY, {"camera": self.camera, "bytes": sum(n for n, _ in rest),
+                                      "event_bytes": sum(n for n, e in rest if e), "files": len(rest),
+                                      "scan": self.scan})
+        except Exception as e:  # a busy ledger: the estimate is then older, the copy goes on
+            if self.log is not None:
+                self.log.debug("cannot record what is left on the card: %s", e)
 
     def may_start(self, index: int) -> bool:
         """Clip ``index`` (of ``clips``) is next: may it start? Records what is left either way."""
