@@ -505,7 +505,7 @@ class IngestGate:
         self.get_state, self.put_state, self.camera = get_state, put_state, camera
         self.clips = list(clips)
         self.boot_id, self.clock, self.log = boot_id, clock, log
-        self.done = 0  # clips passed (copied, failed or skipped)
+        self.stopped = False  # once the budget has said stop, this run starts no other clip
         total = sum(n for n, _ in self.clips)
         events = sum(n for n, e in self.clips if e)
         self.scan = {"bytes": total, "event_bytes": events, "files": len(self.clips)}
@@ -523,6 +523,8 @@ class IngestGate:
 
     def may_start(self, index: int) -> bool:
         """Clip ``index`` (of ``clips``) is next: may it start? Records what is left either way."""
+        if self.stopped:
+            return False
         self._left(index)
         nbytes, event = self.clips[index]
         remaining = sum(n for n, _ in self.clips[index:])
@@ -532,6 +534,7 @@ class IngestGate:
             state = None
         allowed = allowance(state, "ingest", self.boot_id, self.clock())
         ok = may_copy(nbytes, event, remaining, allowed)
+        self.stopped = not ok
         if not ok and self.log is not None:
             events_left = sum(n for n, e in self.clips[index:] if e)
             self.log.warning(
