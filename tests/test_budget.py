@@ -111,7 +111,11 @@ def test_a_flat_battery_is_judged_by_its_energy_a_falling_one_by_its_fall_the_sm
     e2 = budget.estimate(falling, BOOT, CFG, rates={}, camera="dashcam", watts=5.0, recorded_seconds=0, card=None,
                          staged=(0, 0, 0), oldest_staged_wall=None, recording_since_wall=None, wall=0)
     assert e2.percent == 40 and e2.runtime_disconnect == 0.0
-    assert e2.runtime_shutdown == pytest.approx(15 / (30 / 240), rel=0.01)  # 30 % in 240 s, 15 % left to fall
+    # 30 % in 240 s; shutdown_percent 25 trips when the reading leaves the 30 % step: 10 % left to fall
+    assert e2.runtime_shutdown == pytest.approx(10 / (30 / 240), rel=0.01)
+    assert budget.effective_threshold(25, CFG.battery.voltage_table) == 30
+    assert budget.effective_threshold(50, CFG.battery.voltage_table) == 50
+    assert budget.effective_threshold(101, CFG.battery.voltage_table) == 101
 
 
 @pytest.mark.parametrize("history,why", [

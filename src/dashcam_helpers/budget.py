@@ -8,7 +8,8 @@ sent. This module estimates, from what the policy tick already knows:
   can run). Two estimates, the smaller wins (a LiFePO4 cell is flat, then steep below about
   3.2 V: neither alone is safe):
     * energy: budget.capacity_wh x (percent - threshold) / 100 / the draw, where percent is
-      the project's voltage table reading (not linear in volts) and the draw is the UPS's
+      the project's voltage table reading (not linear in volts; a threshold between two steps
+      counts from the step above it, where the first reading below trips it) and the draw is the UPS's
       output (VOUT x IOUT of lifepo4wered-cli, output_power of battery-info.sh) divided by
       CONVERTER_EFFICIENCY, or budget.load_watts while the UPS reports none;
     * discharge: the fall of the percent over the readings of the current streak on
@@ -191,6 +192,13 @@ def discharge_rate(history: Sequence[Any], boot_id: str) -> Optional[float]:
     return fall / seconds
 
 
+def effective_threshold(threshold: int, table: Sequence[Tuple[int, int]]) -> int:
+    """The percent at which a threshold trips with the voltage table's steps: the first reading below
+    the lowest step at or above it (shutdown_percent 25 with steps 30 and 20: the cell leaving 30 %)."""
+    steps = [p for _, p in table if p >= threshold]
+    return min(steps) if steps else threshold
+
+
 def runtime(percent: int, threshold: int, capacity_wh: float, watts: float,
             rate: Optional[float]) -> float:
     """Seconds until ``percent`` falls to ``threshold``: the smaller of the energy left at ``watts``
@@ -268,11 +276,13 @@ def _learned(value: Any, low: float, high: float) -> Optional[float]:
 
 
 def estimate(history: Sequence[Any], boot_id: str, cfg, *, rates: Any, camera: str, watts: Optional[float],
-             recorded_seconds: float, card: Any, staged: Tuple[int, int, int],
+             recorded_seconds: float, card: Any, staged: Tuple[int, int, int], last_ingest: Any = None,
              oldest_staged_wall: Optional[float], recording_since_wall: Optional[float], wall: float) -> Estimate:
     """Pure: everything the budget knows this tick (see the module's doc). ``history``: the tick's
     battery samples, the last one is this tick's; ``staged``: (files, bytes, event bytes) staged and
-    not yet verified; ``card``: the ledger's card_left state; ``rates``: what learn() returned."""
+    not yet verified; ``card``: the ledger's card_left state; ``rates``: what learn() returned;
+    ``last_ingest``: the ledger's state of that name (a card_left written after it, by an ingest
+    still running, already holds what was recorded since)."""
     b, t = cfg.budget, cfg.thresholds
     cams = rates.get("cameras") if isinstance(rates, dict) else None
     cam = cams.get(camera) if isinstance(cams, dict) and isinstance(cams.get(camera), dict) else {}
@@ -299,8 +309,9 @@ def estimate(history: Sequence[Any], boot_id: str, cfg, *, rates: Any, camera: s
         # one reading above the others is no reason to hope: the lowest of the recent median and this one
         pct = min(current.percent, int(_median([s.percent for s in streak[-SLOPE_ENDS:]]))) if streak else current.percent
         rate = discharge_rate(history, boot_id)
-        run_off = runtime(pct, t.disconnect_percent, b.capacity_wh, load, rate)
-        run_down = runtime(pct, t.shutdown_percent, b.capacity_wh, load, rate)
+        table = cfg.battery.voltage_table
+        run_off = runtime(pct, effective_threshold(t.disconnect_percent, table), b.capacity_wh, load, rate)
+        run_down = runtime(pct, effective_threshold(t.shutdown_percent, table), b.capacity_wh, load, rate)
         why = (f"{pct} % of {b.capacity_wh:g} Wh at {load:.1f} W" + ("" if measured else " (assumed, budget.load_watts)")
                + (f", falling {rate * 6000:.1f} %/10 min" if rate else ""))
         percent = pct
@@ -311,7 +322,8 @@ def estimate(history: Sequence[Any], boot_id: str, cfg, *, rates: Any, camera: s
     if isinstance(card, dict) and card.get("camera") == camera and _finite(card.get("bytes")) \
             and _finite(card.get("event_bytes")) and 0 <= card["event_bytes"] <= card["bytes"]:
         left_events, left_all, exact = int(card["event_bytes"]), int(card["bytes"]), True
-    recorded = max(0.0, recorded_seconds) / 60.0 * per_minute
+    running = exact and "after" in card and card.get("after") == last_ingest
+    recorded = 0.0 if running else max(0.0, recorded_seconds) / 60.0 * per_minute
     card_all = left_all + int(recorded)
     card_events = left_events + int(recorded * share)
     exact = exact and recorded == 0
@@ -509,6 +521,10 @@ class IngestGate:
         total = sum(n for n, _ in self.clips)
         events = sum(n for n, e in self.clips if e)
         self.scan = {"bytes": total, "event_bytes": events, "files": len(self.clips)}
+        try:  # the last ingest before this one: while it is still the last, this scan holds all there is
+            self.after = get_state("last_ingest")
+        except Exception:
+            self.after = None
         self._left(0)
 
     def _left(self, start: int) -> None:
@@ -516,7 +532,7 @@ class IngestGate:
         try:
             self.put_state(CARD_KEY, {"camera": self.camera, "bytes": sum(n for n, _ in rest),
                                       "event_bytes": sum(n for n, e in rest if e), "files": len(rest),
-                                      "scan": self.scan})
+                                      "scan": self.scan, "after": self.after})
         except Exception as e:  # a busy ledger: the estimate is then older, the copy goes on
             if self.log is not None:
                 self.log.debug("cannot record what is left on the card: %s", e)

@@ -763,7 +763,7 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
     if cfg.budget.enabled:
         estimate = power_budget.estimate(
             history, boot, cfg, rates=rates, camera=cfg.camera.name, watts=watts, recorded_seconds=recorded,
-            card=card, staged=(backlog_files, backlog_bytes, backlog_event_bytes),
+            card=card, staged=(backlog_files, backlog_bytes, backlog_event_bytes), last_ingest=last_ingest,
             oldest_staged_wall=oldest_staged, recording_since_wall=recording_since, wall=wall)
     # the wall clock, as ingest and upload record it: a jump back only ends the pause early
     upload_failed_recently = (
