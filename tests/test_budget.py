@@ -205,3 +205,111 @@ def test_an_upload_sends_whole_clips_events_first_up_to_what_the_budget_allows()
     assert budget.upload_fit(items, 450 * MB) == [1, 2]
     assert budget.upload_fit(items, 250 * MB) == [1, 0]  # the second event does not fit: stop there
     assert budget.upload_fit(items, 50 * MB) == []
+
+
+# --- the tick writes the budget; ingest and upload follow it ------------------------------------------
+
+import logging  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import time  # noqa: E402
+
+from dashcam_helpers import ingest, mqtt, status  # noqa: E402
+from dashcam_helpers.ledger import Ledger  # noqa: E402
+from dashcam_helpers.policy import SystemClock, tick  # noqa: E402
+from test_policy_tick import FakeActions, FakeClock, FakeReading, FakeWorld  # noqa: E402
+
+
+def test_an_arrival_on_battery_copies_events_only_and_says_why_with_numbers(make_config, caplog):
+    cfg = config.load(str(make_config()))
+    world, clock = FakeWorld(), FakeClock()
+    world.reachable = True
+    # 80 % on battery; the UPS reports 5 V x 1000 mA
+    world.reading = FakeReading(percent=80, millivolts=3413, external=False, raw={"VOUT": 5000, "IOUT": 1000})
+    actions = FakeActions(world)
+    with Ledger(cfg.paths.ledger) as ledger:
+        ingested = {"wall": 1.0, "result": "ok", "files": 3, "bytes": 300 * MB, "pending": 0}
+        ledger.put_state("last_ingest", ingested)
+        # 90 minutes recorded since that ingest with this tick (this boot), the server out of reach until now
+        ledger.put_state("policy", {"boot_id": clock.boot, "last_tick": clock.mono - 30, "last_mode": "record",
+                                    "reachable": False, "recorded_seconds": 89.5 * MIN, "seen_ingest": ingested,
+                                    "last_external": False})
+        with caplog.at_level(logging.INFO, logger="dashcam.policy"):
+            record = tick(cfg, world, actions, ledger=ledger, clock=clock)
+        assert record["done"][:2] == ["camera data", "copy events only"]
+        line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("policy:")][-1]
+        # 30 % of 4.8 Wh through the converter at 5 W: 14 min; 90 min x 100 MB, 10 % of it events
+        assert "-> did camera data, copy events only" in line
+        assert "copy events only: ~900 MB of events (estimated) fit in ~14 min left above 50 %," \
+               " 8.1 GB of normal clips do not" in line
+        state = ledger.get_state(budget.BUDGET_KEY)
+        assert state["boot_id"] == clock.boot and state["ingest"] == "events"
+        assert state["ingest_bytes"] == pytest.approx((4.8 * 0.3 * 0.85 / 5 * 3600 * 0.7 - 60) * 10 * MB, abs=1)
+        # the ingest's gate at its clip boundaries: the events, then the first normal clip is not started
+        clips = [(100 * MB, True)] * 9 + [(100 * MB, False)] * 81
+        gate = budget.IngestGate(ledger.get_state, ledger.put_state, "dashcam", clips, clock.boot, lambda: clock.mono)
+        assert [gate.may_start(i) for i in range(10)] == [True] * 9 + [False]
+        assert ledger.get_state(budget.CARD_KEY)["bytes"] == 81 * 100 * MB
+        # status and Home Assistant show it
+        section = status.budget_section(cfg)
+        assert section["waiting_bytes"] == 9 * GB and section["waiting_event_bytes"] == 900 * MB
+        text = status.render({"budget": section})
+        assert text.startswith("budget:   ~24 min on battery (80 % of 4.8 Wh at 5.0 W); 9.0 GB waiting (900 MB of events;")
+        assert "not all on this charge" in text
+        doc = mqtt.state_document({"budget": section})
+        assert doc["runtime_minutes"] == section["runtime_minutes"] and doc["waiting_event_bytes"] == 900 * MB
+        assert doc["all_safe_minutes"] is None and doc["oldest_unsent_minutes"] is not None
+
+
+def test_a_dry_run_gives_ingest_and_upload_no_budget(make_config):
+    cfg = config.load(str(make_config()))
+    world, clock = FakeWorld(), FakeClock()
+    with Ledger(cfg.paths.ledger) as ledger:
+        tick(cfg, world, FakeActions(world), ledger=ledger, clock=clock, dry_run=True)
+        assert ledger.get_state(budget.BUDGET_KEY) is None
+        tick(cfg, world, FakeActions(world), ledger=ledger, clock=clock)
+        assert ledger.get_state(budget.BUDGET_KEY)["ingest_bytes"] is not None
+
+
+def test_the_ingest_copies_the_events_and_leaves_the_rest_on_the_card_when_the_budget_says_so(make_config, tmp_path):
+    cfg = config.load(str(make_config({"ingest": {"reserve_bytes": 0, "reserve_percent": 0}})))
+    card = tmp_path / "card"
+    for n in range(3):
+        for folder in ("Event/Front", "Normal/Front"):
+            path = card / folder / f"2026_1130_12000{n}_00{n}F.MP4"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(random.Random(f"{folder}{n}").randbytes(100_000))
+            os.utime(path, (1.7644e9 + n, 1.7644e9 + n))
+    with Ledger(cfg.paths.ledger) as ledger:  # the policy's word: 250 kB may still be read, this boot
+        ledger.put_state(budget.BUDGET_KEY, {"boot_id": SystemClock().boot_id(), "monotonic": time.monotonic(),
+                                             "ingest_bytes": 250_000, "ingest_rate": 1.0})
+    result = ingest.ingest_source(cfg, str(card))
+    with Ledger(cfg.paths.ledger) as ledger:
+        staged = [c.source_path for c in ledger.files("staged")]
+        left = ledger.get_state(budget.CARD_KEY)
+    assert sorted(staged) == sorted(f"Event/Front/2026_1130_12000{n}_00{n}F.MP4" for n in range(3))
+    assert result.pending == 3 and not result.interrupted
+    assert (left["bytes"], left["event_bytes"], left["files"]) == (300_000, 0, 3)
+    # no budget (external power: none written; or stale): everything
+    with Ledger(cfg.paths.ledger) as ledger:
+        ledger.put_state(budget.BUDGET_KEY, {"boot_id": "another boot", "monotonic": 0.0,
+                                             "ingest_bytes": 0, "ingest_rate": 1.0})
+    again = ingest.ingest_source(cfg, str(card))
+    assert again.files == 3 and again.pending == 0
+
+
+def test_the_upload_starts_only_whole_clips_that_fit_events_first(make_config):
+    from dashcam_helpers import upload
+
+    cfg = config.load(str(make_config()))
+    with Ledger(cfg.paths.ledger) as ledger:
+        for n, event in enumerate([False, True, False, True]):
+            ledger.record_staged("dashcam", f"{'Event' if event else 'Normal'}/c{n}.MP4", 100 * MB, n, event=event,
+                                 sha256=f"{n:064x}", staged_path=f"dashcam/2026-11-30/c{n}.MP4")
+        uploader = upload.Uploader(cfg, ledger)
+        items = upload.plan(ledger.files("staged"), cfg.paths.ready)
+        assert uploader.within_budget(items) == items  # no budget: all, in the plan's order
+        ledger.put_state(budget.BUDGET_KEY, {"boot_id": SystemClock().boot_id(), "monotonic": time.monotonic(),
+                                             "upload_bytes": 250 * MB, "upload_rate": 1.0})
+        chosen = uploader.within_budget(items)
+        assert [i.clip.event for i in chosen] == [True, True]

@@ -734,11 +734,13 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
         data_ingest = st.get("data_ingest")
     ingested_since_data = mode == "data" and not _same_marker(last_ingest, data_ingest)
     recorded = float(st.get("recorded_seconds", 0.0))
-    recorded_before = recorded  # what the ingest that may just have ended took (the budget learns from it)
+    recorded_before = 0.0  # the recording an ingest that just ended took (the budget learns from it)
     recording_since = st.get("recording_since")  # wall clock, for people: the oldest footage on the camera
+    card = ledger.get_state(power_budget.CARD_KEY)  # what the last ingest left on the card
     if not _same_marker(last_ingest, st.get("seen_ingest")):
-        recorded = 0.0  # an ingest took what the camera had recorded
-        recording_since = None
+        recorded_before, recorded = recorded, 0.0  # an ingest took what the camera had recorded
+        if not (isinstance(card, dict) and card.get("bytes")):
+            recording_since = None  # ... all of it: else the oldest footage is still on the card
     elif same_boot and st.get("last_mode") == "record" and mode == "record" and st.get("last_tick") is not None:
         recorded += max(0.0, now - st["last_tick"])
         if recording_since is None:
@@ -756,7 +758,6 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
     last_upload = ledger.get_state("last_upload")
     # the power budget (budget.py): what the ingests and uploads taught, what waits, the runtime left
     watts = power_budget.load_watts(reading.raw)
-    card = ledger.get_state(power_budget.CARD_KEY)
     rates = power_budget.learn(ledger.get_state(power_budget.RATES_KEY), cfg.camera.name, last_ingest=last_ingest,
                                last_upload=last_upload, recorded_seconds=recorded_before, watts=watts, card=card)
     estimate = None
