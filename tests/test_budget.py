@@ -58,7 +58,7 @@ CASES = [
      dict(budget=est(runtime_off=0.0, on_battery=False), reachable_since=T0 - 3600, external_since=T0 - 3600,
           was_reachable=True, recorded_seconds=40 * MIN), "data", False, ["data: server reachable"], ["budget", "copy"]),
     ("unknown runtime: no limit, data as without a budget", H,
-     dict(budget=est(runtime_off=None, runtime_down=None)), "data", False, ["no budget: runtime unknown"], ["power budget"]),
+     dict(budget=est(runtime_off=None, runtime_down=None)), "data", False, ["no budget: runtime unknown (test): the thresholds decide alone"], ["power budget"]),
     ("upload: events fit, normal clips after them -> start", H,
      dict(budget=est(staged=(30, 3 * GB, 600 * MB), runtime_down=20 * MIN), camera_mode="off", was_reachable=True,
           recorded_seconds=0, backlog_files=30, backlog_bytes=3 * GB), None, True,
@@ -313,3 +313,16 @@ def test_the_upload_starts_only_whole_clips_that_fit_events_first(make_config):
                                              "upload_bytes": 250 * MB, "upload_rate": 1.0})
         chosen = uploader.within_budget(items)
         assert [i.clip.event for i in chosen] == [True, True]
+
+
+def test_with_the_budget_switched_off_nothing_is_limited(make_config):
+    cfg = config.load(str(make_config({"budget": {"enabled": False}})))
+    world, clock = FakeWorld(), FakeClock()
+    world.reading = FakeReading(percent=55, external=False)  # 5 % above disconnect: little runtime
+    world.reachable = True
+    with Ledger(cfg.paths.ledger) as ledger:
+        record = tick(cfg, world, FakeActions(world), ledger=ledger, clock=clock)
+        assert record["done"][0] == "camera data" and "copy" not in record["decision"]["reason"]
+        assert record["saw"]["budget"] == {}
+        state = ledger.get_state(budget.BUDGET_KEY)
+        assert state["ingest_bytes"] is None and state["upload_bytes"] is None

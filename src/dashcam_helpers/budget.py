@@ -369,7 +369,7 @@ def verdict(est: Optional[Estimate], cfg) -> Verdict:
     keep = 1.0 - b.margin_percent / 100.0
     out: Dict[str, Any] = {}
     if est.runtime_disconnect is None:
-        out.update(ingest="unknown", why=f"runtime unknown ({est.runtime_why}): no budget, the thresholds decide")
+        out.update(ingest="unknown", why=f"runtime unknown ({est.runtime_why}): the thresholds decide alone")
     else:
         usable = est.runtime_disconnect * keep
         out["ingest_bytes"] = int(max(0.0, usable - b.overhead_seconds) * est.read_bps)
