@@ -326,3 +326,27 @@ def test_with_the_budget_switched_off_nothing_is_limited(make_config):
         assert record["saw"]["budget"] == {}
         state = ledger.get_state(budget.BUDGET_KEY)
         assert state["ingest_bytes"] is None and state["upload_bytes"] is None
+
+
+JUNK = [None, "text", 7, [1, 2], {"cameras": {"dashcam": {"read_bps": "fast", "bytes_per_minute": -1}},
+                                   "watts": 1e308, "upload_bps": float("inf")},
+        {"camera": "dashcam", "bytes": 10, "event_bytes": 20, "after": {}}, {"bytes": [1], "camera": ["x"]}]
+
+
+@pytest.mark.parametrize("junk", JUNK)
+def test_whatever_the_ledger_holds_for_the_budget_a_low_battery_still_shuts_down(make_config, junk):
+    cfg = config.load(str(make_config()))
+    world, clock = FakeWorld(), FakeClock()
+    world.reading = FakeReading(percent=20, millivolts=3200, external=False, raw={"VOUT": "x", "IOUT": 10**30})
+    actions = FakeActions(world)
+    with Ledger(cfg.paths.ledger) as ledger:
+        for key in (budget.RATES_KEY, budget.CARD_KEY, budget.BUDGET_KEY):
+            ledger.put_state(key, junk)
+        ledger.put_state("last_ingest", junk)
+        ledger.put_state("last_upload", junk)
+        for _ in range(3):
+            record = tick(cfg, world, actions, ledger=ledger, clock=clock)
+            clock.advance()
+        assert record["decision"]["shutdown"] and ("poweroff",) in actions.calls
+        gate = budget.IngestGate(ledger.get_state, ledger.put_state, "dashcam", [(1, True)], "other", lambda: 0.0)
+        assert gate.may_start(0)

@@ -757,15 +757,18 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
     backlog_files, backlog_bytes, backlog_event_bytes, oldest_staged = ledger.backlog_detail()
     last_upload = ledger.get_state("last_upload")
     # the power budget (budget.py): what the ingests and uploads taught, what waits, the runtime left
-    watts = power_budget.load_watts(reading.raw)
-    rates = power_budget.learn(ledger.get_state(power_budget.RATES_KEY), cfg.camera.name, last_ingest=last_ingest,
-                               last_upload=last_upload, recorded_seconds=recorded_before, watts=watts, card=card)
-    estimate = None
-    if cfg.budget.enabled:
-        estimate = power_budget.estimate(
-            history, boot, cfg, rates=rates, camera=cfg.camera.name, watts=watts, recorded_seconds=recorded,
-            card=card, staged=(backlog_files, backlog_bytes, backlog_event_bytes), last_ingest=last_ingest,
-            oldest_staged_wall=oldest_staged, recording_since_wall=recording_since, wall=wall)
+    rates, estimate = {}, None
+    try:  # what the ledger holds is input: a case the parsers missed costs the budget, never the tick
+        watts = power_budget.load_watts(reading.raw)
+        rates = power_budget.learn(ledger.get_state(power_budget.RATES_KEY), cfg.camera.name, last_ingest=last_ingest,
+                                   last_upload=last_upload, recorded_seconds=recorded_before, watts=watts, card=card)
+        if cfg.budget.enabled:
+            estimate = power_budget.estimate(
+                history, boot, cfg, rates=rates, camera=cfg.camera.name, watts=watts, recorded_seconds=recorded,
+                card=card, staged=(backlog_files, backlog_bytes, backlog_event_bytes), last_ingest=last_ingest,
+                oldest_staged_wall=oldest_staged, recording_since_wall=recording_since, wall=wall)
+    except Exception as e:
+        log.error("policy: no power budget this tick (no limit): %s: %s", type(e).__name__, e)
     # the wall clock, as ingest and upload record it: a jump back only ends the pause early
     upload_failed_recently = (
         isinstance(last_upload, dict)
