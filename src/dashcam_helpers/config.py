@@ -119,6 +119,18 @@ class Thresholds(Record):
     unknown_low_minutes: int
 
 
+class Budget(Record):
+    enabled: bool
+    capacity_wh: float
+    load_watts: float
+    margin_percent: int
+    overhead_seconds: int
+    read_bytes_per_second: int
+    upload_bytes_per_second: int
+    bytes_per_minute: int
+    event_percent: float
+
+
 class Poll(Record):
     interval_seconds: Optional[int]
     mount_timeout_seconds: int
@@ -156,6 +168,7 @@ class Config(Record):
     upload: Upload
     battery: Battery
     thresholds: Thresholds
+    budget: Budget
     poll: Poll
     tools: Tools
     mqtt: Optional[Mqtt] = None  # optional section: None when absent or enabled: false
@@ -169,6 +182,7 @@ SECTION_CLASSES = {
     "upload": Upload,
     "battery": Battery,
     "thresholds": Thresholds,
+    "budget": Budget,
     "poll": Poll,
     "tools": Tools,
     "mqtt": Mqtt,

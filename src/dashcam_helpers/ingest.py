@@ -751,7 +751,8 @@ def ingest_source(
                 return result
             error = None
             try:
-                _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner)
+                _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner,
+                          _budget_gate(cfg, ledger, todo))
             except DashcamError as e:
                 error = str(e)
                 raise
@@ -778,7 +779,20 @@ def _record_refused(ledger: Ledger, camera: str, clip: Candidate, why: str) -> N
         log.error("%s: no ledger row for the refusal: %s", clip.source_path, e)
 
 
-def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner) -> None:
+def _budget_gate(cfg, ledger: Ledger, todo: Sequence[Candidate]):
+    """The power budget on battery (budget.py), asked before each clip starts; None if it cannot be."""
+    from . import budget
+    from .policy import SystemClock
+
+    try:
+        return budget.IngestGate(ledger.get_state, ledger.put_state, cfg.camera.name, [(c.size, c.event) for c in todo],
+                                 SystemClock().boot_id(), time.monotonic, log)
+    except Exception as e:  # never a reason not to copy
+        log.warning("power budget unavailable, copying without it: %s", e)
+        return None
+
+
+def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner, gate=None) -> None:
     progress = _Progress(len(todo), total)
     finisher = _Finisher(cfg, result, lambda n: progress.add(files=n), should_stop, owner)
     finisher.start()
@@ -790,6 +804,8 @@ def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner) 
                 result.interrupted = True
                 break
             if finisher.error is not None:
+                break
+            if gate is not None and not gate.may_start(seq):  # on battery: the rest waits (events first)
                 break
             free, size_fs = free_space(cfg.paths.local_staging)
             keep = reserve_bytes(cfg, size_fs)
@@ -842,6 +858,8 @@ def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner) 
             except queue.Full:
                 continue
         finisher.join()
+    if gate is not None and remaining == 0:
+        gate.finished()
     if isinstance(finisher.error, Interrupted):
         result.interrupted = True
         remaining += 1

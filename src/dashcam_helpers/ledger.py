@@ -557,6 +557,14 @@ class Ledger:
         ).fetchone()
         return int(row[0]), int(row[1])
 
+    def backlog_detail(self) -> Tuple[int, int, int, Optional[float]]:
+        """(files, bytes, bytes of event clips, earliest staged_at) staged but not yet verified."""
+        row = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(CASE WHEN event THEN size ELSE 0 END), 0),"
+            " MIN(staged_at) FROM footage WHERE state IN ('staged', 'uploaded')"
+        ).fetchone()
+        return int(row[0]), int(row[1]), int(row[2]), row[3]
+
     def counts(self) -> Dict[str, int]:
         rows = self.db.execute("SELECT state, COUNT(*) FROM footage GROUP BY state")
         out = {s: 0 for s in STATES}
@@ -722,6 +730,9 @@ class TickLedger:
 
     def backlog(self) -> Tuple[int, int]:
         return self._use(lambda ledger: ledger.backlog(), (0, 0))
+
+    def backlog_detail(self) -> Tuple[int, int, int, Optional[float]]:
+        return self._use(lambda ledger: ledger.backlog_detail(), (0, 0, 0, None))
 
     # --- writes --------------------------------------------------------------------------------
 

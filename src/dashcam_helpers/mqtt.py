@@ -130,6 +130,13 @@ SENSORS: Tuple[Sensor, ...] = (
     Sensor("last_upload", "sensor", "Last upload", device_class="timestamp"),
     Sensor("last_upload_result", "sensor", "Last upload result", icon="mdi:cloud-upload"),
     Sensor("server_reachable", "binary_sensor", "Server reachable", device_class="connectivity"),
+    # the power budget (budget.py): on battery only; null (unknown) on external power
+    Sensor("runtime_minutes", "sensor", "Runtime on battery", "min", "duration", "measurement", icon="mdi:battery-clock"),
+    Sensor("waiting_bytes", "sensor", "Footage waiting", "B", "data_size", "measurement"),
+    Sensor("waiting_event_bytes", "sensor", "Event footage waiting", "B", "data_size", "measurement"),
+    Sensor("all_safe_minutes", "sensor", "Time to all safe", "min", "duration", "measurement", icon="mdi:cloud-clock"),
+    Sensor("oldest_unsent_minutes", "sensor", "Oldest footage not on the server", "min", "duration", "measurement",
+           icon="mdi:clock-alert"),
     Sensor("updated", "sensor", "Last report", device_class="timestamp", diagnostic=True),
 )
 
@@ -275,6 +282,7 @@ def state_document(facts: Dict[str, Any], now: Optional[float] = None) -> Dict[s
     server = _section(facts, "server")
     ingest = _section(facts, "last_ingest")
     upload = _section(facts, "last_upload")
+    power_budget = _section(facts, "budget")
 
     mv = _number(battery.get("millivolts"))
     volts = round(mv / 1000.0, 3) if mv is not None else _raw_value(raw, "battery_voltage", "VBAT")
@@ -306,6 +314,11 @@ def state_document(facts: Dict[str, Any], now: Optional[float] = None) -> Dict[s
         "last_upload_files": _int(upload.get("files")),
         "last_upload_result": upload.get("result"),
         "server_reachable": _onoff(server.get("reachable")),
+        "runtime_minutes": _number(power_budget.get("runtime_minutes")) if power_budget.get("on_battery") else None,
+        "waiting_bytes": _int(power_budget.get("waiting_bytes")),
+        "waiting_event_bytes": _int(power_budget.get("waiting_event_bytes")),
+        "all_safe_minutes": _number(power_budget.get("all_safe_minutes")),
+        "oldest_unsent_minutes": _number(power_budget.get("oldest_unsent_minutes")),
         "updated": iso(time.time() if now is None else now),
     }
 

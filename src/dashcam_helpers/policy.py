@@ -25,6 +25,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
     from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from . import budget as power_budget
 from .record import Record
 from .staging import space as staging_space
 from .log import ERROR, INFO, WARNING, get as get_logger
@@ -124,6 +125,7 @@ class Facts(Record):
     upload_running: Optional[bool] = False
     upload_failed_recently: bool = False
     upload_held: bool = False  # the last upload found only clips held for a cut session, still held
+    budget: Any = None  # budget.Estimate: the runtime left on battery, the rates, the footage waiting (None: none)
 
     @property
     def staging_has_room(self) -> bool:
@@ -146,6 +148,7 @@ class Decision(Record):
     battery: str = ""
     battery_low: Optional[bool] = None
     back_to_record: str = ""
+    verdict: Any = None  # budget.Verdict: what ingest and upload may start on battery (the tick writes it)
 
 
 # the camera goes back to record because the car can move: the engine started (external power
@@ -239,8 +242,16 @@ def settled(facts: Facts, cfg, at: float) -> bool:
     return at - max(facts.reachable_since, facts.external_since) >= cfg.camera.settle_minutes * 60
 
 
-def _camera(power: Power, facts: Facts, cfg) -> Tuple[Optional[str], str, Tuple[str, ...], str]:
-    """(target mode or None, why, units to stop first, back_to_record)."""
+def _budget_note(verdict, external: bool) -> str:
+    """The power budget's word on a data cycle, with its numbers ("" on external power or without one)."""
+    if external or verdict is None or not verdict.ingest:
+        return ""
+    word = {"all": "copy all", "events": "copy events only", "none": "copy nothing"}.get(verdict.ingest, "no budget")
+    return f"; {word}: {verdict.why}"
+
+
+def _camera(power: Power, facts: Facts, cfg, verdict=None) -> Tuple[Optional[str], str, Tuple[str, ...], str]:
+    """(target mode or None, why, units to stop first, back_to_record). ``verdict``: budget.Verdict."""
     mode = facts.camera_mode
     stop_ingest = (INGEST_UNITS,) if facts.ingest_running else ()
     external = power.state == "external"
@@ -280,7 +291,8 @@ def _camera(power: Power, facts: Facts, cfg) -> Tuple[Optional[str], str, Tuple[
                 "watchdog_external" if external else "",
             )
         if facts.ingest_running:
-            return None, f"ingest running: camera stays in data ({held:.0f} s)", (), ""
+            note = _budget_note(verdict, external)
+            return None, f"ingest running: camera stays in data ({held:.0f} s){note}", (), ""
         if facts.ingested_since_data:
             back = _return_mode(power, cfg)
             return back, f"ingest finished but left the camera in data: back to {back}", (), ""
@@ -333,11 +345,15 @@ def _camera(power: Power, facts: Facts, cfg) -> Tuple[Optional[str], str, Tuple[
                 f"no new footage expected (recorded {facts.recorded_seconds / 60:.0f} min since the last ingest,"
                 f" min_record_minutes {cfg.camera.min_record_minutes})"
             )
+        elif not external and verdict is not None and verdict.ingest == "none":
+            # not even the event clips fit in the runtime left: they wait for external power or the next arrival
+            why_not = f"power budget: {verdict.why}"
         if why_not is None:
             expect = arrived if just_reachable else (
                 f"the camera recorded {facts.recorded_seconds / 60:.0f} min since the last ingest"
             )
-            return "data", f"data: server reachable, {power.why}, staging has room, {expect}", (), ""
+            note = _budget_note(verdict, external)
+            return "data", f"data: server reachable, {power.why}, staging has room, {expect}{note}", (), ""
     else:
         why_not = None
 
@@ -363,7 +379,7 @@ def _camera(power: Power, facts: Facts, cfg) -> Tuple[Optional[str], str, Tuple[
     return target, f"camera {target}: {why}", (), event
 
 
-def _upload(facts: Facts) -> Tuple[bool, str]:
+def _upload(facts: Facts, verdict=None) -> Tuple[bool, str]:
     if facts.backlog_files == 0:
         return False, "nothing to upload"
     waiting = f"{facts.backlog_files} files ({facts.backlog_bytes} bytes) to upload"
@@ -375,7 +391,11 @@ def _upload(facts: Facts) -> Tuple[bool, str]:
         return False, f"{waiting}, the last upload failed: next try after a pause"
     if facts.upload_held:
         return False, f"{waiting}, each waits for a session cut earlier to end on the server"
-    return True, f"{waiting} and the server is reachable: start upload"
+    on_budget = verdict is not None and verdict.upload and verdict.upload != "unknown"
+    if on_budget and verdict.upload == "none":
+        return False, f"{waiting}, power budget: {verdict.upload_why}; they wait for external power or the next arrival"
+    note = f" ({verdict.upload_why})" if on_budget else ""
+    return True, f"{waiting} and the server is reachable: start upload{note}"
 
 
 def decide(history: Sequence[Sample], facts: Facts, cfg) -> Decision:
@@ -384,6 +404,8 @@ def decide(history: Sequence[Sample], facts: Facts, cfg) -> Decision:
     ``history``: the recent battery readings, oldest first; the last one is this tick's.
     """
     power = assess(history, facts, cfg)
+    # the budget never touches a shutdown nor a return to record: only what a data cycle and an upload start
+    verdict = power_budget.verdict(facts.budget, cfg) if facts.budget is not None else None
     if power.state == "critical":
         camera = "off" if facts.camera_mode != "off" else None
         return Decision(
@@ -394,9 +416,10 @@ def decide(history: Sequence[Sample], facts: Facts, cfg) -> Decision:
             reason=f"shutdown: {power.why}; stop ingest and upload, camera off, power off",
             battery=power.state,
             battery_low=True,
+            verdict=verdict,
         )
-    camera, why, stop, back = _camera(power, facts, cfg)
-    upload, upload_why = _upload(facts)
+    camera, why, stop, back = _camera(power, facts, cfg, verdict)
+    upload, upload_why = _upload(facts, verdict)
     return Decision(
         camera=camera,
         start_upload=upload,
@@ -406,6 +429,7 @@ def decide(history: Sequence[Sample], facts: Facts, cfg) -> Decision:
         battery=power.state,
         battery_low=_latch(power, facts),
         back_to_record=back if camera == "record" else "",
+        verdict=verdict,
     )
 
 
@@ -632,7 +656,7 @@ def _number_or_0(value: Any) -> float:
 
 
 # the tick's state keys that hold a number (monotonic seconds); anything else there is dropped
-_STATE_NUMBERS = ("last_tick", "data_since", "recorded_seconds", "unknown_since")
+_STATE_NUMBERS = ("last_tick", "data_since", "recorded_seconds", "unknown_since", "recording_since")
 
 
 def _state(value: Any) -> Dict[str, Any]:
@@ -710,10 +734,17 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
         data_ingest = st.get("data_ingest")
     ingested_since_data = mode == "data" and not _same_marker(last_ingest, data_ingest)
     recorded = float(st.get("recorded_seconds", 0.0))
+    recorded_before = 0.0  # the recording an ingest that just ended took (the budget learns from it)
+    recording_since = st.get("recording_since")  # wall clock, for people: the oldest footage on the camera
+    card = ledger.get_state(power_budget.CARD_KEY)  # what the last ingest left on the card
     if not _same_marker(last_ingest, st.get("seen_ingest")):
-        recorded = 0.0  # an ingest took what the camera had recorded
+        recorded_before, recorded = recorded, 0.0  # an ingest took what the camera had recorded
+        if not (isinstance(card, dict) and card.get("bytes")):
+            recording_since = None  # ... all of it: else the oldest footage is still on the card
     elif same_boot and st.get("last_mode") == "record" and mode == "record" and st.get("last_tick") is not None:
         recorded += max(0.0, now - st["last_tick"])
+        if recording_since is None:
+            recording_since = wall - max(0.0, now - st["last_tick"])
     attached = facts_source.camera_attached() if mode == "data" else None
 
     # the world around it
@@ -723,8 +754,21 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
     if reachable and reachable_since is None:
         reachable_since = now
     free, reserve = facts_source.staging_space()
-    backlog_files, backlog_bytes = ledger.backlog()
+    backlog_files, backlog_bytes, backlog_event_bytes, oldest_staged = ledger.backlog_detail()
     last_upload = ledger.get_state("last_upload")
+    # the power budget (budget.py): what the ingests and uploads taught, what waits, the runtime left
+    rates, estimate = {}, None
+    try:  # what the ledger holds is input: a case the parsers missed costs the budget, never the tick
+        watts = power_budget.load_watts(reading.raw)
+        rates = power_budget.learn(ledger.get_state(power_budget.RATES_KEY), cfg.camera.name, last_ingest=last_ingest,
+                                   last_upload=last_upload, recorded_seconds=recorded_before, watts=watts, card=card)
+        if cfg.budget.enabled:
+            estimate = power_budget.estimate(
+                history, boot, cfg, rates=rates, camera=cfg.camera.name, watts=watts, recorded_seconds=recorded,
+                card=card, staged=(backlog_files, backlog_bytes, backlog_event_bytes), last_ingest=last_ingest,
+                oldest_staged_wall=oldest_staged, recording_since_wall=recording_since, wall=wall)
+    except Exception as e:
+        log.error("policy: no power budget this tick (no limit): %s: %s", type(e).__name__, e)
     # the wall clock, as ingest and upload record it: a jump back only ends the pause early
     upload_failed_recently = (
         isinstance(last_upload, dict)
@@ -770,8 +814,10 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
         upload_running=upload_running,
         upload_failed_recently=upload_failed_recently,
         upload_held=upload_held,
+        budget=estimate,
     )
     decision = decide(history, facts, cfg)
+    verdict = decision.verdict or power_budget.Verdict()
 
     # act: stop units first (a shutdown, or the camera going away under an ingest), then the camera
     outcome = Outcome()
@@ -794,6 +840,8 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
                 outcome.done[-1] += " (already recording: the ignition watcher switched it)"
     if decision.start_upload:
         _try(outcome, "start " + UPLOAD_UNIT, actions.start_upload)
+    if decision.camera == "data" and verdict.ingest == "events" and new_mode == "data":
+        outcome.done.append("copy events only")  # ingest learns it from the budget state at each clip
     # the camera leaves record (or a boot finds it out of record): the watcher puts it back within
     # about a second of the engine starting or the car leaving, the tick only every 30 s
     if new_mode in ("data", "off") and not decision.shutdown and not dry_run and (
@@ -825,6 +873,7 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
             "data_since": data_since,
             "data_ingest": data_ingest,
             "recorded_seconds": recorded,
+            "recording_since": recording_since,
             "seen_ingest": last_ingest,
             "unknown_since": unknown_since,
             "last_external": last_external,
@@ -858,6 +907,7 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
             "backlog_bytes": backlog_bytes,
             "ingest_running": ingest_running,
             "upload_running": upload_running,
+            "budget": power_budget.report(estimate, verdict),
         },
         "decision": decision.asdict(),
         "back_to_record": back_message,
@@ -865,6 +915,7 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
         "failed": outcome.failed,
     }
     record["decision"]["stop_units"] = list(decision.stop_units)
+    record["decision"]["verdict"] = verdict.asdict()
     if decision.shutdown:
         record["done"] = outcome.done + ["poweroff"]
     with ledger.transaction():  # one commit per tick: the reading, the state, the record
@@ -881,6 +932,10 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
         )
         ledger.put_state(*state)
         ledger.put_state(LAST_KEY, record)
+        # for ingest and upload, read at each clip boundary (budget.IngestGate, budget.upload_fit)
+        if not dry_run:  # an instruction to the ingest and the upload: a dry run gives none
+            ledger.put_state(power_budget.BUDGET_KEY, power_budget.budget_state(verdict, estimate, boot, now, wall))
+        ledger.put_state(power_budget.RATES_KEY, rates)
         if back_message:
             from .ignition import note
 
@@ -951,6 +1006,7 @@ def status_facts(record: Dict[str, Any], ledger) -> Dict[str, Any]:
             "free_bytes": saw["staging_free"],
         },
         "server": {"reachable": saw["reachable"]},
+        "budget": saw.get("budget") or {},
         "last_ingest": ledger.get_state("last_ingest") or {},
         "last_upload": ledger.get_state("last_upload") or {},
     }

@@ -70,6 +70,20 @@ def _ledger_state(key: str):
     return section
 
 
+def budget_section(cfg) -> Dict[str, Any]:
+    """The power budget as the last policy tick estimated it (budget.report): runtime left on battery,
+    footage waiting, time to all safe, the oldest footage not yet on the server."""
+    from .ledger import Ledger
+
+    with Ledger(cfg.paths.ledger) as ledger:
+        last = ledger.get_state("last_policy")
+    saw = last.get("saw") if isinstance(last, dict) else None
+    value = saw.get("budget") if isinstance(saw, dict) else None
+    if not isinstance(value, dict) or not value:
+        return {}
+    return {**value, "wall": last.get("wall")}
+
+
 def ledger_section(cfg) -> Dict[str, Any]:
     """Whether the ledger was found damaged and set aside (ingest and upload refuse until restored)."""
     from .ledger import damage_marker, damage_message
@@ -96,6 +110,7 @@ SECTIONS: List[Tuple[str, Callable[[Any], Dict[str, Any]]]] = [
     ("last_ingest", _ledger_state("last_ingest")),
     ("last_upload", _ledger_state("last_upload")),
     ("back_to_record", _ledger_state("back_to_record")),
+    ("budget", budget_section),
 ]
 
 
@@ -180,6 +195,39 @@ def _returns_line(r: Dict[str, Any]) -> str:
     return f"road:     camera back to record {sum(counts.values())} times ({each}); last {_when(last.get('wall'))}: {last.get('message')}"
 
 
+def _budget_line(b: Dict[str, Any]) -> str:
+    """Runtime left on battery, footage waiting (events among it), time to all safe, oldest unsent."""
+    from .budget import size, span
+
+    if "error" in b:
+        return f"budget:   error: {b['error']}"
+    if not b:
+        return "budget:   no estimate yet (the policy has not ticked, or budget.enabled is false)"
+
+    def minutes(key: str) -> Any:
+        value = b.get(key)
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    if b.get("on_battery") and minutes("runtime_minutes") is not None:
+        run = f"~{span(minutes('runtime_minutes') * 60)} on battery ({b.get('runtime_why')})"
+    else:
+        run = f"runtime not estimated ({b.get('runtime_why') or 'unknown'})"
+    where = f"{size(b.get('staged_bytes') or 0)} staged, {'' if b.get('camera_exact') else '~'}" \
+            f"{size(b.get('camera_bytes') or 0)} on the camera"
+    waiting = f"{size(b.get('waiting_bytes') or 0)} waiting ({size(b.get('waiting_event_bytes') or 0)} of events; {where})"
+    safe = minutes("all_safe_minutes")
+    if not b.get("waiting_bytes"):
+        safe_text = "all safe on the server"
+    elif safe is not None:
+        safe_text = f"all safe in ~{span(safe * 60)}"
+    else:
+        safe_text = "not all on this charge: the rest waits for external power or the next arrival" \
+            if b.get("on_battery") else "time to all safe unknown"
+    oldest = minutes("oldest_unsent_minutes")
+    old = f"; oldest not yet on the server: {span(oldest * 60)}" if oldest is not None and b.get("waiting_bytes") else ""
+    return f"budget:   {run}; {waiting}; {safe_text}{old}"
+
+
 def render(facts: Dict[str, Dict[str, Any]]) -> str:
     lines = []
     for name, section in facts.items():
@@ -200,6 +248,8 @@ def render(facts: Dict[str, Dict[str, Any]]) -> str:
             lines.append(_last_line("upload", section))
         elif name == "back_to_record":
             lines.append(_returns_line(section))
+        elif name == "budget":
+            lines.append(_budget_line(section))
         else:
             body = ", ".join(f"{k} {v}" for k, v in section.items())
             lines.append(f"{name + ':':<9} {body}")

@@ -651,6 +651,9 @@ class Uploader:
         pending, budget = list(items), ROUND_FIRST_BYTES
         try:
             while pending:
+                pending = self.within_budget(pending)
+                if not pending:
+                    break
                 batch, pending = take_round(pending, budget)
                 if verifying is not None and self.single_session:
                     collisions += self.settle(verifying)
@@ -845,6 +848,22 @@ class Uploader:
 
     # --- the whole run ----------------------------------------------------------------------
 
+    def within_budget(self, items: List[Item]) -> List[Item]:
+        """On battery: the clips the power budget lets start now (budget.py), events first, whole
+        clips only; all of them when no budget applies (external power, none known)."""
+        from . import budget
+        from .policy import SystemClock
+
+        allowed = budget.allowance(self.ledger.get_state(budget.BUDGET_KEY), "upload", SystemClock().boot_id(),
+                                   time.monotonic())
+        keep = budget.upload_fit([(i.size, i.clip.event) for i in items], allowed)
+        if len(keep) < len(items):
+            left = [i for n, i in enumerate(items) if n not in set(keep)]
+            log.info("power budget on battery: ~%s can be sent in the runtime left; %d clip(s), %s, wait for"
+                     " external power or the next arrival", budget.size(allowed or 0), len(left),
+                     budget.size(sum(i.size for i in left)))
+        return [items[n] for n in keep]
+
     def backlog(self, skip: Set[int]) -> List[Clip]:
         clips = self.ledger.files("staged") + self.ledger.files("uploaded")
         return [c for c in clips if c.id not in skip]
@@ -879,6 +898,7 @@ class Uploader:
                     )
                     items = [i for i in items if i.remote not in held]
                 tried |= {c.id for c in clips}
+                items = self.within_budget(items)
                 if not items:
                     break
                 self.total_files += len(items)
@@ -1016,6 +1036,7 @@ class UploadLock:
 def upload(cfg: Config, *, dry_run: bool = False, sleep: Callable[[float], None] = time.sleep) -> Summary:
     """The upload of the whole backlog; records "last_upload" in the ledger. Raises TryLater / DashcamError."""
     with UploadLock(cfg.paths.state_dir), Ledger(cfg.paths.ledger) as ledger:
+        started = time.monotonic()  # the power budget learns the upload rate from bytes / seconds
         uploader = Uploader(cfg, ledger, dry_run=dry_run, sleep=sleep)
         result, reason = "ok", None
         try:
@@ -1056,6 +1077,7 @@ def upload(cfg: Config, *, dry_run: bool = False, sleep: Callable[[float], None]
                         "collisions": s.collisions,
                         "held": s.held,
                         "held_until": held_until,
+                        "seconds": round(time.monotonic() - started, 3),
                     },
                 )
         return summary
