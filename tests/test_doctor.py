@@ -696,3 +696,195 @@ def test_mqtt_broker_accepting_our_credentials_is_ok_and_refusing_them_fails(loa
         assert check.status == FAIL and "refused" in check.found and "mqtt.password_file" in check.fix
     finally:
         broker.stop()
+
+
+# ---------------------------------------------------------------------------- --switch: data mode and back
+
+
+def reading(percent, external, reason=None):
+    from dashcam_helpers.battery import Reading
+
+    return Reading("lifepo4wered", None if percent is None else 3300, percent, external, {}, reason)
+
+
+@pytest.mark.parametrize("battery,ingest,upload,mode,refused", [
+    (reading(90, False), False, False, "record", None),
+    (reading(90, True), False, False, "off", None),
+    (reading(40, True), False, False, "record", None),  # external power: the thresholds do not count
+    (reading(None, True, "i2c"), False, False, "record", None),
+    (reading(50, False), False, False, "record", None),  # at disconnect_percent is not below it
+    (reading(49, False), False, False, "record", "below thresholds.disconnect_percent 50 %"),
+    (reading(40, None), False, False, "record", "external power unknown"),
+    (reading(None, False, "i2c error"), False, False, "record", "unknown (i2c error)"),
+    (reading(None, None, "garbage"), False, False, "record", "unknown (garbage)"),
+    (reading(90, True), True, False, "record", "an ingest is running"),
+    (reading(90, True), False, True, "record", "an upload is running"),
+    (reading(90, True), False, False, "data", "in data mode"),
+])
+def test_switch_refusal(load, battery, ingest, upload, mode, refused):
+    why = doctor.switch_refusal(load(), battery, ingest, upload, mode)
+    if refused is None:
+        assert why is None
+    else:
+        assert refused in why
+
+
+def fake_units(tmp_path, running=""):
+    """A systemctl that lists ``running`` units and logs every call to tmp_path/systemctl-calls."""
+    (tmp_path / "units.txt").write_text(running)
+    return fake_tool(tmp_path / "bin", "systemctl", f"""echo "$*" >>{tmp_path / 'systemctl-calls'}
+case "$1" in
+  list-units) cat {tmp_path / 'units.txt'} ;;
+  stop) ;;
+  *) exit 1 ;;
+esac
+""")
+
+
+class SwitchMonitor:
+    """The udev monitor --switch listens on: when started (the camera just went to data mode), it
+    notes whether the policy's lock was held and the camera's data switch, then the storage appears."""
+
+    def __init__(self, hw, lock_path, storage=True):
+        from test_device import FakeMonitor
+
+        self.inner, self.hw, self.lock_path, self.storage = FakeMonitor(), hw, lock_path, storage
+        self.lock_held = self.authorized = None
+
+    def fileno(self):
+        return self.inner.fileno()
+
+    def start(self):
+        import fcntl
+
+        from test_device import CAMERA_PROPS as PROPS, FakeDevice
+
+        self.inner.start()
+        fd = os.open(self.lock_path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.lock_held = False
+        except BlockingIOError:
+            self.lock_held = True
+        finally:
+            os.close(fd)
+        self.authorized = self.hw.authorized("1-1")
+        if self.storage:
+            self.inner.emit(FakeDevice(PROPS, "1-1.1"))
+
+    def poll(self, timeout=None):
+        return self.inner.poll(timeout)
+
+
+def switch_machine(tmp_path, fake_hw, running="", storage=True):
+    from test_device import FakeContext
+
+    fake_hw.usb_device("1-1", authorized="0")
+    lock = str(tmp_path / "run" / "policy.lock")
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    monitor = SwitchMonitor(fake_hw, lock, storage)
+    m = Machine(root=pi_root(tmp_path), systemctl=fake_units(tmp_path, running), lock_path=lock,
+                udev_context=FakeContext([]), udev_monitor=monitor)
+    return m, monitor
+
+
+def test_switch_goes_to_data_under_the_lock_says_how_long_the_storage_took_and_ends_in_record(load, fake_hw, tmp_path):
+    cfg = load({"camera": {"match_serial": "NOVATEKN_vt-DSC_96680-00000-001-0:0"}})
+    m, monitor = switch_machine(tmp_path, fake_hw)
+    times = iter([100.0, 103.5])
+    checks = doctor.check_switch(cfg, m, clock=lambda: next(times))
+    assert statuses(checks) == {doctor.TO_DATA: OK, doctor.TO_RECORD: OK}, checks
+    assert only(checks, doctor.TO_DATA).found == "the camera's storage appeared as /dev/sda1 3.5 s after the switch (enumeration)"
+    assert monitor.lock_held is True, "a policy tick or the watcher could have switched against it"
+    assert monitor.authorized == "1", "the camera was in data mode while the storage was awaited"
+    assert fake_hw.authorized("1-1") == "0" and fake_hw.port_power("1-1", 1) is True  # record
+    assert "stop -- dashcam-ingest@*.service" in (tmp_path / "systemctl-calls").read_text()
+
+
+def test_switch_whose_storage_never_appears_fails_naming_the_keys_and_still_ends_in_record(load, fake_hw, tmp_path):
+    cfg = load({"poll": {"mount_timeout_seconds": 1}})
+    m, _ = switch_machine(tmp_path, fake_hw, storage=False)
+    checks = doctor.check_switch(cfg, m)
+    data = only(checks, doctor.TO_DATA)
+    assert data.status == FAIL and "within 1 s" in data.found
+    assert "camera.match_" in data.fix and "poll.mount_timeout_seconds" in data.fix
+    assert only(checks, doctor.TO_RECORD).status == OK and fake_hw.authorized("1-1") == "0"
+
+
+def test_switch_back_to_record_that_fails_is_a_fail_line_with_the_fix(load, fake_hw, tmp_path):
+    sysfs_authorized = fake_hw.sysfs / "bus" / "usb" / "devices" / "1-1" / "authorized"
+    data = fake_tool(tmp_path / "bin", "to-data", f"echo 1 >{sysfs_authorized}\n")
+    record = fake_tool(tmp_path / "bin", "to-record", f"touch {tmp_path / 'record-tried'}; echo 'hub gone' >&2; exit 1\n")
+    cfg = load({"camera": {"backend": "scripts", "data_script": data, "record_script": record,
+                           "off_script": "/bin/true"}})
+    m, _ = switch_machine(tmp_path, fake_hw)
+    checks = doctor.check_switch(cfg, m)
+    assert only(checks, doctor.TO_DATA).status == OK
+    back = only(checks, doctor.TO_RECORD)
+    assert back.status == FAIL and "NOT recording" in back.found and "hub gone" in back.found
+    assert back.fix.startswith("sudo dashcamctl mode record")
+    assert (tmp_path / "record-tried").exists()
+
+
+def test_switch_to_data_that_fails_still_puts_the_camera_back_to_record(load, fake_hw, tmp_path, monkeypatch):
+    monkeypatch.setenv("UHUBCTL_FAKE_STUCK", "1")  # the hub does not switch: data mode never confirmed
+    m, _ = switch_machine(tmp_path, fake_hw)
+    fake_hw.uhubctl_state.write_text(json.dumps({"1-1": {"1": False, "2": True, "3": True, "4": True}}))
+    checks = doctor.check_switch(load(), m)
+    assert only(checks, doctor.TO_DATA).status == FAIL
+    assert only(checks, doctor.TO_RECORD).status == FAIL  # still off: stuck, and said so
+    assert [argv for argv in fake_hw.uhubctl_argvs() if "-a" in argv][-1][-1] == "on", "record was tried last"
+
+
+def test_switch_refused_under_the_lock_switches_nothing(load, fake_hw, tmp_path):
+    m, monitor = switch_machine(tmp_path, fake_hw, running="dashcam-upload.service loaded active running upload\n")
+    checks = doctor.check_switch(load(), m)
+    assert [(c.name, c.status) for c in checks] == [(doctor.SWITCH, WARN)]
+    assert "an upload is running" in checks[0].found
+    assert not [argv for argv in fake_hw.uhubctl_argvs() if "-a" in argv] and fake_hw.authorized("1-1") == "0"
+    assert monitor.lock_held is None, "never went to data mode"
+
+
+def switch_env(tmp_path, fake_hw, running=""):
+    env = doctor_env(tmp_path, fake_hw)
+    fake_units(tmp_path, running)  # replaces the systemctl of doctor_env, same bin dir
+    (tmp_path / "hw" / "sys" / "bus" / "usb" / "devices" / "1-1" / "authorized").write_text("0\n")
+    return env
+
+
+@pytest.mark.parametrize("battery,running,says", [
+    ("VIN=0,VBAT=3260", "", "below thresholds.disconnect_percent 50 %, on battery"),
+    ("", "dashcam-ingest@sda1.service loaded active running ingest\n", "an ingest is running"),
+])
+def test_doctor_switch_refused_is_one_line_exit_75_and_switches_nothing(dashcamctl, make_config, fake_hw, tmp_path,
+                                                                        battery, running, says):
+    env = {**switch_env(tmp_path, fake_hw, running), "LIFEPO4WERED_FAKE_SET": battery}
+    res = dashcamctl("--config", str(make_config()), "doctor", "--switch", env=env)
+    assert res.returncode == 75, res.stdout + res.stderr
+    assert res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dashcamctl doctor --switch: refused: ") and says in lines[0]
+    assert lines[0].endswith("nothing was switched")
+    assert not [argv for argv in fake_hw.uhubctl_argvs() if "-a" in argv]
+
+
+def test_doctor_switch_on_the_fakes_cycles_and_ends_in_record(dashcamctl, make_config, fake_hw, tmp_path):
+    # no real camera here: data mode takes, its storage never appears (FAIL, exit 1), record again
+    path = make_config({"poll": {"mount_timeout_seconds": 1}})
+    env = {**switch_env(tmp_path, fake_hw), "DASHCAM_ROOT": str(tmp_path / "root")}
+    res = dashcamctl("--config", str(path), "doctor", "--switch", "--json", env=env)
+    assert res.returncode == 1, res.stdout + res.stderr
+    checks = {c["name"]: c for c in json.loads(res.stdout)["checks"]}
+    assert checks[doctor.TO_DATA]["status"] == FAIL and "within 1 s" in checks[doctor.TO_DATA]["found"]
+    assert checks[doctor.TO_RECORD]["status"] == OK
+    names = list(checks)
+    assert names.index("camera") < names.index(doctor.TO_DATA) < names.index(doctor.TO_RECORD) < names.index("staging space")
+    switched = [argv[-1] for argv in fake_hw.uhubctl_argvs() if "-a" in argv]
+    assert switched == ["on", "on"] and fake_hw.authorized("1-1") == "0"
+
+
+def test_doctor_switch_with_a_broken_config_is_refused_with_exit_78(dashcamctl, tmp_path, fake_hw):
+    path = tmp_path / "bad.yaml"
+    path.write_text("upload: {port: ssh}\n")
+    res = dashcamctl("--config", str(path), "doctor", "--switch", env=switch_env(tmp_path, fake_hw))
+    assert res.returncode == 78 and "refused" in res.stderr and res.stdout == ""
