@@ -225,6 +225,9 @@ def test_ups_settings_of_the_fixture_are_ok(load):
     ({"VBAT_MIN": 3200}, "ups VBAT_MIN", WARN),
     ({"PI_SHDN_TO": 20}, "ups PI_SHDN_TO", FAIL),
     ({"PI_SHDN_TO": -1}, "ups PI_SHDN_TO", WARN),
+    ({"SHDN_DELAY": 64}, "ups SHDN_DELAY", OK),
+    ({"SHDN_DELAY": 8}, "ups SHDN_DELAY", WARN),
+    ({"SHDN_DELAY": -2}, "ups SHDN_DELAY", WARN),
 ])
 def test_ups_settings_against_ours(load, changes, name, expected):
     cfg = load()
@@ -606,6 +609,19 @@ def test_server_refusing_the_key_fails_with_the_authorized_keys_line(tmp_path, s
         checks = doctor.check_server(server_config(srv))
     check = only(checks, "ssh key accepted")
     assert check.status == FAIL and "authorized_keys" in check.found
+
+
+def test_the_shipped_example_host_not_answering_fails_naming_the_keys_to_set(load, make_config):
+    import yaml
+
+    from conftest import ROOT
+
+    shipped = yaml.safe_load((ROOT / "etc" / "dashcam" / "config.yaml").read_text())
+    assert doctor.SHIPPED_HOST == shipped["upload"]["host"]
+    cfg = load({"upload": {"host": doctor.SHIPPED_HOST}})
+    checks = doctor.check_server(cfg)
+    assert [c.status for c in checks] == [FAIL]
+    assert "upload.host, upload.user and upload.dest_path" in checks[0].fix and cfg.path in checks[0].fix
 
 
 def test_server_not_answering_warns_and_stops_there(load):

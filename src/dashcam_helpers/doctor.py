@@ -58,6 +58,8 @@ POLICY_TIMER = "dashcam-policy.timer"
 UPLOAD_PATH = "dashcam-upload.path"
 BOOT_SERVICE = "dashcam-boot.service"
 DASHCAM_USER = "dashcam"
+# upload.host as etc/dashcam/config.yaml ships it: still that, and not answering, is a Pi not yet configured
+SHIPPED_HOST = "homeserver.lan"
 RESTRICT_PROBE = ".dashcam-doctor-probe"  # a folder the --delete probe names: it deletes nothing anyway
 
 # LiFePO4wered AUTO_BOOT register values (lifepo4wered-data.h)
@@ -77,6 +79,9 @@ UPS_MARGIN_MV = 50
 # ticks of its firmware (8 a second) before it cuts power
 SHDN_DELAY_TICKS_PER_SECOND = 8
 MIN_SHUTDOWN_SECONDS = 60
+# after the halt, the card's last writes and the kernel's power-off need a moment: 2 s at least
+MIN_SHDN_DELAY_TICKS = 2 * SHDN_DELAY_TICKS_PER_SECOND
+SHIPPED_SHDN_DELAY_TICKS = 64  # what a LiFePO4wered/Pi reads as shipped (tests/fixtures/lifepo4wered-get.txt)
 
 
 class Check(Record):
@@ -378,6 +383,14 @@ def check_ups_settings(cfg, raw: Dict[str, Any]) -> List[Check]:
                            set_cmd.format(name="PI_SHDN_TO", value=120)))
     else:
         checks.append(ok("ups PI_SHDN_TO", f"{timeout} s for the Pi to power off (SHDN_DELAY {delay})"))
+    if ticks is None:
+        checks.append(warn("ups SHDN_DELAY", "not read", "sudo lifepo4wered-cli get SHDN_DELAY"))
+    elif ticks < MIN_SHDN_DELAY_TICKS:
+        checks.append(warn("ups SHDN_DELAY", f"{delay}: power goes off right after the Pi says it has halted "
+                           "(the SD card may still be writing)",
+                           set_cmd.format(name="SHDN_DELAY", value=SHIPPED_SHDN_DELAY_TICKS)))
+    else:
+        checks.append(ok("ups SHDN_DELAY", f"{delay} between the Pi's halt and the power cut"))
     return checks
 
 
@@ -785,6 +798,10 @@ def check_server(cfg) -> List[Check]:
     up = cfg.upload
     where = f"{up.host}:{up.port}"
     if not server.reachable(quick, SERVER_TIMEOUT):
+        if up.host == SHIPPED_HOST:
+            return [fail("server", f"upload.host is still the example of the shipped configuration, {up.host}, "
+                         "and nothing answers there", f"sudoedit {cfg.path}: set upload.host, upload.user and "
+                         "upload.dest_path to your server's")]
         return [warn("server", f"{where} does not answer (normal away from home)",
                      "at home: check upload.host and upload.port, and that the server is on")]
     checks = [ok("server", f"{where} answers")]
