@@ -337,10 +337,10 @@ CAMERA_PROPS = {"ID_BUS": "usb", "ID_SERIAL": "NOVATEKN_vt-DSC_96680-00000-001-0
 def test_camera_present_names_the_match_key_and_filesystem(load, tmp_path):
     cfg = load({"camera": {"match_fs_uuid": "67ef-9ced"}})
     m = Machine(root=pi_root(tmp_path, filesystems="nodev\tsysfs\n\tvfat\n"),
-                udev_context=FakeUdev([FakeDevice("/dev/sda1", CAMERA_PROPS, "1-1.1")]))
+                udev_context=FakeUdev([FakeDevice(str(tmp_path / "sda1"), CAMERA_PROPS, "1-1.1")]))
     checks = doctor.check_camera(cfg, m)
-    assert statuses(checks) == {"camera filesystems": OK, "camera": OK}
-    assert "camera.match_fs_uuid" in only(checks, "camera").found and "/dev/sda1" in only(checks, "camera").found
+    assert statuses(checks) == {"camera filesystems": OK, "camera": OK, "camera card": WARN}  # a node it cannot read
+    assert "camera.match_fs_uuid" in only(checks, "camera").found and "sda1" in only(checks, "camera").found
 
 
 def test_camera_on_a_filesystem_the_kernel_lacks_fails(load, tmp_path):
@@ -364,6 +364,61 @@ def test_camera_absent_is_ok_and_another_usb_volume_warns_showing_it(load, tmp_p
                                  Machine(root=root, udev_context=FakeUdev([stick, sd_card])))
     check = only(checks, "camera")
     assert check.status == WARN and "SanDisk_123" in check.found and "mmcblk0" not in check.found
+
+
+def vfat_card(path, fat="32", mib=64):
+    import subprocess
+
+    with open(path, "wb") as f:
+        f.truncate(mib << 20)
+    subprocess.run(["mkfs.vfat", "-F", fat, str(path)], check=True, stdout=subprocess.DEVNULL)
+    return str(path)
+
+
+def test_card_space_from_the_fat32_free_count_and_after_a_clip_was_written(tmp_path):
+    import subprocess
+
+    card = vfat_card(tmp_path / "card.img")
+    (free, total), why = doctor.card_space(card)
+    assert why == "" and 60 << 20 < total <= 64 << 20 and total - (1 << 20) < free <= total
+    clip = tmp_path / "clip.MP4"
+    clip.write_bytes(os.urandom(4 << 20))
+    subprocess.run(["mcopy", "-i", card, str(clip), "::clip.MP4"], check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    (after, _), _ = doctor.card_space(card)
+    assert free - after >= 4 << 20
+    check = doctor.check_card(card)
+    assert check.status == OK and "GiB free of" in check.found
+
+
+def test_card_space_from_the_exfat_percent_in_use(tmp_path):
+    boot = bytearray(512)
+    boot[3:11] = b"EXFAT   "
+    boot[92:96] = (4096).to_bytes(4, "little")  # clusters
+    boot[108], boot[109], boot[112] = 9, 3, 25  # 512-byte sectors, 8 a cluster, 25 % in use
+    boot[510:512] = b"\x55\xaa"
+    card = tmp_path / "exfat.img"
+    card.write_bytes(bytes(boot))
+    assert doctor.card_space(str(card)) == ((4096 * 4096 * 3 // 4, 4096 * 4096), "")
+    boot[112] = 0xFF
+    card.write_bytes(bytes(boot))
+    assert doctor.check_card(str(card)).status == WARN
+
+
+def test_card_space_unknown_warns_saying_why(tmp_path):
+    assert "FAT12/16" in doctor.check_card(vfat_card(tmp_path / "fat16.img", fat="16", mib=32)).found
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(os.urandom(4096))
+    assert doctor.check_card(str(garbage)).status == WARN
+    missing = doctor.check_card(str(tmp_path / "no-such-card"))
+    assert missing.status == WARN and "cannot read" in missing.found
+
+
+def test_an_attached_camera_shows_its_cards_free_space(load, tmp_path):
+    card = vfat_card(tmp_path / "card.img")
+    m = Machine(root=pi_root(tmp_path, filesystems="\tvfat\n"),
+                udev_context=FakeUdev([FakeDevice(card, CAMERA_PROPS, "1-1.1")]))
+    checks = doctor.check_camera(load(), m)
+    assert only(checks, "camera").status == OK and only(checks, "camera card").status == OK
 
 
 # ---------------------------------------------------------------------------- staging and ledger
@@ -785,8 +840,8 @@ class SwitchMonitor:
         finally:
             os.close(fd)
         self.authorized = self.hw.authorized("1-1")
-        if self.storage:
-            self.inner.emit(FakeDevice(PROPS, "1-1.1"))
+        if self.storage:  # the camera's volume: a real FAT32 image, so its free space can be read
+            self.inner.emit(FakeDevice(dict(PROPS, DEVNAME=vfat_card(Path(self.lock_path).parent / "card.img")), "1-1.1"))
 
     def poll(self, timeout=None):
         return self.inner.poll(timeout)
@@ -809,8 +864,9 @@ def test_switch_goes_to_data_under_the_lock_says_how_long_the_storage_took_and_e
     m, monitor = switch_machine(tmp_path, fake_hw)
     times = iter([100.0, 103.5])
     checks = doctor.check_switch(cfg, m, clock=lambda: next(times))
-    assert statuses(checks) == {doctor.TO_DATA: OK, doctor.TO_RECORD: OK}, checks
-    assert only(checks, doctor.TO_DATA).found == "the camera's storage appeared as /dev/sda1 3.5 s after the switch (enumeration)"
+    assert statuses(checks) == {doctor.TO_DATA: OK, "camera card": OK, doctor.TO_RECORD: OK}, checks
+    card = str(tmp_path / "run" / "card.img")
+    assert only(checks, doctor.TO_DATA).found == f"the camera's storage appeared as {card} 3.5 s after the switch (enumeration)"
     assert monitor.lock_held is True, "a policy tick or the watcher could have switched against it"
     assert monitor.authorized == "1", "the camera was in data mode while the storage was awaited"
     assert fake_hw.authorized("1-1") == "0" and fake_hw.port_power("1-1", 1) is True  # record

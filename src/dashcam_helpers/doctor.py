@@ -529,6 +529,7 @@ def check_camera(cfg, m: Machine) -> List[Check]:
             checks.append(fail("camera", f"{found}: the kernel cannot mount {fs}", f"modprobe {fs}"))
         else:
             checks.append(ok("camera", found))
+        checks.append(check_card(dev.device_node))
         return checks
     others = "; ".join(f"{d.device_node}: serial {p.get('ID_SERIAL')}, port {port}, uuid {p.get('ID_FS_UUID')}"
                        for d, p, port, _ in volumes[:3])
@@ -658,6 +659,7 @@ def _switch_cycle(cfg, m: Machine, clock, camera, device) -> List[Check]:
         took = clock() - start
         if node:
             checks.append(ok(TO_DATA, f"the camera's storage appeared as {node} {took:.1f} s after the switch (enumeration)"))
+            checks.append(check_card(node))
         else:
             checks.append(fail(TO_DATA, f"data mode took, but no storage matching the camera appeared within {timeout} s",
                                "in data mode, `dashcamctl match /dev/sdX1` must say it is the camera (camera.match_*); "
@@ -677,6 +679,57 @@ def _switch_cycle(cfg, m: Machine, clock, camera, device) -> List[Check]:
             checks.append(ok(TO_RECORD, "back in record, confirmed" +
                              (f" (the ingest udev started was not stopped: {stopped})" if stopped else "")))
     return checks
+
+
+def card_space(devnode: str) -> Tuple[Optional[Tuple[int, int]], str]:
+    """((free bytes, total bytes), "") of the camera's card from its own count, read from the
+    device without mounting it (FAT32: the FSInfo sector's free cluster count; exFAT: the boot
+    sector's PercentInUse); (None, why) when the card does not say or cannot be read."""
+    import struct
+
+    try:
+        with open(devnode, "rb") as f:
+            boot = f.read(512)
+            if len(boot) < 512 or boot[510:512] != b"\x55\xaa":
+                return None, "no FAT or exFAT boot sector"
+            if boot[3:11] == b"EXFAT   ":
+                cluster = 1 << (boot[108] + boot[109])
+                total = struct.unpack_from("<I", boot, 92)[0] * cluster
+                used = boot[112]
+                if used > 100:
+                    return None, "the exFAT card does not say how full it is"
+                return (total * (100 - used) // 100, total), ""
+            sector, per_cluster, reserved, fats = struct.unpack_from("<HBHB", boot, 11)
+            sectors = struct.unpack_from("<H", boot, 19)[0] or struct.unpack_from("<I", boot, 32)[0]
+            fat_sectors, info = struct.unpack_from("<H", boot, 22)[0], 0
+            if fat_sectors == 0:  # FAT32
+                fat_sectors, info = struct.unpack_from("<I", boot, 36)[0], struct.unpack_from("<H", boot, 48)[0]
+            if not sector or not per_cluster or not info or info == 0xFFFF:
+                return None, "a FAT12/16 card keeps no free count"
+            f.seek(info * sector)
+            fsinfo = f.read(512)
+    except OSError as e:
+        return None, f"cannot read {devnode}: {e.strerror}"
+    if len(fsinfo) < 512 or fsinfo[0:4] != b"RRaA" or fsinfo[484:488] != b"rrAa":
+        return None, "no FSInfo sector"
+    free = struct.unpack_from("<I", fsinfo, 488)[0]
+    clusters = (sectors - reserved - fats * fat_sectors) // per_cluster
+    if free > clusters:
+        return None, "the card's free count is not set"
+    size = sector * per_cluster
+    return (free * size, clusters * size), ""
+
+
+def check_card(devnode: str) -> Check:
+    """Free space on the camera's card, as the card counts it (a dashcam records in a loop: a full
+    card is normal; the line says how much footage room there is)."""
+    space, why = card_space(devnode)
+    if space is None:
+        return warn("camera card", f"{devnode}: free space unknown ({why})",
+                    None if "cannot read" not in why else "sudo dashcamctl doctor")
+    gib = 1024 ** 3
+    free, total = space
+    return ok("camera card", f"{devnode}: {free / gib:.1f} GiB free of {total / gib:.1f} GiB (the card's own count)")
 
 
 # ---------------------------------------------------------------------------- staging and ledger
