@@ -256,7 +256,7 @@ def private(ns: Namespace, work: Path, bindir: Path, *, dashcam_user: bool) -> N
     (varlib / "dashcam").mkdir()
     script += [f"mount --bind /var/lib {work / 'orig-varlib'}", f"mount --bind {varlib} /var/lib"]
     for name in os.listdir("/var/lib"):
-        if name == "dpkg":  # apt takes dpkg's lock: a private copy, so nothing here waits on the host's
+        if name == "dpkg" and not dashcam_user:  # the server's apt takes dpkg's lock: a private copy
             subprocess.run(["cp", "-a", "/var/lib/dpkg", str(work / "dpkg")], check=True)
             script.append(f"mount --bind {work / 'dpkg'} /var/lib/dpkg")
         elif name != "dashcam" and os.path.isdir(f"/var/lib/{name}"):
