@@ -873,6 +873,15 @@ def test_switch_goes_to_data_under_the_lock_says_how_long_the_storage_took_and_e
     assert "stop -- dashcam-ingest@*.service" in (tmp_path / "systemctl-calls").read_text()
 
 
+def test_switch_whose_ingest_cannot_be_stopped_warns(load, fake_hw, tmp_path):
+    m, _ = switch_machine(tmp_path, fake_hw)
+    fake_tool(tmp_path / "bin", "systemctl", "[ \"$1\" = stop ] && { echo 'Access denied' >&2; exit 4; }; exit 0\n")
+    checks = doctor.check_switch(load(), m)
+    assert only(checks, doctor.TO_RECORD).status == OK
+    stop = only(checks, doctor.INGEST_STOP)
+    assert stop.status == WARN and "Access denied" in stop.found
+
+
 def test_switch_whose_storage_never_appears_fails_naming_the_keys_and_still_ends_in_record(load, fake_hw, tmp_path):
     cfg = load({"poll": {"mount_timeout_seconds": 1}})
     m, _ = switch_machine(tmp_path, fake_hw, storage=False)

@@ -546,6 +546,7 @@ def check_camera(cfg, m: Machine) -> List[Check]:
 SWITCH = "camera switch"  # a switch not made (refused under the lock, a dry run)
 TO_DATA = "switch to data"
 TO_RECORD = "switch to record"
+INGEST_STOP = "switch ingest stop"
 
 
 def switch_refusal(cfg, reading, ingest: bool, upload: bool, mode: str) -> Optional[str]:
@@ -676,8 +677,10 @@ def _switch_cycle(cfg, m: Machine, clock, camera, device) -> List[Check]:
             checks.append(fail(TO_RECORD, f"the camera is NOT recording: {e}",
                                "sudo dashcamctl mode record (if that fails too: unplug the camera and plug it in again)"))
         else:
-            checks.append(ok(TO_RECORD, "back in record, confirmed" +
-                             (f" (the ingest udev started was not stopped: {stopped})" if stopped else "")))
+            checks.append(ok(TO_RECORD, "back in record, confirmed"))
+        if stopped:
+            checks.append(warn(INGEST_STOP, f"the ingest udev started for the camera's storage was not stopped: {stopped}",
+                               "systemctl status 'dashcam-ingest@*' (it copies, then puts the camera back itself)"))
     return checks
 
 
