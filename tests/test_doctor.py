@@ -272,10 +272,31 @@ def test_pi_model_and_what_mode_off_switches_with_it(tmp_path, model, says):
 
 def test_usb_hub_with_per_port_switching_and_a_writable_data_switch(load, fake_hw, tmp_path):
     fake_hw.usb_device("1-1")
-    checks = doctor.check_usb(load(), Machine(root=pi_root(tmp_path, "Raspberry Pi 4 Model B Rev 1.4")))
+    checks = doctor.check_usb(load(), Machine(root=pi_root(tmp_path, "Raspberry Pi Zero 2 W Rev 1.0")))
     assert statuses(checks) == {"usb pi model": OK, "usb hub": OK, "usb port switch": OK, "usb data switch": OK}
     assert "per-port" in only(checks, "usb hub").found
     assert all(len(argv) == 4 for argv in fake_hw.uhubctl_argvs()), "doctor never switches (no -a)"
+
+
+@pytest.mark.parametrize("model,hub,says", [
+    ("Raspberry Pi 4 Model B Rev 1.4", "2109:3431 USB2.0 Hub, USB 2.10, 4 ports, ppps", "every USB port"),  # the user's
+    ("Raspberry Pi 3 Model B Plus Rev 1.3", "0424:2514 USB 2.0 Hub, USB 2.00, 4 ports, ppps", "Ethernet"),
+])
+def test_usb_the_pis_own_hub_warns_though_it_says_ppps(load, fake_hw, tmp_path, model, hub, says):
+    fake_hw.usb_device("1-1")
+    prog = fake_tool(tmp_path / "bin", "uhubctl-onboard", f"""printf '%s\\n' 'Current status for hub 1-1 [{hub}]' \\
+  '  Port 1: 0503 power highspeed enable connect [0603:8612 NOVATEKN vt-DSC]'
+""")
+    hub = only(doctor.check_usb(load({"tools": {"uhubctl": prog}}), Machine(root=pi_root(tmp_path, model))), "usb hub")
+    assert hub.status == WARN and "onboard" in hub.found and says in hub.found and "external hub" in hub.fix
+
+
+def test_usb_a_root_hub_of_a_pi_5_is_its_own(load):
+    assert doctor.onboard_hub("Raspberry Pi 5 Model B Rev 1.0", "1d6b:0002 Linux 6.6.31 xhci-hcd xHCI Host Controller")
+    assert not doctor.onboard_hub("Raspberry Pi Zero 2 W Rev 1.0", "1d6b:0002 Linux dwc2")
+    assert not doctor.onboard_hub(None, "2109:3431 USB2.0 Hub")
+    assert not doctor.onboard_hub("Raspberry Pi 4 Model B Rev 1.4", "05e3:0608 USB2.0 Hub, ppps")
+    assert not doctor.onboard_hub("Raspberry Pi 5 Model B Rev 1.0", "2109:3431 USB2.0 Hub")  # an external VL805 hub
 
 
 def test_usb_kernel_port_switch_is_reported(load, fake_hw, tmp_path, monkeypatch):

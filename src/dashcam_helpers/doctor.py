@@ -416,11 +416,27 @@ def mode_off_reach(model: Optional[str]) -> str:
     return f"{model}: `mode off` switches only the camera's port"
 
 
+# (models, vid:pid prefixes uhubctl prints) of the hubs on a Pi's board: the VL805 and the root
+# hubs (Linux's 1d6b) of a Pi 4; the root hubs of a Pi 5 (RP1); the LAN951x/LAN7515 of a Pi 1-3.
+# The same chips in an external hub on another model are not the Pi's.
+ONBOARD_HUBS = (
+    (r"Raspberry Pi (4|400)\b|Compute Module 4", ("2109:3431", "1d6b:")),
+    (r"Raspberry Pi (5|500)\b", ("1d6b:",)),
+    (r"Raspberry Pi (3|2|Model B)\b", ("0424:9514", "0424:2514", "0424:ec00", "0424:9512")),
+)
+
+
+def onboard_hub(model: Optional[str], description: str) -> bool:
+    """The camera's hub is one of the Pi's own (by the model and the hub's vid:pid uhubctl prints)."""
+    return model is not None and any(re.search(pattern, model) and description.startswith(ids)
+                                      for pattern, ids in ONBOARD_HUBS)
+
+
 def check_usb(cfg, m: Machine) -> List[Check]:
     from . import camera
 
     cam = cfg.camera
-    checks = [ok("usb pi model", mode_off_reach(pi_model(m)))]
+    checks = [ok("usb pi model", mode_off_reach(pi_model(m)))]  # what the onboard ports share
     if cam.backend != "uhubctl":
         checks.append(ok("usb hub", "camera.backend is scripts: the scripts switch the camera"))
         return checks
@@ -444,7 +460,12 @@ def check_usb(cfg, m: Machine) -> List[Check]:
         return checks
     power = "powered" if port.powered else "off"
     where = f"hub {cam.hub_location} [{hub.description}] port {cam.port_number} {power}"
-    if "ppps" in hub.description:
+    model = pi_model(m)
+    if onboard_hub(model, hub.description):
+        # the Pi's own hubs say ppps but switch together (Pi 4/5) or carry Ethernet (Pi 3 and earlier)
+        checks.append(warn("usb hub", f"{where}: the Pi's onboard hub; {mode_off_reach(model)}",
+                           "plug the camera into an external hub with per-port power switching (README: USB hubs)"))
+    elif "ppps" in hub.description:
         checks.append(ok("usb hub", f"{where}: per-port power switching"))
     elif "ganged" in hub.description:
         checks.append(warn("usb hub", f"{where}: ganged, switching the camera switches every port of the hub",
