@@ -456,3 +456,58 @@ def test_the_ledger_recovery_leaves_a_working_ledger_and_lifts_the_stop(sandbox,
     assert "dashcam:dashcam 640" in r.stdout and r.stdout.strip().endswith("ok")
     r = pi.sh("dashcamctl ingest --source /media/card")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------------------- the Administering table
+
+
+def administering_commands() -> List[str]:
+    """Every `dashcamctl ...` of the Administering table, as the table writes it (read at test time)."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("\n## Administering\n")
+    table = text[start: text.index("\n## ", start + 1)]
+    found = []
+    for row in table.splitlines():
+        if row.startswith("|"):
+            for code in re.findall(r"`([^`]+)`", row.replace("\\|", "\x00")):
+                code = code.replace("\x00", "|")
+                if code.startswith(("dashcamctl ", "sudo dashcamctl ")):
+                    found.append(code)
+    return found
+
+
+def variants(command: str) -> List[List[str]]:
+    """The argument lists a synopsis stands for: each [optional] part left out and put in, each
+    a|b alternative; without `sudo` and `dashcamctl`."""
+    words = command.split()
+    words = words[words.index("dashcamctl") + 1:]
+    text = " ".join(words)
+    optional = re.findall(r"\[([^\]]+)\]", text)
+    base = re.sub(r"\s*\[[^\]]+\]", "", text)
+    out = []
+    for alt in (base.split()[-1].split("|") if "|" in base else [None]):
+        head = base if alt is None else " ".join(base.split()[:-1] + [alt])
+        out.append(head.split())
+        out.append((head + " " + " ".join(optional)).split())
+    return out
+
+
+def test_every_dashcamctl_command_of_the_administering_table_parses_as_written():
+    from dashcam_helpers import cli
+
+    found = administering_commands()
+    assert len(found) >= 8, found
+    parser = cli.build_parser()
+    for command in found:
+        for argv in variants(command):
+            try:
+                args = parser.parse_args(argv)
+            except SystemExit:
+                pytest.fail(f"README, Administering: `{command}` ({' '.join(argv)}) is no dashcamctl command")
+            assert args.command in cli.COMMANDS
+
+
+def test_the_table_synopses_expand_to_every_variant():
+    assert variants("dashcamctl mode record|data|off") == [["mode", "record"]] * 2 + [["mode", "data"]] * 2 + \
+        [["mode", "off"]] * 2
+    assert variants("sudo dashcamctl files [--state staged] [--json]") == [["files"], ["files", "--state", "staged", "--json"]]
