@@ -20,6 +20,8 @@ from test_readme import SUDO, SUDOEDIT, VM as VM_BLOCKS, as_pasted, block
 
 pytestmark = pytest.mark.system
 
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # a root login's, the stand-ins first
+
 EDITOR = """#!/usr/bin/python3
 # the README's edit of /etc/dashcam/config.yaml: at least upload.host, upload.user, upload.dest_path
 import sys
@@ -31,11 +33,11 @@ open(path, "w").write(yaml.safe_dump(data, sort_keys=False))
 """
 
 
-def run_block(vm, block_id, cwd="/", input_data=None, timeout=600):
+def run_block(vm, block_id, cwd="/", input_data=None, timeout=600, check=True):
     b = block(block_id)
-    script = "export EDITOR=/usr/local/sbin/readme-editor\ncd %s\n%s" % (cwd, as_pasted(b.text))
+    script = "export PATH=%s EDITOR=/usr/local/sbin/readme-editor\ncd %s\n%s" % (PATH, cwd, as_pasted(b.text))
     r = vm.run(["/bin/sh", "-c", script], timeout=timeout, check=False, input_data=input_data)
-    assert r.rc == 0, "README line %d (%s) as written:\n%s\n--- %r" % (b.line, b.id, b.text, r)
+    assert r.rc == 0 or not check, "README line %d (%s) as written:\n%s\n--- %r" % (b.line, b.id, b.text, r)
     return r
 
 
@@ -68,7 +70,7 @@ def test_the_readme_blocks_for_a_pi_work_as_written_in_a_guest(make_vm, deb_path
     # Installing on a Pi: the .deb in the current folder, then the config edit and check-config
     share = os.path.dirname(vm.put(deb_path))
     r = run_block(vm, "Installing on a Pi #1", cwd=share, input_data="y\n")
-    assert "is valid" in r.out + r.err, r
+    assert "/etc/dashcam/config.yaml: ok" in r.out, r
     assert vm.run(["/usr/bin/dpkg-query", "-W", "-f", "${Status}", "dashcam-manager"]).out == "install ok installed"
     assert "host: 10.0.2.2" in vm.read_file("/etc/dashcam/config.yaml").decode()
     guest.install_tools(vm)  # the UPS's lifepo4wered-cli (a fake on PATH) and the test camera's gadget
@@ -86,8 +88,7 @@ def test_the_readme_blocks_for_a_pi_work_as_written_in_a_guest(make_vm, deb_path
 
     # doctor on the configured package: the units as the package installed them (the server and
     # the camera's hub are not there, so it may FAIL elsewhere; exit 1 exactly then)
-    b = block("Installing on a Pi #2")
-    r = vm.run(["/bin/sh", "-c", as_pasted(b.text)], timeout=120, check=False)
+    r = run_block(vm, "Installing on a Pi #2", timeout=120, check=False)
     lines = r.out.strip().splitlines()
     for name in ("units installed", "upload path", "boot service"):
         assert any(ln.startswith("ok") and " %s " % name in ln for ln in lines), r
