@@ -31,7 +31,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 SSHD = "/usr/sbin/sshd"
 RRSYNC = "/usr/bin/rrsync"
@@ -62,7 +62,8 @@ def keygen(path: Path, comment: str = "") -> str:
 class SshServer:
     def __init__(self, base_dir: Path, restrict_dir: Path, *, rrsync_args: Optional[str] = KEYGEN_RRSYNC_ARGS,
                  login_shell: Optional[str] = "/bin/sh", key_line: Optional[Callable[[str, str], str]] = None,
-                 drop_dac_override: bool = False):
+                 drop_dac_override: bool = False, user: Optional[str] = None,
+                 authorized_keys_file: Optional[str] = None, strict_modes: bool = False, prefix: Sequence[str] = ()):
         self.base = Path(base_dir)
         self.login_shell = login_shell
         self.restrict_dir = Path(restrict_dir)
@@ -72,7 +73,11 @@ class SshServer:
         # tests of a directory the server's user may not write): sshd runs without it then
         self.drop_dac_override = drop_dac_override
         self.port = free_port()
-        self.user = getpass.getuser()
+        self.user = user or getpass.getuser()
+        # sshd's AuthorizedKeysFile (e.g. the server user's own .ssh/authorized_keys); None: the line above
+        self.authorized_keys_file = authorized_keys_file
+        self.strict_modes = strict_modes
+        self.prefix = list(prefix)  # before sshd's argv, e.g. nsenter into a mount namespace
         self.host_key = self.base / "ssh_host_ed25519_key"
         self.client_key = self.base / "client_ed25519"
         self.authorized_keys = self.base / "authorized_keys"
@@ -103,13 +108,14 @@ class SshServer:
                     f"Port {self.port}",
                     f"HostKey {self.host_key}",
                     f"PidFile {self.pid_file}",
-                    f"AuthorizedKeysFile {self.authorized_keys}",
+                    f"AuthorizedKeysFile {self.authorized_keys_file or self.authorized_keys}",
                     "AuthenticationMethods publickey",
                     "PubkeyAuthentication yes",
                     "PasswordAuthentication no",
                     "KbdInteractiveAuthentication no",
                     "UsePAM no",
-                    "StrictModes no",  # tmp_path is not owned the way sshd wants a home directory
+                    # tmp_path is not owned the way sshd wants a home directory
+                    f"StrictModes {'yes' if self.strict_modes else 'no'}",
                     "PermitRootLogin prohibit-password",
                     f"AllowUsers {self.user}",
                     "UseDNS no",
@@ -126,7 +132,7 @@ class SshServer:
         # -D: stay in the foreground (our child, so we can stop it); -e: log to stderr (our log file)
         log = open(self.log_file, "ab")
         self.proc = subprocess.Popen(
-            self.with_login_shell(self.without_dac_override([SSHD, "-D", "-e", "-f", str(self.config)])),
+            self.prefix + self.with_login_shell(self.without_dac_override([SSHD, "-D", "-e", "-f", str(self.config)])),
             stdout=log, stderr=log, stdin=subprocess.DEVNULL,
         )
         log.close()

@@ -29,7 +29,7 @@ def paragraphs():
 
 def test_the_control_file_names_executable_scripts_with_known_fields_and_restrictions():
     found = paragraphs()
-    assert [p["Tests"] for p in found] == ["shipped-config", "policy-dry-run"]
+    assert [p["Tests"] for p in found] == ["shipped-config", "policy-dry-run", "doctor-json"]
     for p in found:
         assert set(p) <= {"Tests", "Depends", "Restrictions", "Features", "Classes", "Architecture"}, dict(p)
         assert p["Depends"].split(",")[0].strip() == "@"
@@ -57,6 +57,7 @@ def installed(tmp_path):
 @pytest.mark.parametrize("name, env", [
     ("shipped-config", {"DASHCAM_CONFIG": str(ROOT / "etc" / "dashcam" / "config.yaml")}),
     ("policy-dry-run", {}),
+    ("doctor-json", {}),
 ])
 def test_each_autopkgtest_passes_against_this_tree(installed, name, env):
     # autopkgtest runs each test from the source tree's root

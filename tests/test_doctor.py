@@ -225,6 +225,9 @@ def test_ups_settings_of_the_fixture_are_ok(load):
     ({"VBAT_MIN": 3200}, "ups VBAT_MIN", WARN),
     ({"PI_SHDN_TO": 20}, "ups PI_SHDN_TO", FAIL),
     ({"PI_SHDN_TO": -1}, "ups PI_SHDN_TO", WARN),
+    ({"SHDN_DELAY": 64}, "ups SHDN_DELAY", OK),
+    ({"SHDN_DELAY": 8}, "ups SHDN_DELAY", WARN),
+    ({"SHDN_DELAY": -2}, "ups SHDN_DELAY", WARN),
 ])
 def test_ups_settings_against_ours(load, changes, name, expected):
     cfg = load()
@@ -269,10 +272,31 @@ def test_pi_model_and_what_mode_off_switches_with_it(tmp_path, model, says):
 
 def test_usb_hub_with_per_port_switching_and_a_writable_data_switch(load, fake_hw, tmp_path):
     fake_hw.usb_device("1-1")
-    checks = doctor.check_usb(load(), Machine(root=pi_root(tmp_path, "Raspberry Pi 4 Model B Rev 1.4")))
+    checks = doctor.check_usb(load(), Machine(root=pi_root(tmp_path, "Raspberry Pi Zero 2 W Rev 1.0")))
     assert statuses(checks) == {"usb pi model": OK, "usb hub": OK, "usb port switch": OK, "usb data switch": OK}
     assert "per-port" in only(checks, "usb hub").found
     assert all(len(argv) == 4 for argv in fake_hw.uhubctl_argvs()), "doctor never switches (no -a)"
+
+
+@pytest.mark.parametrize("model,hub,says", [
+    ("Raspberry Pi 4 Model B Rev 1.4", "2109:3431 USB2.0 Hub, USB 2.10, 4 ports, ppps", "every USB port"),  # the user's
+    ("Raspberry Pi 3 Model B Plus Rev 1.3", "0424:2514 USB 2.0 Hub, USB 2.00, 4 ports, ppps", "Ethernet"),
+])
+def test_usb_the_pis_own_hub_warns_though_it_says_ppps(load, fake_hw, tmp_path, model, hub, says):
+    fake_hw.usb_device("1-1")
+    prog = fake_tool(tmp_path / "bin", "uhubctl-onboard", f"""printf '%s\\n' 'Current status for hub 1-1 [{hub}]' \\
+  '  Port 1: 0503 power highspeed enable connect [0603:8612 NOVATEKN vt-DSC]'
+""")
+    hub = only(doctor.check_usb(load({"tools": {"uhubctl": prog}}), Machine(root=pi_root(tmp_path, model))), "usb hub")
+    assert hub.status == WARN and "onboard" in hub.found and says in hub.found and "external hub" in hub.fix
+
+
+def test_usb_a_root_hub_of_a_pi_5_is_its_own(load):
+    assert doctor.onboard_hub("Raspberry Pi 5 Model B Rev 1.0", "1d6b:0002 Linux 6.6.31 xhci-hcd xHCI Host Controller")
+    assert not doctor.onboard_hub("Raspberry Pi Zero 2 W Rev 1.0", "1d6b:0002 Linux dwc2")
+    assert not doctor.onboard_hub(None, "2109:3431 USB2.0 Hub")
+    assert not doctor.onboard_hub("Raspberry Pi 4 Model B Rev 1.4", "05e3:0608 USB2.0 Hub, ppps")
+    assert not doctor.onboard_hub("Raspberry Pi 5 Model B Rev 1.0", "2109:3431 USB2.0 Hub")  # an external VL805 hub
 
 
 def test_usb_kernel_port_switch_is_reported(load, fake_hw, tmp_path, monkeypatch):
@@ -334,10 +358,10 @@ CAMERA_PROPS = {"ID_BUS": "usb", "ID_SERIAL": "NOVATEKN_vt-DSC_96680-00000-001-0
 def test_camera_present_names_the_match_key_and_filesystem(load, tmp_path):
     cfg = load({"camera": {"match_fs_uuid": "67ef-9ced"}})
     m = Machine(root=pi_root(tmp_path, filesystems="nodev\tsysfs\n\tvfat\n"),
-                udev_context=FakeUdev([FakeDevice("/dev/sda1", CAMERA_PROPS, "1-1.1")]))
+                udev_context=FakeUdev([FakeDevice(str(tmp_path / "sda1"), CAMERA_PROPS, "1-1.1")]))
     checks = doctor.check_camera(cfg, m)
-    assert statuses(checks) == {"camera filesystems": OK, "camera": OK}
-    assert "camera.match_fs_uuid" in only(checks, "camera").found and "/dev/sda1" in only(checks, "camera").found
+    assert statuses(checks) == {"camera filesystems": OK, "camera": OK, "camera card": WARN}  # a node it cannot read
+    assert "camera.match_fs_uuid" in only(checks, "camera").found and "sda1" in only(checks, "camera").found
 
 
 def test_camera_on_a_filesystem_the_kernel_lacks_fails(load, tmp_path):
@@ -361,6 +385,61 @@ def test_camera_absent_is_ok_and_another_usb_volume_warns_showing_it(load, tmp_p
                                  Machine(root=root, udev_context=FakeUdev([stick, sd_card])))
     check = only(checks, "camera")
     assert check.status == WARN and "SanDisk_123" in check.found and "mmcblk0" not in check.found
+
+
+def vfat_card(path, fat="32", mib=64):
+    import subprocess
+
+    with open(path, "wb") as f:
+        f.truncate(mib << 20)
+    subprocess.run(["mkfs.vfat", "-F", fat, str(path)], check=True, stdout=subprocess.DEVNULL)
+    return str(path)
+
+
+def test_card_space_from_the_fat32_free_count_and_after_a_clip_was_written(tmp_path):
+    import subprocess
+
+    card = vfat_card(tmp_path / "card.img")
+    (free, total), why = doctor.card_space(card)
+    assert why == "" and 60 << 20 < total <= 64 << 20 and total - (1 << 20) < free <= total
+    clip = tmp_path / "clip.MP4"
+    clip.write_bytes(os.urandom(4 << 20))
+    subprocess.run(["mcopy", "-i", card, str(clip), "::clip.MP4"], check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    (after, _), _ = doctor.card_space(card)
+    assert free - after >= 4 << 20
+    check = doctor.check_card(card)
+    assert check.status == OK and "GiB free of" in check.found
+
+
+def test_card_space_from_the_exfat_percent_in_use(tmp_path):
+    boot = bytearray(512)
+    boot[3:11] = b"EXFAT   "
+    boot[92:96] = (4096).to_bytes(4, "little")  # clusters
+    boot[108], boot[109], boot[112] = 9, 3, 25  # 512-byte sectors, 8 a cluster, 25 % in use
+    boot[510:512] = b"\x55\xaa"
+    card = tmp_path / "exfat.img"
+    card.write_bytes(bytes(boot))
+    assert doctor.card_space(str(card)) == ((4096 * 4096 * 3 // 4, 4096 * 4096), "")
+    boot[112] = 0xFF
+    card.write_bytes(bytes(boot))
+    assert doctor.check_card(str(card)).status == WARN
+
+
+def test_card_space_unknown_warns_saying_why(tmp_path):
+    assert "FAT12/16" in doctor.check_card(vfat_card(tmp_path / "fat16.img", fat="16", mib=32)).found
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(os.urandom(4096))
+    assert doctor.check_card(str(garbage)).status == WARN
+    missing = doctor.check_card(str(tmp_path / "no-such-card"))
+    assert missing.status == WARN and "cannot read" in missing.found
+
+
+def test_an_attached_camera_shows_its_cards_free_space(load, tmp_path):
+    card = vfat_card(tmp_path / "card.img")
+    m = Machine(root=pi_root(tmp_path, filesystems="\tvfat\n"),
+                udev_context=FakeUdev([FakeDevice(card, CAMERA_PROPS, "1-1.1")]))
+    checks = doctor.check_camera(load(), m)
+    assert only(checks, "camera").status == OK and only(checks, "camera card").status == OK
 
 
 # ---------------------------------------------------------------------------- staging and ledger
@@ -608,6 +687,19 @@ def test_server_refusing_the_key_fails_with_the_authorized_keys_line(tmp_path, s
     assert check.status == FAIL and "authorized_keys" in check.found
 
 
+def test_the_shipped_example_host_not_answering_fails_naming_the_keys_to_set(load, make_config):
+    import yaml
+
+    from conftest import ROOT
+
+    shipped = yaml.safe_load((ROOT / "etc" / "dashcam" / "config.yaml").read_text())
+    assert doctor.SHIPPED_HOST == shipped["upload"]["host"]
+    cfg = load({"upload": {"host": doctor.SHIPPED_HOST}})
+    checks = doctor.check_server(cfg)
+    assert [c.status for c in checks] == [FAIL]
+    assert "upload.host, upload.user and upload.dest_path" in checks[0].fix and cfg.path in checks[0].fix
+
+
 def test_server_not_answering_warns_and_stops_there(load):
     from sshd import free_port
 
@@ -696,3 +788,205 @@ def test_mqtt_broker_accepting_our_credentials_is_ok_and_refusing_them_fails(loa
         assert check.status == FAIL and "refused" in check.found and "mqtt.password_file" in check.fix
     finally:
         broker.stop()
+
+
+# ---------------------------------------------------------------------------- --switch: data mode and back
+
+
+def reading(percent, external, reason=None):
+    from dashcam_helpers.battery import Reading
+
+    return Reading("lifepo4wered", None if percent is None else 3300, percent, external, {}, reason)
+
+
+@pytest.mark.parametrize("battery,ingest,upload,mode,refused", [
+    (reading(90, False), False, False, "record", None),
+    (reading(90, True), False, False, "off", None),
+    (reading(40, True), False, False, "record", None),  # external power: the thresholds do not count
+    (reading(None, True, "i2c"), False, False, "record", None),
+    (reading(50, False), False, False, "record", None),  # at disconnect_percent is not below it
+    (reading(49, False), False, False, "record", "below thresholds.disconnect_percent 50 %"),
+    (reading(40, None), False, False, "record", "external power unknown"),
+    (reading(None, False, "i2c error"), False, False, "record", "unknown (i2c error)"),
+    (reading(None, None, "garbage"), False, False, "record", "unknown (garbage)"),
+    (reading(90, True), True, False, "record", "an ingest is running"),
+    (reading(90, True), False, True, "record", "an upload is running"),
+    (reading(90, True), False, False, "data", "in data mode"),
+])
+def test_switch_refusal(load, battery, ingest, upload, mode, refused):
+    why = doctor.switch_refusal(load(), battery, ingest, upload, mode)
+    if refused is None:
+        assert why is None
+    else:
+        assert refused in why
+
+
+def fake_units(tmp_path, running=""):
+    """A systemctl that lists ``running`` units and logs every call to tmp_path/systemctl-calls."""
+    (tmp_path / "units.txt").write_text(running)
+    return fake_tool(tmp_path / "bin", "systemctl", f"""echo "$*" >>{tmp_path / 'systemctl-calls'}
+case "$1" in
+  list-units) cat {tmp_path / 'units.txt'} ;;
+  stop) ;;
+  *) exit 1 ;;
+esac
+""")
+
+
+class SwitchMonitor:
+    """The udev monitor --switch listens on: when started (the camera just went to data mode), it
+    notes whether the policy's lock was held and the camera's data switch, then the storage appears."""
+
+    def __init__(self, hw, lock_path, storage=True):
+        from test_device import FakeMonitor
+
+        self.inner, self.hw, self.lock_path, self.storage = FakeMonitor(), hw, lock_path, storage
+        self.lock_held = self.authorized = None
+
+    def fileno(self):
+        return self.inner.fileno()
+
+    def start(self):
+        import fcntl
+
+        from test_device import CAMERA_PROPS as PROPS, FakeDevice
+
+        self.inner.start()
+        fd = os.open(self.lock_path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.lock_held = False
+        except BlockingIOError:
+            self.lock_held = True
+        finally:
+            os.close(fd)
+        self.authorized = self.hw.authorized("1-1")
+        if self.storage:  # the camera's volume: a real FAT32 image, so its free space can be read
+            self.inner.emit(FakeDevice(dict(PROPS, DEVNAME=vfat_card(Path(self.lock_path).parent / "card.img")), "1-1.1"))
+
+    def poll(self, timeout=None):
+        return self.inner.poll(timeout)
+
+
+def switch_machine(tmp_path, fake_hw, running="", storage=True):
+    from test_device import FakeContext
+
+    fake_hw.usb_device("1-1", authorized="0")
+    lock = str(tmp_path / "run" / "policy.lock")
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    monitor = SwitchMonitor(fake_hw, lock, storage)
+    m = Machine(root=pi_root(tmp_path), systemctl=fake_units(tmp_path, running), lock_path=lock,
+                udev_context=FakeContext([]), udev_monitor=monitor)
+    return m, monitor
+
+
+def test_switch_goes_to_data_under_the_lock_says_how_long_the_storage_took_and_ends_in_record(load, fake_hw, tmp_path):
+    cfg = load({"camera": {"match_serial": "NOVATEKN_vt-DSC_96680-00000-001-0:0"}})
+    m, monitor = switch_machine(tmp_path, fake_hw)
+    times = iter([100.0, 103.5])
+    checks = doctor.check_switch(cfg, m, clock=lambda: next(times))
+    assert statuses(checks) == {doctor.TO_DATA: OK, "camera card": OK, doctor.TO_RECORD: OK}, checks
+    card = str(tmp_path / "run" / "card.img")
+    assert only(checks, doctor.TO_DATA).found == f"the camera's storage appeared as {card} 3.5 s after the switch (enumeration)"
+    assert monitor.lock_held is True, "a policy tick or the watcher could have switched against it"
+    assert monitor.authorized == "1", "the camera was in data mode while the storage was awaited"
+    assert fake_hw.authorized("1-1") == "0" and fake_hw.port_power("1-1", 1) is True  # record
+    assert "stop -- dashcam-ingest@*.service" in (tmp_path / "systemctl-calls").read_text()
+
+
+def test_switch_whose_ingest_cannot_be_stopped_warns(load, fake_hw, tmp_path):
+    m, _ = switch_machine(tmp_path, fake_hw)
+    fake_tool(tmp_path / "bin", "systemctl", "[ \"$1\" = stop ] && { echo 'Access denied' >&2; exit 4; }; exit 0\n")
+    checks = doctor.check_switch(load(), m)
+    assert only(checks, doctor.TO_RECORD).status == OK
+    stop = only(checks, doctor.INGEST_STOP)
+    assert stop.status == WARN and "Access denied" in stop.found
+
+
+def test_switch_whose_storage_never_appears_fails_naming_the_keys_and_still_ends_in_record(load, fake_hw, tmp_path):
+    cfg = load({"poll": {"mount_timeout_seconds": 1}})
+    m, _ = switch_machine(tmp_path, fake_hw, storage=False)
+    checks = doctor.check_switch(cfg, m)
+    data = only(checks, doctor.TO_DATA)
+    assert data.status == FAIL and "within 1 s" in data.found
+    assert "camera.match_" in data.fix and "poll.mount_timeout_seconds" in data.fix
+    assert only(checks, doctor.TO_RECORD).status == OK and fake_hw.authorized("1-1") == "0"
+
+
+def test_switch_back_to_record_that_fails_is_a_fail_line_with_the_fix(load, fake_hw, tmp_path):
+    sysfs_authorized = fake_hw.sysfs / "bus" / "usb" / "devices" / "1-1" / "authorized"
+    data = fake_tool(tmp_path / "bin", "to-data", f"echo 1 >{sysfs_authorized}\n")
+    record = fake_tool(tmp_path / "bin", "to-record", f"touch {tmp_path / 'record-tried'}; echo 'hub gone' >&2; exit 1\n")
+    cfg = load({"camera": {"backend": "scripts", "data_script": data, "record_script": record,
+                           "off_script": "/bin/true"}})
+    m, _ = switch_machine(tmp_path, fake_hw)
+    checks = doctor.check_switch(cfg, m)
+    assert only(checks, doctor.TO_DATA).status == OK
+    back = only(checks, doctor.TO_RECORD)
+    assert back.status == FAIL and "NOT recording" in back.found and "hub gone" in back.found
+    assert back.fix.startswith("sudo dashcamctl mode record")
+    assert (tmp_path / "record-tried").exists()
+
+
+def test_switch_to_data_that_fails_still_puts_the_camera_back_to_record(load, fake_hw, tmp_path, monkeypatch):
+    monkeypatch.setenv("UHUBCTL_FAKE_STUCK", "1")  # the hub does not switch: data mode never confirmed
+    m, _ = switch_machine(tmp_path, fake_hw)
+    fake_hw.uhubctl_state.write_text(json.dumps({"1-1": {"1": False, "2": True, "3": True, "4": True}}))
+    checks = doctor.check_switch(load(), m)
+    assert only(checks, doctor.TO_DATA).status == FAIL
+    assert only(checks, doctor.TO_RECORD).status == FAIL  # still off: stuck, and said so
+    assert [argv for argv in fake_hw.uhubctl_argvs() if "-a" in argv][-1][-1] == "on", "record was tried last"
+
+
+def test_switch_refused_under_the_lock_switches_nothing(load, fake_hw, tmp_path):
+    m, monitor = switch_machine(tmp_path, fake_hw, running="dashcam-upload.service loaded active running upload\n")
+    checks = doctor.check_switch(load(), m)
+    assert [(c.name, c.status) for c in checks] == [(doctor.SWITCH, WARN)]
+    assert "an upload is running" in checks[0].found
+    assert not [argv for argv in fake_hw.uhubctl_argvs() if "-a" in argv] and fake_hw.authorized("1-1") == "0"
+    assert monitor.lock_held is None, "never went to data mode"
+
+
+def switch_env(tmp_path, fake_hw, running=""):
+    env = doctor_env(tmp_path, fake_hw)
+    fake_units(tmp_path, running)  # replaces the systemctl of doctor_env, same bin dir
+    (tmp_path / "hw" / "sys" / "bus" / "usb" / "devices" / "1-1" / "authorized").write_text("0\n")
+    return env
+
+
+@pytest.mark.parametrize("battery,running,says", [
+    ("VIN=0,VBAT=3260", "", "below thresholds.disconnect_percent 50 %, on battery"),
+    ("", "dashcam-ingest@sda1.service loaded active running ingest\n", "an ingest is running"),
+])
+def test_doctor_switch_refused_is_one_line_exit_75_and_switches_nothing(dashcamctl, make_config, fake_hw, tmp_path,
+                                                                        battery, running, says):
+    env = {**switch_env(tmp_path, fake_hw, running), "LIFEPO4WERED_FAKE_SET": battery}
+    res = dashcamctl("--config", str(make_config()), "doctor", "--switch", env=env)
+    assert res.returncode == 75, res.stdout + res.stderr
+    assert res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dashcamctl doctor --switch: refused: ") and says in lines[0]
+    assert lines[0].endswith("nothing was switched")
+    assert not [argv for argv in fake_hw.uhubctl_argvs() if "-a" in argv]
+
+
+def test_doctor_switch_on_the_fakes_cycles_and_ends_in_record(dashcamctl, make_config, fake_hw, tmp_path):
+    # no real camera here: data mode takes, its storage never appears (FAIL, exit 1), record again
+    path = make_config({"poll": {"mount_timeout_seconds": 1}})
+    env = {**switch_env(tmp_path, fake_hw), "DASHCAM_ROOT": str(tmp_path / "root")}
+    res = dashcamctl("--config", str(path), "doctor", "--switch", "--json", env=env)
+    assert res.returncode == 1, res.stdout + res.stderr
+    checks = {c["name"]: c for c in json.loads(res.stdout)["checks"]}
+    assert checks[doctor.TO_DATA]["status"] == FAIL and "within 1 s" in checks[doctor.TO_DATA]["found"]
+    assert checks[doctor.TO_RECORD]["status"] == OK
+    names = list(checks)
+    assert names.index("camera") < names.index(doctor.TO_DATA) < names.index(doctor.TO_RECORD) < names.index("staging space")
+    switched = [argv[-1] for argv in fake_hw.uhubctl_argvs() if "-a" in argv]
+    assert switched == ["on", "on"] and fake_hw.authorized("1-1") == "0"
+
+
+def test_doctor_switch_with_a_broken_config_is_refused_with_exit_78(dashcamctl, tmp_path, fake_hw):
+    path = tmp_path / "bad.yaml"
+    path.write_text("upload: {port: ssh}\n")
+    res = dashcamctl("--config", str(path), "doctor", "--switch", env=switch_env(tmp_path, fake_hw))
+    assert res.returncode == 78 and "refused" in res.stderr and res.stdout == ""

@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("watch")
 
     p = add("doctor")
+    p.add_argument("--switch", action="store_true",
+                   help="also cycle the camera through data mode and back to record, and say how long its storage took "
+                        "to appear; refused (exit 75) on battery below thresholds.disconnect_percent, with an unknown "
+                        "reading off external power, or while an ingest or upload runs")
     _add_json(p)
 
     return parser

@@ -11,6 +11,12 @@ sysfs, opens the ledger read-only, and probes the server with dry runs only. Eve
 call has a short timeout (TOOL_TIMEOUT, SERVER_TIMEOUT), so a run stays within seconds even
 when the server or a tool does not answer.
 
+``--switch`` adds the one check that changes something: under the policy's lock, the camera
+goes to data mode, the time until its storage appears (enumeration) is measured, and it goes
+back to record whatever happened (a failure to get back is a FAIL line with the fix). It is
+refused (exit 75, one line, nothing switched) when the battery or a running ingest or upload
+says not now: see ``switch_refusal``.
+
 Seams for tests (parameters of ``Machine``, never module globals): a root prefix for /proc
 and /lib/modules, the names of systemctl, journalctl and timedatectl, the udev context,
 the user that owns staging. The fake sysfs comes from DASHCAM_SYSFS, as everywhere.
@@ -25,6 +31,8 @@ import stat
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import runner
+from .errors import EX_CONFIG, EX_TEMPFAIL
+from .ignition import LOCK_PATH
 from .record import Record
 from .log import get as get_logger
 
@@ -50,6 +58,8 @@ POLICY_TIMER = "dashcam-policy.timer"
 UPLOAD_PATH = "dashcam-upload.path"
 BOOT_SERVICE = "dashcam-boot.service"
 DASHCAM_USER = "dashcam"
+# upload.host as etc/dashcam/config.yaml ships it: still that, and not answering, is a Pi not yet configured
+SHIPPED_HOST = "homeserver.lan"
 RESTRICT_PROBE = ".dashcam-doctor-probe"  # a folder the --delete probe names: it deletes nothing anyway
 
 # LiFePO4wered AUTO_BOOT register values (lifepo4wered-data.h)
@@ -69,6 +79,9 @@ UPS_MARGIN_MV = 50
 # ticks of its firmware (8 a second) before it cuts power
 SHDN_DELAY_TICKS_PER_SECOND = 8
 MIN_SHUTDOWN_SECONDS = 60
+# after the halt, the card's last writes and the kernel's power-off need a moment: 2 s at least
+MIN_SHDN_DELAY_TICKS = 2 * SHDN_DELAY_TICKS_PER_SECOND
+SHIPPED_SHDN_DELAY_TICKS = 64  # what a LiFePO4wered/Pi reads as shipped (tests/fixtures/lifepo4wered-get.txt)
 
 
 class Check(Record):
@@ -103,6 +116,8 @@ class Machine(Record):
     udev_context: Any = None  # a pyudev Context (or a fake with list_devices); None: the real one
     user: str = DASHCAM_USER  # the unprivileged user that owns staging, the ledger and the key
     euid: Optional[int] = None  # None: os.geteuid()
+    lock_path: str = LOCK_PATH  # --switch holds the policy's lock (the tick's and the watcher's)
+    udev_monitor: Any = None  # a pyudev Monitor (or a fake with start/fileno/poll); None: the real one
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
@@ -368,6 +383,14 @@ def check_ups_settings(cfg, raw: Dict[str, Any]) -> List[Check]:
                            set_cmd.format(name="PI_SHDN_TO", value=120)))
     else:
         checks.append(ok("ups PI_SHDN_TO", f"{timeout} s for the Pi to power off (SHDN_DELAY {delay})"))
+    if ticks is None:
+        checks.append(warn("ups SHDN_DELAY", "not read", "sudo lifepo4wered-cli get SHDN_DELAY"))
+    elif ticks < MIN_SHDN_DELAY_TICKS:
+        checks.append(warn("ups SHDN_DELAY", f"{delay}: power goes off right after the Pi says it has halted "
+                           "(the SD card may still be writing)",
+                           set_cmd.format(name="SHDN_DELAY", value=SHIPPED_SHDN_DELAY_TICKS)))
+    else:
+        checks.append(ok("ups SHDN_DELAY", f"{delay} between the Pi's halt and the power cut"))
     return checks
 
 
@@ -393,11 +416,27 @@ def mode_off_reach(model: Optional[str]) -> str:
     return f"{model}: `mode off` switches only the camera's port"
 
 
+# (models, vid:pid prefixes uhubctl prints) of the hubs on a Pi's board: the VL805 and the root
+# hubs (Linux's 1d6b) of a Pi 4; the root hubs of a Pi 5 (RP1); the LAN951x/LAN7515 of a Pi 1-3.
+# The same chips in an external hub on another model are not the Pi's.
+ONBOARD_HUBS = (
+    (r"Raspberry Pi (4|400)\b|Compute Module 4", ("2109:3431", "1d6b:")),
+    (r"Raspberry Pi (5|500)\b", ("1d6b:",)),
+    (r"Raspberry Pi (3|2|Model B)\b", ("0424:9514", "0424:2514", "0424:ec00", "0424:9512")),
+)
+
+
+def onboard_hub(model: Optional[str], description: str) -> bool:
+    """The camera's hub is one of the Pi's own (by the model and the hub's vid:pid uhubctl prints)."""
+    return model is not None and any(re.search(pattern, model) and description.startswith(ids)
+                                      for pattern, ids in ONBOARD_HUBS)
+
+
 def check_usb(cfg, m: Machine) -> List[Check]:
     from . import camera
 
     cam = cfg.camera
-    checks = [ok("usb pi model", mode_off_reach(pi_model(m)))]
+    checks = [ok("usb pi model", mode_off_reach(pi_model(m)))]  # what the onboard ports share
     if cam.backend != "uhubctl":
         checks.append(ok("usb hub", "camera.backend is scripts: the scripts switch the camera"))
         return checks
@@ -421,7 +460,12 @@ def check_usb(cfg, m: Machine) -> List[Check]:
         return checks
     power = "powered" if port.powered else "off"
     where = f"hub {cam.hub_location} [{hub.description}] port {cam.port_number} {power}"
-    if "ppps" in hub.description:
+    model = pi_model(m)
+    if onboard_hub(model, hub.description):
+        # the Pi's own hubs say ppps but switch together (Pi 4/5) or carry Ethernet (Pi 3 and earlier)
+        checks.append(warn("usb hub", f"{where}: the Pi's onboard hub; {mode_off_reach(model)}",
+                           "plug the camera into an external hub with per-port power switching (README: USB hubs)"))
+    elif "ppps" in hub.description:
         checks.append(ok("usb hub", f"{where}: per-port power switching"))
     elif "ganged" in hub.description:
         checks.append(warn("usb hub", f"{where}: ganged, switching the camera switches every port of the hub",
@@ -506,6 +550,7 @@ def check_camera(cfg, m: Machine) -> List[Check]:
             checks.append(fail("camera", f"{found}: the kernel cannot mount {fs}", f"modprobe {fs}"))
         else:
             checks.append(ok("camera", found))
+        checks.append(check_card(dev.device_node))
         return checks
     others = "; ".join(f"{d.device_node}: serial {p.get('ID_SERIAL')}, port {port}, uuid {p.get('ID_FS_UUID')}"
                        for d, p, port, _ in volumes[:3])
@@ -515,6 +560,200 @@ def check_camera(cfg, m: Machine) -> List[Check]:
     else:
         checks.append(ok("camera", f"not attached now (normal while it records: data is off); looking for {wanted}"))
     return checks
+
+
+# ---------------------------------------------------------------------------- the camera, switched (--switch)
+
+SWITCH = "camera switch"  # a switch not made (refused under the lock, a dry run)
+TO_DATA = "switch to data"
+TO_RECORD = "switch to record"
+INGEST_STOP = "switch ingest stop"
+
+
+def switch_refusal(cfg, reading, ingest: bool, upload: bool, mode: str) -> Optional[str]:
+    """Why ``--switch`` must not take the camera out of record now, or None. A pure function of
+    one battery reading, the units running and the camera's mode.
+
+    On external power the battery thresholds do not count (as for the policy). Otherwise the
+    battery must be known and at or above thresholds.disconnect_percent: below it, the policy
+    keeps the camera off; unknown, nothing proves the battery can take a data-mode cycle."""
+    if ingest:
+        return "an ingest is running (dashcam-ingest@*.service): let it finish, then try again"
+    if upload:
+        return "an upload is running (dashcam-upload.service): let it finish, then try again"
+    if mode == "data":
+        return "the camera is in data mode now (the policy is fetching footage): try again when it records"
+    if reading.external is True:
+        return None
+    power = "on battery" if reading.external is False else "external power unknown"
+    limit = cfg.thresholds.disconnect_percent
+    if reading.percent is None:
+        return (f"the battery reading is unknown ({reading.reason or 'no reason given'}), {power}: "
+                "run it on external power (engine running)")
+    if reading.percent < limit:
+        return (f"battery {reading.percent} % is below thresholds.disconnect_percent {limit} %, {power}: "
+                "run it on external power (engine running)")
+    return None
+
+
+def units_running(m: Machine) -> Tuple[bool, bool]:
+    """(an ingest runs, the upload runs), from systemctl as the policy reads it; a system
+    without systemd (or without systemctl) runs none of our units."""
+    from .policy import INGEST_UNITS, UPLOAD_UNIT, units_running_from
+
+    try:
+        res = tool([m.systemctl, "list-units", "--all", "--plain", "--no-legend", "--no-pager", "--type=service",
+                    "--", INGEST_UNITS, UPLOAD_UNIT])
+    except runner.CommandNotFound:
+        return False, False
+    return units_running_from(res.stdout)
+
+
+def switch_precheck(cfg, m: Machine) -> Optional[str]:
+    """The refusal as things stand (one battery reading, the units, the camera's mode)."""
+    from . import battery, camera
+
+    try:
+        mode = camera.current_mode(cfg)
+    except Exception as e:  # a broken hub: the switch itself says so
+        log.debug("camera mode unknown: %s", e)
+        mode = "unknown"
+    return switch_refusal(cfg, battery.read(cfg), *units_running(m), mode)
+
+
+def _stop_ingest(m: Machine) -> Optional[str]:
+    """Stop the ingest udev started for the storage that appeared (it would copy and switch the
+    camera itself); waits until it has dropped its .part and unmounted. An error, or None."""
+    from .policy import INGEST_UNITS
+
+    try:
+        res = runner.run([m.systemctl, "stop", "--", INGEST_UNITS], timeout=150, changes_state=True, check=False)
+    except runner.CommandNotFound:
+        return None  # no systemd: nothing started one
+    except runner.CommandError as e:
+        return str(e)
+    if res.returncode != 0 and "not been booted with systemd" not in res.stderr:
+        return f"systemctl stop {INGEST_UNITS}: {first_line(res.stderr) or runner.describe_returncode(res.returncode)}"
+    return None
+
+
+class _Terminated(Exception):
+    pass
+
+
+def check_switch(cfg, m: Machine, clock: Optional[Callable[[], float]] = None) -> List[Check]:
+    """Data mode and back, under the policy's lock: how long the camera's storage took to appear.
+    The camera ends in record whatever happens (a FAIL line with the fix when it does not)."""
+    import signal
+    import time
+
+    from . import camera, device
+    from .ignition import PolicyLock
+
+    clock = clock or time.monotonic
+    if m.is_root() and not os.path.isdir(os.path.dirname(m.lock_path)):
+        # the units' RuntimeDirectory=dashcam: root's, 0755, as systemd makes it
+        os.makedirs(os.path.dirname(m.lock_path), 0o755, exist_ok=True)
+
+    def terminated(signum, frame):
+        raise _Terminated(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, terminated)  # a kill mid-switch still puts the camera back
+    try:
+        with PolicyLock(m.lock_path):
+            # again under the lock: a tick or the watcher may have acted since the first look
+            why = switch_precheck(cfg, m)
+            if why is not None:
+                return [warn(SWITCH, f"not switched: {why}")]
+            return _switch_cycle(cfg, m, clock, camera, device)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _switch_cycle(cfg, m: Machine, clock, camera, device) -> List[Check]:
+    checks: List[Check] = []
+    timeout = cfg.poll.mount_timeout_seconds
+    try:
+        monitor = m.udev_monitor if m.udev_monitor is not None else device._monitor(m.udev_context)
+        start = clock()
+        camera.set_mode(cfg, "data")
+        node = device.wait_for_camera(cfg, timeout, monitor=monitor, context=m.udev_context)
+        took = clock() - start
+        if node:
+            checks.append(ok(TO_DATA, f"the camera's storage appeared as {node} {took:.1f} s after the switch (enumeration)"))
+            checks.append(check_card(node))
+        else:
+            checks.append(fail(TO_DATA, f"data mode took, but no storage matching the camera appeared within {timeout} s",
+                               "in data mode, `dashcamctl match /dev/sdX1` must say it is the camera (camera.match_*); "
+                               "a slow camera: raise poll.mount_timeout_seconds"))
+    except camera.CameraError as e:
+        checks.append(fail(TO_DATA, str(e), "see the usb lines above; README: USB hubs"))
+    except Exception as e:  # a broken monitor, a signal (_Terminated): the camera still goes back
+        checks.append(fail(TO_DATA, f"interrupted: {type(e).__name__}: {e}"))
+    finally:
+        stopped = _stop_ingest(m)
+        try:
+            camera.set_mode(cfg, "record")
+        except Exception as e:
+            checks.append(fail(TO_RECORD, f"the camera is NOT recording: {e}",
+                               "sudo dashcamctl mode record (if that fails too: unplug the camera and plug it in again)"))
+        else:
+            checks.append(ok(TO_RECORD, "back in record, confirmed"))
+        if stopped:
+            checks.append(warn(INGEST_STOP, f"the ingest udev started for the camera's storage was not stopped: {stopped}",
+                               "systemctl status 'dashcam-ingest@*' (it copies, then puts the camera back itself)"))
+    return checks
+
+
+def card_space(devnode: str) -> Tuple[Optional[Tuple[int, int]], str]:
+    """((free bytes, total bytes), "") of the camera's card from its own count, read from the
+    device without mounting it (FAT32: the FSInfo sector's free cluster count; exFAT: the boot
+    sector's PercentInUse); (None, why) when the card does not say or cannot be read."""
+    import struct
+
+    try:
+        with open(devnode, "rb") as f:
+            boot = f.read(512)
+            if len(boot) < 512 or boot[510:512] != b"\x55\xaa":
+                return None, "no FAT or exFAT boot sector"
+            if boot[3:11] == b"EXFAT   ":
+                cluster = 1 << (boot[108] + boot[109])
+                total = struct.unpack_from("<I", boot, 92)[0] * cluster
+                used = boot[112]
+                if used > 100:
+                    return None, "the exFAT card does not say how full it is"
+                return (total * (100 - used) // 100, total), ""
+            sector, per_cluster, reserved, fats = struct.unpack_from("<HBHB", boot, 11)
+            sectors = struct.unpack_from("<H", boot, 19)[0] or struct.unpack_from("<I", boot, 32)[0]
+            fat_sectors, info = struct.unpack_from("<H", boot, 22)[0], 0
+            if fat_sectors == 0:  # FAT32
+                fat_sectors, info = struct.unpack_from("<I", boot, 36)[0], struct.unpack_from("<H", boot, 48)[0]
+            if not sector or not per_cluster or not info or info == 0xFFFF:
+                return None, "a FAT12/16 card keeps no free count"
+            f.seek(info * sector)
+            fsinfo = f.read(512)
+    except OSError as e:
+        return None, f"cannot read {devnode}: {e.strerror}"
+    if len(fsinfo) < 512 or fsinfo[0:4] != b"RRaA" or fsinfo[484:488] != b"rrAa":
+        return None, "no FSInfo sector"
+    free = struct.unpack_from("<I", fsinfo, 488)[0]
+    clusters = (sectors - reserved - fats * fat_sectors) // per_cluster
+    if free > clusters:
+        return None, "the card's free count is not set"
+    size = sector * per_cluster
+    return (free * size, clusters * size), ""
+
+
+def check_card(devnode: str) -> Check:
+    """Free space on the camera's card, as the card counts it (a dashcam records in a loop: a full
+    card is normal; the line says how much footage room there is)."""
+    space, why = card_space(devnode)
+    if space is None:
+        return warn("camera card", f"{devnode}: free space unknown ({why})",
+                    None if "cannot read" not in why else "sudo dashcamctl doctor")
+    gib = 1024 ** 3
+    free, total = space
+    return ok("camera card", f"{devnode}: {free / gib:.1f} GiB free of {total / gib:.1f} GiB (the card's own count)")
 
 
 # ---------------------------------------------------------------------------- staging and ledger
@@ -636,6 +875,10 @@ def check_server(cfg) -> List[Check]:
     up = cfg.upload
     where = f"{up.host}:{up.port}"
     if not server.reachable(quick, SERVER_TIMEOUT):
+        if up.host == SHIPPED_HOST:
+            return [fail("server", f"upload.host is still the example of the shipped configuration, {up.host}, "
+                         "and nothing answers there", f"sudoedit {cfg.path}: set upload.host, upload.user and "
+                         "upload.dest_path to your server's")]
         return [warn("server", f"{where} does not answer (normal away from home)",
                      "at home: check upload.host and upload.port, and that the server is on")]
     checks = [ok("server", f"{where} answers")]
@@ -877,8 +1120,10 @@ def check_mqtt(cfg) -> List[Check]:
 # ---------------------------------------------------------------------------- the run
 
 
-def run_checks(config_path: Optional[str], m: Machine, monotonic: Optional[Callable[[], float]] = None) -> List[Check]:
-    """Every check, in the order the footage flows. A check that breaks is a FAIL line, never the end."""
+def run_checks(config_path: Optional[str], m: Machine, monotonic: Optional[Callable[[], float]] = None,
+               switch: bool = False, dry_run: bool = False) -> List[Check]:
+    """Every check, in the order the footage flows. A check that breaks is a FAIL line, never the end.
+    ``switch``: the camera through data mode and back, after the camera check (check_switch)."""
     import time
 
     monotonic = monotonic or time.monotonic
@@ -916,6 +1161,10 @@ def run_checks(config_path: Optional[str], m: Machine, monotonic: Optional[Calla
             guarded("ups", lambda: check_ups_settings(cfg, dict(reading[0].raw)))
         guarded("usb", lambda: check_usb(cfg, m))
         guarded("camera", lambda: check_camera(cfg, m))
+        if switch and dry_run:
+            checks.append(ok(SWITCH, "dry run: not switched (data mode and back to record without --dry-run)"))
+        elif switch:
+            guarded(SWITCH, lambda: check_switch(cfg, m))
         guarded("staging", lambda: check_staging(cfg, m))
     guarded("clock", lambda: check_clock(m))
     if cfg is not None:
@@ -940,9 +1189,27 @@ def render(checks: Sequence[Check]) -> str:
 
 
 def doctor_command(args: argparse.Namespace) -> int:
+    import sys
+
     from .cli import print_json
 
-    checks = run_checks(args.config, Machine(root=os.environ.get("DASHCAM_ROOT", "/")))
+    root = os.environ.get("DASHCAM_ROOT", "/")
+    m = Machine(root=root, lock_path=os.path.join(root, LOCK_PATH.lstrip("/")))
+    switch = getattr(args, "switch", False)
+    if switch and not args.dry_run:
+        from . import config
+
+        try:
+            cfg = config.load(args.config)
+        except config.ConfigError as e:
+            print(f"dashcamctl doctor --switch: refused: {e.path} is not valid (dashcamctl doctor without --switch "
+                  "lists the problems); nothing was switched", file=sys.stderr)
+            return EX_CONFIG
+        why = switch_precheck(cfg, m)
+        if why is not None:
+            print(f"dashcamctl doctor --switch: refused: {why}; nothing was switched", file=sys.stderr)
+            return EX_TEMPFAIL
+    checks = run_checks(args.config, m, switch=switch, dry_run=args.dry_run)
     failed = sum(1 for c in checks if c.status == FAIL)
     warned = sum(1 for c in checks if c.status == WARN)
     if args.json:
