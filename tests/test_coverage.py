@@ -280,7 +280,7 @@ def test_an_ingest_records_the_loss_warns_once_and_status_and_mqtt_show_it(tmp_p
     assert facts["footage"]["lost_minutes_7d"] == 29
     assert facts["problem"] == {"problem": True, "reasons": ["footage lost: about 29 minutes in the last 7 days"]}
     text = status.render({"footage": facts["footage"], "problem": facts["problem"]})
-    assert "footage:  29 minutes lost in the last 7 days (1 times; last found" in text
+    assert "footage:  29 minutes lost in the last 7 days (once; last found" in text
     assert "PROBLEM:  footage lost: about 29 minutes in the last 7 days" in text
     doc = mqtt.state_document(facts, now=T0)
     assert doc["footage_lost_minutes"] == 29 and doc["problem"] == "ON"

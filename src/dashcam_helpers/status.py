@@ -203,7 +203,8 @@ def _footage_line(f: Dict[str, Any]) -> str:
     lost = f"{f.get('lost_minutes_7d', 0)} minutes lost in the last 7 days"
     if f.get("losses_7d"):
         last = f.get("last_loss") or {}
-        lost += f" ({f['losses_7d']} times; last found {_when(last.get('wall'))}: {last.get('message')})"
+        times = "once" if f["losses_7d"] == 1 else f"{f['losses_7d']} times"
+        lost += f" ({times}; last found {_when(last.get('wall'))}: {last.get('message')})"
     damaged = f", {f['damaged_7d']} damaged clips" if f.get("damaged_7d") else ""
     card = f.get("card") or {}
     if card.get("total_bytes"):
