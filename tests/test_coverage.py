@@ -370,3 +370,12 @@ def test_status_without_any_check_yet_reads_plainly(cfg):
                                  "problem:  none"]
     doc = mqtt.state_document(facts)
     assert doc["problem"] == "OFF" and doc["problem_reason"] == "none" and doc["card_hours"] is None
+
+
+def test_what_was_found_with_the_clock_unset_counts_until_a_check_with_the_clock_set(cfg):
+    with Ledger(cfg.paths.ledger, clock=lambda: 100.0) as ledger:  # 1970: no NTP yet
+        ledger.record_loss("dashcam", "overwritten", 0, 600, "lost: from A to B, about 10 minutes", keep=10)
+        ledger.put_state(coverage.STATE_KEY, {"last": {"wall": 100.0}})
+        assert coverage.facts(ledger, cfg, T0)["footage"]["lost_minutes_7d"] == 10
+        ledger.put_state(coverage.STATE_KEY, {"last": {"wall": T0}})
+        assert coverage.facts(ledger, cfg, T0)["footage"]["lost_minutes_7d"] == 0

@@ -502,11 +502,15 @@ def facts(ledger, cfg, wall: Optional[float] = None) -> Dict[str, Any]:
     if db is None:
         return {}
     since = wall - RECENT_DAYS * 86400
-    lost = db.losses_since(since)
-    damaged = db.damaged_since(since)
-    refused = db.db.execute("SELECT COUNT(*) FROM footage WHERE state = 'failed' AND reason LIKE 'refused:%'").fetchone()[0]
     state = db.get_state(STATE_KEY)
     state = state if isinstance(state, dict) else {}
+    # what was found while the clock was not set has no time: recent until a check with a set clock
+    last_check = state.get("last") if isinstance(state.get("last"), dict) else {}
+    checked = last_check.get("wall")
+    unknown = not (isinstance(checked, (int, float)) and checked >= PLAUSIBLE_WALL)
+    lost = db.losses_since(since, unknown)
+    damaged = db.damaged_since(since, unknown)
+    refused = db.db.execute("SELECT COUNT(*) FROM footage WHERE state = 'failed' AND reason LIKE 'refused:%'").fetchone()[0]
     footage: Dict[str, Any] = {
         "lost_minutes_7d": round(sum(r["seconds"] for r in lost) / 60),
         "losses_7d": len(lost),

@@ -696,11 +696,11 @@ class Ledger:
             )
             db.execute("DELETE FROM loss WHERE id <= ?", (cur.lastrowid - keep,))
 
-    def losses_since(self, wall: float) -> List[sqlite3.Row]:
-        """Losses found at or after ``wall`` (and those found while the clock read before 2020: their
-        time is unknown, so they count as recent), oldest first."""
+    def losses_since(self, wall: float, unknown: bool = False) -> List[sqlite3.Row]:
+        """Losses found at or after ``wall``, oldest first; with ``unknown``, those found while the
+        clock read before 2020 (time unknown) too."""
         return self.db.execute(
-            "SELECT * FROM loss WHERE found_at >= ? OR found_at < 1577836800 ORDER BY id", (wall,)
+            "SELECT * FROM loss WHERE found_at >= ? OR (? AND found_at < 1577836800) ORDER BY id", (wall, unknown)
         ).fetchall()
 
     def note_damaged(self, camera: str, source_path: str, size: int, mtime_ns: int, reason: str, *, keep: int) -> bool:
@@ -716,9 +716,9 @@ class Ledger:
             db.execute("DELETE FROM damaged WHERE id <= ?", (cur.lastrowid - keep,))
             return True
 
-    def damaged_since(self, wall: float) -> List[sqlite3.Row]:
+    def damaged_since(self, wall: float, unknown: bool = False) -> List[sqlite3.Row]:
         return self.db.execute(
-            "SELECT * FROM damaged WHERE found_at >= ? OR found_at < 1577836800 ORDER BY id", (wall,)
+            "SELECT * FROM damaged WHERE found_at >= ? OR (? AND found_at < 1577836800) ORDER BY id", (wall, unknown)
         ).fetchall()
 
 
