@@ -38,9 +38,7 @@ own (local time, drift, a time zone): it is matched at each ingest, never assume
 
 from __future__ import annotations
 
-import datetime
 import os
-import re
 import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: the policy tick imports this module
@@ -168,20 +166,21 @@ def place(windows: Sequence[Window], now: Now) -> Tuple[List[Tuple[float, float]
     return placed, unplaced, "wall"
 
 
-NAME_STAMP = re.compile(r"(?<!\d)((?:19|20)\d\d)[_-]?(\d\d)[_-]?(\d\d)[_-](\d\d)[_-]?(\d\d)[_-]?(\d\d)(?!\d)")
-EPOCH = datetime.datetime(1970, 1, 1)
-
-
 def name_time(name: str) -> Optional[float]:
-    """The recording start in a camera's file name (2026_1129_053712_013F.MP4), as seconds since
-    1970 on the camera's clock; None when there is none or it is no time."""
+    """The recording start in a camera's file name (2026_1129_053712_013F.MP4, the ingest's
+    NAME_STAMP), as seconds since 1970 on the camera's clock; None when there is none or it is no time."""
+    import datetime  # only ever called by an ingest: no cost to the policy tick
+
+    from .ingest import NAME_STAMP
+
     m = NAME_STAMP.search(os.path.basename(name))
     if m is None:
         return None
     try:
-        return (datetime.datetime(*(int(g) for g in m.groups())) - EPOCH).total_seconds()
-    except (ValueError, OverflowError):
+        stamp = datetime.datetime(*(int(g) for g in m.groups()))
+    except ValueError:  # 2026_1340_...: digits, not a time
         return None
+    return (stamp - datetime.datetime(1970, 1, 1)).total_seconds()
 
 
 def _median(values: List[float]) -> float:
@@ -300,9 +299,11 @@ def compare(windows: Sequence[Window], clips: Sequence[ClipTime], now: Now, *, p
 
 def describe(loss: Loss) -> str:
     """``lost: from T1 to T2, about N minutes (why)`` -- T1, T2 as the camera showed them."""
+    import datetime
+
     def show(t: float) -> str:
         try:
-            return (EPOCH + datetime.timedelta(minutes=round(t / 60))).strftime("%Y-%m-%d %H:%M")
+            return (datetime.datetime(1970, 1, 1) + datetime.timedelta(minutes=round(t / 60))).strftime("%Y-%m-%d %H:%M")
         except (OverflowError, ValueError):
             return "?"
 
