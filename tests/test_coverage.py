@@ -345,7 +345,7 @@ def test_the_problem_sensor_says_upload_failing_only_after_alert_hours(tmp_path,
         ledger.record_failed("dashcam", "Normal/\\xff.MP4", 1, 1, event=False,
                              reason="refused: the name is not valid UTF-8")
         assert coverage.facts(ledger, cfg, wall)["problem"]["reasons"] == [
-            "1 clips refused (dashcamctl files --state failed)"]
+            "1 clip refused (dashcamctl files --state failed)"]
 
 
 def test_the_footage_lost_event_goes_out_once_per_new_loss_and_not_for_old_ones():

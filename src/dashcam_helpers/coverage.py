@@ -529,12 +529,16 @@ def facts(ledger, cfg, wall: Optional[float] = None) -> Dict[str, Any]:
     if failing:
         reasons.append(failing)
     if refused:
-        reasons.append(f"{refused} clips refused (dashcamctl files --state failed)")
+        reasons.append(f"{_clips(refused)} refused (dashcamctl files --state failed)")
     if lost:
         reasons.append(f"footage lost: about {max(1, footage['lost_minutes_7d'])} minutes in the last {RECENT_DAYS} days")
     if damaged:
-        reasons.append(f"{len(damaged)} damaged clips in the last {RECENT_DAYS} days")
+        reasons.append(f"{_clips(len(damaged), 'damaged clip')} in the last {RECENT_DAYS} days")
     return {"footage": footage, "problem": {"problem": bool(reasons), "reasons": reasons}}
+
+
+def _clips(n: int, what: str = "clip") -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
 
 
 def _upload_failing(db, cfg, wall: float) -> Optional[str]:

@@ -205,7 +205,8 @@ def _footage_line(f: Dict[str, Any]) -> str:
         last = f.get("last_loss") or {}
         times = "once" if f["losses_7d"] == 1 else f"{f['losses_7d']} times"
         lost += f" ({times}; last found {_when(last.get('wall'))}: {last.get('message')})"
-    damaged = f", {f['damaged_7d']} damaged clips" if f.get("damaged_7d") else ""
+    n = f.get("damaged_7d")
+    damaged = f", {n} damaged clip{'' if n == 1 else 's'}" if n else ""
     card = f.get("card") or {}
     if card.get("total_bytes"):
         room = f"card {human_bytes(card.get('used_bytes') or 0)} of {human_bytes(card['total_bytes'])} used"
