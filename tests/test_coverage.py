@@ -85,6 +85,9 @@ SCENARIOS = [
      [win(1, 0, 30), win(2, 60, 62)], card_files((0, 30)), {"previous_offset": CAM}, [], 0),
     ("the camera's clock moved an hour (summer time): the newest clip wins over the learned offset",
      [win(1, 0, 30), win(2, 60, 90)], card_files((0, 30), (60, 90), cam=CAM + 3600), {"previous_offset": CAM}, [], 0),
+    ("a clip with a wild time in its name does not set the camera's clock",
+     [win(1, 0, 30), win(2, 60, 90)], card_files((0, 30), (60, 90)) + [("Normal/Front/2099_0101_000000_9999F.MP4", 1, 0)],
+     {}, [], 0),
     ("a start within record_start_seconds is not judged", [win(1, 0, 30)], card_files((1, 30)), {}, [], 0),
     ("no window since the last ingest", [], card_files((0, 30)), {}, [], 0),
 ]

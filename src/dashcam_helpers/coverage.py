@@ -226,10 +226,11 @@ def clip_times(files: Iterable[Tuple[str, int, int]]) -> Tuple[List[ClipTime], i
     return out, skipped
 
 
-def _union(intervals: Iterable[Tuple[float, float]]) -> List[Tuple[float, float]]:
+def _union(intervals: Iterable[Tuple[float, float]], slack: float = 0.0) -> List[Tuple[float, float]]:
+    """The intervals merged; two less than ``slack`` apart (one clip closed, the next opened) are one."""
     out: List[Tuple[float, float]] = []
     for s, e in sorted(intervals):
-        if out and s <= out[-1][1]:
+        if out and s <= out[-1][1] + slack:
             out[-1] = (out[-1][0], max(out[-1][1], e))
         else:
             out.append((s, e))
@@ -258,18 +259,18 @@ def compare(windows: Sequence[Window], clips: Sequence[ClipTime], now: Now, *, p
     """Which stretches of the recording windows have no clip on the card (pure).
 
     The camera's clock is matched to the Pi's timeline by the newest clip: it ended when the
-    newest window did (the camera stops recording when it leaves record mode). The offset learned
-    at the previous ingest is tried too (the newest window may be one the camera did not record
-    in); of the two, the one under which the card covers the most wins."""
+    newest window did (the camera stops recording when it leaves record mode). The ends of the two
+    stretches of clips before it are tried too (a clip with a wild time in its name), and the offset
+    learned at the previous ingest (the newest window may be one the camera did not record in); the
+    one under which the card covers the most wins, the newest clip on a tie."""
     placed, unplaced, timeline = place(windows, now)
     placed = [(s, e) for s, e in placed if e > s]
     judged = sum(e - s for s, e in placed)
     if not placed:
         return Verdict((), 0.0, unplaced, previous_offset if timeline == "wall" else None, timeline)
-    covered = _union((c.start, c.end) for c in clips)
-    candidates: List[float] = []
-    if covered:
-        candidates.append(covered[-1][1] - max(e for _, e in placed))
+    covered = _union(((c.start, c.end) for c in clips), min(min_seconds / 2, 30.0))
+    newest = max(e for _, e in placed)
+    candidates = [e - newest for _, e in reversed(covered[-3:])]
     if timeline == "wall" and previous_offset is not None:
         candidates.append(previous_offset)
     oldest = covered[0][0] if covered else None
