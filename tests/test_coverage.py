@@ -382,3 +382,43 @@ def test_what_was_found_with_the_clock_unset_counts_until_a_check_with_the_clock
         assert coverage.facts(ledger, cfg, T0)["footage"]["lost_minutes_7d"] == 10
         ledger.put_state(coverage.STATE_KEY, {"last": {"wall": T0}})
         assert coverage.facts(ledger, cfg, T0)["footage"]["lost_minutes_7d"] == 0
+
+
+# --- any input: never a traceback ------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([FTYP, MDAT, MOOV, MDAT[:37], box(b"free", size=0), box(b"mdat", large=1 << 40),
+                                 box(b"\x00\x01ab", size=9), b"\x00" * 3, b"\x00\x00\x00\x01mdat"]), max_size=8),
+       st.binary(max_size=64))
+def test_the_moov_parser_takes_any_bytes(parts, tail):
+    data = b"".join(parts) + tail
+    why = coverage.iso_bmff_damage(io.BytesIO(data), len(data))
+    assert why is None or isinstance(why, str)
+    if not data:
+        assert why == "zero bytes"
+
+
+names = st.one_of(st.text(max_size=40), st.builds(lambda d, n: f"Normal/{d}_{n}F.MP4",
+                                                  st.from_regex(r"(19|20)\d\d_\d{4}_\d{6}", fullmatch=True),
+                                                  st.integers(0, 9999)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(names, st.integers(0, 1 << 40), st.integers(-(1 << 63), (1 << 63) - 1)), max_size=30),
+       st.lists(st.tuples(st.floats(-1e12, 1e12), st.floats(0, 1e6), st.booleans(), st.sampled_from(["b0", "b1"])),
+                max_size=6),
+       st.booleans(), st.one_of(st.none(), st.floats(-1e10, 1e10)))
+def test_any_card_and_any_windows_give_a_verdict(files, windows, synced_now, previous):
+    ws = [Window(i + 1, boot, start, start + length, start + length + (T0 if synced else 0), synced)
+          for i, (start, length, synced, boot) in enumerate(windows)]
+    clips, skipped = coverage.clip_times(files)
+    verdict = coverage.compare(ws, clips, now(synced=synced_now), previous_offset=previous, reformatted=False,
+                               start_seconds=60, min_seconds=120)
+    assert all(x.seconds >= 120 for x in verdict.losses)
+    assert verdict.judged_seconds + verdict.unplaced_seconds == pytest.approx(sum(w.end_mono - w.start_mono for w in ws))
+    for x in verdict.losses:
+        coverage.describe(x)
