@@ -419,6 +419,7 @@ def test_any_card_and_any_windows_give_a_verdict(files, windows, synced_now, pre
     verdict = coverage.compare(ws, clips, now(synced=synced_now), previous_offset=previous, reformatted=False,
                                start_seconds=60, min_seconds=120)
     assert all(x.seconds >= 120 for x in verdict.losses)
-    assert verdict.judged_seconds + verdict.unplaced_seconds == pytest.approx(sum(w.end_mono - w.start_mono for w in ws))
+    assert verdict.judged_seconds + verdict.unplaced_seconds == pytest.approx(
+        sum(w.end_mono - w.start_mono for w in ws), abs=1e-3)  # placed on the wall clock: float rounding
     for x in verdict.losses:
         coverage.describe(x)

@@ -451,10 +451,6 @@ def check_card(cfg, ledger, root: str, files: Sequence[Tuple[str, int, int]], ne
     if verdict.unplaced_seconds >= 60:
         log.info("%.0f minutes of recording not checked for lost footage: the Pi's clock was not set then",
                  verdict.unplaced_seconds / 60)
-    for loss in verdict.losses:
-        message = describe(loss)
-        ledger.record_loss(camera, loss.cause, loss.start, loss.end, message, keep=KEEP_LOSSES)
-        log.warning("%s", message, extra={"DASHCAM_LOST_SECONDS": round(loss.seconds), "DASHCAM_CAUSE": loss.cause})
     sizes = {p: s for p, s, _ in files}
     rate = _learned_rate(clips, sizes, state.get("bytes_per_minute") if isinstance(state.get("bytes_per_minute"), (int, float)) else None)
     space = card_space(root)
@@ -476,7 +472,12 @@ def check_card(cfg, ledger, root: str, files: Sequence[Tuple[str, int, int]], ne
               round(sum(x.seconds for x in verdict.losses)), "unplaced_seconds": round(verdict.unplaced_seconds),
               "untimed_clips": skipped, "timeline": verdict.timeline, "reformatted": reformatted},
     )
-    ledger.put_state(STATE_KEY, state)
+    with ledger.transaction():  # the losses and the windows judged: together, or judged again next time
+        for loss in verdict.losses:
+            ledger.record_loss(camera, loss.cause, loss.start, loss.end, describe(loss), keep=KEEP_LOSSES)
+        ledger.put_state(STATE_KEY, state)
+    for loss in verdict.losses:
+        log.warning("%s", describe(loss), extra={"DASHCAM_LOST_SECONDS": round(loss.seconds), "DASHCAM_CAUSE": loss.cause})
     out["lost_seconds"] = state["last"]["lost_seconds"]
     return out
 
