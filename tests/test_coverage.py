@@ -423,3 +423,22 @@ def test_any_card_and_any_windows_give_a_verdict(files, windows, synced_now, pre
         sum(w.end_mono - w.start_mono for w in ws), abs=1e-3)  # placed on the wall clock: float rounding
     for x in verdict.losses:
         coverage.describe(x)
+
+
+def test_a_ledger_of_the_first_schema_gains_the_new_tables_and_keeps_its_clips(tmp_path):
+    import sqlite3
+
+    from dashcam_helpers.ledger import MIGRATIONS
+
+    path = tmp_path / "ledger.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0])
+    db.execute("INSERT INTO footage (camera, source_path, size, mtime_ns, state, updated_at)"
+               " VALUES ('dashcam', 'Normal/A.MP4', 1, 1, 'staged', 0)")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    with Ledger(str(path)) as ledger:
+        assert ledger.schema_version == len(MIGRATIONS)
+        assert [c.source_path for c in ledger.files()] == ["Normal/A.MP4"]
+        assert ledger.recording_windows() == [] and ledger.losses_since(0) == [] and ledger.damaged_since(0) == []
