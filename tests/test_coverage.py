@@ -442,3 +442,12 @@ def test_a_ledger_of_the_first_schema_gains_the_new_tables_and_keeps_its_clips(t
         assert ledger.schema_version == len(MIGRATIONS)
         assert [c.source_path for c in ledger.files()] == ["Normal/A.MP4"]
         assert ledger.recording_windows() == [] and ledger.losses_since(0) == [] and ledger.damaged_since(0) == []
+
+
+def test_the_clock_counts_as_set_only_with_timesyncds_flag_and_a_time_after_2020(tmp_path):
+    flag = tmp_path / "synchronized"
+    assert not coverage.clock_synced(T0, str(flag))
+    flag.write_text("")
+    assert coverage.clock_synced(T0, str(flag))
+    assert not coverage.clock_synced(100.0, str(flag))  # 1970: whatever the flag says
+    assert not coverage.clock_synced(float("nan"), str(flag))
