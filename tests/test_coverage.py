@@ -451,3 +451,16 @@ def test_the_clock_counts_as_set_only_with_timesyncds_flag_and_a_time_after_2020
     assert coverage.clock_synced(T0, str(flag))
     assert not coverage.clock_synced(100.0, str(flag))  # 1970: whatever the flag says
     assert not coverage.clock_synced(float("nan"), str(flag))
+
+
+def test_a_damaged_ledger_is_itself_the_problem(tmp_path, cfg):
+    path = Path(cfg.paths.ledger)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not a database at all" * 100)
+    with TickLedger(str(path), [str(tmp_path / "fallback")], "b1") as ledger:
+        ledger.get_state("x")  # the tick's first read finds the damage
+        facts = coverage.facts(ledger, cfg, T0)
+    assert facts["problem"]["problem"] is True and facts["problem"]["reasons"][0].startswith("the ledger is unusable")
+    assert mqtt.state_document(facts)["problem"] == "ON"
+    problem = dict(status.SECTIONS)["problem"](cfg)
+    assert problem["problem"] is True and "damaged" in problem["reasons"][0]

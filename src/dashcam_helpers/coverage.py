@@ -491,8 +491,8 @@ def facts(ledger, cfg, wall: Optional[float] = None) -> Dict[str, Any]:
     """The ``footage`` and ``problem`` sections of ``dashcamctl status`` (and the MQTT state)."""
     wall = time.time() if wall is None else wall
     db = _real(ledger)
-    if db is None:
-        return {}
+    if db is None:  # the tick's ledger failed: that is the problem to show
+        return {"problem": {"problem": True, "reasons": [f"the ledger is unusable: {getattr(ledger, 'problem', '?')}"]}}
     since = wall - RECENT_DAYS * 86400
     state = db.get_state(STATE_KEY)
     state = state if isinstance(state, dict) else {}

@@ -74,10 +74,15 @@ def _coverage(part: str):
     """A section of coverage.facts: footage lost, damaged clips and the card; the problem sensor."""
     def section(cfg) -> Dict[str, Any]:
         from . import coverage
-        from .ledger import Ledger
+        from .ledger import Ledger, LedgerError
 
-        with Ledger(cfg.paths.ledger) as ledger:
-            return coverage.facts(ledger, cfg).get(part, {})
+        try:
+            with Ledger(cfg.paths.ledger) as ledger:
+                return coverage.facts(ledger, cfg).get(part, {})
+        except LedgerError as e:
+            if part != "problem":
+                raise
+            return {"problem": True, "reasons": [f"the ledger is unusable: {e}"]}
 
     return section
 
