@@ -464,3 +464,18 @@ def test_a_damaged_ledger_is_itself_the_problem(tmp_path, cfg):
     assert mqtt.state_document(facts)["problem"] == "ON"
     problem = dict(status.SECTIONS)["problem"](cfg)
     assert problem["problem"] is True and "damaged" in problem["reasons"][0]
+
+
+def test_footage_waiting_on_the_camera_is_the_recording_since_the_last_check_at_the_learned_rate(tmp_path, cfg):
+    card = tmp_path / "card"
+    files = put_card(card, card_files((0, 30)))
+    with Ledger(cfg.paths.ledger) as ledger:
+        assert coverage.on_camera(ledger) == (0.0, None)
+        tick_windows(ledger, [(0, 30)])
+        assert coverage.on_camera(ledger) == (30 * MIN, None)  # no rate learned yet
+        coverage.check_card(cfg, ledger, str(card), files, [], coverage.Card("67EF-9CED"), now(at_min=40))
+        rate = ledger.get_state(coverage.STATE_KEY)["bytes_per_minute"]
+        assert rate == pytest.approx(sum(s for _, s, _ in files) / 30, rel=0.05)
+        tick_windows(ledger, [(60, 80)])
+        seconds, size = coverage.on_camera(ledger)
+    assert seconds == 20 * MIN and size == int(20 * rate)

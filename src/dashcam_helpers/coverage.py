@@ -479,6 +479,22 @@ def _boot_id() -> str:
         return "unknown"
 
 
+def on_camera(ledger) -> Tuple[float, Optional[int]]:
+    """(seconds the camera recorded since the last check of its card, the bytes that makes at the
+    learned bytes per minute -- None until a card was measured): footage waiting on the camera."""
+    db = _real(ledger)
+    if db is None:
+        return 0.0, None
+    state = db.get_state(STATE_KEY)
+    state = state if isinstance(state, dict) else {}
+    judged = state.get("judged_id") if isinstance(state.get("judged_id"), int) else 0
+    seconds = sum(max(0.0, w.end_mono - w.start_mono) for w in db.recording_windows(after_id=judged))
+    rate = state.get("bytes_per_minute")
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not rate > 0:
+        return seconds, None
+    return seconds, int(seconds / 60 * rate)
+
+
 # --- status and Home Assistant ---------------------------------------------------------------------
 
 
