@@ -414,7 +414,8 @@ def fake_mount_tools(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "tools.log"
-    bodies = {"mount": "exit 0", "umount": "exit 0", "blkid": 'echo "${FAKE_FSTYPE:-vfat}"'}
+    bodies = {"mount": "exit 0", "umount": "exit 0",
+              "blkid": 'case "$*" in *UUID*) echo "${FAKE_UUID:-67EF-9CED}";; *) echo "${FAKE_FSTYPE:-vfat}";; esac'}
     for name, body in bodies.items():
         p = bin_dir / name
         p.write_text(FAKE_TOOL.format(log=log, body=body))
@@ -437,6 +438,41 @@ def test_device_ingest_mounts_read_only_copies_unmounts_and_puts_the_camera_back
     assert f"mount -t vfat -o ro,nosuid,nodev,noexec,noatime,nosymfollow,tz=UTC,utf8 {dev} {tmp_path}/mnt/sdz1" in calls
     assert calls[-1] == f"umount {tmp_path}/mnt/sdz1"
     assert back == [False]
+
+
+def test_device_ingest_keeps_the_cards_filesystem_uuid_and_how_full_it_is(make_config, tmp_path, fake_mount_tools,
+                                                                          monkeypatch):
+    from dashcam_helpers import coverage
+
+    cfg = config.load(str(make_config({"camera": {"mount_base": str(tmp_path / "mnt")},
+                                       "ingest": {"reserve_bytes": 0, "reserve_percent": 0}})))
+    dev = tmp_path / "sdz1"
+    dev.write_bytes(b"")
+    write_clip(tmp_path / "mnt/sdz1", "Normal/Front/2026_1129_053712_013F.MP4", 5000, time.time())
+    ingest.ingest_device(cfg, str(dev), camera_back=lambda c, dry_run: None)
+    with Ledger(cfg.paths.ledger) as ledger:
+        state = ledger.get_state(coverage.STATE_KEY)
+    assert state["fs_uuid"] == "67EF-9CED"
+    assert state["card"]["total_bytes"] == os.statvfs(tmp_path).f_blocks * os.statvfs(tmp_path).f_frsize
+    assert state["card"]["used_bytes"] > 0
+    monkeypatch.setenv("FAKE_UUID", "1234-ABCD")  # formatted since: the next ingest says so
+    ingest.ingest_device(cfg, str(dev), camera_back=lambda c, dry_run: None)
+    with Ledger(cfg.paths.ledger) as ledger:
+        state = ledger.get_state(coverage.STATE_KEY)
+    assert state["fs_uuid"] == "1234-ABCD" and state["last"]["reformatted"] is True
+
+
+def test_an_ingest_from_a_directory_judges_no_recording_window(make_config, tmp_path):
+    """A card in a reader may not be the camera's current one: only damaged clips are looked for."""
+    from dashcam_helpers import coverage
+
+    cfg = config.load(str(make_config({"ingest": {"reserve_bytes": 0, "reserve_percent": 0}})))
+    write_clip(tmp_path / "card", "Normal/Front/2026_1129_053712_013F.MP4", 5000, time.time())
+    with Ledger(cfg.paths.ledger) as ledger:
+        ledger.note_recording(boot_id="b", since=None, now=1.0, wall=time.time(), synced=True, external=True, keep=9)
+    ingest.ingest_source(cfg, str(tmp_path / "card"))
+    with Ledger(cfg.paths.ledger) as ledger:
+        assert ledger.get_state(coverage.STATE_KEY) is None and ledger.losses_since(0) == []
 
 
 def test_device_ingest_unmounts_and_puts_the_camera_back_even_when_the_ingest_fails(make_config, tmp_path,

@@ -804,3 +804,29 @@ def test_an_unknown_power_reading_neither_starts_nor_ends_the_external_streak(ri
     world.reading = FakeReading(percent=80, external=False)
     run()
     assert ledger.get_state("policy")["external_since"] is None
+
+
+# ---------------------------------------------------------------- when the camera recorded (coverage.py)
+
+
+def test_ticks_keep_the_window_in_which_the_camera_recorded(rig):
+    from dashcam_helpers import mqtt
+    from dashcam_helpers.policy import status_facts
+
+    cfg, world, actions, clock, ledger, run = rig
+    world.reading = FakeReading(millivolts=3300, percent=80, external=True)
+    world.mode = "record"
+    first = clock.mono
+    for _ in range(4):  # driving: recording
+        run()
+    last = clock.mono - STEP
+    clock.advance(3600)  # an hour with the Pi off: no tick, no window
+    world.mode = "off"
+    again = clock.mono
+    run()  # on external power the tick puts the camera back to record: a window starts there
+    record = run()
+    windows = ledger.recording_windows()
+    assert [(w.boot_id, w.start_mono, w.end_mono) for w in windows] == [
+        ("boot-1", first, last), ("boot-1", again, again + STEP)]
+    doc = mqtt.state_document(status_facts(record, ledger, cfg), now=1.76e9)
+    assert doc["footage_lost_minutes"] == 0 and doc["problem"] == "OFF"

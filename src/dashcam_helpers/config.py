@@ -63,6 +63,8 @@ class Camera(Record):
     max_data_minutes_external: int
     settle_minutes: int
     min_record_minutes: int
+    record_start_seconds: int
+    loss_min_seconds: int
     match_serial: Optional[str]
     match_vendor_model: Optional[str]
     match_fs_uuid: Optional[str]
@@ -102,6 +104,7 @@ class Upload(Record):
     io_timeout: int
     keep_days: int
     cut_session_seconds: int
+    alert_hours: int
 
 
 class Battery(Record):

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
-from . import notify
+from . import coverage, notify
 from .config import Config
 from .errors import DashcamError, TryLater
 from .ledger import Ledger, LedgerError, chown_nofollow
@@ -77,6 +77,7 @@ class IngestResult:
     pending: int = 0  # new clips left on the card (space refused or interrupted)
     refused: Optional[str] = None  # why copying stopped early for lack of space
     interrupted: bool = False
+    damaged: int = 0  # new clips flagged damaged (zero bytes, cut short): copied all the same
 
     @property
     def result(self) -> str:
@@ -693,8 +694,12 @@ def ingest_source(
     *,
     dry_run: bool = False,
     should_stop: Optional[Callable[[], bool]] = None,
+    card: Optional["coverage.Card"] = None,
 ) -> IngestResult:
-    """Copy every new clip below ``source_dir`` into staging. Never raises for one bad clip."""
+    """Copy every new clip below ``source_dir`` into staging. Never raises for one bad clip.
+
+    With ``card`` (the camera's own card, mounted by ingest_device) the recording windows since
+    the previous ingest are checked against the card's clips too (coverage.check_card)."""
     should_stop = should_stop or (lambda: False)
     if not os.path.isdir(source_dir):
         raise DashcamError(f"{source_dir}: not a directory")
@@ -721,9 +726,11 @@ def ingest_source(
             known: Set[Tuple[str, int, int]] = ledger.known_keys(cfg.camera.name)
             found = 0
             new = []
+            on_card = []  # every footage file, for the check of lost footage
             for rel, size, mtime_ns in footage_files(source_dir, cfg.ingest.globs, cfg.ingest.extensions,
                                                      cfg.ingest.after_date):
                 found += 1
+                on_card.append((rel, size, mtime_ns))
                 if ledger_key(rel, size, mtime_ns) in known:  # copied before: not read, not even looked at further
                     continue
                 new.append(candidate(rel, size, mtime_ns))
@@ -743,6 +750,9 @@ def ingest_source(
                 result.failed.append((ledger_path(clip.source_path), why))
                 if not dry_run:
                     _record_refused(ledger, cfg.camera.name, clip, why)
+            if not dry_run:
+                result.damaged = _check_card(cfg, ledger, source_dir, on_card, [(c.source_path, c.size, c.mtime_ns)
+                                                                               for c, why in verdicts if not why], card)
             if dry_run:
                 for c in todo:
                     log.info("dry run, would copy %s (%s%s)", c.source_path, notify.human_bytes(c.size),
@@ -762,12 +772,23 @@ def ingest_source(
                     {"wall": time.time(), "files": result.files, "bytes": result.bytes,
                      "result": "failed" if error else result.result, "reason": error,
                      "source": source_dir, "known": result.known, "failed": len(result.failed),
-                     "pending": result.pending, "refused": result.refused, "seconds": round(time.time() - started, 3)},
+                     "pending": result.pending, "refused": result.refused, "seconds": round(time.time() - started, 3),
+                     "damaged": result.damaged},
                 )
     finally:
         if lock_fd is not None:
             os.close(lock_fd)
     return result
+
+
+def _check_card(cfg, ledger, source_dir, on_card, new, card) -> int:
+    """Damaged clips and footage lost before it was copied (coverage.py); the number of damaged
+    new clips. A failure of the check is one line: it never stops the copy."""
+    try:
+        return coverage.check_card(cfg, ledger, source_dir, on_card, new, card)["damaged"]
+    except Exception as e:  # noqa: B902 - whatever the card or the ledger held, the copy goes on
+        log.error("checking the card for damaged clips and lost footage failed: %s: %s", type(e).__name__, e)
+        return 0
 
 
 def _record_refused(ledger: Ledger, camera: str, clip: Candidate, why: str) -> None:
@@ -910,6 +931,27 @@ def fs_type(devnode: str, timeout: float) -> str:
     return out.stdout.strip()
 
 
+def fs_uuid(devnode: str, timeout: float) -> Optional[str]:
+    """The card's filesystem UUID (ID_FS_UUID, else blkid), or None: a new one means a formatted card."""
+    try:
+        import pyudev
+
+        value = pyudev.Devices.from_device_file(pyudev.Context(), devnode).properties.get("ID_FS_UUID")
+        if value:
+            return str(value)
+    except Exception as e:  # not a block device udev knows: ask blkid
+        log.debug("udev has no ID_FS_UUID for %s (%s); asking blkid", devnode, e)
+    from . import runner
+
+    try:
+        out = runner.run(["blkid", "-o", "value", "-s", "UUID", devnode], timeout=timeout, changes_state=False,
+                         check=False)
+    except runner.CommandError as e:
+        log.warning("cannot read the filesystem UUID of %s: %s", devnode, e)
+        return None
+    return out.stdout.strip()[:64] or None
+
+
 def mount_argv(devnode: str, fstype: str, mountpoint: str, reader: Optional[Tuple[int, int]] = None) -> List[str]:
     """mount(8) of the card read-only; with ``reader`` (uid, gid) its files are that user's alone
     (vfat and exfat have no owners of their own: the options give them one)."""
@@ -930,12 +972,12 @@ def _result_from_json(data: dict) -> IngestResult:
 
 def ingest_unprivileged(
     cfg: Config, source_dir: str, *, dry_run: bool = False, should_stop: Optional[Callable[[], bool]] = None,
-    reader: Optional[Tuple[int, int]] = None,
+    reader: Optional[Tuple[int, int]] = None, card: Optional[coverage.Card] = None,
 ) -> IngestResult:
     """ingest_source, run as ``reader`` (the owner of staging) with no capabilities when given:
     root mounts the card, but never reads it nor writes staging."""
     if reader is None:
-        return ingest_source(cfg, source_dir, dry_run=dry_run, should_stop=should_stop)
+        return ingest_source(cfg, source_dir, dry_run=dry_run, should_stop=should_stop, card=card)
     from . import privilege
 
     log.info("reading %s as uid %d, gid %d", source_dir, *reader)
@@ -944,7 +986,7 @@ def ingest_unprivileged(
         if os.path.isdir(source_dir) and not os.access(source_dir, os.R_OK | os.X_OK):
             raise DashcamError(f"{source_dir}: the copy runs as uid {reader[0]} (the owner of staging), which "
                                f"cannot read it; mount the card so that user can (mount -o ro,uid={reader[0]})")
-        return ingest_source(cfg, source_dir, dry_run=dry_run, should_stop=should_stop)
+        return ingest_source(cfg, source_dir, dry_run=dry_run, should_stop=should_stop, card=card)
 
     return privilege.run_as(
         reader, copy,
@@ -1004,7 +1046,9 @@ def ingest_device(
             try:
                 if dry_run and not os.path.isdir(mountpoint):
                     return IngestResult()
-                return ingest_unprivileged(cfg, mountpoint, dry_run=dry_run, should_stop=should_stop, reader=reader)
+                card = coverage.Card(fs_uuid(devnode, timeout))
+                return ingest_unprivileged(cfg, mountpoint, dry_run=dry_run, should_stop=should_stop, reader=reader,
+                                           card=card)
             finally:
                 try:
                     runner.run(["umount", mountpoint], timeout=timeout, dry_run=dry_run)

@@ -119,6 +119,39 @@ MIGRATIONS: Sequence[str] = (
         updated_at REAL NOT NULL
     );
     """,
+    # 2: when the camera was recording, footage lost before it was copied, damaged clips (coverage.py)
+    """
+    CREATE TABLE recording (
+        id         INTEGER PRIMARY KEY,
+        boot_id    TEXT    NOT NULL,
+        start_mono REAL    NOT NULL,  -- the first tick that saw the camera in record (or put it there)
+        end_mono   REAL    NOT NULL,  -- the last tick that saw it in record (or took it away)
+        wall_start REAL    NOT NULL,  -- the wall clock at those ticks, for people (may be 1970: no RTC)
+        wall_end   REAL    NOT NULL,
+        synced     INTEGER NOT NULL,  -- the wall clock was set (NTP) at the last update
+        external   INTEGER            -- on external power at the last update (NULL: unknown)
+    );
+    CREATE TABLE loss (
+        id           INTEGER PRIMARY KEY,
+        camera       TEXT NOT NULL,
+        cause        TEXT NOT NULL,   -- overwritten | missing | formatted
+        start_camera REAL NOT NULL,   -- the camera's clock, seconds since 1970 read as UTC
+        end_camera   REAL NOT NULL,
+        seconds      REAL NOT NULL,
+        found_at     REAL NOT NULL,   -- the Pi's wall clock at the ingest that found it
+        message      TEXT NOT NULL
+    );
+    CREATE TABLE damaged (
+        id          INTEGER PRIMARY KEY,
+        camera      TEXT    NOT NULL,
+        source_path TEXT    NOT NULL, -- the footage key: the clip is still copied and uploaded
+        size        INTEGER NOT NULL,
+        mtime_ns    INTEGER NOT NULL,
+        reason      TEXT    NOT NULL,
+        found_at    REAL    NOT NULL,
+        UNIQUE (camera, source_path, size, mtime_ns)
+    );
+    """,
 )
 
 
@@ -629,6 +662,73 @@ class Ledger:
         rows.reverse()
         return rows
 
+    # --- recording windows, losses and damaged clips (coverage.py) -------------------------------
+
+    def note_recording(self, *, boot_id: str, since: Optional[float], now: float, wall: float, synced: bool,
+                       external: Optional[bool], keep: int) -> None:
+        """The camera records at ``now``: stretch the newest window when it ended at ``since`` (the
+        previous tick, same boot), else start one. Keeps the newest ``keep`` windows."""
+        ext = None if external is None else int(external)
+        with self.transaction() as db:
+            cur = None
+            if since is not None:
+                cur = db.execute(
+                    "UPDATE recording SET end_mono = ?, wall_end = ?, synced = ?, external = ?"
+                    " WHERE id = (SELECT MAX(id) FROM recording) AND boot_id = ? AND end_mono = ?",
+                    (now, wall, int(synced), ext, boot_id, since),
+                )
+            if cur is None or cur.rowcount == 0:
+                cur = db.execute(
+                    "INSERT INTO recording (boot_id, start_mono, end_mono, wall_start, wall_end, synced, external)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (boot_id, now, now, wall, wall, int(synced), ext),
+                )
+                db.execute("DELETE FROM recording WHERE id <= ?", (cur.lastrowid - keep,))
+
+    def recording_windows(self, after_id: int = 0) -> List[Any]:
+        """The recording windows after row ``after_id``, oldest first, as coverage.Window."""
+        from .coverage import Window
+
+        rows = self.db.execute(
+            "SELECT id, boot_id, start_mono, end_mono, wall_end, synced FROM recording WHERE id > ? ORDER BY id",
+            (after_id,),
+        )
+        return [Window(r[0], r[1], float(r[2]), float(r[3]), float(r[4]), bool(r[5])) for r in rows]
+
+    def record_loss(self, camera: str, cause: str, start: float, end: float, message: str, *, keep: int) -> None:
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO loss (camera, cause, start_camera, end_camera, seconds, found_at, message)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (camera, cause, start, end, end - start, self.clock(), message),
+            )
+            db.execute("DELETE FROM loss WHERE id <= ?", (cur.lastrowid - keep,))
+
+    def losses_since(self, wall: float, unknown: bool = False) -> List[sqlite3.Row]:
+        """Losses found at or after ``wall``, oldest first; with ``unknown``, those found while the
+        clock read before 2020 (time unknown) too."""
+        return self.db.execute(
+            "SELECT * FROM loss WHERE found_at >= ? OR (? AND found_at < 1577836800) ORDER BY id", (wall, unknown)
+        ).fetchall()
+
+    def note_damaged(self, camera: str, source_path: str, size: int, mtime_ns: int, reason: str, *, keep: int) -> bool:
+        """Flag a clip damaged (it is still copied and uploaded). False when it was flagged before."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO damaged (camera, source_path, size, mtime_ns, reason, found_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (camera, source_path, size, mtime_ns, reason, self.clock()),
+            )
+            if cur.rowcount == 0:
+                return False
+            db.execute("DELETE FROM damaged WHERE id <= ?", (cur.lastrowid - keep,))
+            return True
+
+    def damaged_since(self, wall: float, unknown: bool = False) -> List[sqlite3.Row]:
+        return self.db.execute(
+            "SELECT * FROM damaged WHERE found_at >= ? OR (? AND found_at < 1577836800) ORDER BY id", (wall, unknown)
+        ).fetchall()
+
 
 # --- the policy tick's ledger: keeps working when the database does not -------------------------
 
@@ -744,6 +844,10 @@ class TickLedger:
         self._use(lambda ledger: ledger.add_reading(**reading), None)
         if not self._tx:
             self._settle()
+
+    def note_recording(self, **window: Any) -> None:
+        """The camera's recording window (Ledger.note_recording); lost with the ledger, never the tick."""
+        self._use(lambda ledger: ledger.note_recording(**window), None)
 
     def put_state(self, key: str, value: Any) -> None:
         self._state[key] = value

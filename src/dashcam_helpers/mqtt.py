@@ -137,10 +137,19 @@ SENSORS: Tuple[Sensor, ...] = (
     Sensor("all_safe_minutes", "sensor", "Time to all safe", "min", "duration", "measurement", icon="mdi:cloud-clock"),
     Sensor("oldest_unsent_minutes", "sensor", "Oldest footage not on the server", "min", "duration", "measurement",
            icon="mdi:clock-alert"),
+    Sensor("footage_lost_minutes", "sensor", "Footage lost (7 days)", "min", "duration", "measurement",
+           icon="mdi:filmstrip-off"),
+    Sensor("damaged_clips", "sensor", "Damaged clips (7 days)", "clips", None, "measurement", icon="mdi:file-alert"),
+    Sensor("card_used_bytes", "sensor", "Camera card used", "B", "data_size", "measurement"),
+    Sensor("card_total_bytes", "sensor", "Camera card size", "B", "data_size", "measurement", diagnostic=True),
+    Sensor("card_hours", "sensor", "Camera card holds", "h", "duration", "measurement", icon="mdi:sd"),
+    Sensor("problem", "binary_sensor", "Problem", device_class="problem"),
+    Sensor("problem_reason", "sensor", "Problem reason", icon="mdi:alert-circle-outline"),
     Sensor("updated", "sensor", "Last report", device_class="timestamp", diagnostic=True),
 )
 
-EVENT_TYPES = ("clips_uploaded", "upload_failing", "low_battery_shutdown", "card_read_error", "camera_back_to_record")
+EVENT_TYPES = ("clips_uploaded", "upload_failing", "low_battery_shutdown", "card_read_error", "camera_back_to_record",
+               "footage_lost")
 
 
 def device(cfg, t: Topics) -> Dict[str, Any]:
@@ -283,6 +292,10 @@ def state_document(facts: Dict[str, Any], now: Optional[float] = None) -> Dict[s
     ingest = _section(facts, "last_ingest")
     upload = _section(facts, "last_upload")
     power_budget = _section(facts, "budget")
+    footage = _section(facts, "footage")
+    card = footage.get("card") if isinstance(footage.get("card"), dict) else {}
+    problem = _section(facts, "problem")
+    reasons = problem.get("reasons") if isinstance(problem.get("reasons"), list) else []
 
     mv = _number(battery.get("millivolts"))
     volts = round(mv / 1000.0, 3) if mv is not None else _raw_value(raw, "battery_voltage", "VBAT")
@@ -319,6 +332,13 @@ def state_document(facts: Dict[str, Any], now: Optional[float] = None) -> Dict[s
         "waiting_event_bytes": _int(power_budget.get("waiting_event_bytes")),
         "all_safe_minutes": _number(power_budget.get("all_safe_minutes")),
         "oldest_unsent_minutes": _number(power_budget.get("oldest_unsent_minutes")),
+        "footage_lost_minutes": _int(footage.get("lost_minutes_7d")),
+        "damaged_clips": _int(footage.get("damaged_7d")),
+        "card_used_bytes": _int(card.get("used_bytes")),
+        "card_total_bytes": _int(card.get("total_bytes")),
+        "card_hours": _number(card.get("holds_hours")),
+        "problem": _onoff(problem.get("problem")) if "problem" in problem else None,
+        "problem_reason": ("; ".join(str(r) for r in reasons)[:250] or "none") if "problem" in problem else None,
         "updated": iso(time.time() if now is None else now),
     }
 
@@ -332,6 +352,7 @@ EVENT_MIN_INTERVAL = {
     "low_battery_shutdown": 10 * 60,
     "card_read_error": 3600,
     "camera_back_to_record": 0,  # each is news: the engine started, the car left home
+    "footage_lost": 3600,  # losses found in between are added up, none is lost
 }
 UPLOAD_FAILING_AFTER = 24 * 3600
 EVENTS_STATE_KEY = "mqtt_events"
@@ -350,6 +371,9 @@ def _message(kind: str, data: Dict[str, Any]) -> str:
         return f"reading the camera's card failed: {data.get('reason') or data.get('result')}"
     if kind == "camera_back_to_record":
         return str(data.get("detail") or "the camera is back to record")
+    if kind == "footage_lost":
+        return (f"footage lost before the Pi could copy it: about {data.get('minutes')} minutes in the last 7 days;"
+                f" last: {data.get('last')}")
     return kind
 
 
@@ -397,6 +421,17 @@ def events_from_facts(
         mem["ingest_seen"] = in_wall
         if ingest.get("result") == "failed" and not baseline:
             pending["card_read_error"] = {"result": "failed", "reason": ingest.get("reason"), "files": ingest.get("files")}
+
+    # footage lost before it was copied: the newest loss found, once (a new one after the baseline)
+    loss = _section(facts, "footage").get("last_loss")
+    loss_wall = _number(_when(loss)) if isinstance(loss, dict) else None
+    if loss_wall is not None and loss_wall != mem.get("loss_seen"):
+        if "loss_seen" in mem:
+            p = pending.setdefault("footage_lost", {})
+            p["minutes"] = _int(_section(facts, "footage").get("lost_minutes_7d"))
+            p["last"] = loss.get("message")
+        mem["loss_seen"] = loss_wall
+    mem.setdefault("loss_seen", None)
 
     events = []
     for kind in list(pending):

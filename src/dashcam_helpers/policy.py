@@ -936,6 +936,12 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
         if not dry_run:  # an instruction to the ingest and the upload: a dry run gives none
             ledger.put_state(power_budget.BUDGET_KEY, power_budget.budget_state(verdict, estimate, boot, now, wall))
         ledger.put_state(power_budget.RATES_KEY, rates)
+        # when the camera was recording, for the check of footage lost before it was copied
+        from .coverage import note_tick
+
+        note_tick(ledger, clock, boot=boot, now=now, wall=wall, seen=mode, after=new_mode,
+                  since=st.get("last_tick") if same_boot and st.get("last_mode") == "record" else None,
+                  external=reading.external)
         if back_message:
             from .ignition import note
 
@@ -991,7 +997,7 @@ def _log_line(record: Dict[str, Any], decision: Decision, dry_run: bool) -> None
     )
 
 
-def status_facts(record: Dict[str, Any], ledger) -> Dict[str, Any]:
+def status_facts(record: Dict[str, Any], ledger, cfg=None) -> Dict[str, Any]:
     """What this tick saw, shaped like `dashcamctl status --json`, for MQTT: no second battery read."""
     saw, decision = record["saw"], record["decision"]
     mode = saw["camera"]
@@ -1009,7 +1015,19 @@ def status_facts(record: Dict[str, Any], ledger) -> Dict[str, Any]:
         "budget": saw.get("budget") or {},
         "last_ingest": ledger.get_state("last_ingest") or {},
         "last_upload": ledger.get_state("last_upload") or {},
+        **_coverage_facts(ledger, cfg, record["wall"]),
     }
+
+
+def _coverage_facts(ledger, cfg, wall) -> Dict[str, Any]:
+    """Footage lost, damaged clips, the card, and the problem sensor (coverage.facts); {} on failure."""
+    try:
+        from . import coverage
+
+        return coverage.facts(ledger, cfg, wall) if cfg is not None else {}
+    except Exception as e:  # noqa: B902 - MQTT shows them unknown; the tick goes on
+        log.debug("policy: no footage facts for MQTT: %s", e)
+        return {}
 
 
 # --- dashcamctl policy ------------------------------------------------------------------------------
@@ -1037,7 +1055,7 @@ def command(args) -> int:
             else:
                 from . import mqtt  # only with an mqtt section: bounded (< 1 s), never raises
 
-                mqtt.publish_state(cfg, status_facts(record, ledger))
+                mqtt.publish_state(cfg, status_facts(record, ledger, cfg))
                 if record["back_to_record"]:
                     from .ignition import publish
 

@@ -84,6 +84,23 @@ def budget_section(cfg) -> Dict[str, Any]:
     return {**value, "wall": last.get("wall")}
 
 
+def _coverage(part: str):
+    """A section of coverage.facts: footage lost, damaged clips and the card; the problem sensor."""
+    def section(cfg) -> Dict[str, Any]:
+        from . import coverage
+        from .ledger import Ledger, LedgerError
+
+        try:
+            with Ledger(cfg.paths.ledger) as ledger:
+                return coverage.facts(ledger, cfg).get(part, {})
+        except LedgerError as e:
+            if part != "problem":
+                raise
+            return {"problem": True, "reasons": [f"the ledger is unusable: {e}"]}
+
+    return section
+
+
 def ledger_section(cfg) -> Dict[str, Any]:
     """Whether the ledger was found damaged and set aside (ingest and upload refuse until restored)."""
     from .ledger import damage_marker, damage_message
@@ -111,6 +128,8 @@ SECTIONS: List[Tuple[str, Callable[[Any], Dict[str, Any]]]] = [
     ("last_upload", _ledger_state("last_upload")),
     ("back_to_record", _ledger_state("back_to_record")),
     ("budget", budget_section),
+    ("footage", _coverage("footage")),
+    ("problem", _coverage("problem")),
 ]
 
 
@@ -228,6 +247,37 @@ def _budget_line(b: Dict[str, Any]) -> str:
     return f"budget:   {run}; {waiting}; {safe_text}{old}"
 
 
+def _footage_line(f: Dict[str, Any]) -> str:
+    """Footage lost before it was copied, damaged clips, and how full the camera's card is."""
+    from .notify import human_bytes
+
+    if "error" in f:
+        return f"footage:  error: {f['error']}"
+    lost = f"{f.get('lost_minutes_7d', 0)} minutes lost in the last 7 days"
+    if f.get("losses_7d"):
+        last = f.get("last_loss") or {}
+        times = "once" if f["losses_7d"] == 1 else f"{f['losses_7d']} times"
+        lost += f" ({times}; last found {_when(last.get('wall'))}: {last.get('message')})"
+    n = f.get("damaged_7d")
+    damaged = f", {n} damaged clip{'' if n == 1 else 's'}" if n else ""
+    card = f.get("card") or {}
+    if card.get("total_bytes"):
+        room = f"card {human_bytes(card.get('used_bytes') or 0)} of {human_bytes(card['total_bytes'])} used"
+        if card.get("holds_hours"):
+            room += f", holds about {card['holds_hours']} h of recording"
+    else:
+        room = "card not measured yet"
+    return f"footage:  {lost}{damaged}; {room}"
+
+
+def _problem_line(p: Dict[str, Any]) -> str:
+    if "error" in p:
+        return f"problem:  error: {p['error']}"
+    if not p.get("problem"):
+        return "problem:  none"
+    return "PROBLEM:  " + "; ".join(p.get("reasons") or ["?"])
+
+
 def render(facts: Dict[str, Dict[str, Any]]) -> str:
     lines = []
     for name, section in facts.items():
@@ -250,6 +300,10 @@ def render(facts: Dict[str, Dict[str, Any]]) -> str:
             lines.append(_returns_line(section))
         elif name == "budget":
             lines.append(_budget_line(section))
+        elif name == "footage":
+            lines.append(_footage_line(section))
+        elif name == "problem":
+            lines.append(_problem_line(section))
         else:
             body = ", ".join(f"{k} {v}" for k, v in section.items())
             lines.append(f"{name + ':':<9} {body}")
