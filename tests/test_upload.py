@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sshd import SshServer, free_port, keygen  # noqa: E402
 
-from dashcam_helpers import config, ssh, upload  # noqa: E402
+from dashcam_helpers import config, layout, ssh, upload  # noqa: E402
 from dashcam_helpers.errors import TryLater  # noqa: E402
 from dashcam_helpers.ledger import Ledger  # noqa: E402
 
@@ -71,12 +71,13 @@ def upload_config(make_config, server, tmp_path):
     return make
 
 
-def stage(cfg_path: Path, name: str, size: int, mtime: float, data: bytes = None) -> Path:
-    """A clip as the ingest leaves it: bytes durable in ready/<camera>/<date>/, a 'staged' ledger row."""
+def stage(cfg_path: Path, name: str, size: int, mtime: float, data: bytes = None, folder: str = "Normal",
+          event: bool = False) -> Path:
+    """A clip as the ingest leaves it: bytes durable in ready/<camera>/<date>/<folder>/, a 'staged' ledger row."""
     cfg = config.load(str(cfg_path))
     data = os.urandom(size) if data is None else data
     day = datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc).strftime("%Y-%m-%d")  # as ingest dates it
-    rel = f"{CAMERA}/{day}/{name}"
+    rel = f"{CAMERA}/{day}/{folder}/{name}"
     path = Path(cfg.paths.ready) / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -84,18 +85,24 @@ def stage(cfg_path: Path, name: str, size: int, mtime: float, data: bytes = None
     with Ledger(cfg.paths.ledger) as ledger:
         ledger.record_staged(
             CAMERA,
-            f"Normal/{name}",
+            f"{folder}/{name}",
             len(data),
             int(mtime * 1e9),
-            event=False,
+            event=event,
             sha256=hashlib.sha256(data).hexdigest(),
             staged_path=rel,
         )
     return path
 
 
-def on_server(server: SshServer, name: str, mtime: float) -> Path:
-    return server.restrict_dir / "footage" / upload.remote_path(CAMERA, name, int(mtime * 1e9))
+def remote_of(name: str, mtime_ns: int, folder: str = "Normal") -> str:
+    """Where the default upload.layout puts a clip stage() made, relative to dest_path."""
+    day = datetime.datetime.fromtimestamp(mtime_ns // 10**9, datetime.timezone.utc)
+    return f"{CAMERA}/{day:%Y/%m/%d}/{folder}/{name}"
+
+
+def on_server(server: SshServer, name: str, mtime: float, folder: str = "Normal") -> Path:
+    return server.restrict_dir / "footage" / remote_of(name, int(mtime * 1e9), folder)
 
 
 def refused_by_rrsync(argv):
@@ -142,21 +149,44 @@ def clips(cfg_path: Path):
 # --- pure functions ----------------------------------------------------------------------------
 
 
+def row(clip_id=1, source_path="Normal/Front/FILE0001.MP4", staged_path=None, mtime_ns=0, event=False, sha="aa",
+        remote_path=None, camera="cam", state="staged") -> upload.Clip:
+    """A ledger row as plan() reads it."""
+    return upload.Clip(id=clip_id, camera=camera, source_path=source_path, size=1, mtime_ns=mtime_ns, event=event,
+                       sha256=sha * 32, staged_path=staged_path, remote_path=remote_path, state=state, reason=None,
+                       retries=0, seen_at=None, staged_at=None, uploaded_at=None, verified_at=None, pruned_at=None,
+                       updated_at=0.0)
+
+
 def test_remote_path_is_the_day_ingest_gave_the_staged_clip_whatever_the_pis_zone(monkeypatch):
     ns = int(datetime.datetime(2026, 3, 7, 23, 59, 59, tzinfo=datetime.timezone.utc).timestamp()) * 10**9
+    default = layout.DEFAULT_LAYOUT
     for zone in ("UTC", "America/New_York", "Europe/Berlin"):
         monkeypatch.setenv("TZ", zone)
         time.tzset()
-        assert upload.remote_path("cam", "cam/2026-03-07/FILE0001.MP4", ns) == "cam/2026/03/07/FILE0001.MP4"
+        assert upload.remote_path(default, row(staged_path="cam/2026-03-07/Normal/Front/FILE0001.MP4", mtime_ns=ns)) \
+            == "cam/2026/03/07/Normal/Front/FILE0001.MP4"
         # a day ingest chose from the clip's name wins over its mtime
-        assert upload.remote_path("cam", "cam/2026-03-09/2026_0309_000100_001F.MP4", ns) == \
-            "cam/2026/03/09/2026_0309_000100_001F.MP4"
-        # a path without the staged day: dated as ingest would, the mtime read as the camera's wall clock
-        assert upload.remote_path("cam", "FILE0001.MP4", ns) == "cam/2026/03/07/FILE0001.MP4"
-        assert upload.remote_path("cam", "NO20260308-000100-000123F.MP4", ns) == \
-            "cam/2026/03/08/NO20260308-000100-000123F.MP4"
+        assert upload.remote_path(default, row(source_path="DCIM/Movie/RO/2026_0309_000100_001F.MP4", mtime_ns=ns,
+                                               staged_path="cam/2026-03-09/DCIM/Movie/RO/2026_0309_000100_001F.MP4",
+                                               event=True)) \
+            == "cam/2026/03/09/DCIM/Movie/RO/2026_0309_000100_001F.MP4"
+        # a row without the staged day: dated as ingest would, the mtime read as the camera's wall clock
+        assert upload.remote_path(default, row(source_path="FILE0001.MP4", mtime_ns=ns)) == "cam/2026/03/07/FILE0001.MP4"
+        assert upload.remote_path(default, row(source_path="Event/NO20260308-000100-000123F.MP4", mtime_ns=ns)) == \
+            "cam/2026/03/08/Event/NO20260308-000100-000123F.MP4"
+        # the layout before the card's folders were kept: a clip in flight under it keeps that name
+        assert upload.legacy_remote_path("cam", "cam/2026-03-07/FILE0001~1.MP4", ns) == "cam/2026/03/07/FILE0001~1.MP4"
+        assert upload.legacy_remote_path("cam", "FILE0001.MP4", ns) == "cam/2026/03/07/FILE0001.MP4"
     monkeypatch.delenv("TZ")
     time.tzset()
+
+
+def test_the_server_name_comes_from_the_card_not_from_a_staging_variant():
+    """A clip staged as name~1 (the same card path on the same day as an earlier clip) goes to the
+    server under the card's name: beside the earlier one only if the server holds other content."""
+    clip = row(staged_path="cam/2026-03-07/Normal/LOOP~1.MP4", source_path="Normal/LOOP.MP4")
+    assert upload.remote_path(layout.DEFAULT_LAYOUT, clip) == "cam/2026/03/07/Normal/LOOP.MP4"
 
 
 def test_alternate_name_keeps_the_extension_and_adds_the_content_hash():
@@ -164,32 +194,67 @@ def test_alternate_name_keeps_the_extension_and_adds_the_content_hash():
     assert upload.alternate_name("cam/x/noext", "ffeeddccbb") == "cam/x/noext.ffeeddcc"
 
 
-def test_plan_is_oldest_first_and_gives_a_reused_name_a_distinct_one(tmp_path):
+def test_plan_puts_events_first_then_newest_or_oldest_and_gives_a_reused_name_a_distinct_one(tmp_path):
     ledger = Ledger(str(tmp_path / "l.sqlite3"))
-    newer = ledger.record_staged("c", "Normal/A.MP4", 1, T0 * 10**9 + 5, event=False, sha256="aa" * 32, staged_path="c/d/A.MP4")
-    older = ledger.record_staged("c", "Event/B.MP4", 1, (T0 - 3 * DAY) * 10**9, event=True, sha256="bb" * 32, staged_path="c/d/B.MP4")
-    reused = ledger.record_staged("c", "Normal/A.MP4", 2, T0 * 10**9 + 9, event=False, sha256="cc" * 32, staged_path="c/d/A-1.MP4")
-    sent = ledger.record_staged("c", "Normal/C.MP4", 1, T0 * 10**9, event=False, sha256="dd" * 32, staged_path="c/d/C.MP4")
+    newer = ledger.record_staged("c", "Normal/A.MP4", 1, T0 * 10**9 + 5, event=False, sha256="aa" * 32,
+                                 staged_path="c/2025-11-13/Normal/A.MP4")
+    older = ledger.record_staged("c", "Event/B.MP4", 1, (T0 - 3 * DAY) * 10**9, event=True, sha256="bb" * 32,
+                                 staged_path="c/2025-11-10/Event/B.MP4")
+    reused = ledger.record_staged("c", "Normal/A.MP4", 2, T0 * 10**9 + 9, event=False, sha256="cc" * 32,
+                                  staged_path="c/2025-11-13/Normal/A~1.MP4")
+    sent = ledger.record_staged("c", "Normal/C.MP4", 1, T0 * 10**9, event=False, sha256="dd" * 32,
+                                staged_path="c/2025-11-13/Normal/C.MP4")
     ledger.advance(sent, "uploaded", remote_path="c/2025/11/13/C.dd000000.MP4")
     items = upload.plan(ledger.files(), "/ready")
-    assert [i.clip.id for i in items] == [older, sent, newer, reused]
+    # the event, however old, first; then the newest
+    assert [i.clip.id for i in items] == [older, reused, newer, sent]
+    assert [i.clip.id for i in upload.plan(ledger.files(), "/ready", newest_first=False)] == [older, sent, newer, reused]
     names = {i.clip.id: i.remote for i in items}
-    assert names[older] == "c/2025/11/10/B.MP4"
+    assert names[older] == "c/2025/11/10/Event/B.MP4"
     assert names[sent] == "c/2025/11/13/C.dd000000.MP4"  # sent before under this name: keeps it
-    assert names[newer] == "c/2025/11/13/A.MP4"
-    assert names[reused] == "c/2025/11/13/A-1.MP4"
-    assert items[0].local == "/ready/c/d/B.MP4"
-    same_name = ledger.record_staged("c", "Event/A.MP4", 3, T0 * 10**9 + 7, event=True, sha256="ee" * 32, staged_path="c/e/A.MP4")
+    # the camera reused a name on one day: the first in the order keeps it, the other goes beside
+    assert names[reused] == "c/2025/11/13/Normal/A.MP4"
+    assert names[newer] == "c/2025/11/13/Normal/A.aaaaaaaa.MP4"
+    assert items[0].local == "/ready/c/2025-11-10/Event/B.MP4"
+    # the same name in another folder of the card: its own path, no second name
+    same_name = ledger.record_staged("c", "Event/A.MP4", 3, T0 * 10**9 + 7, event=True, sha256="ee" * 32,
+                                     staged_path="c/2025-11-13/Event/A.MP4")
     names = {i.clip.id: i.remote for i in upload.plan(ledger.files(), "/ready")}
-    assert names[same_name] == "c/2025/11/13/A.eeeeeeee.MP4"
+    assert names[same_name] == "c/2025/11/13/Event/A.MP4" and names[reused] == "c/2025/11/13/Normal/A.MP4"
     ledger.close()
+
+
+def test_plan_fills_the_configured_layout_with_odd_names_taken_literally():
+    kinds = "{camera}/{kind}/{YYYY}-{MM}-{DD}/{folder}/{name}"
+    ev = row(1, "Event/{name}/a\nb\\c {kind}.MP4", "cam/2026-03-07/Event/{name}/a\nb\\c {kind}.MP4", event=True)
+    plain = row(2, "{folder}.MP4", "cam/2026-03-07/{folder}.MP4", sha="bb")
+    names = [i.remote for i in upload.plan([plain, ev], "/r", kinds)]
+    assert names == ["cam/Event/2026-03-07/Event/{name}/a\nb\\c {kind}.MP4", "cam/Normal/2026-03-07/{folder}.MP4"]
+
+
+def test_a_clip_staged_before_the_card_folders_were_kept_keeps_an_old_name_it_has_on_the_server():
+    """Staged as <camera>/<day>/<name> by an earlier version: its name under the old layout is
+    kept while the server may hold a partial file of ours there (in flight, or held for a cut
+    session); else it goes where new clips go. A name it was sent under never changes."""
+    flying = row(1, "Normal/Front/A.MP4", "cam/2026-03-07/A.MP4")
+    fresh = row(2, "Event/Front/A.MP4", "cam/2026-03-07/A~1.MP4", event=True, sha="bb")
+    sent = row(3, "Normal/Front/B.MP4", "cam/2026-03-07/B.MP4", sha="cc", remote_path="cam/2026/03/07/B.MP4",
+               state="uploaded")
+    new_style = row(4, "Normal/Front/A~1.MP4", "cam/2026-03-07/Normal/Front/A~1.MP4", sha="dd")
+    keep = {"cam/2026/03/07/A.MP4", "cam/2026/03/07/A~1.MP4"}
+    names = {i.clip.id: i.remote for i in upload.plan([flying, fresh, sent, new_style], "/r", keep=keep)}
+    assert names == {1: "cam/2026/03/07/A.MP4", 2: "cam/2026/03/07/A~1.MP4", 3: "cam/2026/03/07/B.MP4",
+                     4: "cam/2026/03/07/Normal/Front/A~1.MP4"}
+    names = {i.clip.id: i.remote for i in upload.plan([flying, fresh, sent], "/r")}
+    assert names == {1: "cam/2026/03/07/Normal/Front/A.MP4", 2: "cam/2026/03/07/Event/Front/A.MP4",
+                     3: "cam/2026/03/07/B.MP4"}
 
 
 def test_rounds_split_by_bytes_and_count_keeping_order(tmp_path):
     ledger = Ledger(str(tmp_path / "l.sqlite3"))
     for n in range(7):
         ledger.record_staged("c", f"{n}.mp4", 100, T0 * 10**9 + n, event=False, sha256=f"{n:064d}", staged_path=f"c/{n}.mp4")
-    items = upload.plan(ledger.files(), "/r")
+    items = upload.plan(ledger.files(), "/r", newest_first=False)
 
     def rounds(max_bytes, max_files):
         out, rest = [], items
@@ -238,7 +303,7 @@ def test_a_checksum_pass_is_split_into_parts_of_about_equal_bytes(tmp_path):
     ledger = Ledger(str(tmp_path / "l.sqlite3"))
     for n, size in enumerate([500, 100, 100, 100, 100, 100, 10]):
         ledger.record_staged("c", f"{n}.mp4", size, T0 * 10**9 + n, event=False, sha256=f"{n:064d}", staged_path=f"c/{n}.mp4")
-    items = upload.plan(ledger.files(), "/r")
+    items = upload.plan(ledger.files(), "/r", newest_first=False)
 
     def cut(parts, of=items):
         return [[int(i.clip.source_path[0]) for i in part] for part in upload.split_by_bytes(of, parts)]
@@ -528,10 +593,11 @@ def test_when_a_later_round_fails_the_rounds_before_it_are_still_recorded(upload
         with pytest.raises(upload.UploadFailed):
             upload.Uploader(cfg, ledger).run()
         states = {c.source_path: c.state for c in ledger.files()}
-    # round 1 was proven on the server while round 2 failed: pruned; round 2 untouched, staged
-    assert states == {"Normal/CLIP0000.MP4": "pruned", "Normal/CLIP0001.MP4": "pruned",
-                      "Normal/CLIP0002.MP4": "staged", "Normal/CLIP0003.MP4": "staged"}
-    assert [p.exists() for p in paths] == [False, False, True, True]
+    # round 1 (the newest two) was proven on the server while round 2 failed: pruned; round 2
+    # untouched, staged
+    assert states == {"Normal/CLIP0000.MP4": "staged", "Normal/CLIP0001.MP4": "staged",
+                      "Normal/CLIP0002.MP4": "pruned", "Normal/CLIP0003.MP4": "pruned"}
+    assert [p.exists() for p in paths] == [True, True, False, False]
 
 
 def test_with_keep_days_verified_clips_stay_until_they_are_old_enough(upload_config, server, tmp_path):
@@ -1164,7 +1230,7 @@ def server_on(tmp_path, make_config):
 
 def test_a_server_directory_the_user_may_not_write_is_said_as_such_not_as_a_refused_key(server_on, dashcamctl):
     srv, cfg_path = server_on("", drop_dac_override=True)
-    day = srv.restrict_dir / "footage" / upload.remote_path(CAMERA, "X.MP4", T0 * 10**9)
+    day = srv.restrict_dir / "footage" / remote_of("X.MP4", T0 * 10**9)
     day.parent.mkdir(parents=True)
     day.parent.chmod(0o555)
     clip = stage(cfg_path, "DENIED.MP4", 20_000, T0)
@@ -1189,7 +1255,7 @@ def test_one_clip_the_server_cannot_take_does_not_hold_back_the_others(server_on
     srv, cfg_path = server_on("", drop_dac_override=True)
     blocked = stage(cfg_path, "BLOCKED.MP4", 20_000, T0 - DAY)
     fine = [stage(cfg_path, f"FINE{n}.MP4", 20_000, T0 + n) for n in range(3)]
-    day = (srv.restrict_dir / "footage" / upload.remote_path(CAMERA, "X", (T0 - DAY) * 10**9)).parent
+    day = (srv.restrict_dir / "footage" / remote_of("X", (T0 - DAY) * 10**9)).parent
     day.mkdir(parents=True)
     day.chmod(0o555)
     try:
@@ -1238,7 +1304,7 @@ def test_receiver_errors_and_sshs_own_refusal_are_told_apart(make_config):
 def test_the_ledgers_promises_hold_after_a_failed_a_cut_and_a_good_run(upload_config, server, monkeypatch, dashcamctl):
     """The invariant after each kind of run, over every odd name: a run whose second round fails,
     a run whose connection is cut mid-send, then the run that completes."""
-    cfg_path = upload_config({"upload": {"bwlimit": 4000}})
+    cfg_path = upload_config({"upload": {"bwlimit": 4000, "order": "oldest-first"}})
     for n, name in enumerate(sorted(ODD_NAMES.values())):
         stage(cfg_path, name, 20_000 + n, T0 + n)
     big = stage(cfg_path, "cut \\#101\n" + ODD_NAMES["esc"], 30_000_000, T0 + 1000)   # sent last
@@ -1264,7 +1330,7 @@ def test_the_ledgers_promises_hold_after_a_failed_a_cut_and_a_good_run(upload_co
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent / "src"))
     proc = subprocess.Popen([sys.executable, "-m", "dashcam_helpers", "--config", str(cfg_path), "upload"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    remote_dir = server_file(server, upload.remote_path(CAMERA, "x", int((T0 + 1000) * 1e9)))
+    remote_dir = server_file(server, remote_of("x", int((T0 + 1000) * 1e9)))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         names = os.listdir(os.path.dirname(remote_dir)) if os.path.isdir(os.path.dirname(remote_dir)) else []
