@@ -210,6 +210,23 @@ def test_event_clips_are_copied_first_then_newest_first(card, make_config, tmp_p
                      "Normal/Front/old.MP4", "DCIM/photo.JPG"]
 
 
+def test_event_globs_add_event_clips_that_are_copied_first(card, make_config, tmp_path, dashcamctl):
+    now = time.time()
+    write_clip(card, "Parking/Front/P.MP4", 1000, now - 3 * DAY)
+    write_clip(card, "Normal/Front/N.MP4", 1000, now - 1 * DAY)
+    write_clip(card, "Event/Front/E.MP4", 1000, now - 5 * DAY)
+    write_clip(card, "Normal/Front/x_SOS_1.MP4", 1000, now - 6 * DAY)
+    cfg = make_config({"ingest": {"reserve_bytes": 0, "reserve_percent": 0,
+                                  "event_globs": ["Parking/**", "**/*_sos_*.mp4"]}})
+    assert dashcamctl("--config", str(cfg), "ingest", "--source", str(card)).returncode == 0
+    rows = ledger_rows(tmp_path / "state")  # ids follow the copy order
+    assert [(r["source_path"], r["event"]) for r in rows] == [
+        ("Parking/Front/P.MP4", True), ("Event/Front/E.MP4", True), ("Normal/Front/x_SOS_1.MP4", True),
+        ("Normal/Front/N.MP4", False)]
+    assert ingest.is_event("Parking/a.MP4", [ingest.glob_regex("parking/**")])
+    assert not ingest.is_event("Parking/a.MP4")
+
+
 def test_oldest_first_when_configured(card, make_config, tmp_path, dashcamctl):
     now = time.time()
     for i in range(4):
@@ -692,6 +709,23 @@ def test_a_name_once_staged_is_never_given_to_another_clip_even_after_it_left_st
     assert dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card)).returncode == 0
     second = ledger_rows(tmp_path / "state")[1]["staged_path"]
     assert second != first and second.endswith("LOOP~1.MP4")
+
+
+def test_a_folder_whose_name_a_staged_clip_has_fails_that_clip_only(card, cfg_path, tmp_path, dashcamctl):
+    """Normal/A.MP4 was a clip; later the card holds a folder of that name: its clip cannot be
+    staged below a file, is marked failed with the reason, and the others are staged."""
+    now = time.time()
+    write_clip(card, "Normal/A.MP4", 1000, now - 60)
+    assert dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card)).returncode == 0
+    os.unlink(card / "Normal/A.MP4")
+    write_clip(card, "Normal/A.MP4/B.MP4", 1000, now - 60)  # the same day as A.MP4
+    write_clip(card, "Normal/C.MP4", 1000, now - 20)
+    r = dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card))
+    assert r.returncode == 1, r.stderr
+    rows = {row["source_path"]: row for row in ledger_rows(tmp_path / "state")}
+    assert rows["Normal/A.MP4/B.MP4"]["state"] == "failed" and "not a folder" in rows["Normal/A.MP4/B.MP4"]["reason"]
+    assert rows["Normal/C.MP4"]["state"] == "staged" and rows["Normal/A.MP4"]["state"] == "staged"
+    assert_staging_consistent(tmp_path / "staging", tmp_path / "state", complete=True)
 
 
 def test_name_variants_stay_within_255_bytes_and_cut_at_a_character():

@@ -378,6 +378,187 @@ def test_a_backlog_uploads_byte_identical_and_leaves_staging(upload_config, serv
     assert again.returncode == 0 and "nothing to upload" in again.stderr
 
 
+# --- event clips first, the card's folders kept ------------------------------------------------
+
+EVENTS = [("E_OLD.MP4", T0 - DAY), ("E_MID.MP4", T0 + 150), ("E_NEW.MP4", T0 + 450)]
+NORMALS = [(f"N{n}.MP4", T0 + n * 100) for n in range(5)]
+
+
+def stage_events_and_normals(cfg_path, events=EVENTS, normals=NORMALS, size=50_000):
+    for name, mtime in events:
+        stage(cfg_path, name, size, mtime, folder="Event/Front", event=True)
+    for name, mtime in normals:
+        stage(cfg_path, name, size, mtime, folder="Normal/Front")
+
+
+@pytest.mark.parametrize("order", ["newest-first", "oldest-first"])
+def test_event_clips_are_sent_and_proven_before_any_other_then_the_rest_in_the_configured_order(
+        upload_config, server, monkeypatch, order):
+    cfg_path = upload_config({"upload": {"order": order}})
+    stage_events_and_normals(cfg_path)
+    monkeypatch.setattr(upload, "ROUND_FILES", 2)
+    send, sends = upload.Uploader.send, []
+
+    def recorded_send(self, items, *, resume):
+        unproven = [c.source_path for c in self.ledger.files() if c.event and c.state not in ("verified", "pruned")]
+        sends.append(([os.path.basename(i.clip.source_path) for i in items], unproven))
+        return send(self, items, resume=resume)
+
+    monkeypatch.setattr(upload.Uploader, "send", recorded_send)
+    cfg = config.load(str(cfg_path))
+    summary, _ = run_bounded(cfg)
+
+    assert summary.files == 8 and not summary.problems and not summary.collisions
+    if order == "newest-first":
+        expected = [["E_NEW.MP4", "E_MID.MP4"], ["E_OLD.MP4"], ["N4.MP4", "N3.MP4"], ["N2.MP4", "N1.MP4"], ["N0.MP4"]]
+    else:
+        expected = [["E_OLD.MP4", "E_MID.MP4"], ["E_NEW.MP4"], ["N0.MP4", "N1.MP4"], ["N2.MP4", "N3.MP4"], ["N4.MP4"]]
+    assert [names for names, _ in sends] == expected
+    # no ordinary clip left while an event clip was not yet proven on the server
+    assert [unproven for names, unproven in sends if names[0].startswith("N")] == [[], [], []]
+    # the server's own clock says the same: every event clip arrived before any other
+    events = [on_server(server, n, t, "Event/Front").stat().st_ctime_ns for n, t in EVENTS]
+    normals = [on_server(server, n, t, "Normal/Front").stat().st_ctime_ns for n, t in NORMALS]
+    assert max(events) < min(normals)
+    assert assert_ledger_promises_hold(cfg, server) == 8
+
+
+def test_a_send_of_events_that_fails_is_retried_before_any_other_clip_goes(upload_config, server, tmp_path,
+                                                                              monkeypatch):
+    """rsync itself (a wrapper in front of the real one) loses the link on the first send: the
+    retry sends the same event clips again, and only then do the ordinary clips go."""
+    log, failed = tmp_path / "sends.log", tmp_path / "failed-once"
+    wrapper = tmp_path / "rsync"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        "# each send (--partial) logs its file list; the first fails as a dropped link does\n"
+        'for a in "$@"; do case "$a" in --files-from=*) list="${a#--files-from=}";; esac; done\n'
+        'case " $* " in *" --partial "*)\n'
+        f'  {{ echo "-- send"; tr "\\000" "\\n" < "$list"; }} >> "{log}"\n'
+        f'  if [ ! -e "{failed}" ]; then : > "{failed}"; echo "rsync: connection unexpectedly closed" >&2; exit 12; fi;;\n'
+        "esac\n"
+        'exec rsync "$@"\n')
+    wrapper.chmod(0o755)
+    cfg_path = upload_config({"tools": {"rsync": str(wrapper)}, "poll": {"upload_retries": 2}})
+    stage_events_and_normals(cfg_path, events=EVENTS[:2], normals=NORMALS[:3])
+    monkeypatch.setattr(upload, "ROUND_FILES", 2)
+    cfg = config.load(str(cfg_path))
+
+    summary, _ = run_bounded(cfg, sleep=lambda s: None)
+
+    sends = [[os.path.basename(n) for n in block.strip().splitlines()] for block in log.read_text().split("-- send")[1:]]
+    assert sends == [["E_MID.MP4", "E_OLD.MP4"], ["E_MID.MP4", "E_OLD.MP4"], ["N2.MP4", "N1.MP4"], ["N0.MP4"]]
+    # the ordinary clips are proven; the events are on the server, proven once the session the
+    # failed send may have left at the server has ended (upload.cut_session_seconds)
+    rows, _ = clips(cfg_path)
+    assert {p: c.state for p, c in rows.items()} == {
+        "Event/Front/E_MID.MP4": "uploaded", "Event/Front/E_OLD.MP4": "uploaded",
+        "Normal/Front/N0.MP4": "pruned", "Normal/Front/N1.MP4": "pruned", "Normal/Front/N2.MP4": "pruned"}
+    assert summary.held == 2
+
+
+def test_an_event_clip_staged_while_the_rest_goes_out_is_sent_before_the_next_round(upload_config, server,
+                                                                                      monkeypatch):
+    cfg_path = upload_config()
+    stage_events_and_normals(cfg_path, events=EVENTS[:1], normals=NORMALS)
+    monkeypatch.setattr(upload, "ROUND_FILES", 2)
+    send, sends = upload.Uploader.send, []
+
+    def send_while_the_ingest_stages_an_event(self, items, *, resume):
+        sends.append([os.path.basename(i.clip.source_path) for i in items])
+        if len(sends) == 2:  # the first round of ordinary clips: an ingest stages an event meanwhile
+            stage(cfg_path, "E_LATE.MP4", 50_000, T0 + 999, folder="Event/Front", event=True)
+        return send(self, items, resume=resume)
+
+    monkeypatch.setattr(upload.Uploader, "send", send_while_the_ingest_stages_an_event)
+    cfg = config.load(str(cfg_path))
+    summary, _ = run_bounded(cfg)
+
+    assert sends == [["E_OLD.MP4"], ["N4.MP4", "N3.MP4"], ["E_LATE.MP4"], ["N2.MP4", "N1.MP4"], ["N0.MP4"]]
+    assert summary.files == 7 and not summary.problems
+    assert assert_ledger_promises_hold(cfg, server) == 7
+
+
+def test_the_same_name_in_two_folders_of_the_card_lands_in_both_folders_on_the_server(upload_config, server):
+    """Normal/Front/A.MP4 and Event/Front/A.MP4, different bytes, same day: each in its own folder,
+    neither renamed, no collision; folders with odd names are kept byte for byte."""
+    cfg_path = upload_config()
+    normal = stage(cfg_path, "A.MP4", 30_000, T0, folder="Normal/Front")
+    event = stage(cfg_path, "A.MP4", 30_001, T0, folder="Event/Front", event=True)
+    odd_folders = ["Event/{name}", "with space/lf\nhere", "back\\slash/a\\#101", "Ünï ☃"]
+    odd = {folder: stage(cfg_path, "A.MP4", 20_000 + n, T0, folder=folder) for n, folder in enumerate(odd_folders)}
+    data = {"Normal/Front": normal.read_bytes(), "Event/Front": event.read_bytes(),
+            **{folder: path.read_bytes() for folder, path in odd.items()}}
+    cfg = config.load(str(cfg_path))
+
+    summary, _ = run_bounded(cfg)
+
+    assert summary.files == 6 and not summary.collisions and not summary.problems
+    for folder, content in data.items():
+        assert on_server(server, "A.MP4", T0, folder).read_bytes() == content, folder
+    rows, _ = clips(cfg_path)
+    assert {c.remote_path for c in rows.values()} == {remote_of("A.MP4", T0 * 10**9, f) for f in data}
+    assert assert_ledger_promises_hold(cfg, server) == 6
+
+
+def test_the_configured_layout_is_where_clips_land(upload_config, server):
+    cfg_path = upload_config({"upload": {"layout": "{kind}/{camera}/{YYYY}-{MM}-{DD}/{folder}/{name}"}})
+    stage(cfg_path, "E.MP4", 10_000, T0, folder="DCIM/Movie/RO", event=True)
+    stage(cfg_path, "N.MP4", 10_000, T0, folder="DCIM/Movie")
+    cfg = config.load(str(cfg_path))
+
+    summary, _ = run_bounded(cfg)
+
+    assert summary.files == 2
+    day = datetime.datetime.fromtimestamp(T0, datetime.timezone.utc).strftime("%Y-%m-%d")
+    root = server.restrict_dir / "footage"
+    assert (root / f"Event/{CAMERA}/{day}/DCIM/Movie/RO/E.MP4").is_file()
+    assert (root / f"Normal/{CAMERA}/{day}/DCIM/Movie/N.MP4").is_file()
+
+
+def test_clips_staged_by_an_earlier_version_go_on_and_what_the_server_has_is_never_renamed(upload_config, server):
+    """Staged as <camera>/<day>/<name> before the card's folders were kept: a clip whose send
+    was cut is completed under its old name (the partial file there is ours); one never sent
+    goes where new clips go; one already verified keeps its name, its file untouched."""
+    cfg_path = upload_config()
+    cfg = config.load(str(cfg_path))
+    day = datetime.datetime.fromtimestamp(T0, datetime.timezone.utc)
+    old_names = {}
+    with Ledger(cfg.paths.ledger) as ledger:
+        for name, state in (("CUT.MP4", "staged"), ("NEVER.MP4", "staged"), ("DONE.MP4", "pruned")):
+            data = os.urandom(400_000)
+            rel = f"{CAMERA}/{day:%Y-%m-%d}/{name}"
+            old_names[name] = (f"{CAMERA}/{day:%Y/%m/%d}/{name}", data)
+            if state == "staged":
+                path = Path(cfg.paths.ready) / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            clip_id = ledger.record_staged(CAMERA, f"Normal/Front/{name}", len(data), T0 * 10**9, event=False,
+                                           sha256=hashlib.sha256(data).hexdigest(), staged_path=rel)
+            if state == "pruned":
+                for step in ("uploaded", "verified", "pruned"):
+                    ledger.advance(clip_id, step, remote_path=old_names[name][0])
+        ledger.put_state(upload.IN_FLIGHT_KEY, [old_names["CUT.MP4"][0]])
+    root = server.restrict_dir / "footage"
+    (root / old_names["CUT.MP4"][0]).parent.mkdir(parents=True)
+    (root / old_names["CUT.MP4"][0]).write_bytes(old_names["CUT.MP4"][1][:150_000])   # the cut send's partial
+    (root / old_names["DONE.MP4"][0]).write_bytes(old_names["DONE.MP4"][1])
+    done_before = (root / old_names["DONE.MP4"][0]).stat()
+
+    summary, _ = run_bounded(cfg)
+
+    rows, _ = clips(cfg_path)
+    assert rows["Normal/Front/CUT.MP4"].remote_path == old_names["CUT.MP4"][0]
+    assert rows["Normal/Front/NEVER.MP4"].remote_path == remote_of("NEVER.MP4", T0 * 10**9, "Normal/Front")
+    assert rows["Normal/Front/DONE.MP4"].remote_path == old_names["DONE.MP4"][0]
+    assert {c.state for c in rows.values()} == {"pruned"} and summary.files == 2
+    assert (root / old_names["CUT.MP4"][0]).read_bytes() == old_names["CUT.MP4"][1]
+    assert summary.matched > 0   # the partial was completed, not sent again
+    after = (root / old_names["DONE.MP4"][0]).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (done_before.st_ino, done_before.st_mtime_ns)
+    assert assert_ledger_promises_hold(cfg, server) == 3
+
+
 def test_rounds_are_verified_while_the_next_one_is_sent(upload_config, server, monkeypatch):
     """Five rounds of two clips through the key `dashcamctl keygen` describes: round k's checksum
     pass overlaps round k+1's send, and every clip still ends verified, byte-identical on the
