@@ -501,6 +501,33 @@ def test_the_same_name_in_two_folders_of_the_card_lands_in_both_folders_on_the_s
     assert assert_ledger_promises_hold(cfg, server) == 6
 
 
+def test_from_the_card_to_the_server_two_clips_of_one_name_keep_their_folders_and_events_go_first(
+        upload_config, server, tmp_path, dashcamctl):
+    """The whole way through the commands: a card with A.MP4 in Normal/Front and in Event/Front
+    (other bytes), ingested, then uploaded: each lands in its own folder, the event one first."""
+    card = tmp_path / "card"
+    for n, folder in enumerate(("Normal/Front", "Event/Front", "Normal/Rear")):
+        (card / folder).mkdir(parents=True)
+        (card / folder / "A.MP4").write_bytes(os.urandom(40_000 + n))
+        os.utime(card / folder / "A.MP4", (T0 + n, T0 + n))
+    cfg_path = upload_config({"ingest": {"reserve_bytes": 0, "reserve_percent": 0}})
+    assert dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card)).returncode == 0
+    res = dashcamctl("--config", str(cfg_path), "upload", timeout=120)
+    assert res.returncode == 0, res.stderr
+
+    arrived = {}
+    for folder in ("Normal/Front", "Event/Front", "Normal/Rear"):
+        there = on_server(server, "A.MP4", T0, folder)
+        assert there.read_bytes() == (card / folder / "A.MP4").read_bytes(), folder
+        arrived[folder] = there.stat().st_ctime_ns
+    assert arrived["Event/Front"] < min(arrived["Normal/Front"], arrived["Normal/Rear"])
+    assert "~1" not in res.stderr and "beside it" not in res.stderr
+    rows, _ = clips(cfg_path)
+    assert {c.state for c in rows.values()} == {"pruned"}
+    assert sorted(c.remote_path for c in rows.values()) == sorted(
+        remote_of("A.MP4", T0 * 10**9, f) for f in ("Normal/Front", "Event/Front", "Normal/Rear"))
+
+
 def test_the_configured_layout_is_where_clips_land(upload_config, server):
     cfg_path = upload_config({"upload": {"layout": "{kind}/{camera}/{YYYY}-{MM}-{DD}/{folder}/{name}"}})
     stage(cfg_path, "E.MP4", 10_000, T0, folder="DCIM/Movie/RO", event=True)
