@@ -36,7 +36,7 @@ def test_a_config_with_several_mistakes_gets_one_line_each_and_exit_78(dashcamct
     lines = r.stderr.strip().splitlines()
     assert lines == [
         f"{bad}: camera.port_number: must be an integer 1-255, got 0",
-        f"{bad}: upload.colour: unknown key (known: method, host, user, port, dest_path, ssh_key, known_hosts, "
+        f"{bad}: upload.colour: unknown key (known: method, host, user, port, dest_path, layout, order, ssh_key, known_hosts, "
         "bwlimit, connect_timeout, io_timeout, keep_days, cut_session_seconds, alert_hours)",
         f"{bad}: upload.port: must be an integer 1-65535, got 'ssh'",
         f"{bad}: thresholds.shutdown_percent: must be an integer 0-100, got -3",

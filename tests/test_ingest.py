@@ -210,6 +210,23 @@ def test_event_clips_are_copied_first_then_newest_first(card, make_config, tmp_p
                      "Normal/Front/old.MP4", "DCIM/photo.JPG"]
 
 
+def test_event_globs_add_event_clips_that_are_copied_first(card, make_config, tmp_path, dashcamctl):
+    now = time.time()
+    write_clip(card, "Parking/Front/P.MP4", 1000, now - 3 * DAY)
+    write_clip(card, "Normal/Front/N.MP4", 1000, now - 1 * DAY)
+    write_clip(card, "Event/Front/E.MP4", 1000, now - 5 * DAY)
+    write_clip(card, "Normal/Front/x_SOS_1.MP4", 1000, now - 6 * DAY)
+    cfg = make_config({"ingest": {"reserve_bytes": 0, "reserve_percent": 0,
+                                  "event_globs": ["Parking/**", "**/*_sos_*.mp4"]}})
+    assert dashcamctl("--config", str(cfg), "ingest", "--source", str(card)).returncode == 0
+    rows = ledger_rows(tmp_path / "state")  # ids follow the copy order
+    assert [(r["source_path"], r["event"]) for r in rows] == [
+        ("Parking/Front/P.MP4", True), ("Event/Front/E.MP4", True), ("Normal/Front/x_SOS_1.MP4", True),
+        ("Normal/Front/N.MP4", False)]
+    assert ingest.is_event("Parking/a.MP4", [ingest.glob_regex("parking/**")])
+    assert not ingest.is_event("Parking/a.MP4")
+
+
 def test_oldest_first_when_configured(card, make_config, tmp_path, dashcamctl):
     now = time.time()
     for i in range(4):
@@ -608,7 +625,7 @@ def test_files_root_stages_belong_to_the_staging_owner_so_the_uploader_can_prune
     write_clip(card, "Normal/Front/A.MP4", 1000, time.time())
     assert dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card)).returncode == 0
     made = [p for p in (tmp_path / "staging").rglob("*") if p.name != ".lock"] + [tmp_path / "state/ledger.sqlite3"]
-    assert len(made) == 6  # incoming, ready, camera, day, the clip; the ledger
+    assert len(made) == 8  # incoming, ready, camera, day, Normal, Front, the clip; the ledger
     assert {(p.stat().st_uid, p.stat().st_gid) for p in made} == {(4321, 4321)}
 
 
@@ -711,10 +728,10 @@ def test_the_same_name_in_normal_and_event_with_different_content_stages_both(na
         tmp_path / "staging", tmp_path / "state", complete=True)}
     assert staged_bytes(tmp_path / "staging", rows["Event"]) == event
     assert staged_bytes(tmp_path / "staging", rows["Normal"]) == normal
-    # the event clip (copied first) keeps the name; the other gets name~1, still within 255 bytes
-    assert os.path.basename(rows["Event"]["staged_path"]).encode() == name
-    other = os.path.basename(rows["Normal"]["staged_path"])
-    assert other.endswith("~1.MP4") and len(other.encode()) <= 255
+    # each keeps its name, in its folder of the card: no name~1 for either
+    day = datetime.datetime.fromtimestamp(now - 10, datetime.timezone.utc).strftime("%Y-%m-%d")
+    assert rows["Event"]["staged_path"].encode() == b"dashcam/" + day.encode() + b"/Event/Front/" + name
+    assert rows["Normal"]["staged_path"].encode() == b"dashcam/" + day.encode() + b"/Normal/Front/" + name
 
 
 def test_a_name_once_staged_is_never_given_to_another_clip_even_after_it_left_staging(card, cfg_path, tmp_path,
@@ -728,6 +745,23 @@ def test_a_name_once_staged_is_never_given_to_another_clip_even_after_it_left_st
     assert dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card)).returncode == 0
     second = ledger_rows(tmp_path / "state")[1]["staged_path"]
     assert second != first and second.endswith("LOOP~1.MP4")
+
+
+def test_a_folder_whose_name_a_staged_clip_has_fails_that_clip_only(card, cfg_path, tmp_path, dashcamctl):
+    """Normal/A.MP4 was a clip; later the card holds a folder of that name: its clip cannot be
+    staged below a file, is marked failed with the reason, and the others are staged."""
+    now = time.time()
+    write_clip(card, "Normal/A.MP4", 1000, now - 60)
+    assert dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card)).returncode == 0
+    os.unlink(card / "Normal/A.MP4")
+    write_clip(card, "Normal/A.MP4/B.MP4", 1000, now - 60)  # the same day as A.MP4
+    write_clip(card, "Normal/C.MP4", 1000, now - 20)
+    r = dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card))
+    assert r.returncode == 1, r.stderr
+    rows = {row["source_path"]: row for row in ledger_rows(tmp_path / "state")}
+    assert rows["Normal/A.MP4/B.MP4"]["state"] == "failed" and "not a folder" in rows["Normal/A.MP4/B.MP4"]["reason"]
+    assert rows["Normal/C.MP4"]["state"] == "staged" and rows["Normal/A.MP4"]["state"] == "staged"
+    assert_staging_consistent(tmp_path / "staging", tmp_path / "state", complete=True)
 
 
 def test_name_variants_stay_within_255_bytes_and_cut_at_a_character():
@@ -842,10 +876,10 @@ def test_mtimes_beyond_2262_and_before_1970_are_staged_with_their_time_and_no_or
     assert r.returncode == 0, r.stderr
     rows = {row["source_path"]: row for row in assert_staging_consistent(tmp_path / "staging", tmp_path / "state",
                                                                          complete=True)}
-    assert rows["Normal/late.MP4"]["staged_path"] == "dashcam/2300-06-01/late.MP4"
-    assert rows["Normal/early.MP4"]["staged_path"] == "dashcam/1960-06-01/early.MP4"
-    assert (tmp_path / "staging/ready/dashcam/2300-06-01/late.MP4").stat().st_mtime_ns == late
-    assert (tmp_path / "staging/ready/dashcam/1960-06-01/early.MP4").stat().st_mtime_ns == early
+    assert rows["Normal/late.MP4"]["staged_path"] == "dashcam/2300-06-01/Normal/late.MP4"
+    assert rows["Normal/early.MP4"]["staged_path"] == "dashcam/1960-06-01/Normal/early.MP4"
+    assert (tmp_path / "staging/ready/dashcam/2300-06-01/Normal/late.MP4").stat().st_mtime_ns == late
+    assert (tmp_path / "staging/ready/dashcam/1960-06-01/Normal/early.MP4").stat().st_mtime_ns == early
     r = dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card), "--json")
     assert '"files": 0' in r.stdout and '"known": 3' in r.stdout
 
@@ -905,9 +939,9 @@ def wall(*clock) -> int:
 def test_the_folder_date_is_the_cameras_in_any_zone_of_the_pi(pi_zone):
     c = ingest.Candidate
     assert ingest.staged_name("cam", c("Normal/CLIP1.MP4", 1, wall(2026, 11, 25, 23, 59, 30), False)) == \
-        "cam/2026-11-25/CLIP1.MP4"
+        "cam/2026-11-25/Normal/CLIP1.MP4"
     assert ingest.staged_name("cam", c("Normal/CLIP2.MP4", 1, wall(2026, 11, 26, 0, 0, 30), False)) == \
-        "cam/2026-11-26/CLIP2.MP4"
+        "cam/2026-11-26/Normal/CLIP2.MP4"
 
 
 def test_a_timestamp_in_the_name_wins_over_the_mtime(pi_zone):
@@ -928,8 +962,8 @@ def test_ingest_in_any_zone_files_clips_under_the_cameras_date_and_keeps_their_m
     r = dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card))
     assert r.returncode == 0, r.stderr
     rows = {row["source_path"]: row for row in ledger_rows(tmp_path / "state")}
-    assert rows["Normal/CLIPA.MP4"]["staged_path"] == "dashcam/2026-11-25/CLIPA.MP4"
-    assert rows["Normal/CLIPB.MP4"]["staged_path"] == "dashcam/2026-11-26/CLIPB.MP4"
+    assert rows["Normal/CLIPA.MP4"]["staged_path"] == "dashcam/2026-11-25/Normal/CLIPA.MP4"
+    assert rows["Normal/CLIPB.MP4"]["staged_path"] == "dashcam/2026-11-26/Normal/CLIPB.MP4"
     ready = tmp_path / "staging/ready/dashcam"
-    assert (ready / "2026-11-25/CLIPA.MP4").stat().st_mtime_ns == before
-    assert (ready / "2026-11-26/CLIPB.MP4").stat().st_mtime_ns == after
+    assert (ready / "2026-11-25/Normal/CLIPA.MP4").stat().st_mtime_ns == before
+    assert (ready / "2026-11-26/Normal/CLIPB.MP4").stat().st_mtime_ns == after

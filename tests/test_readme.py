@@ -405,7 +405,7 @@ def test_the_server_blocks_give_a_key_the_servers_rrsync_accepts_and_restricts(s
         r = pi.sh("dashcamctl ingest --source /media/card && sudo -u dashcam dashcamctl upload")
         assert r.returncode == 0, r.stdout + r.stderr
         r = server.sh("find /srv/dashcam/footage -name '*.MP4'")
-        assert r.stdout.strip().endswith("/2026/11/25/2026_1125_233000_001F.MP4"), r.stdout + r.stderr
+        assert r.stdout.strip().endswith("/2026/11/25/Normal/Front/2026_1125_233000_001F.MP4"), r.stdout + r.stderr
 
 
 def documented_key_line() -> str:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sshd import SshServer, free_port, keygen  # noqa: E402
 
-from dashcam_helpers import config, ssh, upload  # noqa: E402
+from dashcam_helpers import config, layout, ssh, upload  # noqa: E402
 from dashcam_helpers.errors import TryLater  # noqa: E402
 from dashcam_helpers.ledger import Ledger  # noqa: E402
 
@@ -71,12 +71,13 @@ def upload_config(make_config, server, tmp_path):
     return make
 
 
-def stage(cfg_path: Path, name: str, size: int, mtime: float, data: bytes = None) -> Path:
-    """A clip as the ingest leaves it: bytes durable in ready/<camera>/<date>/, a 'staged' ledger row."""
+def stage(cfg_path: Path, name: str, size: int, mtime: float, data: bytes = None, folder: str = "Normal",
+          event: bool = False) -> Path:
+    """A clip as the ingest leaves it: bytes durable in ready/<camera>/<date>/<folder>/, a 'staged' ledger row."""
     cfg = config.load(str(cfg_path))
     data = os.urandom(size) if data is None else data
     day = datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc).strftime("%Y-%m-%d")  # as ingest dates it
-    rel = f"{CAMERA}/{day}/{name}"
+    rel = f"{CAMERA}/{day}/{folder}/{name}"
     path = Path(cfg.paths.ready) / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -84,18 +85,24 @@ def stage(cfg_path: Path, name: str, size: int, mtime: float, data: bytes = None
     with Ledger(cfg.paths.ledger) as ledger:
         ledger.record_staged(
             CAMERA,
-            f"Normal/{name}",
+            f"{folder}/{name}",
             len(data),
             int(mtime * 1e9),
-            event=False,
+            event=event,
             sha256=hashlib.sha256(data).hexdigest(),
             staged_path=rel,
         )
     return path
 
 
-def on_server(server: SshServer, name: str, mtime: float) -> Path:
-    return server.restrict_dir / "footage" / upload.remote_path(CAMERA, name, int(mtime * 1e9))
+def remote_of(name: str, mtime_ns: int, folder: str = "Normal") -> str:
+    """Where the default upload.layout puts a clip stage() made, relative to dest_path."""
+    day = datetime.datetime.fromtimestamp(mtime_ns // 10**9, datetime.timezone.utc)
+    return f"{CAMERA}/{day:%Y/%m/%d}/{folder}/{name}"
+
+
+def on_server(server: SshServer, name: str, mtime: float, folder: str = "Normal") -> Path:
+    return server.restrict_dir / "footage" / remote_of(name, int(mtime * 1e9), folder)
 
 
 def refused_by_rrsync(argv):
@@ -142,21 +149,44 @@ def clips(cfg_path: Path):
 # --- pure functions ----------------------------------------------------------------------------
 
 
+def row(clip_id=1, source_path="Normal/Front/FILE0001.MP4", staged_path=None, mtime_ns=0, event=False, sha="aa",
+        remote_path=None, camera="cam", state="staged") -> upload.Clip:
+    """A ledger row as plan() reads it."""
+    return upload.Clip(id=clip_id, camera=camera, source_path=source_path, size=1, mtime_ns=mtime_ns, event=event,
+                       sha256=sha * 32, staged_path=staged_path, remote_path=remote_path, state=state, reason=None,
+                       retries=0, seen_at=None, staged_at=None, uploaded_at=None, verified_at=None, pruned_at=None,
+                       updated_at=0.0)
+
+
 def test_remote_path_is_the_day_ingest_gave_the_staged_clip_whatever_the_pis_zone(monkeypatch):
     ns = int(datetime.datetime(2026, 3, 7, 23, 59, 59, tzinfo=datetime.timezone.utc).timestamp()) * 10**9
+    default = layout.DEFAULT_LAYOUT
     for zone in ("UTC", "America/New_York", "Europe/Berlin"):
         monkeypatch.setenv("TZ", zone)
         time.tzset()
-        assert upload.remote_path("cam", "cam/2026-03-07/FILE0001.MP4", ns) == "cam/2026/03/07/FILE0001.MP4"
+        assert upload.remote_path(default, row(staged_path="cam/2026-03-07/Normal/Front/FILE0001.MP4", mtime_ns=ns)) \
+            == "cam/2026/03/07/Normal/Front/FILE0001.MP4"
         # a day ingest chose from the clip's name wins over its mtime
-        assert upload.remote_path("cam", "cam/2026-03-09/2026_0309_000100_001F.MP4", ns) == \
-            "cam/2026/03/09/2026_0309_000100_001F.MP4"
-        # a path without the staged day: dated as ingest would, the mtime read as the camera's wall clock
-        assert upload.remote_path("cam", "FILE0001.MP4", ns) == "cam/2026/03/07/FILE0001.MP4"
-        assert upload.remote_path("cam", "NO20260308-000100-000123F.MP4", ns) == \
-            "cam/2026/03/08/NO20260308-000100-000123F.MP4"
+        assert upload.remote_path(default, row(source_path="DCIM/Movie/RO/2026_0309_000100_001F.MP4", mtime_ns=ns,
+                                               staged_path="cam/2026-03-09/DCIM/Movie/RO/2026_0309_000100_001F.MP4",
+                                               event=True)) \
+            == "cam/2026/03/09/DCIM/Movie/RO/2026_0309_000100_001F.MP4"
+        # a row without the staged day: dated as ingest would, the mtime read as the camera's wall clock
+        assert upload.remote_path(default, row(source_path="FILE0001.MP4", mtime_ns=ns)) == "cam/2026/03/07/FILE0001.MP4"
+        assert upload.remote_path(default, row(source_path="Event/NO20260308-000100-000123F.MP4", mtime_ns=ns)) == \
+            "cam/2026/03/08/Event/NO20260308-000100-000123F.MP4"
+        # the layout before the card's folders were kept: a clip in flight under it keeps that name
+        assert upload.legacy_remote_path("cam", "cam/2026-03-07/FILE0001~1.MP4", ns) == "cam/2026/03/07/FILE0001~1.MP4"
+        assert upload.legacy_remote_path("cam", "FILE0001.MP4", ns) == "cam/2026/03/07/FILE0001.MP4"
     monkeypatch.delenv("TZ")
     time.tzset()
+
+
+def test_the_server_name_comes_from_the_card_not_from_a_staging_variant():
+    """A clip staged as name~1 (the same card path on the same day as an earlier clip) goes to the
+    server under the card's name: beside the earlier one only if the server holds other content."""
+    clip = row(staged_path="cam/2026-03-07/Normal/LOOP~1.MP4", source_path="Normal/LOOP.MP4")
+    assert upload.remote_path(layout.DEFAULT_LAYOUT, clip) == "cam/2026/03/07/Normal/LOOP.MP4"
 
 
 def test_alternate_name_keeps_the_extension_and_adds_the_content_hash():
@@ -164,32 +194,67 @@ def test_alternate_name_keeps_the_extension_and_adds_the_content_hash():
     assert upload.alternate_name("cam/x/noext", "ffeeddccbb") == "cam/x/noext.ffeeddcc"
 
 
-def test_plan_is_oldest_first_and_gives_a_reused_name_a_distinct_one(tmp_path):
+def test_plan_puts_events_first_then_newest_or_oldest_and_gives_a_reused_name_a_distinct_one(tmp_path):
     ledger = Ledger(str(tmp_path / "l.sqlite3"))
-    newer = ledger.record_staged("c", "Normal/A.MP4", 1, T0 * 10**9 + 5, event=False, sha256="aa" * 32, staged_path="c/d/A.MP4")
-    older = ledger.record_staged("c", "Event/B.MP4", 1, (T0 - 3 * DAY) * 10**9, event=True, sha256="bb" * 32, staged_path="c/d/B.MP4")
-    reused = ledger.record_staged("c", "Normal/A.MP4", 2, T0 * 10**9 + 9, event=False, sha256="cc" * 32, staged_path="c/d/A-1.MP4")
-    sent = ledger.record_staged("c", "Normal/C.MP4", 1, T0 * 10**9, event=False, sha256="dd" * 32, staged_path="c/d/C.MP4")
+    newer = ledger.record_staged("c", "Normal/A.MP4", 1, T0 * 10**9 + 5, event=False, sha256="aa" * 32,
+                                 staged_path="c/2025-11-13/Normal/A.MP4")
+    older = ledger.record_staged("c", "Event/B.MP4", 1, (T0 - 3 * DAY) * 10**9, event=True, sha256="bb" * 32,
+                                 staged_path="c/2025-11-10/Event/B.MP4")
+    reused = ledger.record_staged("c", "Normal/A.MP4", 2, T0 * 10**9 + 9, event=False, sha256="cc" * 32,
+                                  staged_path="c/2025-11-13/Normal/A~1.MP4")
+    sent = ledger.record_staged("c", "Normal/C.MP4", 1, T0 * 10**9, event=False, sha256="dd" * 32,
+                                staged_path="c/2025-11-13/Normal/C.MP4")
     ledger.advance(sent, "uploaded", remote_path="c/2025/11/13/C.dd000000.MP4")
     items = upload.plan(ledger.files(), "/ready")
-    assert [i.clip.id for i in items] == [older, sent, newer, reused]
+    # the event, however old, first; then the newest
+    assert [i.clip.id for i in items] == [older, reused, newer, sent]
+    assert [i.clip.id for i in upload.plan(ledger.files(), "/ready", newest_first=False)] == [older, sent, newer, reused]
     names = {i.clip.id: i.remote for i in items}
-    assert names[older] == "c/2025/11/10/B.MP4"
+    assert names[older] == "c/2025/11/10/Event/B.MP4"
     assert names[sent] == "c/2025/11/13/C.dd000000.MP4"  # sent before under this name: keeps it
-    assert names[newer] == "c/2025/11/13/A.MP4"
-    assert names[reused] == "c/2025/11/13/A-1.MP4"
-    assert items[0].local == "/ready/c/d/B.MP4"
-    same_name = ledger.record_staged("c", "Event/A.MP4", 3, T0 * 10**9 + 7, event=True, sha256="ee" * 32, staged_path="c/e/A.MP4")
+    # the camera reused a name on one day: the first in the order keeps it, the other goes beside
+    assert names[reused] == "c/2025/11/13/Normal/A.MP4"
+    assert names[newer] == "c/2025/11/13/Normal/A.aaaaaaaa.MP4"
+    assert items[0].local == "/ready/c/2025-11-10/Event/B.MP4"
+    # the same name in another folder of the card: its own path, no second name
+    same_name = ledger.record_staged("c", "Event/A.MP4", 3, T0 * 10**9 + 7, event=True, sha256="ee" * 32,
+                                     staged_path="c/2025-11-13/Event/A.MP4")
     names = {i.clip.id: i.remote for i in upload.plan(ledger.files(), "/ready")}
-    assert names[same_name] == "c/2025/11/13/A.eeeeeeee.MP4"
+    assert names[same_name] == "c/2025/11/13/Event/A.MP4" and names[reused] == "c/2025/11/13/Normal/A.MP4"
     ledger.close()
+
+
+def test_plan_fills_the_configured_layout_with_odd_names_taken_literally():
+    kinds = "{camera}/{kind}/{YYYY}-{MM}-{DD}/{folder}/{name}"
+    ev = row(1, "Event/{name}/a\nb\\c {kind}.MP4", "cam/2026-03-07/Event/{name}/a\nb\\c {kind}.MP4", event=True)
+    plain = row(2, "{folder}.MP4", "cam/2026-03-07/{folder}.MP4", sha="bb")
+    names = [i.remote for i in upload.plan([plain, ev], "/r", kinds)]
+    assert names == ["cam/Event/2026-03-07/Event/{name}/a\nb\\c {kind}.MP4", "cam/Normal/2026-03-07/{folder}.MP4"]
+
+
+def test_a_clip_staged_before_the_card_folders_were_kept_keeps_an_old_name_it_has_on_the_server():
+    """Staged as <camera>/<day>/<name> by an earlier version: its name under the old layout is
+    kept while the server may hold a partial file of ours there (in flight, or held for a cut
+    session); else it goes where new clips go. A name it was sent under never changes."""
+    flying = row(1, "Normal/Front/A.MP4", "cam/2026-03-07/A.MP4")
+    fresh = row(2, "Event/Front/A.MP4", "cam/2026-03-07/A~1.MP4", event=True, sha="bb")
+    sent = row(3, "Normal/Front/B.MP4", "cam/2026-03-07/B.MP4", sha="cc", remote_path="cam/2026/03/07/B.MP4",
+               state="uploaded")
+    new_style = row(4, "Normal/Front/A~1.MP4", "cam/2026-03-07/Normal/Front/A~1.MP4", sha="dd")
+    keep = {"cam/2026/03/07/A.MP4", "cam/2026/03/07/A~1.MP4"}
+    names = {i.clip.id: i.remote for i in upload.plan([flying, fresh, sent, new_style], "/r", keep=keep)}
+    assert names == {1: "cam/2026/03/07/A.MP4", 2: "cam/2026/03/07/A~1.MP4", 3: "cam/2026/03/07/B.MP4",
+                     4: "cam/2026/03/07/Normal/Front/A~1.MP4"}
+    names = {i.clip.id: i.remote for i in upload.plan([flying, fresh, sent], "/r")}
+    assert names == {1: "cam/2026/03/07/Normal/Front/A.MP4", 2: "cam/2026/03/07/Event/Front/A.MP4",
+                     3: "cam/2026/03/07/B.MP4"}
 
 
 def test_rounds_split_by_bytes_and_count_keeping_order(tmp_path):
     ledger = Ledger(str(tmp_path / "l.sqlite3"))
     for n in range(7):
         ledger.record_staged("c", f"{n}.mp4", 100, T0 * 10**9 + n, event=False, sha256=f"{n:064d}", staged_path=f"c/{n}.mp4")
-    items = upload.plan(ledger.files(), "/r")
+    items = upload.plan(ledger.files(), "/r", newest_first=False)
 
     def rounds(max_bytes, max_files):
         out, rest = [], items
@@ -238,7 +303,7 @@ def test_a_checksum_pass_is_split_into_parts_of_about_equal_bytes(tmp_path):
     ledger = Ledger(str(tmp_path / "l.sqlite3"))
     for n, size in enumerate([500, 100, 100, 100, 100, 100, 10]):
         ledger.record_staged("c", f"{n}.mp4", size, T0 * 10**9 + n, event=False, sha256=f"{n:064d}", staged_path=f"c/{n}.mp4")
-    items = upload.plan(ledger.files(), "/r")
+    items = upload.plan(ledger.files(), "/r", newest_first=False)
 
     def cut(parts, of=items):
         return [[int(i.clip.source_path[0]) for i in part] for part in upload.split_by_bytes(of, parts)]
@@ -311,6 +376,214 @@ def test_a_backlog_uploads_byte_identical_and_leaves_staging(upload_config, serv
     # a second run finds nothing to do
     again = dashcamctl("--config", str(cfg_path), "upload")
     assert again.returncode == 0 and "nothing to upload" in again.stderr
+
+
+# --- event clips first, the card's folders kept ------------------------------------------------
+
+EVENTS = [("E_OLD.MP4", T0 - DAY), ("E_MID.MP4", T0 + 150), ("E_NEW.MP4", T0 + 450)]
+NORMALS = [(f"N{n}.MP4", T0 + n * 100) for n in range(5)]
+
+
+def stage_events_and_normals(cfg_path, events=EVENTS, normals=NORMALS, size=50_000):
+    for name, mtime in events:
+        stage(cfg_path, name, size, mtime, folder="Event/Front", event=True)
+    for name, mtime in normals:
+        stage(cfg_path, name, size, mtime, folder="Normal/Front")
+
+
+@pytest.mark.parametrize("order", ["newest-first", "oldest-first"])
+def test_event_clips_are_sent_and_proven_before_any_other_then_the_rest_in_the_configured_order(
+        upload_config, server, monkeypatch, order):
+    cfg_path = upload_config({"upload": {"order": order}})
+    stage_events_and_normals(cfg_path)
+    monkeypatch.setattr(upload, "ROUND_FILES", 2)
+    send, sends = upload.Uploader.send, []
+
+    def recorded_send(self, items, *, resume):
+        unproven = [c.source_path for c in self.ledger.files() if c.event and c.state not in ("verified", "pruned")]
+        sends.append(([os.path.basename(i.clip.source_path) for i in items], unproven))
+        return send(self, items, resume=resume)
+
+    monkeypatch.setattr(upload.Uploader, "send", recorded_send)
+    cfg = config.load(str(cfg_path))
+    summary, _ = run_bounded(cfg)
+
+    assert summary.files == 8 and not summary.problems and not summary.collisions
+    if order == "newest-first":
+        expected = [["E_NEW.MP4", "E_MID.MP4"], ["E_OLD.MP4"], ["N4.MP4", "N3.MP4"], ["N2.MP4", "N1.MP4"], ["N0.MP4"]]
+    else:
+        expected = [["E_OLD.MP4", "E_MID.MP4"], ["E_NEW.MP4"], ["N0.MP4", "N1.MP4"], ["N2.MP4", "N3.MP4"], ["N4.MP4"]]
+    assert [names for names, _ in sends] == expected
+    # no ordinary clip left while an event clip was not yet proven on the server
+    assert [unproven for names, unproven in sends if names[0].startswith("N")] == [[], [], []]
+    # the server's own clock says the same: every event clip arrived before any other
+    events = [on_server(server, n, t, "Event/Front").stat().st_ctime_ns for n, t in EVENTS]
+    normals = [on_server(server, n, t, "Normal/Front").stat().st_ctime_ns for n, t in NORMALS]
+    assert max(events) < min(normals)
+    assert assert_ledger_promises_hold(cfg, server) == 8
+
+
+def test_a_send_of_events_that_fails_is_retried_before_any_other_clip_goes(upload_config, server, tmp_path,
+                                                                              monkeypatch):
+    """rsync itself (a wrapper in front of the real one) loses the link on the first send: the
+    retry sends the same event clips again, and only then do the ordinary clips go."""
+    log, failed = tmp_path / "sends.log", tmp_path / "failed-once"
+    wrapper = tmp_path / "rsync"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        "# each send (--partial) logs its file list; the first fails as a dropped link does\n"
+        'for a in "$@"; do case "$a" in --files-from=*) list="${a#--files-from=}";; esac; done\n'
+        'case " $* " in *" --partial "*)\n'
+        f'  {{ echo "-- send"; tr "\\000" "\\n" < "$list"; }} >> "{log}"\n'
+        f'  if [ ! -e "{failed}" ]; then : > "{failed}"; echo "rsync: connection unexpectedly closed" >&2; exit 12; fi;;\n'
+        "esac\n"
+        'exec rsync "$@"\n')
+    wrapper.chmod(0o755)
+    cfg_path = upload_config({"tools": {"rsync": str(wrapper)}, "poll": {"upload_retries": 2}})
+    stage_events_and_normals(cfg_path, events=EVENTS[:2], normals=NORMALS[:3])
+    monkeypatch.setattr(upload, "ROUND_FILES", 2)
+    cfg = config.load(str(cfg_path))
+
+    summary, _ = run_bounded(cfg, sleep=lambda s: None)
+
+    sends = [[os.path.basename(n) for n in block.strip().splitlines()] for block in log.read_text().split("-- send")[1:]]
+    assert sends == [["E_MID.MP4", "E_OLD.MP4"], ["E_MID.MP4", "E_OLD.MP4"], ["N2.MP4", "N1.MP4"], ["N0.MP4"]]
+    # the ordinary clips are proven; the events are on the server, proven once the session the
+    # failed send may have left at the server has ended (upload.cut_session_seconds)
+    rows, _ = clips(cfg_path)
+    assert {p: c.state for p, c in rows.items()} == {
+        "Event/Front/E_MID.MP4": "uploaded", "Event/Front/E_OLD.MP4": "uploaded",
+        "Normal/Front/N0.MP4": "pruned", "Normal/Front/N1.MP4": "pruned", "Normal/Front/N2.MP4": "pruned"}
+    assert summary.held == 2
+
+
+def test_an_event_clip_staged_while_the_rest_goes_out_is_sent_before_the_next_round(upload_config, server,
+                                                                                      monkeypatch):
+    cfg_path = upload_config()
+    stage_events_and_normals(cfg_path, events=EVENTS[:1], normals=NORMALS)
+    monkeypatch.setattr(upload, "ROUND_FILES", 2)
+    send, sends = upload.Uploader.send, []
+
+    def send_while_the_ingest_stages_an_event(self, items, *, resume):
+        sends.append([os.path.basename(i.clip.source_path) for i in items])
+        if len(sends) == 2:  # the first round of ordinary clips: an ingest stages an event meanwhile
+            stage(cfg_path, "E_LATE.MP4", 50_000, T0 + 999, folder="Event/Front", event=True)
+        return send(self, items, resume=resume)
+
+    monkeypatch.setattr(upload.Uploader, "send", send_while_the_ingest_stages_an_event)
+    cfg = config.load(str(cfg_path))
+    summary, _ = run_bounded(cfg)
+
+    assert sends == [["E_OLD.MP4"], ["N4.MP4", "N3.MP4"], ["E_LATE.MP4"], ["N2.MP4", "N1.MP4"], ["N0.MP4"]]
+    assert summary.files == 7 and not summary.problems
+    assert assert_ledger_promises_hold(cfg, server) == 7
+
+
+def test_the_same_name_in_two_folders_of_the_card_lands_in_both_folders_on_the_server(upload_config, server):
+    """Normal/Front/A.MP4 and Event/Front/A.MP4, different bytes, same day: each in its own folder,
+    neither renamed, no collision; folders with odd names are kept byte for byte."""
+    cfg_path = upload_config()
+    normal = stage(cfg_path, "A.MP4", 30_000, T0, folder="Normal/Front")
+    event = stage(cfg_path, "A.MP4", 30_001, T0, folder="Event/Front", event=True)
+    odd_folders = ["Event/{name}", "with space/lf\nhere", "back\\slash/a\\#101", "Ünï ☃"]
+    odd = {folder: stage(cfg_path, "A.MP4", 20_000 + n, T0, folder=folder) for n, folder in enumerate(odd_folders)}
+    data = {"Normal/Front": normal.read_bytes(), "Event/Front": event.read_bytes(),
+            **{folder: path.read_bytes() for folder, path in odd.items()}}
+    cfg = config.load(str(cfg_path))
+
+    summary, _ = run_bounded(cfg)
+
+    assert summary.files == 6 and not summary.collisions and not summary.problems
+    for folder, content in data.items():
+        assert on_server(server, "A.MP4", T0, folder).read_bytes() == content, folder
+    rows, _ = clips(cfg_path)
+    assert {c.remote_path for c in rows.values()} == {remote_of("A.MP4", T0 * 10**9, f) for f in data}
+    assert assert_ledger_promises_hold(cfg, server) == 6
+
+
+def test_from_the_card_to_the_server_two_clips_of_one_name_keep_their_folders_and_events_go_first(
+        upload_config, server, tmp_path, dashcamctl):
+    """The whole way through the commands: a card with A.MP4 in Normal/Front and in Event/Front
+    (other bytes), ingested, then uploaded: each lands in its own folder, the event one first."""
+    card = tmp_path / "card"
+    for n, folder in enumerate(("Normal/Front", "Event/Front", "Normal/Rear")):
+        (card / folder).mkdir(parents=True)
+        (card / folder / "A.MP4").write_bytes(os.urandom(40_000 + n))
+        os.utime(card / folder / "A.MP4", (T0 + n, T0 + n))
+    cfg_path = upload_config({"ingest": {"reserve_bytes": 0, "reserve_percent": 0}})
+    assert dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card)).returncode == 0
+    res = dashcamctl("--config", str(cfg_path), "upload", timeout=120)
+    assert res.returncode == 0, res.stderr
+
+    arrived = {}
+    for folder in ("Normal/Front", "Event/Front", "Normal/Rear"):
+        there = on_server(server, "A.MP4", T0, folder)
+        assert there.read_bytes() == (card / folder / "A.MP4").read_bytes(), folder
+        arrived[folder] = there.stat().st_ctime_ns
+    assert arrived["Event/Front"] < min(arrived["Normal/Front"], arrived["Normal/Rear"])
+    assert "~1" not in res.stderr and "beside it" not in res.stderr
+    rows, _ = clips(cfg_path)
+    assert {c.state for c in rows.values()} == {"pruned"}
+    assert sorted(c.remote_path for c in rows.values()) == sorted(
+        remote_of("A.MP4", T0 * 10**9, f) for f in ("Normal/Front", "Event/Front", "Normal/Rear"))
+
+
+def test_the_configured_layout_is_where_clips_land(upload_config, server):
+    cfg_path = upload_config({"upload": {"layout": "{kind}/{camera}/{YYYY}-{MM}-{DD}/{folder}/{name}"}})
+    stage(cfg_path, "E.MP4", 10_000, T0, folder="DCIM/Movie/RO", event=True)
+    stage(cfg_path, "N.MP4", 10_000, T0, folder="DCIM/Movie")
+    cfg = config.load(str(cfg_path))
+
+    summary, _ = run_bounded(cfg)
+
+    assert summary.files == 2
+    day = datetime.datetime.fromtimestamp(T0, datetime.timezone.utc).strftime("%Y-%m-%d")
+    root = server.restrict_dir / "footage"
+    assert (root / f"Event/{CAMERA}/{day}/DCIM/Movie/RO/E.MP4").is_file()
+    assert (root / f"Normal/{CAMERA}/{day}/DCIM/Movie/N.MP4").is_file()
+
+
+def test_clips_staged_by_an_earlier_version_go_on_and_what_the_server_has_is_never_renamed(upload_config, server):
+    """Staged as <camera>/<day>/<name> before the card's folders were kept: a clip whose send
+    was cut is completed under its old name (the partial file there is ours); one never sent
+    goes where new clips go; one already verified keeps its name, its file untouched."""
+    cfg_path = upload_config()
+    cfg = config.load(str(cfg_path))
+    day = datetime.datetime.fromtimestamp(T0, datetime.timezone.utc)
+    old_names = {}
+    with Ledger(cfg.paths.ledger) as ledger:
+        for name, state in (("CUT.MP4", "staged"), ("NEVER.MP4", "staged"), ("DONE.MP4", "pruned")):
+            data = os.urandom(400_000)
+            rel = f"{CAMERA}/{day:%Y-%m-%d}/{name}"
+            old_names[name] = (f"{CAMERA}/{day:%Y/%m/%d}/{name}", data)
+            if state == "staged":
+                path = Path(cfg.paths.ready) / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            clip_id = ledger.record_staged(CAMERA, f"Normal/Front/{name}", len(data), T0 * 10**9, event=False,
+                                           sha256=hashlib.sha256(data).hexdigest(), staged_path=rel)
+            if state == "pruned":
+                for step in ("uploaded", "verified", "pruned"):
+                    ledger.advance(clip_id, step, remote_path=old_names[name][0])
+        ledger.put_state(upload.IN_FLIGHT_KEY, [old_names["CUT.MP4"][0]])
+    root = server.restrict_dir / "footage"
+    (root / old_names["CUT.MP4"][0]).parent.mkdir(parents=True)
+    (root / old_names["CUT.MP4"][0]).write_bytes(old_names["CUT.MP4"][1][:150_000])   # the cut send's partial
+    (root / old_names["DONE.MP4"][0]).write_bytes(old_names["DONE.MP4"][1])
+    done_before = (root / old_names["DONE.MP4"][0]).stat()
+
+    summary, _ = run_bounded(cfg)
+
+    rows, _ = clips(cfg_path)
+    assert rows["Normal/Front/CUT.MP4"].remote_path == old_names["CUT.MP4"][0]
+    assert rows["Normal/Front/NEVER.MP4"].remote_path == remote_of("NEVER.MP4", T0 * 10**9, "Normal/Front")
+    assert rows["Normal/Front/DONE.MP4"].remote_path == old_names["DONE.MP4"][0]
+    assert {c.state for c in rows.values()} == {"pruned"} and summary.files == 2
+    assert (root / old_names["CUT.MP4"][0]).read_bytes() == old_names["CUT.MP4"][1]
+    assert summary.matched > 0   # the partial was completed, not sent again
+    after = (root / old_names["DONE.MP4"][0]).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (done_before.st_ino, done_before.st_mtime_ns)
+    assert assert_ledger_promises_hold(cfg, server) == 3
 
 
 def test_rounds_are_verified_while_the_next_one_is_sent(upload_config, server, monkeypatch):
@@ -528,10 +801,11 @@ def test_when_a_later_round_fails_the_rounds_before_it_are_still_recorded(upload
         with pytest.raises(upload.UploadFailed):
             upload.Uploader(cfg, ledger).run()
         states = {c.source_path: c.state for c in ledger.files()}
-    # round 1 was proven on the server while round 2 failed: pruned; round 2 untouched, staged
-    assert states == {"Normal/CLIP0000.MP4": "pruned", "Normal/CLIP0001.MP4": "pruned",
-                      "Normal/CLIP0002.MP4": "staged", "Normal/CLIP0003.MP4": "staged"}
-    assert [p.exists() for p in paths] == [False, False, True, True]
+    # round 1 (the newest two) was proven on the server while round 2 failed: pruned; round 2
+    # untouched, staged
+    assert states == {"Normal/CLIP0000.MP4": "staged", "Normal/CLIP0001.MP4": "staged",
+                      "Normal/CLIP0002.MP4": "pruned", "Normal/CLIP0003.MP4": "pruned"}
+    assert [p.exists() for p in paths] == [True, True, False, False]
 
 
 def test_with_keep_days_verified_clips_stay_until_they_are_old_enough(upload_config, server, tmp_path):
@@ -1164,7 +1438,7 @@ def server_on(tmp_path, make_config):
 
 def test_a_server_directory_the_user_may_not_write_is_said_as_such_not_as_a_refused_key(server_on, dashcamctl):
     srv, cfg_path = server_on("", drop_dac_override=True)
-    day = srv.restrict_dir / "footage" / upload.remote_path(CAMERA, "X.MP4", T0 * 10**9)
+    day = srv.restrict_dir / "footage" / remote_of("X.MP4", T0 * 10**9)
     day.parent.mkdir(parents=True)
     day.parent.chmod(0o555)
     clip = stage(cfg_path, "DENIED.MP4", 20_000, T0)
@@ -1189,7 +1463,7 @@ def test_one_clip_the_server_cannot_take_does_not_hold_back_the_others(server_on
     srv, cfg_path = server_on("", drop_dac_override=True)
     blocked = stage(cfg_path, "BLOCKED.MP4", 20_000, T0 - DAY)
     fine = [stage(cfg_path, f"FINE{n}.MP4", 20_000, T0 + n) for n in range(3)]
-    day = (srv.restrict_dir / "footage" / upload.remote_path(CAMERA, "X", (T0 - DAY) * 10**9)).parent
+    day = (srv.restrict_dir / "footage" / remote_of("X", (T0 - DAY) * 10**9)).parent
     day.mkdir(parents=True)
     day.chmod(0o555)
     try:
@@ -1238,7 +1512,7 @@ def test_receiver_errors_and_sshs_own_refusal_are_told_apart(make_config):
 def test_the_ledgers_promises_hold_after_a_failed_a_cut_and_a_good_run(upload_config, server, monkeypatch, dashcamctl):
     """The invariant after each kind of run, over every odd name: a run whose second round fails,
     a run whose connection is cut mid-send, then the run that completes."""
-    cfg_path = upload_config({"upload": {"bwlimit": 4000}})
+    cfg_path = upload_config({"upload": {"bwlimit": 4000, "order": "oldest-first"}})
     for n, name in enumerate(sorted(ODD_NAMES.values())):
         stage(cfg_path, name, 20_000 + n, T0 + n)
     big = stage(cfg_path, "cut \\#101\n" + ODD_NAMES["esc"], 30_000_000, T0 + 1000)   # sent last
@@ -1264,7 +1538,7 @@ def test_the_ledgers_promises_hold_after_a_failed_a_cut_and_a_good_run(upload_co
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent / "src"))
     proc = subprocess.Popen([sys.executable, "-m", "dashcam_helpers", "--config", str(cfg_path), "upload"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    remote_dir = server_file(server, upload.remote_path(CAMERA, "x", int((T0 + 1000) * 1e9)))
+    remote_dir = server_file(server, remote_of("x", int((T0 + 1000) * 1e9)))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         names = os.listdir(os.path.dirname(remote_dir)) if os.path.isdir(os.path.dirname(remote_dir)) else []

@@ -85,6 +85,7 @@ class Camera(Record):
 class Ingest(Record):
     globs: Tuple[str, ...]
     extensions: Tuple[str, ...]
+    event_globs: Tuple[str, ...]
     newest_first: bool
     reserve_bytes: int
     reserve_percent: float
@@ -97,6 +98,8 @@ class Upload(Record):
     user: str
     port: int
     dest_path: str
+    layout: str
+    order: str
     ssh_key: str
     known_hosts: str
     bwlimit: int
@@ -484,6 +487,11 @@ def _cross_checks(s: Dict[str, Dict[str, Any]], problems: List[str]) -> None:
         for key in ("record_script", "data_script", "off_script"):
             if cam[key] is None:
                 problems.append(f"camera.{key}: required when camera.backend is scripts")
+    layout = s["upload"].get("layout")
+    if isinstance(layout, str):
+        from .layout import layout_problems
+
+        problems.extend(f"upload.layout: {layout!r} {p}" for p in layout_problems(layout))
     bat = s["battery"]
     if bat["source"] == "command" and bat["command"] is None:
         problems.append("battery.command: required when battery.source is command")

@@ -1,8 +1,9 @@
 """Ingest: copy every new clip from the camera's card to staging, once, verified, never partial.
 
-    scan (globs, known keys skipped unread) -> order (event/locked first, then newest)
+    scan (globs, known keys skipped unread) -> order (event/locked first, then newest: layout.order)
       -> per clip: free-space reserve -> read + SHA-256 + write incoming/<n>.part, with the clip's mtime
-         -> [finisher thread] fsync -> rename into ready/<camera>/<camera's date>/ -> fsync dir
+         -> [finisher thread] fsync -> rename into ready/<camera>/<camera's date>/<folder on the card>/
+         -> fsync dir
          -> ledger.record_staged
 
 The reading thread (the caller's) and a finisher thread overlap: while the finisher waits for
@@ -33,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
-from . import coverage, notify
+from . import coverage, layout, notify
 from .config import Config
 from .errors import DashcamError, TryLater
 from .ledger import Ledger, LedgerError, chown_nofollow
@@ -121,8 +122,11 @@ def glob_regex(pattern: str) -> "re.Pattern[str]":
     return re.compile("".join(out) + r"\Z", re.IGNORECASE | re.DOTALL)
 
 
-def is_event(source_path: str) -> bool:
-    """Event/locked clips: in a folder like Event, RO, Locked, Protected, or named ..._E / _EF."""
+def is_event(source_path: str, patterns: Sequence["re.Pattern[str]"] = ()) -> bool:
+    """Event/locked clips: in a folder like Event, RO, Locked, Protected, or named ..._E / _EF, or
+    matching one of ``patterns`` (ingest.event_globs, compiled by glob_regex)."""
+    if any(p.match(source_path) for p in patterns):
+        return True
     parts = source_path.split("/")
     if any(p.lower() in EVENT_FOLDERS for p in parts[:-1]):
         return True
@@ -260,25 +264,25 @@ def refusal(clip: Candidate) -> Optional[str]:
     return None
 
 
-def candidate(rel: str, size: int, mtime_ns: int) -> Candidate:
-    return Candidate(rel, size, mtime_ns, is_event(rel))
+def candidate(rel: str, size: int, mtime_ns: int, event_patterns: Sequence["re.Pattern[str]"] = ()) -> Candidate:
+    return Candidate(rel, size, mtime_ns, is_event(rel, event_patterns))
 
 
-def scan(root: str, globs: Sequence[str], extensions: Sequence[str], after_date: Optional[str] = None) -> List[Candidate]:
+def scan(root: str, globs: Sequence[str], extensions: Sequence[str], after_date: Optional[str] = None,
+         event_globs: Sequence[str] = ()) -> List[Candidate]:
     """Every footage file below ``root`` as a Candidate."""
-    return [candidate(*f) for f in footage_files(root, globs, extensions, after_date)]
+    patterns = [glob_regex(g) for g in event_globs]
+    return [candidate(*f, patterns) for f in footage_files(root, globs, extensions, after_date)]
 
 
-def order(candidates: Iterable[Candidate], newest_first: bool = True) -> List[Candidate]:
-    """Event/locked clips first, then newest first (or oldest first); ties by path."""
-    sign = -1 if newest_first else 1
-    return sorted(candidates, key=lambda c: (not c.event, sign * c.mtime_ns, c.source_path))
+# event/locked clips first, then newest first (or oldest first): the upload's order too
+order = layout.order
 
 
 def staged_name(camera: str, clip: Candidate) -> str:
-    """ready/-relative path for a clip: <camera>/<YYYY-MM-DD the camera recorded it>/<file>."""
-    day = clip_date(clip.source_path, clip.mtime_ns)
-    return f"{camera}/{day:%Y-%m-%d}/{os.path.basename(clip.source_path)}"
+    """ready/-relative path for a clip: <camera>/<YYYY-MM-DD the camera recorded it>/<its folder on
+    the card>/<file>. The folder keeps apart two clips of one name in two folders of the card."""
+    return layout.staged_path(camera, clip_date(clip.source_path, clip.mtime_ns), clip.source_path)
 
 
 def name_variant(name: str, n: int) -> str:
@@ -330,6 +334,8 @@ def makedirs_owned(path: str, owner: Owner) -> None:
     try:
         os.mkdir(path, 0o750)
     except FileExistsError:
+        if not os.path.isdir(path):  # a file of that name (a clip's, from a folder that was a file)
+            raise OSError(errno.ENOTDIR, f"{path} is a file, not a folder")
         return makedirs_owned(path, owner)  # made meanwhile: still no link
     if owner:
         # through an fd that is not a link: the name may have been swapped since the mkdir
@@ -355,7 +361,7 @@ def sha256_file(path: str) -> str:
 
 # a clip's own trouble while it is staged (its name, its time): the clip fails, the others go on
 CLIP_ERRORS = (OSError, OverflowError, ValueError, UnicodeError)
-CLIP_ERRNOS = (errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL, errno.EOVERFLOW)
+CLIP_ERRNOS = (errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL, errno.EOVERFLOW, errno.ENOTDIR)
 
 
 def describe(e: BaseException) -> str:
@@ -489,7 +495,8 @@ class _Finisher(threading.Thread):
 
     def _place(self, ledger: Ledger, item: _Copied, rel: str) -> str:
         """Rename the .part into ready/ under ``rel`` or a free variant of it (``name~1.MP4``: the same
-        name from another folder of the card, or a name an earlier clip had); never overwrite."""
+        path on the card and the same day as an earlier clip, e.g. a camera that numbers its clips
+        anew after a format); never overwrite. Logged: the server name comes from the card's."""
         ready = self.cfg.paths.ready
         directory, name = os.path.split(rel)
         makedirs_owned(os.path.join(ready, directory), self.owner)
@@ -514,6 +521,9 @@ class _Finisher(threading.Thread):
                 continue
             os.unlink(item.part)
             fsync_dir(os.path.dirname(target))
+            if n:
+                log.info("%s: %s is taken by an earlier clip, staged as %s", item.clip.source_path, rel, candidate,
+                         extra={"DASHCAM_FILE": item.clip.source_path})
             return candidate
 
     @staticmethod
@@ -724,6 +734,7 @@ def ingest_source(
                 if ledger_owner:
                     chown_nofollow(cfg.paths.ledger, ledger_owner)
             known: Set[Tuple[str, int, int]] = ledger.known_keys(cfg.camera.name)
+            event_patterns = [glob_regex(g) for g in cfg.ingest.event_globs]
             found = 0
             new = []
             on_card = []  # every footage file, for the check of lost footage
@@ -733,7 +744,7 @@ def ingest_source(
                 on_card.append((rel, size, mtime_ns))
                 if ledger_key(rel, size, mtime_ns) in known:  # copied before: not read, not even looked at further
                     continue
-                new.append(candidate(rel, size, mtime_ns))
+                new.append(candidate(rel, size, mtime_ns, event_patterns))
             result.known = found - len(new)
             verdicts = [(c, refusal(c)) for c in new]
             refused = [(c, why) for c, why in verdicts if why]

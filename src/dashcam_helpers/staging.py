@@ -1,8 +1,9 @@
 """Staging: the footage area on the Pi between the camera and the server.
 
     <local_staging>/incoming/<n>.part                  a clip being copied: never a whole file
-    <local_staging>/ready/<camera>/<YYYY-MM-DD>/<file> copied, hashed, in the ledger; waits for
-                                                       the server to verify it
+    <local_staging>/ready/<camera>/<YYYY-MM-DD>/<folder on the card>/<file>
+                                                       copied, hashed, in the ledger; waits for
+                                                       the server to verify it (layout.py)
 
 Ingest fills it (keeping a free-space reserve), upload empties it, the policy and status
 measure it. The durable-write helper lives here because both writers need it.

@@ -1,11 +1,15 @@
 """Upload: staged footage reaches the home server, is proven identical there, and only then leaves the Pi.
 
-One run uploads the whole backlog (ledger states staged/uploaded), oldest clip first, over
-one shared ssh connection (ControlMaster; every rsync still is its own rrsync session):
+One run uploads the whole backlog (ledger states staged/uploaded) over one shared ssh
+connection (ControlMaster; every rsync still is its own rrsync session). Event/locked clips go
+first: they are sent and verified, in rounds of their own, before any other clip is sent; then
+the rest, newest first or oldest first (upload.order; the same rule as the ingest's,
+layout.order). An event clip staged while the rest is being sent goes before the next round.
 
-1. a tree of symlinks ``<state_dir>/upload-tree/<camera>/<YYYY>/<MM>/<DD>/<file>`` points at
-   the staged files, so each rsync (``--files-from``, ``--copy-links``) writes the server's
-   layout ``DEST/<camera>/<YYYY>/<MM>/<DD>/<file>`` in one go;
+1. a tree of symlinks ``<state_dir>/upload-tree/<path on the server>`` points at the staged
+   files, so each rsync (``--files-from``, ``--copy-links``) writes the server's layout
+   (upload.layout, by default ``DEST/<camera>/<YYYY>/<MM>/<DD>/<folder on the card>/<file>``)
+   in one go;
 2. one dry run asks the server which of those names it lacks (no data moves); the ones it
    names as lacking are remembered in the ledger ("upload_in_flight") before a byte is sent,
    and a name it does not name as there counts as lacking;
@@ -66,7 +70,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from . import notify, runner, ssh
+from . import layout, notify, runner, ssh
 from .config import Config
 from .errors import EX_FAILURE, EX_OK, DashcamError, TryLater
 from .ledger import UPLOAD_HOLD_KEY, Clip, Ledger
@@ -114,9 +118,28 @@ def server_reachable(cfg: Config, timeout: Optional[float] = None) -> bool:
 STAGED_DAY = re.compile(r"(?:^|/)(\d{4})-(\d{2})-(\d{2})/[^/]+\Z")
 
 
-def remote_path(camera: str, file_name: str, mtime_ns: int) -> str:
-    """``<camera>/<YYYY>/<MM>/<DD>/<file>`` (relative to upload.dest_path), on the day the camera
-    showed when it recorded the clip, whatever the Pi's time zone.
+def clip_day(clip: Clip) -> datetime.date:
+    """The day the camera showed when it recorded ``clip``, whatever the Pi's time zone: the one
+    the ingest chose for its staging folder; for a path without it, dated as the ingest dates."""
+    day = layout.staged_day(clip.staged_path)
+    if day is not None:
+        return day
+    from .ingest import clip_date
+    try:
+        return clip_date(clip.source_path, clip.mtime_ns)
+    except OverflowError:  # ingest refuses such a clip; never a reason to stop an upload
+        return datetime.date(1970, 1, 1)
+
+
+def remote_path(template: str, clip: Clip) -> str:
+    """The clip's path below upload.dest_path: ``template`` (upload.layout) filled with its camera,
+    its day (clip_day), its folders and name on the card and whether it is an event clip."""
+    return layout.server_path(template, clip.camera, clip_day(clip), clip.source_path, clip.event)
+
+
+def legacy_remote_path(camera: str, file_name: str, mtime_ns: int) -> str:
+    """``<camera>/<YYYY>/<MM>/<DD>/<file>``: where a clip went before the card's folders were kept
+    (layout.LEGACY_LAYOUT), on the day the camera showed when it recorded the clip.
 
     ``file_name`` is the staged path (``<camera>/<YYYY-MM-DD>/<name>``): its day is the one ingest
     chose (`ingest.clip_date`: the timestamp in the clip's name, else its mtime read as the camera's
@@ -153,17 +176,26 @@ class Item:
         return self.clip.size
 
 
-def plan(clips: Iterable[Clip], ready: str) -> List[Item]:
-    """The backlog in upload order (oldest clip first) with each clip's name on the server.
+def plan(clips: Iterable[Clip], ready: str, template: str = layout.DEFAULT_LAYOUT, newest_first: bool = True,
+         keep: Set[str] = frozenset()) -> List[Item]:
+    """The backlog in upload order (event/locked clips first, then newest first or oldest first:
+    layout.order) with each clip's name on the server (``template``: upload.layout).
 
-    A clip that was already sent keeps the name it was sent under. Two clips of one plan
-    that would share a name (a loop-recording camera reusing one) get distinct names.
+    A clip that was already sent keeps the name it was sent under; so does a clip staged before
+    the card's folders were kept whose old name (legacy_remote_path) is in ``keep``: our partial
+    file on the server, or a name a cut session may still write. Two clips of one plan that
+    would share a name (a camera reusing one on the same day) get distinct names: the first in
+    the order keeps it.
     """
-    ordered = sorted(clips, key=lambda c: (c.mtime_ns, c.id))
+    ordered = layout.order(sorted(clips, key=lambda c: c.id), newest_first)
     taken: Dict[str, str] = {}
     items = []
     for clip in ordered:
-        name = clip.remote_path or remote_path(clip.camera, clip.staged_path or clip.source_path, clip.mtime_ns)
+        name = clip.remote_path
+        if not name and keep and layout.is_legacy_staged(clip.staged_path):
+            old = legacy_remote_path(clip.camera, clip.staged_path, clip.mtime_ns)
+            name = old if old in keep else None
+        name = name or remote_path(template, clip)
         if name in taken and taken[name] != clip.sha256:
             name = alternate_name(name, clip.sha256 or f"{clip.id:08d}")
         taken.setdefault(name, clip.sha256 or "")
@@ -361,6 +393,7 @@ class Uploader:
         self.total_bytes = 0
         self.done_files = 0
         self.done_bytes = 0
+        self.round_bytes = ROUND_FIRST_BYTES  # what the next round holds (next_round_bytes)
         self.sending: List[str] = []  # the names of the send session on (for a hold if it fails)
         self.send_failures: Dict[str, str] = {}  # name -> why the send that had it did not take every file
 
@@ -631,11 +664,34 @@ class Uploader:
         self.summary.problems.append(reason)
         self.ledger.note_problem(item.clip.id, reason)
 
-    def upload_items(self, items: Sequence[Item], *, collision_pass: bool = False) -> None:
-        """Send and verify ``items`` in rounds; a name taken by other content goes beside it (once)."""
+    def upload_in_order(self, items: Sequence[Item], tried: Set[int]) -> List[Item]:
+        """Upload a plan: its event/locked clips first, in rounds of their own, each sent and
+        verified (a collision's second name too) before any other clip is sent; then the rest,
+        in the plan's order. Before each round of the rest, an event clip staged meanwhile (a
+        clip not in ``tried``) goes first: the rounds not sent are returned, for the next plan."""
+        events = [i for i in items if i.clip.event]
+        rest = [i for i in items if not i.clip.event]
+        if events:
+            log.info("%d event/locked clip(s) first (%s)", len(events), notify.human_bytes(sum(i.size for i in events)))
+            self.upload_items(events)
+        if not rest:
+            return []
+        return self.upload_items(rest, stop_for=lambda: self.new_events(tried))
+
+    def new_events(self, tried: Set[int]) -> bool:
+        """An event/locked clip staged since this run planned (its id not in ``tried``)."""
+        rows = self.ledger.db.execute("SELECT id FROM footage WHERE state = 'staged' AND event != 0").fetchall()
+        return any(row[0] not in tried for row in rows)
+
+    def upload_items(self, items: Sequence[Item], *, collision_pass: bool = False,
+                     stop_for: Optional[Callable[[], bool]] = None) -> List[Item]:
+        """Send and verify ``items`` in rounds; a name taken by other content goes beside it (once).
+
+        ``stop_for``: asked before each round; True ends the sending there (the rounds before are
+        still verified). Returns the items not sent for it."""
         items = self.usable(items)
         if not items:
-            return
+            return []
         self.build_tree(items)
         # one listing for the whole plan: which names does the server lack?
         missing, said_missing = self.missing_on_server(items)
@@ -648,11 +704,14 @@ class Uploader:
         # both ends while the link (the bottleneck on a Pi's WiFi) carries the next round
         collisions: List[Item] = []
         verifying: Optional[Verification] = None
-        pending, budget = list(items), ROUND_FIRST_BYTES
+        pending, budget = list(items), self.round_bytes
         try:
             while pending:
                 pending = self.within_budget(pending)
                 if not pending:
+                    break
+                if stop_for is not None and stop_for():
+                    log.info("event clip(s) staged meanwhile go first; %d other clip(s) wait for them", len(pending))
                     break
                 batch, pending = take_round(pending, budget)
                 if verifying is not None and self.single_session:
@@ -664,6 +723,7 @@ class Uploader:
                                           time.monotonic() - started, budget)
                 if verifying is not None:
                     collisions += self.settle(verifying)
+                self.round_bytes = budget
                 verifying = Verification(self, batch, ours, collision_pass)
                 verifying.start()
         except Exception:
@@ -678,6 +738,7 @@ class Uploader:
             collisions += self.settle(verifying)
         if collisions:
             self.upload_items(collisions, collision_pass=True)
+        return pending
 
     def send_round(self, items: Sequence[Item], missing: Set[str], in_flight: Set[str]) -> Set[str]:
         """Send what of ``items`` is ours to send; returns those names (sent now or completed)."""
@@ -887,7 +948,9 @@ class Uploader:
             self.ledger.put_state(RUN_KEY, {"wall": self.clock(), "sending": []})
         try:
             while clips:  # footage staged while we upload is picked up before we finish
-                items = plan(clips, self.cfg.paths.ready)
+                keep = set(self.ledger.get_state(IN_FLIGHT_KEY, [])) | self.held()[0]
+                items = plan(clips, self.cfg.paths.ready, self.cfg.upload.layout,
+                             self.cfg.upload.order == "newest-first", keep)
                 held, until = self.held()
                 waiting = [i for i in items if i.remote in held]
                 if waiting:
@@ -913,7 +976,11 @@ class Uploader:
                         log.info("dry run, would upload %s -> %s", item.local, item.remote)
                     return self.summary
                 self.progress()
-                self.upload_items(items)
+                left = self.upload_in_order(items, tried)
+                if left:  # an event clip staged meanwhile: planned again, behind it
+                    tried -= {i.clip.id for i in left}
+                    self.total_files -= len(left)
+                    self.total_bytes -= sum(i.size for i in left)
                 clips = self.backlog(tried)
         except BaseException:
             # a send stopped here by an error or Ctrl-C may go on at the server. (SIGTERM ends
@@ -1107,7 +1174,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     line = ssh.keygen(cfg, server_dir=args.server_dir, dry_run=args.dry_run)
     print(f"# Add this line to ~{cfg.upload.user}/.ssh/authorized_keys on {cfg.upload.host}")
-    print(f"# (footage goes to {args.server_dir}/{cfg.upload.dest_path.lstrip('/')}/<camera>/YYYY/MM/DD/):")
+    print(f"# (footage goes to {args.server_dir}/{cfg.upload.dest_path.lstrip('/')}/{cfg.upload.layout}):")
     print(line)
     return EX_OK
 

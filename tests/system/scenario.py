@@ -1,6 +1,5 @@
 """Building blocks of the field scenarios (used by the tests and by `make demo`)."""
 import os
-import re
 import socket
 import time
 
@@ -8,7 +7,12 @@ import cards
 import guest
 from vm import wait_for
 
-REMOTE_RE = re.compile(r"^footage/dashcam/\d{4}/\d{2}/\d{2}/[^/]+$")
+
+def server_name(clip, dest="footage", camera="dashcam"):
+    """Where the default upload.layout puts a card's clip: <camera>/YYYY/MM/DD/<folder>/<name>,
+    the day from the Novatek timestamp in its name (2026_1125_233000_001F.MP4)."""
+    n = clip.name
+    return "%s/%s/%s/%s/%s/%s" % (dest, camera, n[0:4], n[5:7], n[7:9], clip.path)
 
 
 class Setup:

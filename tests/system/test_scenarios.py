@@ -5,6 +5,7 @@ powers it off, sysfs `authorized` really switches its data, and its card is a vf
 user's layout. The home server is the host's sshd on 127.0.0.1 (10.0.2.2 from the guest) with an
 rrsync-restricted key. The UPS is a fake lifepo4wered-cli whose readings the test sets.
 """
+import os
 import re
 
 import pytest
@@ -48,9 +49,13 @@ def test_B_at_home_footage_goes_from_the_camera_to_the_server_byte_identical(boo
     scenario.wait_server_has(server, setup.clips, timeout=600)
     wait_for(lambda: scenario.ledger_done(booted, setup.clips), 180, "every clip verified in the ledger")
     wait_for(lambda: guest.staged_files(booted) == [], 120, "staging emptied after verification")
-    for rel in server.files():
-        if "partial" not in rel:
-            assert scenario.REMOTE_RE.match(rel), rel
+    # each clip in its folder of the card below its day; event clips sent, and proven, first:
+    # the server's clock shows every event clip there before any other
+    held = {rel: full for rel, full in server.files().items() if "partial" not in rel}
+    assert sorted(held) == sorted(scenario.server_name(c) for c in setup.clips)
+    arrived = {c.path: os.stat(held[scenario.server_name(c)]).st_ctime_ns for c in setup.clips}
+    assert max(t for p, t in arrived.items() if p.startswith("Event/")) < \
+        min(t for p, t in arrived.items() if not p.startswith("Event/")), arrived
     # the camera went back to recording (external power) and stayed there
     wait_for(lambda: guest.monitor_events(booted)[-1]["mode"] == "record", 60, "the camera back in record")
     events = guest.monitor_events(booted)
