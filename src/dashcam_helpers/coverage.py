@@ -158,18 +158,10 @@ def place(windows: Sequence[Window], now: Now) -> Tuple[List[Tuple[float, float]
 def name_time(name: str) -> Optional[float]:
     """The recording start in a camera's file name (2026_1129_053712_013F.MP4, the ingest's
     NAME_STAMP), as seconds since 1970 on the camera's clock; None when there is none or it is no time."""
-    import datetime  # only ever called by an ingest: no cost to the policy tick
+    from .ingest import EPOCH, name_stamp  # only ever called by an ingest: no cost to the policy tick
 
-    from .ingest import NAME_STAMP
-
-    m = NAME_STAMP.search(os.path.basename(name))
-    if m is None:
-        return None
-    try:
-        stamp = datetime.datetime(*(int(g) for g in m.groups()))
-    except ValueError:  # 2026_1340_...: digits, not a time
-        return None
-    return (stamp - datetime.datetime(1970, 1, 1)).total_seconds()
+    stamp = name_stamp(name)
+    return None if stamp is None else (stamp - EPOCH).total_seconds()
 
 
 def _median(values: List[float]) -> float:

@@ -211,16 +211,21 @@ def footage_files(
 EPOCH = datetime.datetime(1970, 1, 1)
 
 
-def name_date(name: str) -> Optional[datetime.date]:
-    """The recording date in a camera's file name (Novatek and the like), or None."""
+def name_stamp(name: str) -> Optional[datetime.datetime]:
+    """The recording time in a camera's file name (Novatek and the like), on the camera's clock, or None."""
     m = NAME_STAMP.search(os.path.basename(name))
     if m is None:
         return None
     try:
-        stamp = datetime.datetime(*(int(g) for g in m.groups()))
+        return datetime.datetime(*(int(g) for g in m.groups()))
     except ValueError:  # 2026_1340_...: digits, not a time
         return None
-    return stamp.date()
+
+
+def name_date(name: str) -> Optional[datetime.date]:
+    """The recording date in a camera's file name, or None."""
+    stamp = name_stamp(name)
+    return None if stamp is None else stamp.date()
 
 
 def clip_date(source_path: str, mtime_ns: int) -> datetime.date:
