@@ -350,3 +350,86 @@ def test_whatever_the_ledger_holds_for_the_budget_a_low_battery_still_shuts_down
         assert record["decision"]["shutdown"] and ("poweroff",) in actions.calls
         gate = budget.IngestGate(ledger.get_state, ledger.put_state, "dashcam", [(1, True)], "other", lambda: 0.0)
         assert gate.may_start(0)
+
+
+# --- hostile numbers: what the ledger holds is any JSON, integers of any size included ------------------
+
+HUGE = 10**400  # valid JSON, an int Python keeps exactly and no float can hold
+
+
+@pytest.mark.parametrize("card", [
+    {"camera": "dashcam", "bytes": HUGE, "event_bytes": HUGE // 10},
+    {"camera": "dashcam", "bytes": 1e308, "event_bytes": 1e307},
+])
+def test_a_card_left_beyond_any_float_is_no_estimate_and_never_stops_a_shutdown(make_config, card):
+    cfg = config.load(str(make_config()))
+    world, clock = FakeWorld(), FakeClock()
+    world.reading = FakeReading(percent=20, millivolts=3200, external=False)
+    actions = FakeActions(world)
+    with Ledger(cfg.paths.ledger) as ledger:
+        ledger.put_state(budget.CARD_KEY, card)
+        for _ in range(3):  # a shutdown needs readings low on consecutive ticks
+            record = tick(cfg, world, actions, ledger=ledger, clock=clock)
+            clock.advance()
+    assert record["decision"]["shutdown"] and ("poweroff",) in actions.calls
+
+
+def test_learned_rates_and_times_beyond_any_float_are_not_learned():
+    rates = {"cameras": {"dashcam": {"read_bps": HUGE, "bytes_per_minute": HUGE, "event_share": HUGE}},
+             "watts": HUGE, "upload_bps": HUGE}
+    run = {"result": "ok", "bytes": HUGE, "seconds": 1.0, "pending": 0}
+    out = budget.learn(rates, "dashcam", last_ingest=run, last_upload=run, recorded_seconds=1e308, watts=None,
+                       card={"scan": {"bytes": HUGE, "event_bytes": HUGE}})
+    e = budget.estimate(batt(60, 60, 60), BOOT, CFG, rates=out, camera="dashcam", watts=None, recorded_seconds=0,
+                        card=None, staged=(0, 0, 0), oldest_staged_wall=HUGE, recording_since_wall=None, wall=1e9)
+    assert (e.read_learned, e.upload_learned, e.oldest_unsent_seconds) == (False, False, None)
+    assert budget.verdict(e, CFG).ingest == "all"
+
+
+@pytest.mark.parametrize("state", [
+    {"upload_bytes": -5, "upload_rate": 1.0},  # a verdict never allows less than nothing
+    {"upload_bytes": 100, "upload_rate": -1e9},  # nor counts with a negative rate
+    {"upload_bytes": HUGE, "upload_rate": 1.0},
+    {"upload_bytes": 100, "upload_rate": HUGE},
+    {"upload_bytes": True, "upload_rate": 1.0},
+    {"upload_bytes": 100, "upload_rate": 1.0, "monotonic": HUGE},
+    {"upload_bytes": 100, "upload_rate": 1.0, "monotonic": float("nan")},
+    {"upload_bytes": [100], "upload_rate": "1"},
+])
+def test_an_allowance_that_cannot_be_read_is_no_limit_and_says_so(state, caplog):
+    state = {"boot_id": BOOT, "monotonic": 0.0, **state}
+    with caplog.at_level(logging.WARNING, logger="dashcam.budget"):
+        assert budget.allowance(state, "upload", BOOT, 10.0, log=logging.getLogger("dashcam.budget")) is None
+    assert "power budget" in caplog.text and "no limit" in caplog.text
+
+
+def test_an_ordinary_clip_is_never_sent_while_an_event_clip_that_fits_waits():
+    # the newest event clip alone is larger than the budget; the older one fits: it goes, and no ordinary clip
+    # spends the charge while an event clip waits
+    items = [(500 * MB, True), (100 * MB, True), (250 * MB, False)]
+    assert budget.upload_fit(items, 300 * MB) == [1]
+    # an event clip larger than the whole budget waits (for external power) and holds nothing else back
+    assert budget.upload_fit([(500 * MB, True), (100 * MB, False)], 300 * MB) == [1]
+
+
+def test_an_upload_goes_on_without_a_limit_when_the_budget_state_is_not_json(make_config, caplog):
+    from dashcam_helpers import upload
+
+    cfg = config.load(str(make_config()))
+    with Ledger(cfg.paths.ledger) as ledger:
+        ledger.record_staged("dashcam", "Event/c.MP4", 100 * MB, 1, event=True, sha256="1" * 64,
+                             staged_path="dashcam/2026-11-30/Event/c.MP4")
+        with ledger.transaction() as db:
+            db.execute("INSERT INTO state (key, value, updated_at) VALUES (?, ?, 0)", (budget.BUDGET_KEY, "{not json"))
+        items = upload.plan(ledger.files("staged"), cfg.paths.ready)
+        with caplog.at_level(logging.WARNING):
+            assert upload.Uploader(cfg, ledger).within_budget(items) == items
+    assert "power budget" in caplog.text
+
+
+def test_an_estimate_the_verdict_cannot_weigh_is_no_budget_and_a_low_battery_still_shuts_down(caplog):
+    broken = est().replace(read_bps=0.0, upload_bps=0.0)  # no estimate() makes it; decide() is the last guard
+    with caplog.at_level(logging.ERROR, logger="dashcam.policy"):
+        low = decide(batt(20, 20, 20), Facts(**{**HOME, "budget": broken}), CFG)
+    assert low.shutdown and low.verdict is None
+    assert "no power budget this tick" in caplog.text

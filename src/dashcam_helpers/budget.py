@@ -141,7 +141,14 @@ def span(seconds: float) -> str:
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value - value == 0
+    """A number a float holds (JSON's integers have no bound: 10**400 is none), not NaN nor infinite."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        value = float(value)
+    except OverflowError:
+        return False
+    return value - value == 0
 
 
 def _median(values: Sequence[float]) -> float:
@@ -464,14 +471,20 @@ def budget_state(verdict_: Verdict, est: Optional[Estimate], boot_id: str, monot
     }
 
 
-def allowance(state: Any, which: str, boot_id: str, now: float) -> Optional[float]:
+def allowance(state: Any, which: str, boot_id: str, now: float, log=None) -> Optional[float]:
     """Bytes ``which`` (ingest | upload) may still start now, from the policy's BUDGET_KEY state:
     what it allowed, less what the time since then has used (at the rate it counted with).
-    None (no limit) when there is no such state, it is of another boot, stale or unreadable."""
+    None (no limit) when there is no such state, it is of another boot, stale or unreadable
+    (said on ``log``: a budget this boot wrote that cannot be read is a fault to see)."""
     if not isinstance(state, dict) or state.get("boot_id") != boot_id:
         return None
     written, allowed, rate = state.get("monotonic"), state.get(f"{which}_bytes"), state.get(f"{which}_rate")
-    if not (_finite(written) and _finite(allowed) and _finite(rate)):
+    if allowed is None:  # no limit: external power, no estimate
+        return None
+    if not (_finite(written) and _finite(allowed) and _finite(rate) and allowed >= 0 and rate >= 0):
+        if log is not None:
+            log.warning("power budget: the policy's %s allowance cannot be read (%s bytes at %s bytes/s, written at"
+                        " %s): no limit", which, str(allowed)[:40], str(rate)[:40], str(written)[:40])
         return None
     age = now - written
     if not -5.0 <= age <= STALE_SECONDS:
@@ -489,20 +502,25 @@ def may_copy(clip_bytes: int, event: bool, remaining_bytes: int, allowed: Option
 
 def upload_fit(items: Sequence[Tuple[int, bool]], allowed: Optional[float]) -> List[int]:
     """At a round boundary of an upload: the indexes of ``items`` ((bytes, event), in upload order)
-    to send within ``allowed`` bytes: all when they fit (or no limit), else events first, each group
-    in its order, up to the first clip that does not fit. Whole clips only."""
+    to send within ``allowed`` bytes: all when they fit (or no limit), else every event clip that fits,
+    in their order (one too large for what is left waits, a smaller one after it still goes), then
+    ordinary clips in their order up to the first that does not fit: no ordinary clip takes the
+    charge an event clip could have had. Whole clips only."""
     if allowed is None or sum(n for n, _ in items) <= allowed:
         return list(range(len(items)))
     chosen: List[int] = []
     used = 0
-    for want_event in (True, False):
-        for i, (n, event) in enumerate(items):
-            if event != want_event:
-                continue
-            if used + n > allowed:
-                break
+    for i, (n, event) in enumerate(items):
+        if event and used + n <= allowed:
             chosen.append(i)
             used += n
+    for i, (n, event) in enumerate(items):
+        if event:
+            continue
+        if used + n > allowed:
+            break
+        chosen.append(i)
+        used += n
     return chosen
 
 
@@ -548,7 +566,7 @@ class IngestGate:
             state = self.get_state(BUDGET_KEY)
         except Exception:  # an unreadable budget is no budget: never a reason to stop
             state = None
-        allowed = allowance(state, "ingest", self.boot_id, self.clock())
+        allowed = allowance(state, "ingest", self.boot_id, self.clock(), self.log)
         ok = may_copy(nbytes, event, remaining, allowed)
         self.stopped = not ok
         if not ok and self.log is not None:
