@@ -281,32 +281,35 @@ def _problem_line(p: Dict[str, Any]) -> str:
 def render(facts: Dict[str, Dict[str, Any]]) -> str:
     lines = []
     for name, section in facts.items():
-        if name == "ledger":
-            if section.get("damaged") or "error" in section:  # a healthy ledger needs no line
-                lines.append(f"LEDGER DAMAGED: {section.get('message') or section.get('error')}")
-        elif name == "battery":
-            lines.append(_battery_line(section))
-        elif name == "camera":
-            lines.append(_camera_line(section))
-        elif name == "staging":
-            lines.append(_staging_line(section))
-        elif name == "server":
-            lines.append(_server_line(section))
-        elif name == "last_ingest":
-            lines.append(_last_line("ingest", section))
-        elif name == "last_upload":
-            lines.append(_last_line("upload", section))
-        elif name == "back_to_record":
-            lines.append(_returns_line(section))
-        elif name == "budget":
-            lines.append(_budget_line(section))
-        elif name == "footage":
-            lines.append(_footage_line(section))
-        elif name == "problem":
-            lines.append(_problem_line(section))
-        else:
-            body = ", ".join(f"{k} {v}" for k, v in section.items())
-            lines.append(f"{name + ':':<9} {body}")
+        try:
+            if name == "ledger":
+                if section.get("damaged") or "error" in section:  # a healthy ledger needs no line
+                    lines.append(f"LEDGER DAMAGED: {section.get('message') or section.get('error')}")
+            elif name == "battery":
+                lines.append(_battery_line(section))
+            elif name == "camera":
+                lines.append(_camera_line(section))
+            elif name == "staging":
+                lines.append(_staging_line(section))
+            elif name == "server":
+                lines.append(_server_line(section))
+            elif name == "last_ingest":
+                lines.append(_last_line("ingest", section))
+            elif name == "last_upload":
+                lines.append(_last_line("upload", section))
+            elif name == "back_to_record":
+                lines.append(_returns_line(section))
+            elif name == "budget":
+                lines.append(_budget_line(section))
+            elif name == "footage":
+                lines.append(_footage_line(section))
+            elif name == "problem":
+                lines.append(_problem_line(section))
+            else:
+                body = ", ".join(f"{k} {v}" for k, v in section.items())
+                lines.append(f"{name + ':':<9} {body}")
+        except Exception as e:  # noqa: B902 - a section of any shape (the ledger is input): one line, the rest shows
+            lines.append(f"{name + ':':<9} unreadable ({type(e).__name__}: {str(e)[:80]})")
     from .log import printable  # names from the card (in reasons, sources) are any bytes: escaped
 
     return "\n".join(printable(line) for line in lines)
