@@ -479,3 +479,40 @@ def test_footage_waiting_on_the_camera_is_the_recording_since_the_last_check_at_
         tick_windows(ledger, [(60, 80)])
         seconds, size = coverage.on_camera(ledger)
     assert seconds == 20 * MIN and size == int(20 * rate)
+
+
+# --- the coverage state as stored is any JSON: a bad value is as good as none ----------------------------
+
+HOSTILE_STATES = [
+    '{"offset": NaN}', '{"offset": Infinity}', '{"offset": 1' + "0" * 400 + '}', '{"offset": "3600"}',
+    '{"offset": true}', '{"bytes_per_minute": NaN}', '{"bytes_per_minute": Infinity}', '{"bytes_per_minute": -5}',
+    '{"bytes_per_minute": true}', '{"bytes_per_minute": 1' + "0" * 400 + '}', '{"judged_id": true}',
+    '{"judged_id": -1}', '{"judged_id": 1' + "0" * 400 + '}', '{"fs_uuid": ["x"], "card": "x", "last": 5}', '[1, 2]',
+]
+
+
+def put_raw_state(ledger, key, text):
+    with ledger.transaction() as db:
+        db.execute("INSERT INTO state (key, value, updated_at) VALUES (?, ?, 0)"
+                   " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, text))
+
+
+@pytest.mark.parametrize("stored", HOSTILE_STATES)
+def test_a_coverage_state_of_any_shape_judges_as_if_there_were_none(tmp_path, cfg, stored):
+    card = tmp_path / "card"
+    files = put_card(card, card_files((60, 90), (120, 150)))
+    with Ledger(cfg.paths.ledger) as ledger:
+        tick_windows(ledger, [(0, 30), (60, 90), (120, 150)])
+        put_raw_state(ledger, coverage.STATE_KEY, stored)
+        out = coverage.check_card(cfg, ledger, str(card), files, [], coverage.Card("67EF-9CED"), now())
+        assert out["lost_seconds"] == 29 * MIN
+        state = ledger.get_state(coverage.STATE_KEY)
+        rate = state["bytes_per_minute"]
+        assert rate == pytest.approx(sum(s for _, s, _ in files) / 60, rel=0.05)
+        assert isinstance(state["offset"], float) and abs(state["offset"] - CAM) < 120
+        tick_windows(ledger, [(200, 220)])
+        put_raw_state(ledger, coverage.STATE_KEY, stored)  # and what reads it between ingests
+        seconds, size = coverage.on_camera(ledger)
+        facts = coverage.facts(ledger, cfg, T0 + 300 * MIN)
+    assert size is None or size >= 0
+    assert status.render(facts).count("\n") == 1 and mqtt.state_document(facts, now=T0)["problem"] == "ON"
