@@ -405,8 +405,10 @@ def verdict(est: Optional[Estimate], cfg) -> Verdict:
             out.update(upload="events", upload_why=f"events first: ~{size(events)} of events fit in {left},"
                                                    f" ~{size(allowed - events)} of {size(normal)} of normal clips after them")
         elif est.staged_files and allowed >= est.staged_bytes / est.staged_files:
+            first = (f"~{size(events)} of events do not all fit: the event clips that fit first, the others wait for"
+                     " external power or the next arrival") if events else "events first"
             out.update(upload="some", upload_why=f"~{size(allowed)} of {size(est.staged_bytes)} staged fit in {left},"
-                                                 " events first")
+                                                 f" {first}")
         else:
             out.update(upload="none", upload_why=f"nothing more fits in {left} ({b.margin_percent} % kept in reserve)")
     if out.get("ingest") == "all" and out.get("upload") == "all" and est.runtime_shutdown is not None \

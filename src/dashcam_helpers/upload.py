@@ -925,9 +925,10 @@ class Uploader:
         keep = budget.upload_fit([(i.size, i.clip.event) for i in items], allowed)
         if len(keep) < len(items):
             left = [i for n, i in enumerate(items) if n not in set(keep)]
-            log.info("power budget on battery: ~%s can be sent in the runtime left; %d clip(s), %s, wait for"
-                     " external power or the next arrival", budget.size(allowed or 0), len(left),
-                     budget.size(sum(i.size for i in left)))
+            events = [i for i in left if i.clip.event]
+            log.info("power budget on battery: ~%s can be sent in the runtime left; %d clip(s), %s (%d event clip(s),"
+                     " %s), wait for external power or the next arrival", budget.size(allowed or 0), len(left),
+                     budget.size(sum(i.size for i in left)), len(events), budget.size(sum(i.size for i in events)))
         return [items[n] for n in keep]
 
     def backlog(self, skip: Set[int]) -> List[Clip]:
