@@ -150,7 +150,8 @@ def test_the_ups_output_is_read_from_both_sources_fixtures():
 def test_footage_on_the_camera_is_what_the_last_ingest_left_plus_minutes_recorded_times_bytes_per_minute():
     card = {"camera": "dashcam", "bytes": 500 * MB, "event_bytes": 100 * MB}
     e = budget.estimate(H, BOOT, CFG, rates={}, camera="dashcam", watts=None, recorded_seconds=10 * MIN, card=card,
-                        staged=(3, 300 * MB, 0), oldest_staged_wall=1000.0, recording_since_wall=5000.0, wall=9000.0)
+                        staged=(3, 300 * MB, 0), oldest_staged_wall=1.7644e9 + 1000,
+                        recording_since_wall=1.7644e9 + 5000, wall=1.7644e9 + 9000)
     assert e.card_bytes == 500 * MB + 10 * 100 * MB and e.card_event_bytes == 100 * MB + 100 * MB  # 10 %
     assert e.waiting_bytes == e.card_bytes + 300 * MB and not e.card_exact
     assert e.oldest_unsent_seconds == 8000.0
@@ -438,3 +439,18 @@ def test_an_estimate_the_verdict_cannot_weigh_is_no_budget_and_a_low_battery_sti
         low = decide(batt(20, 20, 20), Facts(**{**HOME, "budget": broken}), CFG)
     assert low.shutdown and low.verdict is None
     assert "no power budget this tick" in caplog.text
+
+
+@pytest.mark.parametrize("staged_wall,wall", [
+    (100.0, 1.7644e9),  # staged while the clock read 1970 (no RTC, before NTP); now set
+    (1.7644e9, 100.0),  # staged in 2026; this boot's clock not set yet
+])
+def test_the_age_of_the_oldest_footage_is_unknown_across_a_clock_that_was_not_set(staged_wall, wall):
+    e = budget.estimate(batt(60, 60, 60), BOOT, CFG, rates={}, camera="dashcam", watts=None, recorded_seconds=0,
+                        card=None, staged=(1, MB, 0), oldest_staged_wall=staged_wall, recording_since_wall=None,
+                        wall=wall)
+    assert e.oldest_unsent_seconds is None
+    set_clock = budget.estimate(batt(60, 60, 60), BOOT, CFG, rates={}, camera="dashcam", watts=None,
+                                recorded_seconds=0, card=None, staged=(1, MB, 0), oldest_staged_wall=1.7644e9 - 3600,
+                                recording_since_wall=None, wall=1.7644e9)
+    assert set_clock.oldest_unsent_seconds == 3600

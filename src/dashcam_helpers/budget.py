@@ -67,6 +67,7 @@ LEARN_MIN_MINUTES = 10.0
 PLAUSIBLE_BPS = (50e3, 1e9)
 PLAUSIBLE_PER_MINUTE = (1e6, 2e9)
 PLAUSIBLE_WATTS = (0.2, 50.0)
+PLAUSIBLE_WALL = 1577836800.0  # 2020-01-01: a wall clock before this was never set (coverage.PLAUSIBLE_WALL)
 
 
 class Estimate(Record):
@@ -336,8 +337,9 @@ def estimate(history: Sequence[Any], boot_id: str, cfg, *, rates: Any, camera: s
     exact = exact and recorded == 0
 
     files, staged_bytes, staged_events = staged
+    # ages on the wall clock: only between two readings of a clock that was set (no RTC: 1970 before NTP)
     ages = [wall - w for w in (oldest_staged_wall, recording_since_wall if recorded_seconds > 0 else None)
-            if _finite(w)]
+            if _finite(w) and w >= PLAUSIBLE_WALL] if _finite(wall) and wall >= PLAUSIBLE_WALL else []
     return Estimate(
         on_battery=on_battery,
         percent=percent,
