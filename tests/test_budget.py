@@ -454,3 +454,19 @@ def test_the_age_of_the_oldest_footage_is_unknown_across_a_clock_that_was_not_se
                                 recorded_seconds=0, card=None, staged=(1, MB, 0), oldest_staged_wall=1.7644e9 - 3600,
                                 recording_since_wall=None, wall=1.7644e9)
     assert set_clock.oldest_unsent_seconds == 3600
+
+
+@pytest.mark.parametrize("raw,watts", [
+    ({"output_voltage": -4.98, "output_current": -0.86}, None),  # two wrong signs make no draw
+    ({"output_voltage": 4.98, "output_current": -0.86}, None),
+    ({"output_power": -4.29, "output_voltage": 5.0, "output_current": 0.8}, 4.0),  # one bad field, the others read
+    ({"output_power": float("nan"), "VOUT": 5000, "IOUT": 800}, 4.0),
+    ({"output_power": True}, None),
+    ({"VOUT": 10**400, "IOUT": 1}, None),
+    ({"VOUT": 5000, "IOUT": 10**30}, None),
+    ({"VOUT": -1, "IOUT": -2}, None),  # lifepo4wered-cli: not read
+    ({"output_power": 4.29}, 4.29),
+    ({}, None), ([], None), ("5 W", None),
+])
+def test_the_ups_output_of_any_shape_is_a_plausible_draw_or_unknown(raw, watts):
+    assert budget.load_watts(raw) == (pytest.approx(watts) if watts is not None else None)

@@ -159,19 +159,23 @@ def _median(values: Sequence[float]) -> float:
 
 def load_watts(raw: Any) -> Optional[float]:
     """The UPS's output power from a reading's raw values, or None: battery-info.sh's output_power
-    (W) or output_voltage x output_current (V, A); lifepo4wered-cli's VOUT x IOUT (mV, mA)."""
+    (W) or output_voltage x output_current (V, A); lifepo4wered-cli's VOUT x IOUT (mV, mA). The
+    first of them that is a plausible draw; a negative factor is no reading (-1 / -2: not read)."""
     if not isinstance(raw, dict):
         return None
-    watts = None
-    if _finite(raw.get("output_power")):
-        watts = float(raw["output_power"])
-    elif _finite(raw.get("output_voltage")) and _finite(raw.get("output_current")):
-        watts = float(raw["output_voltage"]) * float(raw["output_current"])
-    elif _finite(raw.get("VOUT")) and _finite(raw.get("IOUT")) and raw["VOUT"] >= 0 and raw["IOUT"] >= 0:
-        watts = float(raw["VOUT"]) * float(raw["IOUT"]) / 1e6  # -1 / -2: not read
-    if watts is None or not PLAUSIBLE_WATTS[0] <= watts <= PLAUSIBLE_WATTS[1]:
+
+    def product(volts: str, amps: str, scale: float) -> Optional[float]:
+        v, a = raw.get(volts), raw.get(amps)
+        if _finite(v) and _finite(a) and v >= 0 and a >= 0:
+            return float(v) * float(a) / scale
         return None
-    return watts
+
+    power = raw.get("output_power")
+    for watts in (float(power) if _finite(power) else None, product("output_voltage", "output_current", 1.0),
+                  product("VOUT", "IOUT", 1e6)):
+        if watts is not None and PLAUSIBLE_WATTS[0] <= watts <= PLAUSIBLE_WATTS[1]:
+            return watts
+    return None
 
 
 def _battery_streak(history: Sequence[Any], boot_id: str) -> List[Any]:
