@@ -516,3 +516,39 @@ def test_a_coverage_state_of_any_shape_judges_as_if_there_were_none(tmp_path, cf
         facts = coverage.facts(ledger, cfg, T0 + 300 * MIN)
     assert size is None or size >= 0
     assert status.render(facts).count("\n") == 1 and mqtt.state_document(facts, now=T0)["problem"] == "ON"
+
+
+ODD = ["Event/a\nb.MP4", "Event/c\rd.MP4", "Normal/back\\slash.MP4", "Normal/{name}/{folder}.MP4", "Normal/-rf/--x.MP4",
+       "Normal/" + "n" * 251 + ".MP4", os.fsdecode(b"Normal/\xff\xfe.MP4"), "Normal/2026_1129_060000_0001F.MP4"]
+
+
+def test_odd_names_on_the_card_are_checked_flagged_and_shown_on_one_line_each(tmp_path, make_config, caplog):
+    from dashcam_helpers import ingest
+
+    cfg = config.load(str(make_config({"ingest": {"reserve_bytes": 0, "reserve_percent": 0}})))
+    card = tmp_path / "card"
+    for rel in ODD:  # each one zero bytes or cut short: a damaged clip of an odd name
+        path = Path(os.fsencode(str(card / rel)).decode("utf-8", "surrogateescape"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"" if "\\" in rel or "{" in rel else FTYP + MDAT[:100])
+    result = ingest.ingest_source(cfg, str(card), card=coverage.Card("67EF-9CED"))
+    assert result.damaged == len(ODD) - 1  # the name that is not UTF-8 is refused, not checked
+    assert "checking the card" not in caplog.text  # the check itself did not fail
+    with Ledger(cfg.paths.ledger) as ledger:
+        flagged = {r["source_path"] for r in ledger.damaged_since(0, True)}
+        facts = coverage.facts(ledger, cfg)
+    assert flagged == set(ODD) - {ODD[6]}
+    text = status.render(facts)
+    assert text.count("\n") == 1 and "7 damaged clips" in text
+
+
+def test_the_moov_parser_never_reads_through_a_link_on_the_card(tmp_path):
+    card = tmp_path / "card"
+    (card / "Normal").mkdir(parents=True)
+    secret = tmp_path / "secret.MP4"
+    secret.write_bytes(FTYP + MDAT[:100])  # would be "cut short" if it were read
+    (card / "Normal/link.MP4").symlink_to(secret)
+    assert coverage.clip_damage(str(card), "Normal/link.MP4", 500) is None
+    assert coverage.clip_damage(str(card), "Normal/gone.MP4", 500) is None  # vanished since the scan
+    os.mkfifo(card / "Normal/fifo.MP4")  # a file swapped for a FIFO since the scan: no hang
+    assert coverage.clip_damage(str(card), "Normal/fifo.MP4", 500) is None  # not a clip this can judge
