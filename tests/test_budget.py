@@ -470,3 +470,37 @@ def test_the_age_of_the_oldest_footage_is_unknown_across_a_clock_that_was_not_se
 ])
 def test_the_ups_output_of_any_shape_is_a_plausible_draw_or_unknown(raw, watts):
     assert budget.load_watts(raw) == (pytest.approx(watts) if watts is not None else None)
+
+
+def test_an_event_clip_too_large_for_the_budget_is_passed_over_and_the_next_event_clips_still_copied():
+    clips = [(500 * MB, True), (100 * MB, True), (100 * MB, True)] + [(100 * MB, False)] * 20
+    stored = {}
+    state = {"boot_id": BOOT, "monotonic": 0.0, "ingest_bytes": 300 * MB, "ingest_rate": 0.0}
+    gate = budget.IngestGate(lambda k: state, stored.__setitem__, "dashcam", clips, BOOT, lambda: 0.0)
+    started = [i for i in range(len(clips)) if gate.may_start(i)]
+    assert started == [1, 2] and gate.waiting == [0] and gate.stopped
+    # on the card: the large event clip and the ordinary clips
+    assert (stored[budget.CARD_KEY]["bytes"], stored[budget.CARD_KEY]["event_bytes"]) == (2500 * MB, 500 * MB)
+
+
+def test_the_ingest_passes_over_an_event_clip_too_large_for_the_budget_and_copies_the_other_events(make_config,
+                                                                                                  tmp_path):
+    cfg = config.load(str(make_config({"ingest": {"reserve_bytes": 0, "reserve_percent": 0}})))
+    card = tmp_path / "card"
+    sizes = {"Event/Front/2026_1130_120009_009F.MP4": 400_000}  # the newest: copied first, were it to fit
+    sizes.update({f"Event/Front/2026_1130_12000{n}_00{n}F.MP4": 100_000 for n in range(3)})
+    sizes.update({f"Normal/Front/2026_1130_12000{n}_00{n}F.MP4": 100_000 for n in range(3)})
+    for n, (rel, size_) in enumerate(sorted(sizes.items())):
+        path = card / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(random.Random(rel).randbytes(size_))
+        os.utime(path, (1.7644e9 + int(rel[-8:-5]), 1.7644e9 + int(rel[-8:-5])))
+    with Ledger(cfg.paths.ledger) as ledger:
+        ledger.put_state(budget.BUDGET_KEY, {"boot_id": SystemClock().boot_id(), "monotonic": time.monotonic(),
+                                             "ingest_bytes": 250_000, "ingest_rate": 1.0})
+    result = ingest.ingest_source(cfg, str(card))
+    with Ledger(cfg.paths.ledger) as ledger:
+        staged = sorted(c.source_path for c in ledger.files("staged"))
+        left = ledger.get_state(budget.CARD_KEY)
+    assert staged == sorted(f"Event/Front/2026_1130_12000{n}_00{n}F.MP4" for n in range(3))
+    assert result.pending == 4 and (left["bytes"], left["event_bytes"], left["files"]) == (700_000, 400_000, 4)

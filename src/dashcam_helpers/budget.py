@@ -544,6 +544,7 @@ class IngestGate:
         self.clips = list(clips)
         self.boot_id, self.clock, self.log = boot_id, clock, log
         self.stopped = False  # once the budget has said stop, this run starts no other clip
+        self.waiting: List[int] = []  # event clips too large for the runtime left: passed over, on the card
         total = sum(n for n, _ in self.clips)
         events = sum(n for n, e in self.clips if e)
         self.scan = {"bytes": total, "event_bytes": events, "files": len(self.clips)}
@@ -554,7 +555,7 @@ class IngestGate:
         self._left(0)
 
     def _left(self, start: int) -> None:
-        rest = self.clips[start:]
+        rest = [self.clips[i] for i in self.waiting] + self.clips[start:]
         try:
             self.put_state(CARD_KEY, {"camera": self.camera, "bytes": sum(n for n, _ in rest),
                                       "event_bytes": sum(n for n, e in rest if e), "files": len(rest),
@@ -564,7 +565,9 @@ class IngestGate:
                 self.log.debug("cannot record what is left on the card: %s", e)
 
     def may_start(self, index: int) -> bool:
-        """Clip ``index`` (of ``clips``) is next: may it start? Records what is left either way."""
+        """Clip ``index`` (of ``clips``) is next: may it start? Records what is left either way. An
+        event clip too large for the runtime left is passed over (``waiting``: the ingest goes on
+        with the next, a smaller event clip may fit); any other refusal stops this run (``stopped``)."""
         if self.stopped:
             return False
         self._left(index)
@@ -576,6 +579,13 @@ class IngestGate:
             state = None
         allowed = allowance(state, "ingest", self.boot_id, self.clock(), self.log)
         ok = may_copy(nbytes, event, remaining, allowed)
+        if not ok and event:
+            self.waiting.append(index)
+            if self.log is not None:
+                self.log.warning("budget on battery: an event clip (%s) does not fit in the ~%s that can be copied in"
+                                 " the runtime left: it stays on the card for external power or the next arrival,"
+                                 " the next clips are tried", size(nbytes), size(allowed or 0))
+            return False
         self.stopped = not ok
         if not ok and self.log is not None:
             events_left = sum(n for n, e in self.clips[index:] if e)
