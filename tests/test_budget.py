@@ -504,3 +504,12 @@ def test_the_ingest_passes_over_an_event_clip_too_large_for_the_budget_and_copie
         left = ledger.get_state(budget.CARD_KEY)
     assert staged == sorted(f"Event/Front/2026_1130_12000{n}_00{n}F.MP4" for n in range(3))
     assert result.pending == 4 and (left["bytes"], left["event_bytes"], left["files"]) == (700_000, 400_000, 4)
+
+
+def test_an_unreadable_budget_is_said_once_per_ingest_and_every_clip_still_starts(caplog):
+    state = {"boot_id": BOOT, "monotonic": 0.0, "ingest_bytes": -1, "ingest_rate": 1.0}
+    gate = budget.IngestGate(lambda k: state, lambda k, v: None, "dashcam", [(MB, False)] * 50, BOOT, lambda: 0.0,
+                             logging.getLogger("dashcam.ingest"))
+    with caplog.at_level(logging.WARNING):
+        assert all(gate.may_start(i) for i in range(50))
+    assert caplog.text.count("cannot be read") == 1

@@ -545,6 +545,7 @@ class IngestGate:
         self.boot_id, self.clock, self.log = boot_id, clock, log
         self.stopped = False  # once the budget has said stop, this run starts no other clip
         self.waiting: List[int] = []  # event clips too large for the runtime left: passed over, on the card
+        self.told = False  # an unreadable budget is said once a run, not before every clip
         total = sum(n for n, _ in self.clips)
         events = sum(n for n, e in self.clips if e)
         self.scan = {"bytes": total, "event_bytes": events, "files": len(self.clips)}
@@ -577,7 +578,8 @@ class IngestGate:
             state = self.get_state(BUDGET_KEY)
         except Exception:  # an unreadable budget is no budget: never a reason to stop
             state = None
-        allowed = allowance(state, "ingest", self.boot_id, self.clock(), self.log)
+        allowed = allowance(state, "ingest", self.boot_id, self.clock(), None if self.told else self.log)
+        self.told = self.told or (allowed is None and isinstance(state, dict) and state.get("boot_id") == self.boot_id)
         ok = may_copy(nbytes, event, remaining, allowed)
         if not ok and event:
             self.waiting.append(index)
