@@ -513,3 +513,25 @@ def test_an_unreadable_budget_is_said_once_per_ingest_and_every_clip_still_start
     with caplog.at_level(logging.WARNING):
         assert all(gate.may_start(i) for i in range(50))
     assert caplog.text.count("cannot be read") == 1
+
+
+def test_a_budget_state_that_is_not_json_costs_that_state_not_the_ledger(make_config, tmp_path, caplog):
+    from dashcam_helpers.ledger import TickLedger
+
+    cfg = config.load(str(make_config()))
+    world, clock = FakeWorld(), FakeClock()
+    world.reading = FakeReading(percent=20, millivolts=3200, external=False)
+    actions = FakeActions(world)
+    with Ledger(cfg.paths.ledger) as ledger:
+        with ledger.transaction() as db:
+            for key in (budget.RATES_KEY, budget.CARD_KEY, budget.BUDGET_KEY):
+                db.execute("INSERT INTO state (key, value, updated_at) VALUES (?, ?, 0)", (key, "{not json"))
+    for _ in range(3):
+        with TickLedger(cfg.paths.ledger, [str(tmp_path / "fallback")], clock.boot) as ledger:
+            record = tick(cfg, world, actions, ledger=ledger, clock=clock)
+            assert ledger.problem is None  # the readings and the state still go to the database
+        clock.advance()
+    assert record["decision"]["shutdown"] and ("poweroff",) in actions.calls
+    assert "is not JSON" in caplog.text
+    with Ledger(cfg.paths.ledger) as ledger:
+        assert isinstance(ledger.get_state(budget.RATES_KEY), dict)  # written anew by the tick
