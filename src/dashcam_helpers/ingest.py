@@ -835,6 +835,7 @@ def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner, 
     finisher.start()
     remaining = len(todo)
     skipped = 0  # too big for the space left: on the card for later
+    waiting = 0  # event clips too large for the power budget: on the card for later, the next ones tried
     try:
         for seq, clip in enumerate(todo):
             if should_stop():
@@ -843,7 +844,10 @@ def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner, 
             if finisher.error is not None:
                 break
             if gate is not None and not gate.may_start(seq):  # on battery: the rest waits (events first)
-                break
+                if gate.stopped:
+                    break
+                waiting += 1  # one event clip too large: the next may fit
+                continue
             free, size_fs = free_space(cfg.paths.local_staging)
             keep = reserve_bytes(cfg, size_fs)
             # bytes already written but still in the finisher are counted by statvfs already
@@ -895,7 +899,7 @@ def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner, 
             except queue.Full:
                 continue
         finisher.join()
-    if gate is not None and remaining == 0:
+    if gate is not None and remaining == waiting:
         gate.finished()
     if isinstance(finisher.error, Interrupted):
         result.interrupted = True

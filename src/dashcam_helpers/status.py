@@ -296,14 +296,17 @@ LINES: Dict[str, Callable[[Dict[str, Any]], str]] = {
 def render(facts: Dict[str, Dict[str, Any]]) -> str:
     lines = []
     for name, section in facts.items():
-        if name == "ledger":
-            if section.get("damaged") or "error" in section:  # a healthy ledger needs no line
-                lines.append(f"LEDGER DAMAGED: {section.get('message') or section.get('error')}")
-        elif name in LINES:
-            lines.append(LINES[name](section))
-        else:
-            body = ", ".join(f"{k} {v}" for k, v in section.items())
-            lines.append(f"{name + ':':<9} {body}")
+        try:
+            if name == "ledger":
+                if section.get("damaged") or "error" in section:  # a healthy ledger needs no line
+                    lines.append(f"LEDGER DAMAGED: {section.get('message') or section.get('error')}")
+            elif name in LINES:
+                lines.append(LINES[name](section))
+            else:
+                body = ", ".join(f"{k} {v}" for k, v in section.items())
+                lines.append(f"{name + ':':<9} {body}")
+        except Exception as e:  # noqa: B902 - a section of any shape (the ledger is input): one line, the rest shows
+            lines.append(f"{name + ':':<9} unreadable ({type(e).__name__}: {str(e)[:80]})")
     from .log import printable  # names from the card (in reasons, sources) are any bytes: escaped
 
     return "\n".join(printable(line) for line in lines)
