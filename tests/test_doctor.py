@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from conftest import FIXTURES
 from dashcam_helpers import config, doctor, runner
@@ -363,6 +364,33 @@ def test_camera_absent_is_ok_and_another_usb_volume_warns_showing_it(load, tmp_p
     assert check.status == WARN and "SanDisk_123" in check.found and "mmcblk0" not in check.found
 
 
+def port(flags, device=None):
+    from dashcam_helpers.camera import PortStatus
+
+    return PortStatus(1, "0000", tuple(flags), device)
+
+
+@pytest.mark.parametrize("flags,device,status,says", [
+    (("power", "enable", "connect"), "[0603:8612 NOVATEKN vt-DSC 96680-00000-001]", OK, "camera on hub 1-1 port 1 [0603:8612"),
+    (("power", "connect"), None, OK, "recording"),
+    (("power",), None, FAIL, "nothing on hub 1-1 port 1"),
+    ((), None, OK, "is off"),
+])
+def test_camera_not_attached_is_told_by_what_is_on_its_port(load, tmp_path, flags, device, status, says):
+    m = Machine(root=pi_root(tmp_path, filesystems="\tvfat\n"), udev_context=FakeUdev([]))
+    check = only(doctor.check_camera(load(), m, port(flags, device)), "camera")
+    assert check.status == status and says in check.found, check
+    if status == FAIL:
+        assert "camera.hub_location" in check.fix and "camera.port_number" in check.fix
+
+
+def test_the_usb_check_hands_the_camera_port_to_the_camera_check(load, fake_hw, tmp_path):
+    fake_hw.usb_device("1-1")
+    seen = {}
+    doctor.check_usb(load(), Machine(root=pi_root(tmp_path)), seen)
+    assert seen["port"].number == 1 and seen["port"].powered
+
+
 # ---------------------------------------------------------------------------- staging and ledger
 
 
@@ -613,6 +641,18 @@ def test_server_not_answering_warns_and_stops_there(load):
 
     checks = doctor.check_server(load({"upload": {"port": free_port()}}))
     assert [c.status for c in checks] == [WARN]
+
+
+def test_the_shipped_example_host_not_answering_fails_naming_the_keys_to_set(load):
+    from sshd import free_port
+
+    cfg = load({"upload": {"host": "127.0.0.1", "port": free_port()}})
+    [check] = doctor.check_server(cfg, shipped_host="127.0.0.1")
+    assert check.status == FAIL and "shipped example" in check.found
+    assert "upload.host" in check.fix and "upload.user" in check.fix and "upload.dest_path" in check.fix
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc", "dashcam", "config.yaml")) as f:
+        shipped = yaml.safe_load(f)
+    assert shipped["upload"]["host"] == doctor.SHIPPED_UPLOAD_HOST
 
 
 # ---------------------------------------------------------------------------- MQTT

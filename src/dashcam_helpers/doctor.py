@@ -50,6 +50,8 @@ POLICY_TIMER = "dashcam-policy.timer"
 UPLOAD_PATH = "dashcam-upload.path"
 BOOT_SERVICE = "dashcam-boot.service"
 DASHCAM_USER = "dashcam"
+# upload.host as the package ships it (etc/dashcam/config.yaml): a placeholder until the user sets it
+SHIPPED_UPLOAD_HOST = "homeserver.lan"
 RESTRICT_PROBE = ".dashcam-doctor-probe"  # a folder the --delete probe names: it deletes nothing anyway
 
 # LiFePO4wered AUTO_BOOT register values (lifepo4wered-data.h)
@@ -393,7 +395,9 @@ def mode_off_reach(model: Optional[str]) -> str:
     return f"{model}: `mode off` switches only the camera's port"
 
 
-def check_usb(cfg, m: Machine) -> List[Check]:
+def check_usb(cfg, m: Machine, seen: Optional[Dict[str, Any]] = None) -> List[Check]:
+    """The hub, its port and the kernel's switches; the camera's port status goes into ``seen["port"]``
+    (for the camera check: is anything plugged into it)."""
     from . import camera
 
     cam = cfg.camera
@@ -419,6 +423,8 @@ def check_usb(cfg, m: Machine) -> List[Check]:
         checks.append(fail("usb hub", f"hub {cam.hub_location} has no port {cam.port_number}",
                            "run `sudo uhubctl`, then set camera.port_number"))
         return checks
+    if seen is not None:
+        seen["port"] = port
     power = "powered" if port.powered else "off"
     where = f"hub {cam.hub_location} [{hub.description}] port {cam.port_number} {power}"
     if "ppps" in hub.description:
@@ -475,7 +481,24 @@ def kernel_filesystems(m: Machine) -> Tuple[str, ...]:
     return tuple(fs for fs in ("vfat", "exfat") if fs in found)
 
 
-def check_camera(cfg, m: Machine) -> List[Check]:
+def camera_port(cfg, port) -> Check:
+    """No camera volume now: what the hub says is on the camera's port (uhubctl's `connect` flag and
+    the device it names). Recording, the camera is on the bus with its data off, so no volume shows;
+    nothing on a powered port means it is unplugged."""
+    cam = cfg.camera
+    where = f"hub {cam.hub_location} port {cam.port_number}"
+    if not port.powered:
+        return ok("camera", f"{where} is off (`mode off`, or the policy on a low battery): the camera has no power now")
+    if "connect" in port.flags:
+        on = f" {port.device}" if port.device else ""
+        return ok("camera", f"camera on {where}{on}, recording: its storage is attached only while footage is fetched")
+    return fail("camera", f"nothing on {where}: the camera is unplugged, or on another port",
+                f"plug the camera into {where}, or run `sudo uhubctl` and set camera.hub_location and camera.port_number")
+
+
+def check_camera(cfg, m: Machine, port=None) -> List[Check]:
+    """The kernel's filesystems, then the camera: a USB volume that matches; else what is on its port
+    (``port``: its uhubctl status from the USB check, None when unknown)."""
     from . import device
 
     checks = []
@@ -512,6 +535,8 @@ def check_camera(cfg, m: Machine) -> List[Check]:
     if others:
         checks.append(warn("camera", f"no USB volume matches {wanted}; present: {others}",
                            "set camera.match_serial (or another camera.match_* key) to the camera's"))
+    elif port is not None:
+        checks.append(camera_port(cfg, port))
     else:
         checks.append(ok("camera", f"not attached now (normal while it records: data is off); looking for {wanted}"))
     return checks
@@ -628,7 +653,7 @@ def pinned_keys(cfg) -> Optional[List[Tuple[str, str]]]:
     return out
 
 
-def check_server(cfg) -> List[Check]:
+def check_server(cfg, shipped_host: str = SHIPPED_UPLOAD_HOST) -> List[Check]:
     from . import server, ssh
     from .errors import DashcamError
 
@@ -636,6 +661,10 @@ def check_server(cfg) -> List[Check]:
     up = cfg.upload
     where = f"{up.host}:{up.port}"
     if not server.reachable(quick, SERVER_TIMEOUT):
+        if up.host == shipped_host:
+            return [fail("server", f"upload.host is still the shipped example {up.host!r}, and {where} does not answer",
+                         f"sudoedit {cfg.path}: set upload.host, upload.user and upload.dest_path to your server's "
+                         "(README: Setting up the home server)")]
         return [warn("server", f"{where} does not answer (normal away from home)",
                      "at home: check upload.host and upload.port, and that the server is on")]
     checks = [ok("server", f"{where} answers")]
@@ -914,8 +943,9 @@ def run_checks(config_path: Optional[str], m: Machine, monotonic: Optional[Calla
         guarded("battery", battery_checks)
         if cfg.battery.source == "lifepo4wered" and reading and reading[0].raw:
             guarded("ups", lambda: check_ups_settings(cfg, dict(reading[0].raw)))
-        guarded("usb", lambda: check_usb(cfg, m))
-        guarded("camera", lambda: check_camera(cfg, m))
+        seen: Dict[str, Any] = {}
+        guarded("usb", lambda: check_usb(cfg, m, seen))
+        guarded("camera", lambda: check_camera(cfg, m, seen.get("port")))
         guarded("staging", lambda: check_staging(cfg, m))
     guarded("clock", lambda: check_clock(m))
     if cfg is not None:
