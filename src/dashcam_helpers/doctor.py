@@ -441,7 +441,8 @@ def check_usb(cfg, m: Machine, seen: Optional[Dict[str, Any]] = None) -> List[Ch
     path = camera.authorized_path(cfg)
     if not os.path.exists(path):
         checks.append(fail("usb data switch", f"{path} does not exist",
-                           "set camera.data_device to the camera's USB device (its port path, e.g. 1-1.1) or the hub's"))
+                           "set camera.data_device to the hub the camera is on (README: The camera and the battery): "
+                           "it must stay present while the camera is off or unplugged"))
     elif not os.access(path, os.W_OK):
         if m.is_root():
             checks.append(fail("usb data switch", f"{path} is not writable"))
