@@ -377,7 +377,9 @@ def port(flags, device=None):
     ((), None, OK, "is off"),
 ])
 def test_camera_not_attached_is_told_by_what_is_on_its_port(load, tmp_path, flags, device, status, says):
-    m = Machine(root=pi_root(tmp_path, filesystems="\tvfat\n"), udev_context=FakeUdev([]))
+    # the Pi's own SD card is a block device too (not on USB): it must not hide the port's status
+    sd_card = FakeDevice("/dev/mmcblk0p1", {"ID_FS_TYPE": "vfat", "ID_FS_UUID": "67EF-9CED"}, None)
+    m = Machine(root=pi_root(tmp_path, filesystems="\tvfat\n"), udev_context=FakeUdev([sd_card]))
     check = only(doctor.check_camera(load(), m, port(flags, device)), "camera")
     assert check.status == status and says in check.found, check
     if status == FAIL:

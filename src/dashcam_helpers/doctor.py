@@ -497,9 +497,9 @@ def camera_port(cfg, port) -> Check:
                 f"plug the camera into {where}, or run `sudo uhubctl` and set camera.hub_location and camera.port_number")
 
 
-def check_camera(cfg, m: Machine, port=None) -> List[Check]:
+def check_camera(cfg, m: Machine, hub_port=None) -> List[Check]:
     """The kernel's filesystems, then the camera: a USB volume that matches; else what is on its port
-    (``port``: its uhubctl status from the USB check, None when unknown)."""
+    (``hub_port``: its uhubctl status from the USB check, None when unknown)."""
     from . import device
 
     checks = []
@@ -536,8 +536,8 @@ def check_camera(cfg, m: Machine, port=None) -> List[Check]:
     if others:
         checks.append(warn("camera", f"no USB volume matches {wanted}; present: {others}",
                            "set camera.match_serial (or another camera.match_* key) to the camera's"))
-    elif port is not None:
-        checks.append(camera_port(cfg, port))
+    elif hub_port is not None:
+        checks.append(camera_port(cfg, hub_port))
     else:
         checks.append(ok("camera", f"not attached now (normal while it records: data is off); looking for {wanted}"))
     return checks
