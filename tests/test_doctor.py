@@ -638,6 +638,14 @@ def test_server_refusing_the_key_fails_with_the_authorized_keys_line(tmp_path, s
     assert check.status == FAIL and "authorized_keys" in check.found
 
 
+def test_a_probe_that_times_out_proves_nothing_and_warns(load, tmp_path):
+    """A slow ssh handshake (a busy server, a slow Pi) is no refusal of the key: 'cannot tell'."""
+    slow = fake_tool(tmp_path / "bin", "rsync", "sleep 30\n")
+    checks = doctor.check_key(load({"tools": {"rsync": slow}}), budget=doctor.SECOND_PROBE_MIN + 0.5)
+    assert [(c.name, c.status) for c in checks] == [("ssh key accepted", WARN)]
+    assert "cannot tell" in checks[0].found
+
+
 def test_server_not_answering_warns_and_stops_there(load):
     from sshd import free_port
 

@@ -34,6 +34,7 @@ OK, WARN, FAIL = "ok", "warn", "FAIL"
 TOOL_TIMEOUT = 3.0  # seconds for one local tool (version, uhubctl status, systemctl, timedatectl)
 SERVER_TIMEOUT = 3  # seconds for one connection to the server (TCP connect, ssh-keyscan, ssh)
 SERVER_BUDGET = 8.0  # seconds for the two rsync probes together (each is one ssh session)
+SECOND_PROBE_MIN = 2.0  # seconds the second probe (--delete refused?) gets at least
 MQTT_BUDGET = 2.0  # seconds for the broker to accept us
 BATTERY_TIMEOUT = 3  # seconds for the one battery reading
 
@@ -711,17 +712,22 @@ def _rsync_probe(cfg, options: List[str], dest: str, timeout: float) -> runner.R
         return runner.run(argv, timeout=timeout, changes_state=False, check=False)
 
 
-def check_key(cfg) -> List[Check]:
+def check_key(cfg, budget: float = SERVER_BUDGET) -> List[Check]:
     """The key is accepted and the destination takes a (dry-run) write; then the key is restricted:
     an rrsync -wo -no-del key refuses --delete (refusal expected; acceptance is a warning)."""
     import time
 
     from . import ssh
 
-    deadline = time.monotonic() + SERVER_BUDGET
+    deadline = time.monotonic() + budget
     dest = cfg.upload.dest_path.rstrip("/") or "."
     try:
-        res = _rsync_probe(cfg, [], dest + "/", SERVER_BUDGET / 2)
+        # the first probe may take most of the budget: on a slow or busy machine the ssh handshake
+        # alone takes seconds, and the second probe reuses what the first proved (the key works)
+        res = _rsync_probe(cfg, [], dest + "/", budget - SECOND_PROBE_MIN)
+    except runner.CommandTimeout as e:  # no answer proves nothing: neither accepted nor refused
+        return [warn("ssh key accepted", f"cannot tell: {e}", "run sudo dashcamctl doctor again; "
+                     "if it keeps timing out, check the server's load and sshd (UseDNS no)")]
     except runner.CommandError as e:
         return [fail("ssh key accepted", str(e))]
     if res.returncode != 0:
@@ -730,7 +736,7 @@ def check_key(cfg) -> List[Check]:
         return [fail("ssh key accepted", said, None if problem else "see README: Setting up the home server")]
     checks = [ok("ssh key accepted", f"{cfg.upload.user}@{cfg.upload.host} took a dry-run write to {dest}/")]
     try:
-        res = _rsync_probe(cfg, ["--delete"], f"{dest}/{RESTRICT_PROBE}/", max(1.0, deadline - time.monotonic()))
+        res = _rsync_probe(cfg, ["--delete"], f"{dest}/{RESTRICT_PROBE}/", max(SECOND_PROBE_MIN, deadline - time.monotonic()))
     except runner.CommandError as e:
         return checks + [warn("ssh key restricted", f"cannot tell: {e}")]
     if res.returncode != 0 and "rrsync" in res.stderr and "disabled" in res.stderr:

@@ -196,9 +196,13 @@ def _postmortem(vm):
 def make_vm(vm_image, workroot, request):
     """make_vm(base=None) -> a VM (not yet started) on a throw-away overlay; killed after the test."""
     made = []
+    # a test run on two suites (test_trixie.py reuses bookworm's tests) gets a directory per suite:
+    # a VM finds an existing overlay in its directory and boots it
+    suite = module_suite(request)
+    prefix = "" if suite == image.DEFAULT_SUITE else suite + "-"
 
     def make(base=None):
-        name = "%s-%d" % (request.node.name.replace("/", "_")[:60], len(made))
+        name = "%s%s-%d" % (prefix, request.node.name.replace("/", "_")[:60], len(made))
         vm = VM(vm_image, os.path.join(workroot, name), base=base)
         made.append(vm)
         return vm
