@@ -746,3 +746,17 @@ def test_mqtt_broker_accepting_our_credentials_is_ok_and_refusing_them_fails(loa
         assert check.status == FAIL and "refused" in check.found and "mqtt.password_file" in check.fix
     finally:
         broker.stop()
+
+
+def test_server_timeout_option_gives_the_probes_a_longer_budget(load, tmp_path):
+    """--server-timeout: a slow link (or a slow machine) gets its time; the first probe that answers
+    within it is believed."""
+    from dashcam_helpers import cli
+
+    args = cli.build_parser().parse_args(["doctor", "--server-timeout", "30"])
+    assert args.server_timeout == 30
+    assert doctor.connection_timeout(30) > doctor.SERVER_TIMEOUT == doctor.connection_timeout(doctor.SERVER_BUDGET)
+    slowish = fake_tool(tmp_path / "bin", "rsync", "sleep 3\nexit 0\n")  # answers after 3 s: accepted
+    cfg = load({"tools": {"rsync": slowish}})
+    assert only(doctor.check_key(cfg, budget=doctor.SECOND_PROBE_MIN + 1), "ssh key accepted").status == WARN
+    assert only(doctor.check_key(cfg, budget=12), "ssh key accepted").status == OK

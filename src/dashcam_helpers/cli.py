@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("doctor")
     _add_json(p)
+    p.add_argument("--server-timeout", type=float, metavar="SECONDS", default=None,
+                   help="seconds for the server's probes (default 8): more for a slow link or a slow machine")
 
     return parser
 

@@ -632,11 +632,17 @@ def check_clock(m: Machine) -> Check:
 # ---------------------------------------------------------------------------- server
 
 
-def _quick(cfg):
-    """The configuration with the server's timeouts cut to SERVER_TIMEOUT: doctor must stay short."""
+def connection_timeout(budget: float) -> float:
+    """Seconds for one connection to the server: SERVER_TIMEOUT, more with a longer --server-timeout."""
+    return max(SERVER_TIMEOUT, budget * SERVER_TIMEOUT / SERVER_BUDGET)
+
+
+def _quick(cfg, timeout: float = SERVER_TIMEOUT):
+    """The configuration with the server's timeouts cut to ``timeout``: doctor must stay short."""
     up = cfg.upload
-    return cfg.replace(upload=up.replace(connect_timeout=min(up.connect_timeout, SERVER_TIMEOUT),
-                                         io_timeout=min(up.io_timeout, SERVER_TIMEOUT * 2)))
+    t = int(round(timeout))
+    return cfg.replace(upload=up.replace(connect_timeout=min(up.connect_timeout, t),
+                                         io_timeout=min(up.io_timeout, t * 2)))
 
 
 def pinned_keys(cfg) -> Optional[List[Tuple[str, str]]]:
@@ -655,14 +661,16 @@ def pinned_keys(cfg) -> Optional[List[Tuple[str, str]]]:
     return out
 
 
-def check_server(cfg, shipped_host: str = SHIPPED_UPLOAD_HOST) -> List[Check]:
+def check_server(cfg, shipped_host: str = SHIPPED_UPLOAD_HOST, budget: float = SERVER_BUDGET) -> List[Check]:
+    """``budget``: seconds for the key probes (--server-timeout); one connection gets connection_timeout()."""
     from . import server, ssh
     from .errors import DashcamError
 
-    quick = _quick(cfg)
+    timeout = int(round(connection_timeout(budget)))
+    quick = _quick(cfg, timeout)
     up = cfg.upload
     where = f"{up.host}:{up.port}"
-    if not server.reachable(quick, SERVER_TIMEOUT):
+    if not server.reachable(quick, timeout):
         if up.host == shipped_host:
             return [fail("server", f"upload.host is still the shipped example {up.host!r}, and {where} does not answer",
                          f"sudoedit {cfg.path}: set upload.host, upload.user and upload.dest_path to your server's "
@@ -683,7 +691,7 @@ def check_server(cfg, shipped_host: str = SHIPPED_UPLOAD_HOST) -> List[Check]:
                            "sudo dashcamctl trust-host"))
         return checks
     try:
-        offered = {tuple(line.split()[1:3]) for line in ssh.scan_host_keys(quick, SERVER_TIMEOUT)}
+        offered = {tuple(line.split()[1:3]) for line in ssh.scan_host_keys(quick, timeout)}
     except DashcamError as e:
         checks.append(warn("host key", f"cannot fetch the server's host key: {e}"))
         offered = None
@@ -695,7 +703,7 @@ def check_server(cfg, shipped_host: str = SHIPPED_UPLOAD_HOST) -> List[Check]:
                                "if the server was reinstalled, check its fingerprint on the server "
                                "(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then sudo dashcamctl trust-host"))
             return checks
-    checks.extend(check_key(quick))
+    checks.extend(check_key(quick, budget))
     return checks
 
 
@@ -913,7 +921,8 @@ def check_mqtt(cfg) -> List[Check]:
 # ---------------------------------------------------------------------------- the run
 
 
-def run_checks(config_path: Optional[str], m: Machine, monotonic: Optional[Callable[[], float]] = None) -> List[Check]:
+def run_checks(config_path: Optional[str], m: Machine, monotonic: Optional[Callable[[], float]] = None,
+               server_budget: float = SERVER_BUDGET) -> List[Check]:
     """Every check, in the order the footage flows. A check that breaks is a FAIL line, never the end."""
     import time
 
@@ -956,7 +965,7 @@ def run_checks(config_path: Optional[str], m: Machine, monotonic: Optional[Calla
         guarded("staging", lambda: check_staging(cfg, m))
     guarded("clock", lambda: check_clock(m))
     if cfg is not None:
-        guarded("server", lambda: check_server(cfg))
+        guarded("server", lambda: check_server(cfg, budget=server_budget))
     guarded("systemd", lambda: check_systemd(m, monotonic))
     if cfg is not None:
         guarded("mqtt", lambda: check_mqtt(cfg))
@@ -979,7 +988,8 @@ def render(checks: Sequence[Check]) -> str:
 def doctor_command(args: argparse.Namespace) -> int:
     from .cli import print_json
 
-    checks = run_checks(args.config, Machine(root=os.environ.get("DASHCAM_ROOT", "/")))
+    budget = getattr(args, "server_timeout", None) or SERVER_BUDGET
+    checks = run_checks(args.config, Machine(root=os.environ.get("DASHCAM_ROOT", "/")), server_budget=budget)
     failed = sum(1 for c in checks if c.status == FAIL)
     warned = sum(1 for c in checks if c.status == WARN)
     if args.json:
