@@ -77,7 +77,9 @@ def test_doctor_before_and_after_the_readme_setup_then_without_camera_then_witho
     # the README's setup: the UPS tool, the configuration, the key on the server, the pinned host key
     guest.install_tools(vm)
     bus = guest.camera_bus(vm)
-    cfg = guest.scenario_config(vm, bus=bus, server=server)
+    # the policy waits 30 min before it fetches footage (the scenarios' settle_minutes 0 would
+    # switch the camera to data under doctor's feet)
+    cfg = guest.scenario_config(vm, bus=bus, server=server, camera={"settle_minutes": 30})
     guest.write_config(vm, cfg)
     line = vm.run(["/usr/bin/dashcamctl", "keygen", "--server-dir", server.root]).out.splitlines()[-1]
     assert line.startswith('command="/usr/bin/rrsync -wo -no-del -no-lock %s",restrict ' % server.root), line
