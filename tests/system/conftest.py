@@ -44,19 +44,45 @@ def _figure(name, value):
         f.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + line + "\n")
 
 
+def module_suite(request):
+    """The Debian suite a test module's guests run: its SUITE, else bookworm (image.DEFAULT_SUITE)."""
+    return getattr(request.module, "SUITE", image.DEFAULT_SUITE)
+
+
 @pytest.fixture
-def figure():
-    return _figure
+def suite(request):
+    return module_suite(request)
+
+
+@pytest.fixture
+def figure(suite):
+    """figure(name, value); on another suite than the default the name says which."""
+    if suite == image.DEFAULT_SUITE:
+        return _figure
+    return lambda name, value: _figure("%s on %s" % (name, suite), value)
 
 
 @pytest.fixture(scope="session")
-def vm_image():
-    t0 = time.monotonic()
-    d = image.ensure_image()
-    took = time.monotonic() - t0
-    if took > 5:
-        _figure("image build", "%.0f s" % took)
-    return d
+def images():
+    """images(suite) -> the suite's cached image directory, built on first use (and timed)."""
+    found = {}
+
+    def get(suite):
+        if suite not in found:
+            t0 = time.monotonic()
+            found[suite] = image.ensure_image(suite)
+            took = time.monotonic() - t0
+            if took > 5:
+                _figure("image build" if suite == image.DEFAULT_SUITE else "image build (%s)" % suite,
+                        "%.0f s" % took)
+        return found[suite]
+    return get
+
+
+@pytest.fixture(scope="module")
+def vm_image(images, request):
+    """The image of the module's suite (see module_suite)."""
+    return images(module_suite(request))
 
 
 @pytest.fixture(scope="session")
@@ -81,9 +107,26 @@ def workroot():
 
 
 @pytest.fixture(scope="session")
-def installed_base(vm_image, deb_path, workroot):
+def installed_bases(images, deb_path, workroot):
+    """installed_bases(suite) -> that suite's installed base, made once a session."""
+    made = {}
+
+    def get(suite):
+        if suite not in made:
+            name = "installed" if suite == image.DEFAULT_SUITE else "installed-" + suite
+            made[suite] = _installed_base(images(suite), deb_path, os.path.join(workroot, name))
+        return made[suite]
+    return get
+
+
+@pytest.fixture(scope="module")
+def installed_base(installed_bases, request):
+    """A qcow2 over the module's suite's image with the package and the tests' tools installed."""
+    return installed_bases(module_suite(request))
+
+
+def _installed_base(vm_image, deb_path, d):
     """A qcow2 (over the cached image) with the package and the tests' tools installed, cleanly shut down."""
-    d = os.path.join(workroot, "installed")
     vm = VM(vm_image, d)
     vm.start()
     try:
@@ -153,9 +196,13 @@ def _postmortem(vm):
 def make_vm(vm_image, workroot, request):
     """make_vm(base=None) -> a VM (not yet started) on a throw-away overlay; killed after the test."""
     made = []
+    # a test run on two suites (test_trixie.py reuses bookworm's tests) gets a directory per suite:
+    # a VM finds an existing overlay in its directory and boots it
+    suite = module_suite(request)
+    prefix = "" if suite == image.DEFAULT_SUITE else suite + "-"
 
     def make(base=None):
-        name = "%s-%d" % (request.node.name.replace("/", "_")[:60], len(made))
+        name = "%s%s-%d" % (prefix, request.node.name.replace("/", "_")[:60], len(made))
         vm = VM(vm_image, os.path.join(workroot, name), base=base)
         made.append(vm)
         return vm
