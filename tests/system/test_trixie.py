@@ -29,7 +29,5 @@ __all__ = [
 
 
 
-@pytest.mark.quarantined("on trixie (systemd 257) the ingest unit's root lacks CAP_SETUID in its permitted set "
-                         "(CapPrm 0x200040 of CapBnd 0x2000c0): the copy's setresuid fails with EPERM, nothing staged")
 def test_B_at_home_footage_goes_from_the_camera_to_the_server_byte_identical(booted, tmp_path, server, figure):
     scenario_B(booted, tmp_path, server, figure)
