@@ -32,9 +32,6 @@ def test_B_at_home_footage_goes_from_the_camera_to_the_server_byte_identical(boo
     scenario_B(booted, tmp_path, server, figure)
 
 
-@pytest.mark.quarantined("in the full suite the fresh trixie guest's first boot could not mount the host share "
-                         "('mount: /mnt/host: special device host does not exist', tests/system/vm.py wait_booted); "
-                         "the same test passes on bookworm")
 def test_doctor_before_and_after_the_readme_setup_then_without_camera_then_without_server(
         make_vm, deb_path, server, tmp_path, figure):
     doctor(make_vm, deb_path, server, tmp_path, figure)
