@@ -212,7 +212,14 @@ def make_vm(vm_image, workroot, request):
 
     def make(base=None):
         name = "%s%s-%d" % (prefix, request.node.name.replace("/", "_")[:60], len(made))
-        vm = VM(vm_image, os.path.join(workroot, name), base=base)
+        workdir = os.path.join(workroot, name)
+        # a test run again (a guest kernel panic) gets new directories: a VM boots the overlay it
+        # finds in its directory, and the first run's is kept for its post-mortem
+        again = 1
+        while os.path.exists(workdir):
+            again += 1
+            workdir = os.path.join(workroot, "%s-run%d" % (name, again))
+        vm = VM(vm_image, workdir, base=base)
         made.append(vm)
         return vm
 

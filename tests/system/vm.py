@@ -192,8 +192,9 @@ class VM:
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", self.base, "-F", fmt, self.disk],
                        check=True)
 
-    def start(self, wait=True, timeout=240):
-        """Boot (creating the overlay on the first boot; later boots keep the disk, like a real Pi)."""
+    def start(self, wait=True, timeout=240, append=""):
+        """Boot (creating the overlay on the first boot; later boots keep the disk, like a real Pi);
+        append: more words for this boot's kernel command line (e.g. "systemd.mask=UNIT")."""
         if not os.path.exists(self.disk):
             self.create_disk()
         self.boots += 1
@@ -210,7 +211,8 @@ class VM:
             "-initrd", os.path.join(self.image_dir, "initrd.img"),
             # the journal goes to the serial console too: console.log.N is a live post-mortem
             "-append", "root=/dev/vda rw console=ttyS0 panic=-1 systemd.show_status=false"
-                       " systemd.journald.forward_to_console=1 systemd.journald.max_level_console=info",
+                       " systemd.journald.forward_to_console=1 systemd.journald.max_level_console=info"
+                       + (" " + append if append else ""),
             "-drive", "file=%s,if=virtio,format=qcow2,discard=unmap" % self.disk,
             "-serial", "file:%s.%d" % (self.console, self.boots),
             "-qmp", "unix:%s,server=on,wait=off" % qmp_path,
