@@ -85,7 +85,7 @@ CASES = [
     ("B arriving home after a drive, ingested before -> data", H, dict(reachable=True, recorded_seconds=600, ingested_before=True), "data", False, False, "just became reachable"),
     ("B a WiFi blip at home after an ingest: no data again", H, dict(reachable=True, camera_mode="off", ingested_before=True), None, False, False, "no new footage expected"),
     ("B clips left on the card by the budget, first tick of a boot, parked on external power -> data", batt(95, external=True), dict(reachable=True, was_reachable=None, camera_mode="record", ingested_before=True, left_on_card=200 * 10**6, **PARKED), "data", False, False, "200 MB left on the card"),
-    ("B clips left on the card, next arrival without a drive -> data", H, dict(reachable=True, was_reachable=False, camera_mode="off", ingested_before=True, left_on_card=200 * 10**6), "data", False, False, "just became reachable, 200 MB left"),
+    ("B clips left on the card, the WiFi back at home on battery: no data (the cell has not charged)", H, dict(reachable=True, was_reachable=False, camera_mode="off", ingested_before=True, left_on_card=200 * 10**6), None, False, False, "no new footage expected"),
     ("B clips left on the card, a tick at home on battery after the ingest: no data again", H, dict(reachable=True, was_reachable=True, camera_mode="off", ingested_before=True, left_on_card=200 * 10**6), None, False, False, "no new footage expected"),
     ("B camera off at home, one missed probe: not yet away", H, dict(reachable=False, was_reachable=True, camera_mode="off"), None, False, False, "not yet counted as away"),
     ("B camera off at home, two missed probes: away -> record", H, dict(reachable=False, was_reachable=False, camera_mode="off"), "record", False, False, "away from home"),

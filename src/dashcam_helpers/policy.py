@@ -309,9 +309,11 @@ def _camera(power: Power, facts: Facts, cfg, verdict=None) -> Tuple[Optional[str
 
     # data mode: at home, battery allowing, room in staging, and new footage to expect
     allowed = external or power.camera_allowed is True
-    # clips an ingest left on the card (the budget on battery copied the events only) wait for this:
-    # external power, or the next arrival, even when the camera has recorded nothing since
-    new_footage = facts.recorded_seconds > 0 or not facts.ingested_before or facts.left_on_card > 0
+    # clips an ingest left on the card (the budget on battery copied the events only) wait for external
+    # power, even when the camera has recorded nothing since (a boot at home with camera.settle_minutes 0);
+    # on battery they wait for the next arrival after a drive: the cell has not charged meanwhile
+    new_footage = (facts.recorded_seconds > 0 or not facts.ingested_before
+                   or (external and facts.left_on_card > 0))
     settle = cfg.camera.settle_minutes
     if external and settle > 0:
         # on external power the engine may be running: the car is parked only once the server has
