@@ -858,3 +858,16 @@ def test_clips_an_ingest_left_on_the_card_are_fetched_at_the_next_boot_on_extern
         assert "48 MB left on the card by the last ingest" in record["decision"]["reason"]
     else:  # nothing left there, nothing recorded since: nothing to fetch
         assert world.mode == "record", record["decision"]["reason"]
+
+
+def test_the_boot_id_comes_from_the_kernel_else_from_the_units_environment(tmp_path):
+    from dashcam_helpers.policy import boot_id
+    kernel = tmp_path / "boot_id"
+    kernel.write_text("0f3c7a52-8d7e-4b8e-9a55-2c1d5e6f7a8b\n")
+    assert boot_id(str(kernel), {}) == "0f3c7a52-8d7e-4b8e-9a55-2c1d5e6f7a8b"
+    hidden = str(tmp_path / "hidden")  # ProcSubset=pid: /proc/sys is not there
+    # systemd's %b: the same id, 32 hex digits: the same boot as the policy (which reads the file) names it
+    assert boot_id(hidden, {"DASHCAM_BOOT_ID": "0F3C7A528D7E4B8E9A552C1D5E6F7A8B"}) == "0f3c7a52-8d7e-4b8e-9a55-2c1d5e6f7a8b"
+    for bad in ({}, {"DASHCAM_BOOT_ID": ""}, {"DASHCAM_BOOT_ID": "%b"}, {"DASHCAM_BOOT_ID": "0f3c7a52" * 3},
+                {"DASHCAM_BOOT_ID": "zz" * 16}):
+        assert boot_id(hidden, bad) == "unknown"

@@ -66,3 +66,12 @@ def test_the_ingest_holds_only_what_mount_and_the_drop_need():
     assert sorted(caps) == ["CAP_SETGID", "CAP_SETUID", "CAP_SYS_ADMIN"]
     assert re.search(r"^DevicePolicy=closed$", text, re.M)
     assert re.search(r"^NotifyAccess=main$", text, re.M)
+
+
+@pytest.mark.parametrize("name", ["dashcam-ingest@.service", "dashcam-upload.service"])
+def test_a_unit_that_hides_proc_sys_gives_the_boot_id_the_power_budget_is_kept_by(name):
+    # ProcSubset=pid hides /proc/sys/kernel/random/boot_id; without it the budget the policy wrote
+    # for this boot reads as another boot's, which is no limit at all
+    text = (UNITS / name).read_text()
+    assert re.search(r"^ProcSubset=pid$", text, re.M)
+    assert re.search(r"^Environment=DASHCAM_BOOT_ID=%b$", text, re.M)

@@ -463,11 +463,25 @@ class SystemClock:
         return time.time()
 
     def boot_id(self) -> str:
-        try:
-            with open(BOOT_ID_PATH, encoding="utf-8") as f:  # hex and dashes; utf-8 is loaded already, ascii not
-                return f.read().strip()
-        except OSError:
-            return "unknown"
+        return boot_id()
+
+
+BOOT_ID_ENV = "DASHCAM_BOOT_ID"  # set by the units whose /proc hides /proc/sys (ProcSubset=pid): systemd's %b
+
+
+def boot_id(path: str = BOOT_ID_PATH, environ=os.environ) -> str:
+    """This boot's id as the kernel writes it (8-4-4-4-12 lowercase hex), "unknown" when neither the
+    kernel's file nor the unit's DASHCAM_BOOT_ID (systemd's %b: 32 hex digits) gives one. The
+    ingest and the upload need it to follow the power budget the policy wrote for this boot."""
+    try:
+        with open(path, encoding="utf-8") as f:  # hex and dashes; utf-8 is loaded already, ascii not
+            return f.read().strip()
+    except OSError:
+        pass
+    given = environ.get(BOOT_ID_ENV, "").strip().lower().replace("-", "")
+    if len(given) != 32 or any(c not in "0123456789abcdef" for c in given):
+        return "unknown"
+    return "-".join((given[:8], given[8:12], given[12:16], given[16:20], given[20:]))
 
 
 class SystemFacts:

@@ -123,7 +123,7 @@ def prepare(vm, workdir, server):
         vm.write_file("/etc/systemd/system/" + name, text)
         vm.run(["/bin/systemctl", "enable", name])
     bus = guest.camera_bus(vm)
-    guest.write_config(vm, guest.scenario_config(vm, bus=bus, server=server, budget=BUDGET))
+    guest.write_config(vm, guest.scenario_config(vm, bus=bus, server=server, budget=BUDGET), server)
     guest.start_monitor(vm, bus)
     vm.run(["/usr/local/sbin/vcam-gadget", "up", CARD, guest.CAMERA_SERIAL, "0"])
     guest.fast_policy(vm)
