@@ -25,7 +25,9 @@ import guest
 import scenario
 from scenario import wait_for
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.quarantined(
+    "not yet run to the end in a guest: its first run found the ingest and the upload ignoring the power"
+    " budget (their units hid the boot id; fixed), and was stopped there")]
 
 # state of charge (%) -> VBAT (mV) under the Pi's load: tests/test_budget_simulation.py's CURVE.
 # With the shipped voltage table it reads 80 % full, 50 % from about 67 % of the charge, and below
