@@ -104,6 +104,25 @@ WantedBy=sysinit.target
 """ % (CARD, guest.CAMERA_SERIAL)
 
 
+# the gadget's backing file lives on the guest's root file system and the kernel holds it open for
+# writing: let it go at shutdown, or the root cannot be remounted read-only and the next boot
+# replays its journal (what the test checks to prove the shutdown clean)
+VCAM_EJECT = """[Unit]
+Description=test camera: close the card's backing file at shutdown
+After=local-fs.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/true
+ExecStop=/bin/sh -c 'L=/sys/kernel/config/usb_gadget/dashcam/functions/mass_storage.0/lun.0; \\
+  echo 1 > $$L/forced_eject 2>/dev/null || echo > $$L/file || true'
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
 def layout():
     """Two small event clips among three large normal ones (the camera's user layout)."""
     return [(path, EVENT_BYTES if path.startswith("Event/") else NORMAL_BYTES, mtime)
@@ -121,9 +140,11 @@ def prepare(vm, workdir, server):
     vm.write_file("/var/lib/fake-lifepo4wered/at-boot", guest.ups_values(external=True, vbat=3611))
     vm.write_file("/usr/local/sbin/fake-ups-discharge", DISCHARGE, 0o755)
     vm.write_file("/var/lib/fake-lifepo4wered/on-battery", guest.ups_values(external=False, vbat=0))
-    for name, text in (("fake-ups-at-boot.service", UPS_AT_BOOT), ("vcam-boot.service", VCAM_BOOT)):
+    for name, text in (("fake-ups-at-boot.service", UPS_AT_BOOT), ("vcam-boot.service", VCAM_BOOT),
+                       ("vcam-eject.service", VCAM_EJECT)):
         vm.write_file("/etc/systemd/system/" + name, text)
         vm.run(["/bin/systemctl", "enable", name])
+    vm.run(["/bin/systemctl", "start", "vcam-eject.service"])
     bus = guest.camera_bus(vm)
     guest.write_config(vm, guest.scenario_config(vm, bus=bus, server=server, budget=BUDGET), server)
     guest.start_monitor(vm, bus)
