@@ -55,9 +55,10 @@ deb: deps
 	lintian --fail-on error,warning --suppress-tags newer-standards-version $(DEB)
 	@echo "built $(DEB)"
 
-# the system tests' guest image, cached in /var/cache/dashcam-vm (built on first use anyway)
+# the system tests' guest images (Debian 12 and 13), cached in /var/cache/dashcam-vm (built on first use anyway)
 vm-image: deps
-	$(PYTHON) tests/system/image.py
+	$(PYTHON) tests/system/image.py bookworm
+	$(PYTHON) tests/system/image.py trixie
 
 demo: deps deb
 	@if [ -x tests/system/demo.py ]; then $(PYTHON) tests/system/demo.py $(DEB); \

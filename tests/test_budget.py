@@ -67,6 +67,11 @@ CASES = [
      dict(budget=est(staged=(30, 3 * GB, 600 * MB), runtime_down=0.5 * MIN), camera_mode="off", was_reachable=True,
           recorded_seconds=0, backlog_files=30, backlog_bytes=3 * GB), None, False,
      ["power budget: nothing more fits in ~0 min left above 25 %", "wait for external power or the next arrival"], []),
+    ("upload: the events alone exceed what fits -> start, and the reason says which wait", H,
+     dict(budget=est(staged=(30, 3 * GB, 2 * GB), runtime_down=10 * MIN), camera_mode="off", was_reachable=True,
+          recorded_seconds=0, backlog_files=30, backlog_bytes=3 * GB), None, True,
+     ["~840 MB of 3.0 GB staged fit in ~10 min left above 25 %, ~2.0 GB of events do not all fit",
+      "the others wait for external power or the next arrival"], ["events first"]),
     ("upload with an unknown runtime: started, no limit", H,
      dict(budget=est(staged=(30, 3 * GB, 600 * MB), runtime_off=None, runtime_down=None), camera_mode="off",
           was_reachable=True, recorded_seconds=0, backlog_files=30, backlog_bytes=3 * GB), None, True,
@@ -145,7 +150,8 @@ def test_the_ups_output_is_read_from_both_sources_fixtures():
 def test_footage_on_the_camera_is_what_the_last_ingest_left_plus_minutes_recorded_times_bytes_per_minute():
     card = {"camera": "dashcam", "bytes": 500 * MB, "event_bytes": 100 * MB}
     e = budget.estimate(H, BOOT, CFG, rates={}, camera="dashcam", watts=None, recorded_seconds=10 * MIN, card=card,
-                        staged=(3, 300 * MB, 0), oldest_staged_wall=1000.0, recording_since_wall=5000.0, wall=9000.0)
+                        staged=(3, 300 * MB, 0), oldest_staged_wall=1.7644e9 + 1000,
+                        recording_since_wall=1.7644e9 + 5000, wall=1.7644e9 + 9000)
     assert e.card_bytes == 500 * MB + 10 * 100 * MB and e.card_event_bytes == 100 * MB + 100 * MB  # 10 %
     assert e.waiting_bytes == e.card_bytes + 300 * MB and not e.card_exact
     assert e.oldest_unsent_seconds == 8000.0
@@ -350,3 +356,182 @@ def test_whatever_the_ledger_holds_for_the_budget_a_low_battery_still_shuts_down
         assert record["decision"]["shutdown"] and ("poweroff",) in actions.calls
         gate = budget.IngestGate(ledger.get_state, ledger.put_state, "dashcam", [(1, True)], "other", lambda: 0.0)
         assert gate.may_start(0)
+
+
+# --- hostile numbers: what the ledger holds is any JSON, integers of any size included ------------------
+
+HUGE = 10**400  # valid JSON, an int Python keeps exactly and no float can hold
+
+
+@pytest.mark.parametrize("card", [
+    {"camera": "dashcam", "bytes": HUGE, "event_bytes": HUGE // 10},
+    {"camera": "dashcam", "bytes": 1e308, "event_bytes": 1e307},
+])
+def test_a_card_left_beyond_any_float_is_no_estimate_and_never_stops_a_shutdown(make_config, card):
+    cfg = config.load(str(make_config()))
+    world, clock = FakeWorld(), FakeClock()
+    world.reading = FakeReading(percent=20, millivolts=3200, external=False)
+    actions = FakeActions(world)
+    with Ledger(cfg.paths.ledger) as ledger:
+        ledger.put_state(budget.CARD_KEY, card)
+        for _ in range(3):  # a shutdown needs readings low on consecutive ticks
+            record = tick(cfg, world, actions, ledger=ledger, clock=clock)
+            clock.advance()
+    assert record["decision"]["shutdown"] and ("poweroff",) in actions.calls
+
+
+def test_learned_rates_and_times_beyond_any_float_are_not_learned():
+    rates = {"cameras": {"dashcam": {"read_bps": HUGE, "bytes_per_minute": HUGE, "event_share": HUGE}},
+             "watts": HUGE, "upload_bps": HUGE}
+    run = {"result": "ok", "bytes": HUGE, "seconds": 1.0, "pending": 0}
+    out = budget.learn(rates, "dashcam", last_ingest=run, last_upload=run, recorded_seconds=1e308, watts=None,
+                       card={"scan": {"bytes": HUGE, "event_bytes": HUGE}})
+    e = budget.estimate(batt(60, 60, 60), BOOT, CFG, rates=out, camera="dashcam", watts=None, recorded_seconds=0,
+                        card=None, staged=(0, 0, 0), oldest_staged_wall=HUGE, recording_since_wall=None, wall=1e9)
+    assert (e.read_learned, e.upload_learned, e.oldest_unsent_seconds) == (False, False, None)
+    assert budget.verdict(e, CFG).ingest == "all"
+
+
+@pytest.mark.parametrize("state", [
+    {"upload_bytes": -5, "upload_rate": 1.0},  # a verdict never allows less than nothing
+    {"upload_bytes": 100, "upload_rate": -1e9},  # nor counts with a negative rate
+    {"upload_bytes": HUGE, "upload_rate": 1.0},
+    {"upload_bytes": 100, "upload_rate": HUGE},
+    {"upload_bytes": True, "upload_rate": 1.0},
+    {"upload_bytes": 100, "upload_rate": 1.0, "monotonic": HUGE},
+    {"upload_bytes": 100, "upload_rate": 1.0, "monotonic": float("nan")},
+    {"upload_bytes": [100], "upload_rate": "1"},
+])
+def test_an_allowance_that_cannot_be_read_is_no_limit_and_says_so(state, caplog):
+    state = {"boot_id": BOOT, "monotonic": 0.0, **state}
+    with caplog.at_level(logging.WARNING, logger="dashcam.budget"):
+        assert budget.allowance(state, "upload", BOOT, 10.0, log=logging.getLogger("dashcam.budget")) is None
+    assert "power budget" in caplog.text and "no limit" in caplog.text
+
+
+def test_an_ordinary_clip_is_never_sent_while_an_event_clip_that_fits_waits():
+    # the newest event clip alone is larger than the budget; the older one fits: it goes, and no ordinary clip
+    # spends the charge while an event clip waits
+    items = [(500 * MB, True), (100 * MB, True), (250 * MB, False)]
+    assert budget.upload_fit(items, 300 * MB) == [1]
+    # an event clip larger than the whole budget waits (for external power) and holds nothing else back
+    assert budget.upload_fit([(500 * MB, True), (100 * MB, False)], 300 * MB) == [1]
+
+
+def test_an_upload_goes_on_without_a_limit_when_the_budget_state_is_not_json(make_config, caplog):
+    from dashcam_helpers import upload
+
+    cfg = config.load(str(make_config()))
+    with Ledger(cfg.paths.ledger) as ledger:
+        ledger.record_staged("dashcam", "Event/c.MP4", 100 * MB, 1, event=True, sha256="1" * 64,
+                             staged_path="dashcam/2026-11-30/Event/c.MP4")
+        with ledger.transaction() as db:
+            db.execute("INSERT INTO state (key, value, updated_at) VALUES (?, ?, 0)", (budget.BUDGET_KEY, "{not json"))
+        items = upload.plan(ledger.files("staged"), cfg.paths.ready)
+        with caplog.at_level(logging.WARNING):
+            assert upload.Uploader(cfg, ledger).within_budget(items) == items
+    assert "power budget" in caplog.text
+
+
+def test_an_estimate_the_verdict_cannot_weigh_is_no_budget_and_a_low_battery_still_shuts_down(caplog):
+    broken = est().replace(read_bps=0.0, upload_bps=0.0)  # no estimate() makes it; decide() is the last guard
+    with caplog.at_level(logging.ERROR, logger="dashcam.policy"):
+        low = decide(batt(20, 20, 20), Facts(**{**HOME, "budget": broken}), CFG)
+    assert low.shutdown and low.verdict is None
+    assert "no power budget this tick" in caplog.text
+
+
+@pytest.mark.parametrize("staged_wall,wall", [
+    (100.0, 1.7644e9),  # staged while the clock read 1970 (no RTC, before NTP); now set
+    (1.7644e9, 100.0),  # staged in 2026; this boot's clock not set yet
+])
+def test_the_age_of_the_oldest_footage_is_unknown_across_a_clock_that_was_not_set(staged_wall, wall):
+    e = budget.estimate(batt(60, 60, 60), BOOT, CFG, rates={}, camera="dashcam", watts=None, recorded_seconds=0,
+                        card=None, staged=(1, MB, 0), oldest_staged_wall=staged_wall, recording_since_wall=None,
+                        wall=wall)
+    assert e.oldest_unsent_seconds is None
+    set_clock = budget.estimate(batt(60, 60, 60), BOOT, CFG, rates={}, camera="dashcam", watts=None,
+                                recorded_seconds=0, card=None, staged=(1, MB, 0), oldest_staged_wall=1.7644e9 - 3600,
+                                recording_since_wall=None, wall=1.7644e9)
+    assert set_clock.oldest_unsent_seconds == 3600
+
+
+@pytest.mark.parametrize("raw,watts", [
+    ({"output_voltage": -4.98, "output_current": -0.86}, None),  # two wrong signs make no draw
+    ({"output_voltage": 4.98, "output_current": -0.86}, None),
+    ({"output_power": -4.29, "output_voltage": 5.0, "output_current": 0.8}, 4.0),  # one bad field, the others read
+    ({"output_power": float("nan"), "VOUT": 5000, "IOUT": 800}, 4.0),
+    ({"output_power": True}, None),
+    ({"VOUT": 10**400, "IOUT": 1}, None),
+    ({"VOUT": 5000, "IOUT": 10**30}, None),
+    ({"VOUT": -1, "IOUT": -2}, None),  # lifepo4wered-cli: not read
+    ({"output_power": 4.29}, 4.29),
+    ({}, None), ([], None), ("5 W", None),
+])
+def test_the_ups_output_of_any_shape_is_a_plausible_draw_or_unknown(raw, watts):
+    assert budget.load_watts(raw) == (pytest.approx(watts) if watts is not None else None)
+
+
+def test_an_event_clip_too_large_for_the_budget_is_passed_over_and_the_next_event_clips_still_copied():
+    clips = [(500 * MB, True), (100 * MB, True), (100 * MB, True)] + [(100 * MB, False)] * 20
+    stored = {}
+    state = {"boot_id": BOOT, "monotonic": 0.0, "ingest_bytes": 300 * MB, "ingest_rate": 0.0}
+    gate = budget.IngestGate(lambda k: state, stored.__setitem__, "dashcam", clips, BOOT, lambda: 0.0)
+    started = [i for i in range(len(clips)) if gate.may_start(i)]
+    assert started == [1, 2] and gate.waiting == [0] and gate.stopped
+    # on the card: the large event clip and the ordinary clips
+    assert (stored[budget.CARD_KEY]["bytes"], stored[budget.CARD_KEY]["event_bytes"]) == (2500 * MB, 500 * MB)
+
+
+def test_the_ingest_passes_over_an_event_clip_too_large_for_the_budget_and_copies_the_other_events(make_config,
+                                                                                                  tmp_path):
+    cfg = config.load(str(make_config({"ingest": {"reserve_bytes": 0, "reserve_percent": 0}})))
+    card = tmp_path / "card"
+    sizes = {"Event/Front/2026_1130_120009_009F.MP4": 400_000}  # the newest: copied first, were it to fit
+    sizes.update({f"Event/Front/2026_1130_12000{n}_00{n}F.MP4": 100_000 for n in range(3)})
+    sizes.update({f"Normal/Front/2026_1130_12000{n}_00{n}F.MP4": 100_000 for n in range(3)})
+    for n, (rel, size_) in enumerate(sorted(sizes.items())):
+        path = card / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(random.Random(rel).randbytes(size_))
+        os.utime(path, (1.7644e9 + int(rel[-8:-5]), 1.7644e9 + int(rel[-8:-5])))
+    with Ledger(cfg.paths.ledger) as ledger:
+        ledger.put_state(budget.BUDGET_KEY, {"boot_id": SystemClock().boot_id(), "monotonic": time.monotonic(),
+                                             "ingest_bytes": 250_000, "ingest_rate": 1.0})
+    result = ingest.ingest_source(cfg, str(card))
+    with Ledger(cfg.paths.ledger) as ledger:
+        staged = sorted(c.source_path for c in ledger.files("staged"))
+        left = ledger.get_state(budget.CARD_KEY)
+    assert staged == sorted(f"Event/Front/2026_1130_12000{n}_00{n}F.MP4" for n in range(3))
+    assert result.pending == 4 and (left["bytes"], left["event_bytes"], left["files"]) == (700_000, 400_000, 4)
+
+
+def test_an_unreadable_budget_is_said_once_per_ingest_and_every_clip_still_starts(caplog):
+    state = {"boot_id": BOOT, "monotonic": 0.0, "ingest_bytes": -1, "ingest_rate": 1.0}
+    gate = budget.IngestGate(lambda k: state, lambda k, v: None, "dashcam", [(MB, False)] * 50, BOOT, lambda: 0.0,
+                             logging.getLogger("dashcam.ingest"))
+    with caplog.at_level(logging.WARNING):
+        assert all(gate.may_start(i) for i in range(50))
+    assert caplog.text.count("cannot be read") == 1
+
+
+def test_a_budget_state_that_is_not_json_costs_that_state_not_the_ledger(make_config, tmp_path, caplog):
+    from dashcam_helpers.ledger import TickLedger
+
+    cfg = config.load(str(make_config()))
+    world, clock = FakeWorld(), FakeClock()
+    world.reading = FakeReading(percent=20, millivolts=3200, external=False)
+    actions = FakeActions(world)
+    with Ledger(cfg.paths.ledger) as ledger:
+        with ledger.transaction() as db:
+            for key in (budget.RATES_KEY, budget.CARD_KEY, budget.BUDGET_KEY):
+                db.execute("INSERT INTO state (key, value, updated_at) VALUES (?, ?, 0)", (key, "{not json"))
+    for _ in range(3):
+        with TickLedger(cfg.paths.ledger, [str(tmp_path / "fallback")], clock.boot) as ledger:
+            record = tick(cfg, world, actions, ledger=ledger, clock=clock)
+            assert ledger.problem is None  # the readings and the state still go to the database
+        clock.advance()
+    assert record["decision"]["shutdown"] and ("poweroff",) in actions.calls
+    assert "is not JSON" in caplog.text
+    with Ledger(cfg.paths.ledger) as ledger:
+        assert isinstance(ledger.get_state(budget.RATES_KEY), dict)  # written anew by the tick

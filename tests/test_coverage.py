@@ -479,3 +479,76 @@ def test_footage_waiting_on_the_camera_is_the_recording_since_the_last_check_at_
         tick_windows(ledger, [(60, 80)])
         seconds, size = coverage.on_camera(ledger)
     assert seconds == 20 * MIN and size == int(20 * rate)
+
+
+# --- the coverage state as stored is any JSON: a bad value is as good as none ----------------------------
+
+HOSTILE_STATES = [
+    '{"offset": NaN}', '{"offset": Infinity}', '{"offset": 1' + "0" * 400 + '}', '{"offset": "3600"}',
+    '{"offset": true}', '{"bytes_per_minute": NaN}', '{"bytes_per_minute": Infinity}', '{"bytes_per_minute": -5}',
+    '{"bytes_per_minute": true}', '{"bytes_per_minute": 1' + "0" * 400 + '}', '{"judged_id": true}',
+    '{"judged_id": -1}', '{"judged_id": 1' + "0" * 400 + '}', '{"fs_uuid": ["x"], "card": "x", "last": 5}', '[1, 2]',
+]
+
+
+def put_raw_state(ledger, key, text):
+    with ledger.transaction() as db:
+        db.execute("INSERT INTO state (key, value, updated_at) VALUES (?, ?, 0)"
+                   " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, text))
+
+
+@pytest.mark.parametrize("stored", HOSTILE_STATES)
+def test_a_coverage_state_of_any_shape_judges_as_if_there_were_none(tmp_path, cfg, stored):
+    card = tmp_path / "card"
+    files = put_card(card, card_files((60, 90), (120, 150)))
+    with Ledger(cfg.paths.ledger) as ledger:
+        tick_windows(ledger, [(0, 30), (60, 90), (120, 150)])
+        put_raw_state(ledger, coverage.STATE_KEY, stored)
+        out = coverage.check_card(cfg, ledger, str(card), files, [], coverage.Card("67EF-9CED"), now())
+        assert out["lost_seconds"] == 29 * MIN
+        state = ledger.get_state(coverage.STATE_KEY)
+        rate = state["bytes_per_minute"]
+        assert rate == pytest.approx(sum(s for _, s, _ in files) / 60, rel=0.05)
+        assert isinstance(state["offset"], float) and abs(state["offset"] - CAM) < 120
+        tick_windows(ledger, [(200, 220)])
+        put_raw_state(ledger, coverage.STATE_KEY, stored)  # and what reads it between ingests
+        seconds, size = coverage.on_camera(ledger)
+        facts = coverage.facts(ledger, cfg, T0 + 300 * MIN)
+    assert size is None or size >= 0
+    assert status.render(facts).count("\n") == 1 and mqtt.state_document(facts, now=T0)["problem"] == "ON"
+
+
+ODD = ["Event/a\nb.MP4", "Event/c\rd.MP4", "Normal/back\\slash.MP4", "Normal/{name}/{folder}.MP4", "Normal/-rf/--x.MP4",
+       "Normal/" + "n" * 251 + ".MP4", os.fsdecode(b"Normal/\xff\xfe.MP4"), "Normal/2026_1129_060000_0001F.MP4"]
+
+
+def test_odd_names_on_the_card_are_checked_flagged_and_shown_on_one_line_each(tmp_path, make_config, caplog):
+    from dashcam_helpers import ingest
+
+    cfg = config.load(str(make_config({"ingest": {"reserve_bytes": 0, "reserve_percent": 0}})))
+    card = tmp_path / "card"
+    for rel in ODD:  # each one zero bytes or cut short: a damaged clip of an odd name
+        path = Path(os.fsencode(str(card / rel)).decode("utf-8", "surrogateescape"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"" if "\\" in rel or "{" in rel else FTYP + MDAT[:100])
+    result = ingest.ingest_source(cfg, str(card), card=coverage.Card("67EF-9CED"))
+    assert result.damaged == len(ODD) - 1  # the name that is not UTF-8 is refused, not checked
+    assert "checking the card" not in caplog.text  # the check itself did not fail
+    with Ledger(cfg.paths.ledger) as ledger:
+        flagged = {r["source_path"] for r in ledger.damaged_since(0, True)}
+        facts = coverage.facts(ledger, cfg)
+    assert flagged == set(ODD) - {ODD[6]}
+    text = status.render(facts)
+    assert text.count("\n") == 1 and "7 damaged clips" in text
+
+
+def test_the_moov_parser_never_reads_through_a_link_on_the_card(tmp_path):
+    card = tmp_path / "card"
+    (card / "Normal").mkdir(parents=True)
+    secret = tmp_path / "secret.MP4"
+    secret.write_bytes(FTYP + MDAT[:100])  # would be "cut short" if it were read
+    (card / "Normal/link.MP4").symlink_to(secret)
+    assert coverage.clip_damage(str(card), "Normal/link.MP4", 500) is None
+    assert coverage.clip_damage(str(card), "Normal/gone.MP4", 500) is None  # vanished since the scan
+    os.mkfifo(card / "Normal/fifo.MP4")  # a file swapped for a FIFO since the scan: no hang
+    assert coverage.clip_damage(str(card), "Normal/fifo.MP4", 500) is None  # not a clip this can judge

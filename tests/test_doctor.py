@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from conftest import FIXTURES
 from dashcam_helpers import config, doctor, runner
@@ -442,6 +443,35 @@ def test_an_attached_camera_shows_its_cards_free_space(load, tmp_path):
     assert only(checks, "camera").status == OK and only(checks, "camera card").status == OK
 
 
+def port(flags, device=None):
+    from dashcam_helpers.camera import PortStatus
+
+    return PortStatus(1, "0000", tuple(flags), device)
+
+
+@pytest.mark.parametrize("flags,device,status,says", [
+    (("power", "enable", "connect"), "[0603:8612 NOVATEKN vt-DSC 96680-00000-001]", OK, "camera on hub 1-1 port 1 [0603:8612"),
+    (("power", "connect"), None, OK, "recording"),
+    (("power",), None, FAIL, "nothing on hub 1-1 port 1"),
+    ((), None, OK, "is off"),
+])
+def test_camera_not_attached_is_told_by_what_is_on_its_port(load, tmp_path, flags, device, status, says):
+    # the Pi's own SD card is a block device too (not on USB): it must not hide the port's status
+    sd_card = FakeDevice("/dev/mmcblk0p1", {"ID_FS_TYPE": "vfat", "ID_FS_UUID": "67EF-9CED"}, None)
+    m = Machine(root=pi_root(tmp_path, filesystems="\tvfat\n"), udev_context=FakeUdev([sd_card]))
+    check = only(doctor.check_camera(load(), m, port(flags, device)), "camera")
+    assert check.status == status and says in check.found, check
+    if status == FAIL:
+        assert "camera.hub_location" in check.fix and "camera.port_number" in check.fix
+
+
+def test_the_usb_check_hands_the_camera_port_to_the_camera_check(load, fake_hw, tmp_path):
+    fake_hw.usb_device("1-1")
+    seen = {}
+    doctor.check_usb(load(), Machine(root=pi_root(tmp_path)), seen)
+    assert seen["port"].number == 1 and seen["port"].powered
+
+
 # ---------------------------------------------------------------------------- staging and ledger
 
 
@@ -687,17 +717,12 @@ def test_server_refusing_the_key_fails_with_the_authorized_keys_line(tmp_path, s
     assert check.status == FAIL and "authorized_keys" in check.found
 
 
-def test_the_shipped_example_host_not_answering_fails_naming_the_keys_to_set(load, make_config):
-    import yaml
-
-    from conftest import ROOT
-
-    shipped = yaml.safe_load((ROOT / "etc" / "dashcam" / "config.yaml").read_text())
-    assert doctor.SHIPPED_HOST == shipped["upload"]["host"]
-    cfg = load({"upload": {"host": doctor.SHIPPED_HOST}})
-    checks = doctor.check_server(cfg)
-    assert [c.status for c in checks] == [FAIL]
-    assert "upload.host, upload.user and upload.dest_path" in checks[0].fix and cfg.path in checks[0].fix
+def test_a_probe_that_times_out_proves_nothing_and_warns(load, tmp_path):
+    """A slow ssh handshake (a busy server, a slow Pi) is no refusal of the key: 'cannot tell'."""
+    slow = fake_tool(tmp_path / "bin", "rsync", "sleep 30\n")
+    checks = doctor.check_key(load({"tools": {"rsync": slow}}), budget=doctor.SECOND_PROBE_MIN + 0.5)
+    assert [(c.name, c.status) for c in checks] == [("ssh key accepted", WARN)]
+    assert "cannot tell" in checks[0].found
 
 
 def test_server_not_answering_warns_and_stops_there(load):
@@ -705,6 +730,18 @@ def test_server_not_answering_warns_and_stops_there(load):
 
     checks = doctor.check_server(load({"upload": {"port": free_port()}}))
     assert [c.status for c in checks] == [WARN]
+
+
+def test_the_shipped_example_host_not_answering_fails_naming_the_keys_to_set(load):
+    from sshd import free_port
+
+    cfg = load({"upload": {"host": "127.0.0.1", "port": free_port()}})
+    [check] = doctor.check_server(cfg, shipped_host="127.0.0.1")
+    assert check.status == FAIL and "shipped example" in check.found
+    assert "upload.host" in check.fix and "upload.user" in check.fix and "upload.dest_path" in check.fix
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc", "dashcam", "config.yaml")) as f:
+        shipped = yaml.safe_load(f)
+    assert shipped["upload"]["host"] == doctor.SHIPPED_UPLOAD_HOST
 
 
 # ---------------------------------------------------------------------------- MQTT
@@ -990,3 +1027,17 @@ def test_doctor_switch_with_a_broken_config_is_refused_with_exit_78(dashcamctl, 
     path.write_text("upload: {port: ssh}\n")
     res = dashcamctl("--config", str(path), "doctor", "--switch", env=switch_env(tmp_path, fake_hw))
     assert res.returncode == 78 and "refused" in res.stderr and res.stdout == ""
+
+
+def test_server_timeout_option_gives_the_probes_a_longer_budget(load, tmp_path):
+    """--server-timeout: a slow link (or a slow machine) gets its time; the first probe that answers
+    within it is believed."""
+    from dashcam_helpers import cli
+
+    args = cli.build_parser().parse_args(["doctor", "--server-timeout", "30"])
+    assert args.server_timeout == 30
+    assert doctor.connection_timeout(30) > doctor.SERVER_TIMEOUT == doctor.connection_timeout(doctor.SERVER_BUDGET)
+    slowish = fake_tool(tmp_path / "bin", "rsync", "sleep 3\nexit 0\n")  # answers after 3 s: accepted
+    cfg = load({"tools": {"rsync": slowish}})
+    assert only(doctor.check_key(cfg, budget=doctor.SECOND_PROBE_MIN + 1), "ssh key accepted").status == WARN
+    assert only(doctor.check_key(cfg, budget=12), "ssh key accepted").status == OK

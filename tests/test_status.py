@@ -157,3 +157,29 @@ def test_status_counts_the_returns_to_record_for_the_road():
                                                "message": "leaving home: ingest stopped after 7 of 31 clips"}}})
     assert line.startswith("road:     camera back to record 3 times (engine started 2, leaving home 1); last ")
     assert line.endswith(": leaving home: ingest stopped after 7 of 31 clips")
+
+
+# --- what the ledger holds is any JSON: each line of the text says so, none ends the report --------------
+
+import pytest  # noqa: E402
+
+NAN, INF, HUGE = float("nan"), float("inf"), 10**400
+
+
+@pytest.mark.parametrize("name,section", [
+    ("budget", {"on_battery": True, "runtime_minutes": INF, "waiting_bytes": 1}),
+    ("budget", {"on_battery": True, "runtime_minutes": NAN}),
+    ("budget", {"staged_bytes": "x", "waiting_bytes": 1}),
+    ("budget", {"waiting_bytes": [1]}),
+    ("budget", {"waiting_bytes": HUGE}),
+    ("footage", {"card": {"total_bytes": "x", "used_bytes": "y"}}),
+    ("footage", {"card": {"total_bytes": HUGE}}),
+    ("footage", {"losses_7d": 2, "last_loss": "x"}),
+    ("problem", {"problem": True, "reasons": [1, None]}),
+    ("problem", {"problem": True, "reasons": 5}),
+])
+def test_a_section_of_any_shape_renders_as_one_line_and_the_others_still_show(name, section):
+    text = status.render({name: section, "last_upload": {}})
+    first, rest = text.split("\n", 1)
+    assert first.startswith(name) or first.startswith(name.upper())
+    assert "\n" not in rest and rest.startswith("upload:")

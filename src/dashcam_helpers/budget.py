@@ -67,6 +67,7 @@ LEARN_MIN_MINUTES = 10.0
 PLAUSIBLE_BPS = (50e3, 1e9)
 PLAUSIBLE_PER_MINUTE = (1e6, 2e9)
 PLAUSIBLE_WATTS = (0.2, 50.0)
+PLAUSIBLE_WALL = 1577836800.0  # 2020-01-01: a wall clock before this was never set (coverage.PLAUSIBLE_WALL)
 
 
 class Estimate(Record):
@@ -141,7 +142,14 @@ def span(seconds: float) -> str:
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value - value == 0
+    """A number a float holds (JSON's integers have no bound: 10**400 is none), not NaN nor infinite."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        value = float(value)
+    except OverflowError:
+        return False
+    return value - value == 0
 
 
 def _median(values: Sequence[float]) -> float:
@@ -151,19 +159,23 @@ def _median(values: Sequence[float]) -> float:
 
 def load_watts(raw: Any) -> Optional[float]:
     """The UPS's output power from a reading's raw values, or None: battery-info.sh's output_power
-    (W) or output_voltage x output_current (V, A); lifepo4wered-cli's VOUT x IOUT (mV, mA)."""
+    (W) or output_voltage x output_current (V, A); lifepo4wered-cli's VOUT x IOUT (mV, mA). The
+    first of them that is a plausible draw; a negative factor is no reading (-1 / -2: not read)."""
     if not isinstance(raw, dict):
         return None
-    watts = None
-    if _finite(raw.get("output_power")):
-        watts = float(raw["output_power"])
-    elif _finite(raw.get("output_voltage")) and _finite(raw.get("output_current")):
-        watts = float(raw["output_voltage"]) * float(raw["output_current"])
-    elif _finite(raw.get("VOUT")) and _finite(raw.get("IOUT")) and raw["VOUT"] >= 0 and raw["IOUT"] >= 0:
-        watts = float(raw["VOUT"]) * float(raw["IOUT"]) / 1e6  # -1 / -2: not read
-    if watts is None or not PLAUSIBLE_WATTS[0] <= watts <= PLAUSIBLE_WATTS[1]:
+
+    def product(volts: str, amps: str, scale: float) -> Optional[float]:
+        v, a = raw.get(volts), raw.get(amps)
+        if _finite(v) and _finite(a) and v >= 0 and a >= 0:
+            return float(v) * float(a) / scale
         return None
-    return watts
+
+    power = raw.get("output_power")
+    for watts in (float(power) if _finite(power) else None, product("output_voltage", "output_current", 1.0),
+                  product("VOUT", "IOUT", 1e6)):
+        if watts is not None and PLAUSIBLE_WATTS[0] <= watts <= PLAUSIBLE_WATTS[1]:
+            return watts
+    return None
 
 
 def _battery_streak(history: Sequence[Any], boot_id: str) -> List[Any]:
@@ -329,8 +341,9 @@ def estimate(history: Sequence[Any], boot_id: str, cfg, *, rates: Any, camera: s
     exact = exact and recorded == 0
 
     files, staged_bytes, staged_events = staged
+    # ages on the wall clock: only between two readings of a clock that was set (no RTC: 1970 before NTP)
     ages = [wall - w for w in (oldest_staged_wall, recording_since_wall if recorded_seconds > 0 else None)
-            if _finite(w)]
+            if _finite(w) and w >= PLAUSIBLE_WALL] if _finite(wall) and wall >= PLAUSIBLE_WALL else []
     return Estimate(
         on_battery=on_battery,
         percent=percent,
@@ -398,8 +411,10 @@ def verdict(est: Optional[Estimate], cfg) -> Verdict:
             out.update(upload="events", upload_why=f"events first: ~{size(events)} of events fit in {left},"
                                                    f" ~{size(allowed - events)} of {size(normal)} of normal clips after them")
         elif est.staged_files and allowed >= est.staged_bytes / est.staged_files:
+            first = (f"~{size(events)} of events do not all fit: the event clips that fit first, the others wait for"
+                     " external power or the next arrival") if events else "events first"
             out.update(upload="some", upload_why=f"~{size(allowed)} of {size(est.staged_bytes)} staged fit in {left},"
-                                                 " events first")
+                                                 f" {first}")
         else:
             out.update(upload="none", upload_why=f"nothing more fits in {left} ({b.margin_percent} % kept in reserve)")
     if out.get("ingest") == "all" and out.get("upload") == "all" and est.runtime_shutdown is not None \
@@ -464,14 +479,20 @@ def budget_state(verdict_: Verdict, est: Optional[Estimate], boot_id: str, monot
     }
 
 
-def allowance(state: Any, which: str, boot_id: str, now: float) -> Optional[float]:
+def allowance(state: Any, which: str, boot_id: str, now: float, log=None) -> Optional[float]:
     """Bytes ``which`` (ingest | upload) may still start now, from the policy's BUDGET_KEY state:
     what it allowed, less what the time since then has used (at the rate it counted with).
-    None (no limit) when there is no such state, it is of another boot, stale or unreadable."""
+    None (no limit) when there is no such state, it is of another boot, stale or unreadable
+    (said on ``log``: a budget this boot wrote that cannot be read is a fault to see)."""
     if not isinstance(state, dict) or state.get("boot_id") != boot_id:
         return None
     written, allowed, rate = state.get("monotonic"), state.get(f"{which}_bytes"), state.get(f"{which}_rate")
-    if not (_finite(written) and _finite(allowed) and _finite(rate)):
+    if allowed is None:  # no limit: external power, no estimate
+        return None
+    if not (_finite(written) and _finite(allowed) and _finite(rate) and allowed >= 0 and rate >= 0):
+        if log is not None:
+            log.warning("power budget: the policy's %s allowance cannot be read (%s bytes at %s bytes/s, written at"
+                        " %s): no limit", which, str(allowed)[:40], str(rate)[:40], str(written)[:40])
         return None
     age = now - written
     if not -5.0 <= age <= STALE_SECONDS:
@@ -489,20 +510,25 @@ def may_copy(clip_bytes: int, event: bool, remaining_bytes: int, allowed: Option
 
 def upload_fit(items: Sequence[Tuple[int, bool]], allowed: Optional[float]) -> List[int]:
     """At a round boundary of an upload: the indexes of ``items`` ((bytes, event), in upload order)
-    to send within ``allowed`` bytes: all when they fit (or no limit), else events first, each group
-    in its order, up to the first clip that does not fit. Whole clips only."""
+    to send within ``allowed`` bytes: all when they fit (or no limit), else every event clip that fits,
+    in their order (one too large for what is left waits, a smaller one after it still goes), then
+    ordinary clips in their order up to the first that does not fit: no ordinary clip takes the
+    charge an event clip could have had. Whole clips only."""
     if allowed is None or sum(n for n, _ in items) <= allowed:
         return list(range(len(items)))
     chosen: List[int] = []
     used = 0
-    for want_event in (True, False):
-        for i, (n, event) in enumerate(items):
-            if event != want_event:
-                continue
-            if used + n > allowed:
-                break
+    for i, (n, event) in enumerate(items):
+        if event and used + n <= allowed:
             chosen.append(i)
             used += n
+    for i, (n, event) in enumerate(items):
+        if event:
+            continue
+        if used + n > allowed:
+            break
+        chosen.append(i)
+        used += n
     return chosen
 
 
@@ -518,6 +544,8 @@ class IngestGate:
         self.clips = list(clips)
         self.boot_id, self.clock, self.log = boot_id, clock, log
         self.stopped = False  # once the budget has said stop, this run starts no other clip
+        self.waiting: List[int] = []  # event clips too large for the runtime left: passed over, on the card
+        self.told = False  # an unreadable budget is said once a run, not before every clip
         total = sum(n for n, _ in self.clips)
         events = sum(n for n, e in self.clips if e)
         self.scan = {"bytes": total, "event_bytes": events, "files": len(self.clips)}
@@ -528,7 +556,7 @@ class IngestGate:
         self._left(0)
 
     def _left(self, start: int) -> None:
-        rest = self.clips[start:]
+        rest = [self.clips[i] for i in self.waiting] + self.clips[start:]
         try:
             self.put_state(CARD_KEY, {"camera": self.camera, "bytes": sum(n for n, _ in rest),
                                       "event_bytes": sum(n for n, e in rest if e), "files": len(rest),
@@ -538,7 +566,9 @@ class IngestGate:
                 self.log.debug("cannot record what is left on the card: %s", e)
 
     def may_start(self, index: int) -> bool:
-        """Clip ``index`` (of ``clips``) is next: may it start? Records what is left either way."""
+        """Clip ``index`` (of ``clips``) is next: may it start? Records what is left either way. An
+        event clip too large for the runtime left is passed over (``waiting``: the ingest goes on
+        with the next, a smaller event clip may fit); any other refusal stops this run (``stopped``)."""
         if self.stopped:
             return False
         self._left(index)
@@ -548,8 +578,16 @@ class IngestGate:
             state = self.get_state(BUDGET_KEY)
         except Exception:  # an unreadable budget is no budget: never a reason to stop
             state = None
-        allowed = allowance(state, "ingest", self.boot_id, self.clock())
+        allowed = allowance(state, "ingest", self.boot_id, self.clock(), None if self.told else self.log)
+        self.told = self.told or (allowed is None and isinstance(state, dict) and state.get("boot_id") == self.boot_id)
         ok = may_copy(nbytes, event, remaining, allowed)
+        if not ok and event:
+            self.waiting.append(index)
+            if self.log is not None:
+                self.log.warning("budget on battery: an event clip (%s) does not fit in the ~%s that can be copied in"
+                                 " the runtime left: it stays on the card for external power or the next arrival,"
+                                 " the next clips are tried", size(nbytes), size(allowed or 0))
+            return False
         self.stopped = not ok
         if not ok and self.log is not None:
             events_left = sum(n for n, e in self.clips[index:] if e)

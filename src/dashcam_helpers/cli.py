@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "to appear; refused (exit 75) on battery below thresholds.disconnect_percent, with an unknown "
                         "reading off external power, or while an ingest or upload runs")
     _add_json(p)
+    p.add_argument("--server-timeout", type=float, metavar="SECONDS", default=None,
+                   help="seconds for the server's probes (default 8): more for a slow link or a slow machine")
 
     return parser
 

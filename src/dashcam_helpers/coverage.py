@@ -59,6 +59,7 @@ MAX_CLIP_SECONDS = 3600.0  # a clip longer than this is no clip: its mtime says 
 DEFAULT_CLIP_SECONDS = 60.0  # when nothing on the card says how long a clip is
 VIDEO_EXTENSIONS = {"mp4", "mov", "m4v", "3gp", "ts", "avi", "mkv"}
 ISO_BMFF_EXTENSIONS = {"mp4", "mov", "m4v", "3gp"}
+MAX_BYTES_PER_MINUTE = 1e11  # a camera's bytes per recording minute above this is a damaged state, not a rate
 MAX_BOXES = 256  # top-level boxes read per file: a real clip has a handful
 TIMESYNC_FLAG = "/run/systemd/timesync/synchronized"  # systemd-timesyncd: the clock was synchronised
 
@@ -158,18 +159,10 @@ def place(windows: Sequence[Window], now: Now) -> Tuple[List[Tuple[float, float]
 def name_time(name: str) -> Optional[float]:
     """The recording start in a camera's file name (2026_1129_053712_013F.MP4, the ingest's
     NAME_STAMP), as seconds since 1970 on the camera's clock; None when there is none or it is no time."""
-    import datetime  # only ever called by an ingest: no cost to the policy tick
+    from .ingest import EPOCH, name_stamp  # only ever called by an ingest: no cost to the policy tick
 
-    from .ingest import NAME_STAMP
-
-    m = NAME_STAMP.search(os.path.basename(name))
-    if m is None:
-        return None
-    try:
-        stamp = datetime.datetime(*(int(g) for g in m.groups()))
-    except ValueError:  # 2026_1340_...: digits, not a time
-        return None
-    return (stamp - datetime.datetime(1970, 1, 1)).total_seconds()
+    stamp = name_stamp(name)
+    return None if stamp is None else (stamp - EPOCH).total_seconds()
 
 
 def _median(values: List[float]) -> float:
@@ -427,11 +420,10 @@ def check_card(cfg, ledger, root: str, files: Sequence[Tuple[str, int, int]], ne
     if reformatted:
         log.warning("the camera's card has a new filesystem (UUID %s, was %s): it was formatted since the last copy",
                     card.fs_uuid, previous_uuid)
-    judged_id = state.get("judged_id") if isinstance(state.get("judged_id"), int) else 0
+    judged_id = _judged_id(state)
     windows = ledger.recording_windows(after_id=judged_id)
     clips, skipped = clip_times(files)
-    offset = state.get("offset")
-    offset = float(offset) if isinstance(offset, (int, float)) and not isinstance(offset, bool) else None
+    offset = _number(state.get("offset"))
     verdict = compare(windows, clips, now, previous_offset=offset, reformatted=reformatted,
                       start_seconds=cfg.camera.record_start_seconds, min_seconds=cfg.camera.loss_min_seconds)
     if skipped:
@@ -441,7 +433,7 @@ def check_card(cfg, ledger, root: str, files: Sequence[Tuple[str, int, int]], ne
         log.info("%.0f minutes of recording not checked for lost footage: the Pi's clock was not set then",
                  verdict.unplaced_seconds / 60)
     sizes = {p: s for p, s, _ in files}
-    rate = _learned_rate(clips, sizes, state.get("bytes_per_minute") if isinstance(state.get("bytes_per_minute"), (int, float)) else None)
+    rate = _learned_rate(clips, sizes, _number(state.get("bytes_per_minute"), 0.0, MAX_BYTES_PER_MINUTE))
     space = card_space(root)
     card_facts: Dict[str, Any] = {"wall": now.wall}
     if space is not None:
@@ -471,6 +463,24 @@ def check_card(cfg, ledger, root: str, files: Sequence[Tuple[str, int, int]], ne
     return out
 
 
+def _number(value: Any, low: float = float("-inf"), high: float = float("inf")) -> Optional[float]:
+    """A number of the stored state as a float, or None: not a bool, NaN, infinite, beyond any float
+    (JSON's integers have no bound) or outside [low, high]. A bad value is as good as none."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if value - value == 0 and low <= value <= high else None
+
+
+def _judged_id(state: Dict[str, Any]) -> int:
+    """The last recording row judged (0: none), as SQLite can hold it."""
+    value = state.get("judged_id")
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63 else 0
+
+
 def _boot_id() -> str:
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
@@ -487,10 +497,9 @@ def on_camera(ledger) -> Tuple[float, Optional[int]]:
         return 0.0, None
     state = db.get_state(STATE_KEY)
     state = state if isinstance(state, dict) else {}
-    judged = state.get("judged_id") if isinstance(state.get("judged_id"), int) else 0
-    seconds = sum(max(0.0, w.end_mono - w.start_mono) for w in db.recording_windows(after_id=judged))
-    rate = state.get("bytes_per_minute")
-    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not rate > 0:
+    seconds = sum(max(0.0, w.end_mono - w.start_mono) for w in db.recording_windows(after_id=_judged_id(state)))
+    rate = _number(state.get("bytes_per_minute"), 0.0, MAX_BYTES_PER_MINUTE)
+    if not rate:
         return seconds, None
     return seconds, int(seconds / 60 * rate)
 

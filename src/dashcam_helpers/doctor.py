@@ -42,6 +42,7 @@ OK, WARN, FAIL = "ok", "warn", "FAIL"
 TOOL_TIMEOUT = 3.0  # seconds for one local tool (version, uhubctl status, systemctl, timedatectl)
 SERVER_TIMEOUT = 3  # seconds for one connection to the server (TCP connect, ssh-keyscan, ssh)
 SERVER_BUDGET = 8.0  # seconds for the two rsync probes together (each is one ssh session)
+SECOND_PROBE_MIN = 2.0  # seconds the second probe (--delete refused?) gets at least
 MQTT_BUDGET = 2.0  # seconds for the broker to accept us
 BATTERY_TIMEOUT = 3  # seconds for the one battery reading
 
@@ -58,8 +59,8 @@ POLICY_TIMER = "dashcam-policy.timer"
 UPLOAD_PATH = "dashcam-upload.path"
 BOOT_SERVICE = "dashcam-boot.service"
 DASHCAM_USER = "dashcam"
-# upload.host as etc/dashcam/config.yaml ships it: still that, and not answering, is a Pi not yet configured
-SHIPPED_HOST = "homeserver.lan"
+# upload.host as the package ships it (etc/dashcam/config.yaml): a placeholder until the user sets it
+SHIPPED_UPLOAD_HOST = "homeserver.lan"
 RESTRICT_PROBE = ".dashcam-doctor-probe"  # a folder the --delete probe names: it deletes nothing anyway
 
 # LiFePO4wered AUTO_BOOT register values (lifepo4wered-data.h)
@@ -432,7 +433,9 @@ def onboard_hub(model: Optional[str], description: str) -> bool:
                                       for pattern, ids in ONBOARD_HUBS)
 
 
-def check_usb(cfg, m: Machine) -> List[Check]:
+def check_usb(cfg, m: Machine, seen: Optional[Dict[str, Any]] = None) -> List[Check]:
+    """The hub, its port and the kernel's switches; the camera's port status goes into ``seen["port"]``
+    (for the camera check: is anything plugged into it)."""
     from . import camera
 
     cam = cfg.camera
@@ -458,6 +461,8 @@ def check_usb(cfg, m: Machine) -> List[Check]:
         checks.append(fail("usb hub", f"hub {cam.hub_location} has no port {cam.port_number}",
                            "run `sudo uhubctl`, then set camera.port_number"))
         return checks
+    if seen is not None:
+        seen["port"] = port
     power = "powered" if port.powered else "off"
     where = f"hub {cam.hub_location} [{hub.description}] port {cam.port_number} {power}"
     model = pi_model(m)
@@ -479,7 +484,8 @@ def check_usb(cfg, m: Machine) -> List[Check]:
     path = camera.authorized_path(cfg)
     if not os.path.exists(path):
         checks.append(fail("usb data switch", f"{path} does not exist",
-                           "set camera.data_device to the camera's USB device (its port path, e.g. 1-1.1) or the hub's"))
+                           "set camera.data_device to the hub the camera is on (README: The camera and the battery): "
+                           "it must stay present while the camera is off or unplugged"))
     elif not os.access(path, os.W_OK):
         if m.is_root():
             checks.append(fail("usb data switch", f"{path} is not writable"))
@@ -519,7 +525,24 @@ def kernel_filesystems(m: Machine) -> Tuple[str, ...]:
     return tuple(fs for fs in ("vfat", "exfat") if fs in found)
 
 
-def check_camera(cfg, m: Machine) -> List[Check]:
+def camera_port(cfg, port) -> Check:
+    """No camera volume now: what the hub says is on the camera's port (uhubctl's `connect` flag and
+    the device it names). Recording, the camera is on the bus with its data off, so no volume shows;
+    nothing on a powered port means it is unplugged."""
+    cam = cfg.camera
+    where = f"hub {cam.hub_location} port {cam.port_number}"
+    if not port.powered:
+        return ok("camera", f"{where} is off (`mode off`, or the policy on a low battery): the camera has no power now")
+    if "connect" in port.flags:
+        on = f" {port.device}" if port.device else ""
+        return ok("camera", f"camera on {where}{on}, recording: its storage is attached only while footage is fetched")
+    return fail("camera", f"nothing on {where}: the camera is unplugged, or on another port",
+                f"plug the camera into {where}, or run `sudo uhubctl` and set camera.hub_location and camera.port_number")
+
+
+def check_camera(cfg, m: Machine, hub_port=None) -> List[Check]:
+    """The kernel's filesystems, then the camera: a USB volume that matches; else what is on its port
+    (``hub_port``: its uhubctl status from the USB check, None when unknown)."""
     from . import device
 
     checks = []
@@ -557,6 +580,8 @@ def check_camera(cfg, m: Machine) -> List[Check]:
     if others:
         checks.append(warn("camera", f"no USB volume matches {wanted}; present: {others}",
                            "set camera.match_serial (or another camera.match_* key) to the camera's"))
+    elif hub_port is not None:
+        checks.append(camera_port(cfg, hub_port))
     else:
         checks.append(ok("camera", f"not attached now (normal while it records: data is off); looking for {wanted}"))
     return checks
@@ -844,11 +869,17 @@ def check_clock(m: Machine) -> Check:
 # ---------------------------------------------------------------------------- server
 
 
-def _quick(cfg):
-    """The configuration with the server's timeouts cut to SERVER_TIMEOUT: doctor must stay short."""
+def connection_timeout(budget: float) -> float:
+    """Seconds for one connection to the server: SERVER_TIMEOUT, more with a longer --server-timeout."""
+    return max(SERVER_TIMEOUT, budget * SERVER_TIMEOUT / SERVER_BUDGET)
+
+
+def _quick(cfg, timeout: float = SERVER_TIMEOUT):
+    """The configuration with the server's timeouts cut to ``timeout``: doctor must stay short."""
     up = cfg.upload
-    return cfg.replace(upload=up.replace(connect_timeout=min(up.connect_timeout, SERVER_TIMEOUT),
-                                         io_timeout=min(up.io_timeout, SERVER_TIMEOUT * 2)))
+    t = int(round(timeout))
+    return cfg.replace(upload=up.replace(connect_timeout=min(up.connect_timeout, t),
+                                         io_timeout=min(up.io_timeout, t * 2)))
 
 
 def pinned_keys(cfg) -> Optional[List[Tuple[str, str]]]:
@@ -867,18 +898,20 @@ def pinned_keys(cfg) -> Optional[List[Tuple[str, str]]]:
     return out
 
 
-def check_server(cfg) -> List[Check]:
+def check_server(cfg, shipped_host: str = SHIPPED_UPLOAD_HOST, budget: float = SERVER_BUDGET) -> List[Check]:
+    """``budget``: seconds for the key probes (--server-timeout); one connection gets connection_timeout()."""
     from . import server, ssh
     from .errors import DashcamError
 
-    quick = _quick(cfg)
+    timeout = int(round(connection_timeout(budget)))
+    quick = _quick(cfg, timeout)
     up = cfg.upload
     where = f"{up.host}:{up.port}"
-    if not server.reachable(quick, SERVER_TIMEOUT):
-        if up.host == SHIPPED_HOST:
-            return [fail("server", f"upload.host is still the example of the shipped configuration, {up.host}, "
-                         "and nothing answers there", f"sudoedit {cfg.path}: set upload.host, upload.user and "
-                         "upload.dest_path to your server's")]
+    if not server.reachable(quick, timeout):
+        if up.host == shipped_host:
+            return [fail("server", f"upload.host is still the shipped example {up.host!r}, and {where} does not answer",
+                         f"sudoedit {cfg.path}: set upload.host, upload.user and upload.dest_path to your server's "
+                         "(README: Setting up the home server)")]
         return [warn("server", f"{where} does not answer (normal away from home)",
                      "at home: check upload.host and upload.port, and that the server is on")]
     checks = [ok("server", f"{where} answers")]
@@ -895,7 +928,7 @@ def check_server(cfg) -> List[Check]:
                            "sudo dashcamctl trust-host"))
         return checks
     try:
-        offered = {tuple(line.split()[1:3]) for line in ssh.scan_host_keys(quick, SERVER_TIMEOUT)}
+        offered = {tuple(line.split()[1:3]) for line in ssh.scan_host_keys(quick, timeout)}
     except DashcamError as e:
         checks.append(warn("host key", f"cannot fetch the server's host key: {e}"))
         offered = None
@@ -907,7 +940,7 @@ def check_server(cfg) -> List[Check]:
                                "if the server was reinstalled, check its fingerprint on the server "
                                "(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then sudo dashcamctl trust-host"))
             return checks
-    checks.extend(check_key(quick))
+    checks.extend(check_key(quick, budget))
     return checks
 
 
@@ -924,17 +957,22 @@ def _rsync_probe(cfg, options: List[str], dest: str, timeout: float) -> runner.R
         return runner.run(argv, timeout=timeout, changes_state=False, check=False)
 
 
-def check_key(cfg) -> List[Check]:
+def check_key(cfg, budget: float = SERVER_BUDGET) -> List[Check]:
     """The key is accepted and the destination takes a (dry-run) write; then the key is restricted:
     an rrsync -wo -no-del key refuses --delete (refusal expected; acceptance is a warning)."""
     import time
 
     from . import ssh
 
-    deadline = time.monotonic() + SERVER_BUDGET
+    deadline = time.monotonic() + budget
     dest = cfg.upload.dest_path.rstrip("/") or "."
     try:
-        res = _rsync_probe(cfg, [], dest + "/", SERVER_BUDGET / 2)
+        # the first probe may take most of the budget: on a slow or busy machine the ssh handshake
+        # alone takes seconds, and the second probe reuses what the first proved (the key works)
+        res = _rsync_probe(cfg, [], dest + "/", budget - SECOND_PROBE_MIN)
+    except runner.CommandTimeout as e:  # no answer proves nothing: neither accepted nor refused
+        return [warn("ssh key accepted", f"cannot tell: {e}", "run sudo dashcamctl doctor again; "
+                     "if it keeps timing out, check the server's load and sshd (UseDNS no)")]
     except runner.CommandError as e:
         return [fail("ssh key accepted", str(e))]
     if res.returncode != 0:
@@ -943,7 +981,7 @@ def check_key(cfg) -> List[Check]:
         return [fail("ssh key accepted", said, None if problem else "see README: Setting up the home server")]
     checks = [ok("ssh key accepted", f"{cfg.upload.user}@{cfg.upload.host} took a dry-run write to {dest}/")]
     try:
-        res = _rsync_probe(cfg, ["--delete"], f"{dest}/{RESTRICT_PROBE}/", max(1.0, deadline - time.monotonic()))
+        res = _rsync_probe(cfg, ["--delete"], f"{dest}/{RESTRICT_PROBE}/", max(SECOND_PROBE_MIN, deadline - time.monotonic()))
     except runner.CommandError as e:
         return checks + [warn("ssh key restricted", f"cannot tell: {e}")]
     if res.returncode != 0 and "rrsync" in res.stderr and "disabled" in res.stderr:
@@ -1121,7 +1159,7 @@ def check_mqtt(cfg) -> List[Check]:
 
 
 def run_checks(config_path: Optional[str], m: Machine, monotonic: Optional[Callable[[], float]] = None,
-               switch: bool = False, dry_run: bool = False) -> List[Check]:
+               switch: bool = False, dry_run: bool = False, server_budget: float = SERVER_BUDGET) -> List[Check]:
     """Every check, in the order the footage flows. A check that breaks is a FAIL line, never the end.
     ``switch``: the camera through data mode and back, after the camera check (check_switch)."""
     import time
@@ -1159,8 +1197,9 @@ def run_checks(config_path: Optional[str], m: Machine, monotonic: Optional[Calla
         guarded("battery", battery_checks)
         if cfg.battery.source == "lifepo4wered" and reading and reading[0].raw:
             guarded("ups", lambda: check_ups_settings(cfg, dict(reading[0].raw)))
-        guarded("usb", lambda: check_usb(cfg, m))
-        guarded("camera", lambda: check_camera(cfg, m))
+        seen: Dict[str, Any] = {}
+        guarded("usb", lambda: check_usb(cfg, m, seen))
+        guarded("camera", lambda: check_camera(cfg, m, seen.get("port")))
         if switch and dry_run:
             checks.append(ok(SWITCH, "dry run: not switched (data mode and back to record without --dry-run)"))
         elif switch:
@@ -1168,7 +1207,7 @@ def run_checks(config_path: Optional[str], m: Machine, monotonic: Optional[Calla
         guarded("staging", lambda: check_staging(cfg, m))
     guarded("clock", lambda: check_clock(m))
     if cfg is not None:
-        guarded("server", lambda: check_server(cfg))
+        guarded("server", lambda: check_server(cfg, budget=server_budget))
     guarded("systemd", lambda: check_systemd(m, monotonic))
     if cfg is not None:
         guarded("mqtt", lambda: check_mqtt(cfg))
@@ -1209,7 +1248,8 @@ def doctor_command(args: argparse.Namespace) -> int:
         if why is not None:
             print(f"dashcamctl doctor --switch: refused: {why}; nothing was switched", file=sys.stderr)
             return EX_TEMPFAIL
-    checks = run_checks(args.config, m, switch=switch, dry_run=args.dry_run)
+    budget = getattr(args, "server_timeout", None) or SERVER_BUDGET
+    checks = run_checks(args.config, m, switch=switch, dry_run=args.dry_run, server_budget=budget)
     failed = sum(1 for c in checks if c.status == FAIL)
     warned = sum(1 for c in checks if c.status == WARN)
     if args.json:

@@ -211,16 +211,21 @@ def footage_files(
 EPOCH = datetime.datetime(1970, 1, 1)
 
 
-def name_date(name: str) -> Optional[datetime.date]:
-    """The recording date in a camera's file name (Novatek and the like), or None."""
+def name_stamp(name: str) -> Optional[datetime.datetime]:
+    """The recording time in a camera's file name (Novatek and the like), on the camera's clock, or None."""
     m = NAME_STAMP.search(os.path.basename(name))
     if m is None:
         return None
     try:
-        stamp = datetime.datetime(*(int(g) for g in m.groups()))
+        return datetime.datetime(*(int(g) for g in m.groups()))
     except ValueError:  # 2026_1340_...: digits, not a time
         return None
-    return stamp.date()
+
+
+def name_date(name: str) -> Optional[datetime.date]:
+    """The recording date in a camera's file name, or None."""
+    stamp = name_stamp(name)
+    return None if stamp is None else stamp.date()
 
 
 def clip_date(source_path: str, mtime_ns: int) -> datetime.date:
@@ -830,6 +835,7 @@ def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner, 
     finisher.start()
     remaining = len(todo)
     skipped = 0  # too big for the space left: on the card for later
+    waiting = 0  # event clips too large for the power budget: on the card for later, the next ones tried
     try:
         for seq, clip in enumerate(todo):
             if should_stop():
@@ -838,7 +844,10 @@ def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner, 
             if finisher.error is not None:
                 break
             if gate is not None and not gate.may_start(seq):  # on battery: the rest waits (events first)
-                break
+                if gate.stopped:
+                    break
+                waiting += 1  # one event clip too large: the next may fit
+                continue
             free, size_fs = free_space(cfg.paths.local_staging)
             keep = reserve_bytes(cfg, size_fs)
             # bytes already written but still in the finisher are counted by statvfs already
@@ -890,7 +899,7 @@ def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner, 
             except queue.Full:
                 continue
         finisher.join()
-    if gate is not None and remaining == 0:
+    if gate is not None and remaining == waiting:
         gate.finished()
     if isinstance(finisher.error, Interrupted):
         result.interrupted = True

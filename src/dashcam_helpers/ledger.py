@@ -812,7 +812,15 @@ class TickLedger:
     def get_state(self, key: str, default: Any = None) -> Any:
         if key in self.fallback["state"]:
             return self.fallback["state"][key]
-        return self._use(lambda ledger: ledger.get_state(key, default), default)
+
+        def read(ledger: Ledger) -> Any:
+            try:
+                return ledger.get_state(key, default)
+            except ValueError as e:  # one value that is not JSON: that state is lost, not the ledger
+                log.error("policy: the ledger's state %r is not JSON (%s): read as none, written anew", key, e)
+                return default
+
+        return self._use(read, default)
 
     def recent_readings(self, limit: int) -> List[Any]:
         """The database's newest readings and the fallback's (this boot), oldest first: other boots

@@ -414,7 +414,11 @@ def decide(history: Sequence[Sample], facts: Facts, cfg) -> Decision:
     """
     power = assess(history, facts, cfg)
     # the budget never touches a shutdown nor a return to record: only what a data cycle and an upload start
-    verdict = power_budget.verdict(facts.budget, cfg) if facts.budget is not None else None
+    try:  # an estimate the verdict cannot weigh is no budget: never a reason to skip a shutdown
+        verdict = power_budget.verdict(facts.budget, cfg) if facts.budget is not None else None
+    except (ArithmeticError, TypeError, ValueError) as e:
+        log.error("policy: no power budget this tick (no limit): %s: %s", type(e).__name__, e)
+        verdict = None
     if power.state == "critical":
         camera = "off" if facts.camera_mode != "off" else None
         return Decision(

@@ -125,7 +125,7 @@ def run_as(
         except DashcamError as e:
             answer = {"error": "failed", "message": str(e)}
         except BaseException as e:  # noqa: B902 - reported to the parent, which decides
-            answer = {"error": "failed", "message": f"{type(e).__name__}: {e}"}
+            answer = {"error": "failed", "message": f"{type(e).__name__}: {e}{_where(e)}"}
             code = 1
         try:
             data = json.dumps(answer).encode("utf-8")
@@ -157,6 +157,18 @@ def run_as(
         _, status = os.waitpid(pid, 0)
         os.close(stop_w)
     return _answer(b"".join(chunks), status, user, decode)
+
+
+def _where(e: BaseException) -> str:
+    """ " (in FUNCTION, FILE:LINE)" of the line that raised ``e``: an unexpected error of the copy
+    (an errno without a file name, say) then still says which call it was."""
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    if not frames:
+        return ""
+    last = frames[-1]
+    return f" (in {last.name}, {os.path.basename(last.filename)}:{last.lineno})"
 
 
 def _stop_on_word(stop_r: int) -> None:

@@ -278,35 +278,35 @@ def _problem_line(p: Dict[str, Any]) -> str:
     return "PROBLEM:  " + "; ".join(p.get("reasons") or ["?"])
 
 
+# the line of each section (any other section: its keys and values)
+LINES: Dict[str, Callable[[Dict[str, Any]], str]] = {
+    "battery": _battery_line,
+    "camera": _camera_line,
+    "staging": _staging_line,
+    "server": _server_line,
+    "last_ingest": lambda section: _last_line("ingest", section),
+    "last_upload": lambda section: _last_line("upload", section),
+    "back_to_record": _returns_line,
+    "budget": _budget_line,
+    "footage": _footage_line,
+    "problem": _problem_line,
+}
+
+
 def render(facts: Dict[str, Dict[str, Any]]) -> str:
     lines = []
     for name, section in facts.items():
-        if name == "ledger":
-            if section.get("damaged") or "error" in section:  # a healthy ledger needs no line
-                lines.append(f"LEDGER DAMAGED: {section.get('message') or section.get('error')}")
-        elif name == "battery":
-            lines.append(_battery_line(section))
-        elif name == "camera":
-            lines.append(_camera_line(section))
-        elif name == "staging":
-            lines.append(_staging_line(section))
-        elif name == "server":
-            lines.append(_server_line(section))
-        elif name == "last_ingest":
-            lines.append(_last_line("ingest", section))
-        elif name == "last_upload":
-            lines.append(_last_line("upload", section))
-        elif name == "back_to_record":
-            lines.append(_returns_line(section))
-        elif name == "budget":
-            lines.append(_budget_line(section))
-        elif name == "footage":
-            lines.append(_footage_line(section))
-        elif name == "problem":
-            lines.append(_problem_line(section))
-        else:
-            body = ", ".join(f"{k} {v}" for k, v in section.items())
-            lines.append(f"{name + ':':<9} {body}")
+        try:
+            if name == "ledger":
+                if section.get("damaged") or "error" in section:  # a healthy ledger needs no line
+                    lines.append(f"LEDGER DAMAGED: {section.get('message') or section.get('error')}")
+            elif name in LINES:
+                lines.append(LINES[name](section))
+            else:
+                body = ", ".join(f"{k} {v}" for k, v in section.items())
+                lines.append(f"{name + ':':<9} {body}")
+        except Exception as e:  # noqa: B902 - a section of any shape (the ledger is input): one line, the rest shows
+            lines.append(f"{name + ':':<9} unreadable ({type(e).__name__}: {str(e)[:80]})")
     from .log import printable  # names from the card (in reasons, sources) are any bytes: escaped
 
     return "\n".join(printable(line) for line in lines)

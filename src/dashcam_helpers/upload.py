@@ -64,6 +64,7 @@ import os
 import re
 import shlex
 import shutil
+import sqlite3
 import tempfile
 import threading
 import time
@@ -915,14 +916,19 @@ class Uploader:
         from . import budget
         from .policy import SystemClock
 
-        allowed = budget.allowance(self.ledger.get_state(budget.BUDGET_KEY), "upload", SystemClock().boot_id(),
-                                   time.monotonic())
+        try:
+            state = self.ledger.get_state(budget.BUDGET_KEY)
+        except (ValueError, sqlite3.Error) as e:  # not JSON, a busy ledger: no budget, never a reason to stop
+            log.warning("power budget: the policy's state cannot be read (%s): no limit", e)
+            state = None
+        allowed = budget.allowance(state, "upload", SystemClock().boot_id(), time.monotonic(), log)
         keep = budget.upload_fit([(i.size, i.clip.event) for i in items], allowed)
         if len(keep) < len(items):
             left = [i for n, i in enumerate(items) if n not in set(keep)]
-            log.info("power budget on battery: ~%s can be sent in the runtime left; %d clip(s), %s, wait for"
-                     " external power or the next arrival", budget.size(allowed or 0), len(left),
-                     budget.size(sum(i.size for i in left)))
+            events = [i for i in left if i.clip.event]
+            log.info("power budget on battery: ~%s can be sent in the runtime left; %d clip(s), %s (%d event clip(s),"
+                     " %s), wait for external power or the next arrival", budget.size(allowed or 0), len(left),
+                     budget.size(sum(i.size for i in left)), len(events), budget.size(sum(i.size for i in events)))
         return [items[n] for n in keep]
 
     def backlog(self, skip: Set[int]) -> List[Clip]:

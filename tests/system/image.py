@@ -1,13 +1,16 @@
 #!/usr/bin/python3
-"""The guest image for the system tests: Debian 12 built with debootstrap, cached outside the repo.
+"""The guest images for the system tests: Debian built with debootstrap, cached outside the repo.
 
-    /usr/bin/python3 tests/system/image.py        # build (or reuse) and print the cache directory
+    /usr/bin/python3 tests/system/image.py            # build (or reuse) bookworm, print its cache directory
+    /usr/bin/python3 tests/system/image.py trixie     # the same for Debian 13
 
-The cache key is a hash of this file's RECIPE, so editing the recipe rebuilds the image and
-nothing else does. The result is a raw ext4 root file system plus the kernel and initrd for a
+One recipe per suite (SUITES): Debian 12 "bookworm", the default, and Debian 13 "trixie", what
+Raspberry Pi OS is now based on. The cache key is a hash of the suite's recipe, so editing a recipe
+rebuilds that suite's image and nothing else does. The result is a raw ext4 root file system plus the kernel and initrd for a
 direct boot (`-kernel -initrd -append root=/dev/vda`); tests boot throw-away qcow2 overlays of it.
 Needs root (debootstrap, chroot) and the Debian mirror that apt on this host already uses.
 """
+import copy
 import fcntl
 import hashlib
 import json
@@ -21,6 +24,7 @@ import time
 CACHE_ROOT = os.environ.get("DASHCAM_VM_CACHE", "/var/cache/dashcam-vm")
 
 # Everything that decides what the image contains. Change any of it and the image rebuilds.
+# (bookworm's recipe, the default; SUITES derives the others from it)
 RECIPE = {
     "suite": "bookworm",
     "variant": "minbase",
@@ -54,6 +58,21 @@ RECIPE = {
 }
 
 
+DEFAULT_SUITE = "bookworm"
+# Debian 13 takes the same packages and files (networkd is still part of systemd there)
+SUITES = {
+    "bookworm": RECIPE,
+    "trixie": dict(RECIPE, suite="trixie"),
+}
+
+
+def recipe(suite=DEFAULT_SUITE):
+    try:
+        return copy.deepcopy(SUITES[suite])
+    except KeyError:
+        raise SystemExit("image: no recipe for %r (known: %s)" % (suite, ", ".join(SUITES))) from None
+
+
 def mirror():
     """The Debian mirror apt on this host already uses (the only network the build touches)."""
     found = []
@@ -72,13 +91,13 @@ def mirror():
     return found[0] if found else "http://deb.debian.org/debian"
 
 
-def recipe_key():
-    blob = json.dumps(RECIPE, sort_keys=True).encode()
+def recipe_key(suite=DEFAULT_SUITE):
+    blob = json.dumps(recipe(suite), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def cache_dir():
-    return os.path.join(CACHE_ROOT, "bookworm-" + recipe_key())
+def cache_dir(suite=DEFAULT_SUITE):
+    return os.path.join(CACHE_ROOT, "%s-%s" % (suite, recipe_key(suite)))
 
 
 def say(text):
@@ -99,8 +118,9 @@ def _run(argv, log, **kw):
         raise SystemExit("image: %s failed (exit %d); the whole log: %s" % (argv[0], done.returncode, log))
 
 
-def build(dest):
+def build(dest, suite=DEFAULT_SUITE):
     """debootstrap into a tree, configure it, pack it into dest/rootfs.img (ext4) + kernel + initrd."""
+    rec = recipe(suite)
     work = dest + ".work"
     shutil.rmtree(work, ignore_errors=True)
     tree = os.path.join(work, "root")
@@ -109,20 +129,20 @@ def build(dest):
     open(log, "w").close()
     t0 = time.monotonic()
     say("building the guest image once (Debian %s, a few minutes); the tools' output goes to %s"
-        % (RECIPE["suite"], log))
+        % (rec["suite"], log))
     say("debootstrap: fetching and installing %d packages and what they need from %s"
-        % (len(RECIPE["packages"]), mirror()))
-    _run(["debootstrap", "--variant=" + RECIPE["variant"], "--include=" + ",".join(RECIPE["packages"]),
-          RECIPE["suite"], tree, mirror()], log)
+        % (len(rec["packages"]), mirror()))
+    _run(["debootstrap", "--variant=" + rec["variant"], "--include=" + ",".join(rec["packages"]),
+          rec["suite"], tree, mirror()], log)
     say("configuring the guest (%.0f s so far)" % (time.monotonic() - t0))
-    for path, text in RECIPE["files"].items():
+    for path, text in rec["files"].items():
         full = tree + path
         os.makedirs(os.path.dirname(full), exist_ok=True)
         with open(full, "w") as f:
             f.write(text)
-    for unit in RECIPE["enable"]:
+    for unit in rec["enable"]:
         _run(["chroot", tree, "systemctl", "enable", unit], log)
-    for unit in RECIPE["disable"]:
+    for unit in rec["disable"]:
         subprocess.run(["chroot", tree, "systemctl", "disable", unit], check=False,
                        stderr=subprocess.DEVNULL)
     # root without a password: the image is only ever reached through the guest agent
@@ -140,28 +160,28 @@ def build(dest):
             if os.path.isfile(p) and n.endswith((".deb", "_Packages", "_InRelease")):
                 os.unlink(p)
     img = os.path.join(work, "rootfs.img")
-    say("packing the root file system into %d MiB of ext4 (%.0f s so far)" % (RECIPE["image_mib"], time.monotonic() - t0))
-    _run(["mkfs.ext4", "-q", "-F", "-L", "dashcam-root", "-d", tree, img, "%dM" % RECIPE["image_mib"]], log)
+    say("packing the root file system into %d MiB of ext4 (%.0f s so far)" % (rec["image_mib"], time.monotonic() - t0))
+    _run(["mkfs.ext4", "-q", "-F", "-L", "dashcam-root", "-d", tree, img, "%dM" % rec["image_mib"]], log)
     shutil.rmtree(tree)
     with open(os.path.join(work, "recipe.json"), "w") as f:
-        json.dump({"recipe": RECIPE, "kernel": kernel, "build_seconds": round(time.monotonic() - t0, 1)},
+        json.dump({"recipe": rec, "kernel": kernel, "build_seconds": round(time.monotonic() - t0, 1)},
                   f, indent=1)
     os.rename(work, dest)
     say("built in %.0f s: %s" % (time.monotonic() - t0, dest))
 
 
-def ensure_image():
-    """Path of the cached image directory (rootfs.img, vmlinuz, initrd.img), building it if needed."""
-    dest = cache_dir()
+def ensure_image(suite=DEFAULT_SUITE):
+    """Path of the suite's cached image directory (rootfs.img, vmlinuz, initrd.img), building it if needed."""
+    dest = cache_dir(suite)
     if os.path.exists(os.path.join(dest, "rootfs.img")):
         return dest
     os.makedirs(CACHE_ROOT, exist_ok=True)
     with open(os.path.join(CACHE_ROOT, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)       # parallel test runs build it once
         if not os.path.exists(os.path.join(dest, "rootfs.img")):
-            build(dest)
+            build(dest, suite)
     return dest
 
 
 if __name__ == "__main__":
-    print(ensure_image())
+    print(ensure_image(*sys.argv[1:2]))

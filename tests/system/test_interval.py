@@ -9,7 +9,7 @@ import pytest
 
 from vm import wait_for
 
-pytestmark = [pytest.mark.system, pytest.mark.quarantined("not yet run in a guest")]
+pytestmark = pytest.mark.system
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "README.md")
 SECTION = "### Changing the interval"

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from guest import install_package
+from guest import install_package, ledger_rows
 from vm import wait_for
 
 pytestmark = pytest.mark.system
@@ -53,14 +53,56 @@ def dpkg_status(vm):
     return r.out.strip() if r.rc == 0 else ""
 
 
-def test_installs_reinstalls_upgrades_over_itself_and_purges_cleanly(make_vm, deb_path, tmp_path):
+def active_since(vm, unit):
+    """When the unit last became active (monotonic µs): a restart moves it forward."""
+    return int(vm.run(["/bin/systemctl", "show", "-p", "ActiveEnterTimestampMonotonic", "--value", unit]).out)
+
+
+def purge(vm):
+    vm.run(["/usr/bin/env", "DEBIAN_FRONTEND=noninteractive", "/usr/bin/apt-get", "purge", "-y", "-q",
+            "dashcam-manager"], timeout=300)
+    assert dpkg_status(vm) in ("", "unknown ok not-installed ")
+    settled(vm)
+    assert failed(vm) == ""
+
+
+def leftovers(vm, keep=()):
+    """What of the package is still on the guest: files named *dashcam* on the root file system (the
+    test's share and /tmp aside), files dpkg still knows of, the user and group, units systemd knows."""
+    found = vm.run(["/usr/bin/find", "/", "-xdev", "(", "-path", "/mnt/host", "-o", "-path", "/tmp", "-o",
+                    "-path", "/srv/card", ")", "-prune", "-o", "-name", "*dashcam*", "-print"]).out.split()
+    found += vm.run(["/usr/bin/find", "/etc/dashcam", "/var/lib/dashcam", "-print"], check=False).out.split()
+    found = sorted(set(f for f in found if not any(f == k or f.startswith(k + "/") for k in keep)))
+    r = vm.run(["/usr/bin/dpkg", "-S", "dashcam"], check=False)
+    if r.rc == 0:
+        found.append("dpkg -S: " + r.out.strip())
+    for db in ("passwd", "group"):
+        r = vm.run(["/usr/bin/getent", db, "dashcam"], check=False)
+        if r.rc == 0 and "user" not in keep:
+            found.append("getent %s: %s" % (db, r.out.strip()))
+    # exit status 1 when no unit file matches (systemd 246 and later)
+    units = [ln for ln in vm.run(["/bin/systemctl", "list-unit-files", "--no-legend", "--plain", "dashcam*"],
+                                 check=False).out.splitlines() if "dashcam" in ln]
+    found += ["systemctl: " + ln for ln in units]
+    return found
+
+
+CARD_CLIP = "/srv/card/Normal/Front/2026_1125_233000_001F.MP4"
+
+
+def test_install_purge_install_upgrade_purge_as_piuparts_does(make_vm, deb_path, tmp_path):
+    """piuparts' sequence in a real guest: install on a clean system, purge (nothing left), install
+    again, use it (a conffile edit, a ledger with a clip, the policy interval changed), the same
+    version over itself, an upgrade to a higher version (all of that kept, the units restarted), and
+    a purge of the used install (unsent footage is the user's: kept with its ledger, the rest gone)."""
     bumped_deb, bumped_version = bumped(deb_path, tmp_path)
+    version = os.path.basename(deb_path).split("_")[1]
     vm = make_vm()
     vm.start()
+    assert leftovers(vm) == []
 
     # install: apt resolves the Depends from what the image holds (offline)
     install_package(vm, deb_path)
-    version = os.path.basename(deb_path).split("_")[1]
     assert dpkg_status(vm) == "install ok installed " + version
     settled(vm)
     assert units_state(vm) == {u: "enabled" for u in UNITS_ENABLED}
@@ -69,39 +111,47 @@ def test_installs_reinstalls_upgrades_over_itself_and_purges_cleanly(make_vm, de
     assert vm.run(["/usr/bin/dashcamctl", "--help"]).rc == 0
     assert vm.run(["/usr/bin/stat", "-c", "%a %U %G", "/etc/dashcam/config.yaml"]).out.split() == \
         ["640", "root", "dashcam"]
-    assert vm.run(["/usr/bin/id", "dashcam"]).rc == 0
 
-    # the user edits the conffile; every later step must keep the edit
+    # purge a fresh install: nothing of it is left
+    purge(vm)
+    assert leftovers(vm) == []
+
+    # install again, and use it: the user edits the conffile, a clip reaches the ledger, the interval changes
+    install_package(vm, deb_path)
+    settled(vm)
     vm.sh("sed -i 's/^  host: homeserver.lan$/  host: nas.example/' /etc/dashcam/config.yaml")
-    assert "host: nas.example" in vm.read_file("/etc/dashcam/config.yaml").decode()
+    vm.sh("install -d -m 0755 %s && head -c 1048576 /dev/urandom > %s && chmod 0644 %s"
+          % (os.path.dirname(CARD_CLIP), CARD_CLIP, CARD_CLIP))
+    vm.run(["/usr/bin/dashcamctl", "ingest", "--source", "/srv/card"], timeout=300)
+    ledger = ledger_rows(vm)
+    assert [r["state"] for r in ledger] == ["staged"], ledger
+    vm.run(["/usr/bin/dashcamctl", "policy-interval", "60"], timeout=300)
 
-    # the same version again, twice, with dpkg -i: a re-run of the maintainer scripts over themselves
-    inside = vm.put(deb_path)
-    for _ in range(2):
-        vm.run(["/usr/bin/dpkg", "-i", inside], timeout=300)
+    # the same version again with dpkg -i: the maintainer scripts over themselves
+    vm.run(["/usr/bin/dpkg", "-i", vm.put(deb_path)], timeout=300)
     assert dpkg_status(vm) == "install ok installed " + version
     settled(vm)
-    assert units_state(vm) == {u: "enabled" for u in UNITS_ENABLED}
     assert failed(vm) == ""
 
-    # upgrade to a higher version of the same tree
+    # upgrade to a higher version of the same tree: what the user made is kept, the units restarted
+    since = {u: active_since(vm, u) for u in UNITS_ENABLED}
     install_package(vm, bumped_deb)
     assert dpkg_status(vm) == "install ok installed " + bumped_version
     settled(vm)
     assert units_state(vm) == {u: "enabled" for u in UNITS_ENABLED}
     assert failed(vm) == ""
-    config = vm.read_file("/etc/dashcam/config.yaml").decode()
-    assert "host: nas.example" in config
+    assert all(active_since(vm, u) > since[u] for u in UNITS_ENABLED), "units not restarted by the upgrade"
+    assert "host: nas.example" in vm.read_file("/etc/dashcam/config.yaml").decode()
     assert vm.run(["/usr/bin/stat", "-c", "%a %U %G", "/etc/dashcam/config.yaml"]).out.split() == \
         ["640", "root", "dashcam"]
+    assert ledger_rows(vm) == ledger
+    shown = vm.run(["/usr/bin/dashcamctl", "policy-interval", "--show"]).out
+    assert "every 60 s" in shown, shown
 
-    # purge: nothing of ours is left, nothing failed on the way out
-    vm.run(["/usr/bin/env", "DEBIAN_FRONTEND=noninteractive", "/usr/bin/apt-get", "purge", "-y", "-q",
-            "dashcam-manager"], timeout=300)
-    assert dpkg_status(vm) in ("", "unknown ok not-installed ")
-    for gone in ["/etc/dashcam", "/var/lib/dashcam", "/usr/bin/dashcamctl",
-                 "/lib/systemd/system/dashcam-policy.timer", "/lib/systemd/system/dashcam-upload.path"]:
-        assert not vm.exists(gone), gone
-    assert "dashcam" not in vm.run(["/bin/systemctl", "list-timers", "--all", "--no-legend"]).out
-    settled(vm)
-    assert failed(vm) == ""
+    # purge the used install: the staged clip is the user's (kept, with its ledger and their owner);
+    # the configuration, the interval drop-in, the units and the rest are gone
+    purge(vm)
+    kept = ["/var/lib/dashcam", "user"]
+    assert leftovers(vm, keep=kept) == []
+    assert vm.run(["/usr/bin/find", "/var/lib/dashcam/staging/ready", "-type", "f"]).out.strip()
+    assert ledger_rows(vm) == ledger

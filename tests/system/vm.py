@@ -257,10 +257,25 @@ class VM:
                 return False
         wait_for(agent_up, timeout, "the guest agent (boot)", interval=1)
         self.boot_seconds = time.monotonic() - self.started
-        # the 9p share carries the .deb and the tests' tools in, and live logs out
-        self.sh("mkdir -p %s && (mountpoint -q %s || mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 host %s)"
-                % (SHARE_IN_GUEST, SHARE_IN_GUEST, SHARE_IN_GUEST))
+        self._mount_share()
         return self.boot_seconds
+
+    def _mount_share(self, timeout=90):
+        """Mount the 9p share (it carries the .deb and the tests' tools in, and live logs out).
+
+        The guest agent can answer before udev's coldplug has bound the share's virtio device to
+        9pnet_virtio (seen on trixie guests: "special device host does not exist"): load the
+        transport, let udev settle, and try again until the share is there."""
+        script = ("mkdir -p {d} && (mountpoint -q {d} || {{ modprobe -q 9pnet_virtio; udevadm settle --timeout=10;"
+                  " mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 host {d}; }})").format(d=SHARE_IN_GUEST)
+        deadline = time.monotonic() + timeout
+        while True:
+            res = self.sh(script, check=False)
+            if res.rc == 0:
+                return
+            if time.monotonic() > deadline:
+                raise VMError("the guest could not mount the host share in %s s: %r" % (timeout, res))
+            time.sleep(2)
 
     def running(self):
         return self.proc is not None and self.proc.poll() is None
