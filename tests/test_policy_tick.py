@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional
 import pytest
 
 from conftest import MINIMAL, deep_merge
-from dashcam_helpers import config
+from dashcam_helpers import budget, config
 from dashcam_helpers.ledger import Ledger
 from dashcam_helpers.policy import (
     INGEST_UNITS,
@@ -830,3 +830,44 @@ def test_ticks_keep_the_window_in_which_the_camera_recorded(rig):
         ("boot-1", first, last), ("boot-1", again, again + STEP)]
     doc = mqtt.state_document(status_facts(record, ledger, cfg), now=1.76e9)
     assert doc["footage_lost_minutes"] == 0 and doc["problem"] == "OFF"
+
+
+
+@pytest.mark.parametrize("left", [48 * 10**6, 0])
+def test_clips_an_ingest_left_on_the_card_are_fetched_at_the_next_boot_on_external_power(rig, left):
+    cfg, world, actions, clock, ledger, run = rig
+    world.reachable = True
+    run()  # arriving home on battery: data
+    # the budget let the ingest copy the events only: the normal clips stay on the card (its card_left)
+    ledger.put_state("last_ingest", {"wall": clock.wall, "files": 2, "bytes": 3 * 10**6, "result": "ok",
+                                     "pending": 3 if left else 0})
+    ledger.put_state(budget.CARD_KEY, {"camera": cfg.camera.name, "bytes": left, "event_bytes": 0, "files": 3})
+    world.mode = "off"
+    for _ in range(3):  # at home on battery: nothing new to fetch
+        assert run()["decision"]["camera"] is None
+    # the low battery shut the Pi down; the engine powers it on again at home, the camera records
+    # from power-on; with camera.settle_minutes 0 the first tick decides
+    clock.boot, clock.mono = "boot-2", 20.0
+    world.reading, world.mode = FakeReading(millivolts=3611, percent=95, external=True), "record"
+    at_once = config.validate(deep_merge(MINIMAL, {"paths": {"local_staging": cfg.paths.local_staging,
+                                                             "state_dir": cfg.paths.state_dir},
+                                                   "camera": {"settle_minutes": 0}}), "test.yaml")
+    record = tick(at_once, world, actions, ledger=ledger, clock=clock)
+    if left:
+        assert world.mode == "data", record["decision"]["reason"]
+        assert "48 MB left on the card by the last ingest" in record["decision"]["reason"]
+    else:  # nothing left there, nothing recorded since: nothing to fetch
+        assert world.mode == "record", record["decision"]["reason"]
+
+
+def test_the_boot_id_comes_from_the_kernel_else_from_the_units_environment(tmp_path):
+    from dashcam_helpers.policy import boot_id
+    kernel = tmp_path / "boot_id"
+    kernel.write_text("0f3c7a52-8d7e-4b8e-9a55-2c1d5e6f7a8b\n")
+    assert boot_id(str(kernel), {}) == "0f3c7a52-8d7e-4b8e-9a55-2c1d5e6f7a8b"
+    hidden = str(tmp_path / "hidden")  # ProcSubset=pid: /proc/sys is not there
+    # systemd's %b: the same id, 32 hex digits: the same boot as the policy (which reads the file) names it
+    assert boot_id(hidden, {"DASHCAM_BOOT_ID": "0F3C7A528D7E4B8E9A552C1D5E6F7A8B"}) == "0f3c7a52-8d7e-4b8e-9a55-2c1d5e6f7a8b"
+    for bad in ({}, {"DASHCAM_BOOT_ID": ""}, {"DASHCAM_BOOT_ID": "%b"}, {"DASHCAM_BOOT_ID": "0f3c7a52" * 3},
+                {"DASHCAM_BOOT_ID": "zz" * 16}):
+        assert boot_id(hidden, bad) == "unknown"

@@ -69,3 +69,12 @@ def test_the_ingest_holds_only_what_mount_and_the_drop_need():
     # no User= at all (root is the default): with User= set, systemd 255 and later drop CAP_SETUID
     # from the permitted set after the seccomp filter, and the copy's drop to dashcam gets EPERM
     assert not re.search(r"^User=", text, re.M)
+
+
+@pytest.mark.parametrize("name", ["dashcam-ingest@.service", "dashcam-upload.service"])
+def test_a_unit_that_hides_proc_sys_gives_the_boot_id_the_power_budget_is_kept_by(name):
+    # ProcSubset=pid hides /proc/sys/kernel/random/boot_id; without it the budget the policy wrote
+    # for this boot reads as another boot's, which is no limit at all
+    text = (UNITS / name).read_text()
+    assert re.search(r"^ProcSubset=pid$", text, re.M)
+    assert re.search(r"^Environment=DASHCAM_BOOT_ID=%b$", text, re.M)

@@ -482,11 +482,10 @@ def _judged_id(state: Dict[str, Any]) -> int:
 
 
 def _boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return "unknown"
+    # the policy's reader: it falls back to the unit's DASHCAM_BOOT_ID where ProcSubset=pid hides
+    # /proc/sys (the ingest unit); "unknown" would make every window of this boot another boot's
+    from .policy import boot_id
+    return boot_id()
 
 
 def on_camera(ledger) -> Tuple[float, Optional[int]]:

@@ -93,6 +93,8 @@ class Facts(Record):
     ingested_since_data: an ingest finished since the camera entered data mode
     recorded_seconds: how long the camera was seen recording since the last ingest
     ingested_before: an ingest has been recorded (ledger state last_ingest) at least once
+    left_on_card: bytes the last ingest's scan found on the camera and left there (the power
+      budget on battery stopped it before them; ledger state card_left): footage to expect
     unknown_since: first unknown reading of the current unknown streak, this boot
     last_external: the last known "on external power", from any reading
     battery_low: the camera latch as the previous tick left it (None: no previous tick)
@@ -114,6 +116,7 @@ class Facts(Record):
     ingested_since_data: bool = False
     recorded_seconds: float = 0.0
     ingested_before: bool = False
+    left_on_card: int = 0
     unknown_since: Optional[float] = None
     last_external: Optional[bool] = None
     battery_low: Optional[bool] = None
@@ -306,7 +309,11 @@ def _camera(power: Power, facts: Facts, cfg, verdict=None) -> Tuple[Optional[str
 
     # data mode: at home, battery allowing, room in staging, and new footage to expect
     allowed = external or power.camera_allowed is True
-    new_footage = facts.recorded_seconds > 0 or not facts.ingested_before
+    # clips an ingest left on the card (the budget on battery copied the events only) wait for external
+    # power, even when the camera has recorded nothing since (a boot at home with camera.settle_minutes 0);
+    # on battery they wait for the next arrival after a drive: the cell has not charged meanwhile
+    new_footage = (facts.recorded_seconds > 0 or not facts.ingested_before
+                   or (external and facts.left_on_card > 0))
     settle = cfg.camera.settle_minutes
     if external and settle > 0:
         # on external power the engine may be running: the car is parked only once the server has
@@ -352,6 +359,8 @@ def _camera(power: Power, facts: Facts, cfg, verdict=None) -> Tuple[Optional[str
             expect = arrived if just_reachable else (
                 f"the camera recorded {facts.recorded_seconds / 60:.0f} min since the last ingest"
             )
+            if facts.left_on_card:
+                expect += f", {power_budget.size(facts.left_on_card)} left on the card by the last ingest"
             note = _budget_note(verdict, external)
             return "data", f"data: server reachable, {power.why}, staging has room, {expect}{note}", (), ""
     else:
@@ -458,11 +467,25 @@ class SystemClock:
         return time.time()
 
     def boot_id(self) -> str:
-        try:
-            with open(BOOT_ID_PATH, encoding="utf-8") as f:  # hex and dashes; utf-8 is loaded already, ascii not
-                return f.read().strip()
-        except OSError:
-            return "unknown"
+        return boot_id()
+
+
+BOOT_ID_ENV = "DASHCAM_BOOT_ID"  # set by the units whose /proc hides /proc/sys (ProcSubset=pid): systemd's %b
+
+
+def boot_id(path: str = BOOT_ID_PATH, environ=os.environ) -> str:
+    """This boot's id as the kernel writes it (8-4-4-4-12 lowercase hex), "unknown" when neither the
+    kernel's file nor the unit's DASHCAM_BOOT_ID (systemd's %b: 32 hex digits) gives one. The
+    ingest and the upload need it to follow the power budget the policy wrote for this boot."""
+    try:
+        with open(path, encoding="utf-8") as f:  # hex and dashes; utf-8 is loaded already, ascii not
+            return f.read().strip()
+    except OSError:
+        pass
+    given = environ.get(BOOT_ID_ENV, "").strip().lower().replace("-", "")
+    if len(given) != 32 or any(c not in "0123456789abcdef" for c in given):
+        return "unknown"
+    return "-".join((given[:8], given[8:12], given[12:16], given[16:20], given[20:]))
 
 
 class SystemFacts:
@@ -807,6 +830,7 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
         ingested_since_data=ingested_since_data,
         recorded_seconds=recorded,
         ingested_before=last_ingest is not None,
+        left_on_card=_left_on_card(card, cfg.camera.name),
         unknown_since=unknown_since,
         last_external=last_external,
         battery_low=st.get("battery_low"),
@@ -959,6 +983,14 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
             ledger.put_state(LAST_KEY, record)
             log.error("policy: power off failed: %s", outcome.failed[-1])
     return record
+
+
+def _left_on_card(card: Any, camera: str) -> int:
+    """Bytes the last ingest of ``camera`` left on its card (ledger state card_left, input: any shape; 0 when unreadable)."""
+    if not isinstance(card, dict) or card.get("camera") != camera:
+        return 0
+    left = card.get("bytes")
+    return int(left) if isinstance(left, int) and not isinstance(left, bool) and 0 < left < 10**15 else 0
 
 
 def _describe_battery(b: Dict[str, Any]) -> str:

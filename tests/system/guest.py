@@ -163,8 +163,9 @@ def fast_policy(vm, seconds=15):
     vm.run(["/bin/systemctl", "daemon-reload"])
 
 
-def set_ups(vm, external, vbat):
-    """What the fake lifepo4wered-cli reports: external power (VIN vs VIN_THRESHOLD) and VBAT in mV."""
+def ups_values(external, vbat):
+    """The text of the fake lifepo4wered-cli's values: the fixture with VIN (external power or
+    none) and VBAT in mV."""
     lines = []
     with open(UPS_FIXTURE) as f:
         for line in f:
@@ -174,7 +175,12 @@ def set_ups(vm, external, vbat):
             elif name == "VBAT":
                 line = "VBAT = %d\n" % vbat
             lines.append(line)
-    vm.write_file(FAKE_UPS_VALUES + ".new", "".join(lines))
+    return "".join(lines)
+
+
+def set_ups(vm, external, vbat):
+    """What the fake lifepo4wered-cli reports: external power (VIN vs VIN_THRESHOLD) and VBAT in mV."""
+    vm.write_file(FAKE_UPS_VALUES + ".new", ups_values(external, vbat))
     vm.run(["/bin/mv", FAKE_UPS_VALUES + ".new", FAKE_UPS_VALUES])
 
 
