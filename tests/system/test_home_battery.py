@@ -25,11 +25,7 @@ import guest
 import scenario
 from scenario import wait_for
 
-pytestmark = [pytest.mark.system, pytest.mark.quarantined(
-    "not yet run to the end in a guest: the last run passed up to the poweroff (events copied and verified,"
-    " normal clips left on the card by the budget, the policy's poweroff), then failed on 'recovery complete'"
-    " at the restart: the test camera's backing file held the root busy (now let go by vcam-eject.service);"
-    " the restart on external power and the rest following are not yet run")]
+pytestmark = pytest.mark.system
 
 # state of charge (%) -> VBAT (mV) under the Pi's load: tests/test_budget_simulation.py's CURVE.
 # With the shipped voltage table it reads 80 % full, 50 % from about 67 % of the charge, and below
