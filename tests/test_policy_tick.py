@@ -435,6 +435,43 @@ def test_system_actions_in_a_dry_run_only_log(rig, fake_systemctl, caplog):
     assert sum("dry run, not running: systemctl" in r.getMessage() for r in caplog.records) == 3
 
 
+class FakeSystemctl:  # systemd.Systemctl's methods: records what it is asked, runs nothing
+    def __init__(self, running=(), error=None):
+        self.calls, self.running, self.error = [], list(running), error
+
+    def start(self, unit, check=True):
+        self.calls.append(("start", unit))
+
+    def stop(self, units, check=True):
+        self.calls.append(("stop", tuple(units)))
+
+    def poweroff(self):
+        self.calls.append(("poweroff",))
+
+    def units(self, *patterns, timeout=10):
+        self.calls.append(("units",) + patterns)
+        if self.error:
+            raise self.error
+        return self.running
+
+
+def test_system_actions_and_facts_reach_systemd_through_the_systemctl_they_are_given(rig):
+    from dashcam_helpers.policy import SystemFacts
+    from dashcam_helpers.runner import CommandNotFound
+
+    systemctl = FakeSystemctl(running=["dashcam-upload.service"])
+    actions = SystemActions(rig[0], dry_run=False, systemctl=systemctl)
+    actions.stop_units([INGEST_UNITS])
+    actions.start_upload()
+    actions.start_watch()
+    actions.poweroff()
+    assert SystemFacts(rig[0], systemctl=systemctl).units_running() == (False, True)
+    assert systemctl.calls == [("stop", (INGEST_UNITS,)), ("start", UPLOAD_UNIT), ("start", "dashcam-watch.service"),
+                               ("poweroff",), ("units", INGEST_UNITS, UPLOAD_UNIT)]
+    gone = FakeSystemctl(error=CommandNotFound(["systemctl"], "systemctl: command not found"))
+    assert SystemFacts(rig[0], systemctl=gone).units_running() == (False, False)  # no systemd: nothing of ours runs
+
+
 def test_what_a_tick_saw_becomes_the_home_assistant_state_without_a_second_read(rig):
     from dashcam_helpers import mqtt
     from dashcam_helpers.policy import status_facts

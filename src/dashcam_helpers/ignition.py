@@ -287,9 +287,9 @@ def boot_command(args) -> int:
             time.sleep(1)
     print(f"camera: {mode} ({why})" + (" (dry run: nothing switched)" if args.dry_run else ""))
     if mode == "off" and not args.dry_run:
-        from . import runner
         from .policy import WATCH_UNIT
+        from .systemd import Systemctl
 
         # the engine may start before the policy's first tick
-        runner.run(["systemctl", "start", "--no-block", WATCH_UNIT], timeout=30, check=False)
+        Systemctl().start(WATCH_UNIT, check=False)
     return 0

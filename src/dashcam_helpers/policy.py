@@ -491,9 +491,12 @@ def boot_id(path: str = BOOT_ID_PATH, environ=os.environ) -> str:
 class SystemFacts:
     """The real gatherers, against the modules of the other concerns (imported on use)."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, systemctl=None):
+        from .systemd import Systemctl
+
         self.cfg = cfg
         self.reading = None  # the last battery reading
+        self.systemctl = systemctl or Systemctl()  # systemd.Systemctl, or a fake with its units()
 
     def battery(self):
         from . import battery
@@ -530,65 +533,44 @@ class SystemFacts:
 
     def units_running(self) -> Tuple[bool, bool]:
         """(an ingest unit is running, the upload unit is running), from one systemctl call."""
-        from . import runner
+        from .runner import CommandError
 
         try:
-            result = runner.run(
-                [
-                    "systemctl",
-                "list-units",
-                "--all",
-                "--plain",
-                "--no-legend",
-                "--no-pager",
-                    "--type=service",
-                    INGEST_UNITS,
-                    UPLOAD_UNIT,
-                ],
-                timeout=10,
-                changes_state=False,
-                check=False,
-            )
-        except runner.CommandError as e:  # no systemctl (not a systemd system): nothing of ours runs
+            return ours_running(self.systemctl.units(INGEST_UNITS, UPLOAD_UNIT))
+        except CommandError as e:  # no systemctl (not a systemd system): nothing of ours runs
             log.debug("cannot list units: %s", e)
             return False, False
-        return units_running_from(result.stdout)
 
     def staging_space(self) -> Tuple[int, int]:
         return staging_space(self.cfg)
 
 
-def units_running_from(listing: str) -> Tuple[bool, bool]:
-    """Parse ``systemctl list-units --plain --no-legend``: UNIT LOAD ACTIVE SUB DESCRIPTION."""
-    ingest = upload = False
-    for line in listing.splitlines():
-        parts = line.split()
-        if len(parts) < 4:
-            continue
-        unit, active = parts[0], parts[2]
-        if active not in ("active", "activating", "deactivating", "reloading"):
-            continue
-        if unit.startswith("dashcam-ingest@"):
-            ingest = True
-        elif unit == UPLOAD_UNIT:
-            upload = True
-    return ingest, upload
+def ours_running(units: Sequence[str]) -> Tuple[bool, bool]:
+    """(an ingest runs, the upload runs) among the running ``units`` (systemd.Systemctl.units)."""
+    return any(u.startswith("dashcam-ingest@") for u in units), UPLOAD_UNIT in units
 
+
+def units_running_from(listing: str) -> Tuple[bool, bool]:
+    """(an ingest runs, the upload runs), from ``systemctl list-units --plain --no-legend``."""
+    from .systemd import running_units
+
+    return ours_running(running_units(listing))
 
 
 class SystemActions:
-    """The real actors: systemctl through the runner, the camera through camera.set_mode."""
+    """The real actors: systemd through systemd.Systemctl, the camera through camera.set_mode."""
 
-    def __init__(self, cfg, dry_run: bool = False, facts: Optional[SystemFacts] = None):
+    def __init__(self, cfg, dry_run: bool = False, facts: Optional[SystemFacts] = None, systemctl=None):
+        from .systemd import Systemctl
+
         self.cfg = cfg
         self.dry_run = dry_run
         self.facts = facts  # what the tick read the battery with: checked again before leaving record
+        self.systemctl = systemctl or Systemctl(dry_run=dry_run)  # or a fake with start/stop/poweroff
 
     def stop_units(self, units: Sequence[str]) -> None:
-        from . import runner
-
         # blocks until they have stopped: ingest deletes its .part and unmounts, upload ends rsync
-        runner.run(["systemctl", "stop", *units], timeout=150, dry_run=self.dry_run)
+        self.systemctl.stop(list(units))
 
     def set_camera(self, mode: str) -> Optional[bool]:
         """Switch the camera; False when it was already recording (nothing done)."""
@@ -619,19 +601,13 @@ class SystemActions:
         return None
 
     def start_upload(self) -> None:
-        from . import runner
-
-        runner.run(["systemctl", "start", "--no-block", UPLOAD_UNIT], timeout=30, dry_run=self.dry_run)
+        self.systemctl.start(UPLOAD_UNIT)
 
     def poweroff(self) -> None:
-        from . import runner
-
-        runner.run(["systemctl", "poweroff"], timeout=30, dry_run=self.dry_run)
+        self.systemctl.poweroff()
 
     def start_watch(self) -> None:
-        from . import runner
-
-        runner.run(["systemctl", "start", "--no-block", WATCH_UNIT], timeout=30, dry_run=self.dry_run)
+        self.systemctl.start(WATCH_UNIT)
 
 
 # --- the tick -----------------------------------------------------------------------------------
