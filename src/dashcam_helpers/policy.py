@@ -233,9 +233,11 @@ def assess(history: Sequence[Sample], facts: Facts, cfg) -> Power:
     return Power("unknown", None, f"{band} and the camera mode unknown")
 
 
-def _return_mode(power: Power, cfg) -> str:
-    """Where the camera goes after data mode: record on external power, else camera.after_ingest."""
-    return "record" if power.state == "external" else cfg.camera.after_ingest
+def mode_after_ingest(cfg, external: Optional[bool]) -> str:
+    """Where the camera goes after an ingest (the ingest's own last step, and the policy when an
+    ingest left it in data): record on external power (the car is running), else
+    camera.after_ingest (power unknown counts as battery)."""
+    return "record" if external is True else cfg.camera.after_ingest
 
 
 def settled(facts: Facts, cfg, at: float) -> bool:
@@ -297,7 +299,7 @@ def _camera(power: Power, facts: Facts, cfg, verdict=None) -> Tuple[Optional[str
             note = _budget_note(verdict, external)
             return None, f"ingest running: camera stays in data ({held:.0f} s){note}", (), ""
         if facts.ingested_since_data:
-            back = _return_mode(power, cfg)
+            back = mode_after_ingest(cfg, power.state == "external")
             return back, f"ingest finished but left the camera in data: back to {back}", (), ""
         grace = cfg.poll.mount_timeout_seconds * STORAGE_GRACE_TIMEOUTS
         if facts.camera_attached is False and held >= grace:
@@ -379,7 +381,7 @@ def _camera(power: Power, facts: Facts, cfg, verdict=None) -> Tuple[Optional[str
         target, why = "record", f"server unreachable (away from home), {power.why}"
     else:
         # at home on battery and nothing to fetch: the camera stays as ingest left it
-        target = mode if mode in ("record", "off") else cfg.camera.after_ingest
+        target = mode if mode in ("record", "off") else mode_after_ingest(cfg, False)
         why = f"at home on battery, {power.why}"
     if why_not:
         why += f"; no data mode: {why_not}"
