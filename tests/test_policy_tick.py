@@ -13,15 +13,9 @@ import pytest
 from conftest import MINIMAL, deep_merge
 from dashcam_helpers import budget, config
 from dashcam_helpers.ledger import Ledger
-from dashcam_helpers.policy import (
-    INGEST_UNITS,
-    LAST_KEY,
-    UPLOAD_UNIT,
-    SystemActions,
-    staging_space,
-    tick,
-    units_running_from,
-)
+from dashcam_helpers.policy import INGEST_UNITS, LAST_KEY, UPLOAD_UNIT, units_running_from
+from dashcam_helpers.staging import space as staging_space
+from dashcam_helpers.tick import SystemActions, tick
 
 STEP = 30.0
 
@@ -456,7 +450,7 @@ class FakeSystemctl:  # systemd.Systemctl's methods: records what it is asked, r
 
 
 def test_system_actions_and_facts_reach_systemd_through_the_systemctl_they_are_given(rig):
-    from dashcam_helpers.policy import SystemFacts
+    from dashcam_helpers.tick import SystemFacts
     from dashcam_helpers.runner import CommandNotFound
 
     systemctl = FakeSystemctl(running=["dashcam-upload.service"])
@@ -474,7 +468,7 @@ def test_system_actions_and_facts_reach_systemd_through_the_systemctl_they_are_g
 
 def test_what_a_tick_saw_becomes_the_home_assistant_state_without_a_second_read(rig):
     from dashcam_helpers import mqtt
-    from dashcam_helpers.policy import status_facts
+    from dashcam_helpers.tick import status_facts
 
     cfg, world, actions, clock, ledger, run = rig
     world.reading = FakeReading(millivolts=3611, percent=95, external=True, raw={"VIN": 5208, "VOUT": 4979, "IOUT": 857})
@@ -848,7 +842,7 @@ def test_an_unknown_power_reading_neither_starts_nor_ends_the_external_streak(ri
 
 def test_ticks_keep_the_window_in_which_the_camera_recorded(rig):
     from dashcam_helpers import mqtt
-    from dashcam_helpers.policy import status_facts
+    from dashcam_helpers.tick import status_facts
 
     cfg, world, actions, clock, ledger, run = rig
     world.reading = FakeReading(millivolts=3300, percent=80, external=True)
