@@ -409,6 +409,17 @@ def record(seen: Gathered, decision: Decision, acted: Acted, ledger, clock, dry_
     return written
 
 
+def last_budget(ledger) -> Dict[str, Any]:
+    """The power budget as the last tick estimated it (budget.report), with that tick's wall clock
+    ({}: no tick, or none with a budget). The record in the ledger is input: any shape."""
+    last = ledger.get_state(LAST_KEY)
+    saw = last.get("saw") if isinstance(last, dict) else None
+    value = saw.get("budget") if isinstance(saw, dict) else None
+    if not isinstance(value, dict) or not value:
+        return {}
+    return {**value, "wall": last.get("wall")}
+
+
 def power_off(written: Dict[str, Any], outcome: Outcome, actions, ledger) -> None:
     """Last: the log line and the state are written before systemd starts stopping everything."""
     if not _try(outcome, "poweroff", actions.poweroff):
