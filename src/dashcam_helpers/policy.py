@@ -248,59 +248,69 @@ def _budget_note(verdict, external: bool) -> str:
 def _camera(power: Power, facts: Facts, cfg, verdict=None) -> Tuple[Optional[str], str, Tuple[str, ...], str]:
     """(target mode or None, why, units to stop first, back_to_record). ``verdict``: budget.Verdict."""
     mode = facts.camera_mode
-    stop_ingest = (INGEST_UNITS,) if facts.ingest_running else ()
-    external = power.state == "external"
-
     if power.state in ("low", "critical") and power.camera_allowed is False:
         if mode == "off":
             return None, f"camera stays off: {power.why}", (), ""
-        return "off", f"camera off: {power.why}", stop_ingest, ""
-
+        return "off", f"camera off: {power.why}", (INGEST_UNITS,) if facts.ingest_running else (), ""
     if mode == "data":
-        held = facts.now - facts.data_since if facts.data_since is not None else 0.0
-        # the car can move: the road wins over the copy (an ingest stopped is resumed next time)
-        if external and facts.external_since is not None and facts.data_since is not None \
-                and facts.external_since > facts.data_since:
-            return (
-                "record",
-                f"engine started: external power since {facts.now - facts.external_since:.0f} s, data mode began"
-                f" on battery {held:.0f} s ago: back to record",
-                stop_ingest,
-                "engine_started",
-            )
-        if external and not facts.reachable:
-            return (
-                "record",
-                f"leaving home: the server stopped answering on external power after {held:.0f} s of data mode:"
-                " back to record",
-                stop_ingest,
-                "leaving_home",
-            )
-        minutes = cfg.camera.max_data_minutes_external if external else cfg.camera.max_data_minutes
-        if held >= minutes * 60:
-            key = "max_data_minutes_external" if external else "max_data_minutes"
-            return (
-                "record",
-                f"watchdog: data mode for {held / 60:.0f} min ({key} {minutes}): back to record",
-                stop_ingest,
-                "watchdog_external" if external else "",
-            )
-        if facts.ingest_running:
-            note = _budget_note(verdict, external)
-            return None, f"ingest running: camera stays in data ({held:.0f} s){note}", (), ""
-        if facts.ingested_since_data:
-            back = mode_after_ingest(cfg, power.state == "external")
-            return back, f"ingest finished but left the camera in data: back to {back}", (), ""
-        grace = cfg.poll.mount_timeout_seconds * STORAGE_GRACE_TIMEOUTS
-        if facts.camera_attached is False and held >= grace:
-            return "record", f"the camera's storage did not appear within {held:.0f} s of data mode: back to record", (), ""
-        return None, f"camera in data for {held:.0f} s, waiting for its storage and the ingest", (), ""
-
+        return _in_data(power, facts, cfg, verdict)
     if power.state == "unknown":
         return None, f"camera stays {mode}: {power.why} (an unknown reading changes nothing by itself)", (), ""
+    data, why_not = _to_data(power, facts, cfg, verdict)
+    return data or _elsewhere(power, facts, cfg, why_not)
 
-    # data mode: at home, battery allowing, room in staging, and new footage to expect
-    allowed = external or power.camera_allowed is True
+
+def _in_data(power: Power, facts: Facts, cfg, verdict) -> Tuple[Optional[str], str, Tuple[str, ...], str]:
+    """The camera in data mode: back to record when the car can move or the watchdog fires, back
+    after the ingest, or it stays for the ingest."""
+    stop_ingest = (INGEST_UNITS,) if facts.ingest_running else ()
+    external = power.state == "external"
+    held = facts.now - facts.data_since if facts.data_since is not None else 0.0
+    # the car can move: the road wins over the copy (an ingest stopped is resumed next time)
+    if external and facts.external_since is not None and facts.data_since is not None \
+            and facts.external_since > facts.data_since:
+        return (
+            "record",
+            f"engine started: external power since {facts.now - facts.external_since:.0f} s, data mode began"
+            f" on battery {held:.0f} s ago: back to record",
+            stop_ingest,
+            "engine_started",
+        )
+    if external and not facts.reachable:
+        return (
+            "record",
+            f"leaving home: the server stopped answering on external power after {held:.0f} s of data mode:"
+            " back to record",
+            stop_ingest,
+            "leaving_home",
+        )
+    minutes = cfg.camera.max_data_minutes_external if external else cfg.camera.max_data_minutes
+    if held >= minutes * 60:
+        key = "max_data_minutes_external" if external else "max_data_minutes"
+        return (
+            "record",
+            f"watchdog: data mode for {held / 60:.0f} min ({key} {minutes}): back to record",
+            stop_ingest,
+            "watchdog_external" if external else "",
+        )
+    if facts.ingest_running:
+        note = _budget_note(verdict, external)
+        return None, f"ingest running: camera stays in data ({held:.0f} s){note}", (), ""
+    if facts.ingested_since_data:
+        back = mode_after_ingest(cfg, power.state == "external")
+        return back, f"ingest finished but left the camera in data: back to {back}", (), ""
+    grace = cfg.poll.mount_timeout_seconds * STORAGE_GRACE_TIMEOUTS
+    if facts.camera_attached is False and held >= grace:
+        return "record", f"the camera's storage did not appear within {held:.0f} s of data mode: back to record", (), ""
+    return None, f"camera in data for {held:.0f} s, waiting for its storage and the ingest", (), ""
+
+
+def _to_data(power: Power, facts: Facts, cfg, verdict) -> Tuple[Optional[Tuple[str, str, Tuple[str, ...], str]], Optional[str]]:
+    """(the switch to data mode, None) when it is time to fetch footage: at home, battery allowing,
+    room in staging, new footage to expect; else (None, why not, or None when out of reach)."""
+    external = power.state == "external"
+    if not (facts.reachable and (external or power.camera_allowed is True)):
+        return None, None
     # clips an ingest left on the card (the budget on battery copied the events only) wait for external
     # power, even when the camera has recorded nothing since (a boot at home with camera.settle_minutes 0);
     # on battery they wait for the next arrival after a drive: the cell has not charged meanwhile
@@ -326,38 +336,41 @@ def _camera(power: Power, facts: Facts, cfg, verdict=None) -> Tuple[Optional[str
         just_reachable = facts.reachable and facts.was_reachable is not True and new_footage
         arrived = "the server just became reachable"
     recorded = facts.recorded_seconds >= cfg.camera.min_record_minutes * 60
-    if facts.reachable and allowed:
-        why_not = None
-        if not parked:
-            answering = facts.now - facts.reachable_since if facts.reachable_since is not None else 0.0
-            external_for = facts.now - facts.external_since if facts.external_since is not None else 0.0
-            why_not = (
-                f"on external power (the car may move): the server answered for {min(answering, external_for):.0f} s,"
-                f" settle_minutes {settle}"
-            )
-        elif not facts.staging_has_room:
-            why_not = f"staging has no room ({facts.staging_free} bytes free, reserve {facts.staging_reserve})"
-        elif facts.ingest_running:
-            why_not = "an ingest is running"
-        elif not (just_reachable or recorded):
-            why_not = (
-                f"no new footage expected (recorded {facts.recorded_seconds / 60:.0f} min since the last ingest,"
-                f" min_record_minutes {cfg.camera.min_record_minutes})"
-            )
-        elif not external and verdict is not None and verdict.ingest == "none":
-            # not even the event clips fit in the runtime left: they wait for external power or the next arrival
-            why_not = f"power budget: {verdict.why}"
-        if why_not is None:
-            expect = arrived if just_reachable else (
-                f"the camera recorded {facts.recorded_seconds / 60:.0f} min since the last ingest"
-            )
-            if facts.left_on_card:
-                expect += f", {power_budget.size(facts.left_on_card)} left on the card by the last ingest"
-            note = _budget_note(verdict, external)
-            return "data", f"data: server reachable, {power.why}, staging has room, {expect}{note}", (), ""
-    else:
-        why_not = None
+    why_not = None
+    if not parked:
+        answering = facts.now - facts.reachable_since if facts.reachable_since is not None else 0.0
+        external_for = facts.now - facts.external_since if facts.external_since is not None else 0.0
+        why_not = (
+            f"on external power (the car may move): the server answered for {min(answering, external_for):.0f} s,"
+            f" settle_minutes {settle}"
+        )
+    elif not facts.staging_has_room:
+        why_not = f"staging has no room ({facts.staging_free} bytes free, reserve {facts.staging_reserve})"
+    elif facts.ingest_running:
+        why_not = "an ingest is running"
+    elif not (just_reachable or recorded):
+        why_not = (
+            f"no new footage expected (recorded {facts.recorded_seconds / 60:.0f} min since the last ingest,"
+            f" min_record_minutes {cfg.camera.min_record_minutes})"
+        )
+    elif not external and verdict is not None and verdict.ingest == "none":
+        # not even the event clips fit in the runtime left: they wait for external power or the next arrival
+        why_not = f"power budget: {verdict.why}"
+    if why_not is None:
+        expect = arrived if just_reachable else (
+            f"the camera recorded {facts.recorded_seconds / 60:.0f} min since the last ingest"
+        )
+        if facts.left_on_card:
+            expect += f", {power_budget.size(facts.left_on_card)} left on the card by the last ingest"
+        note = _budget_note(verdict, external)
+        return ("data", f"data: server reachable, {power.why}, staging has room, {expect}{note}", (), ""), None
+    return None, why_not
 
+
+def _elsewhere(power: Power, facts: Facts, cfg, why_not: Optional[str]) -> Tuple[Optional[str], str, Tuple[str, ...], str]:
+    """No data mode: record on external power or away from home, else as the ingest left it."""
+    mode = facts.camera_mode
+    external = power.state == "external"
     event = ""
     if external:
         target, why = "record", power.why
