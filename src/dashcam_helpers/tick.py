@@ -99,10 +99,7 @@ def gather(cfg, source, ledger, clock) -> Gathered:
     recorded, recorded_before, recording_since = _recording(st, same_boot, mode, last_ingest, card, now, wall)
     attached = source.camera_attached() if mode == "data" else None
     reachable = source.server_reachable()
-    was_reachable = st.reachable if same_boot else None
-    reachable_since = (st.reachable_since if same_boot and was_reachable else None) if reachable else None
-    if reachable and reachable_since is None:
-        reachable_since = now
+    was_reachable, reachable_since = _reach(st, same_boot, reachable, now)
     free, reserve = source.staging_space()
     backlog = ledger.backlog_detail()  # files, bytes, event bytes, the oldest staged (wall)
     last_upload = ledger.get_state("last_upload")
@@ -170,6 +167,16 @@ def _recording(st: TickState, same_boot: bool, mode: str, last_ingest: Any, card
         since = max(0.0, now - st.last_tick)
         return recorded + since, 0.0, wall - since if recording_since is None else recording_since
     return recorded, 0.0, recording_since
+
+
+def _reach(st: TickState, same_boot: bool, reachable: bool, now: float) -> Tuple[Optional[bool], Optional[float]]:
+    """(was_reachable, reachable_since): the server at the previous tick of this boot (None: first
+    tick), and since when it has answered at every tick (None: not now)."""
+    was_reachable = st.reachable if same_boot else None
+    if not reachable:
+        return was_reachable, None
+    since = st.reachable_since if same_boot and was_reachable else None
+    return was_reachable, now if since is None else since
 
 
 def _budget(cfg, ledger, reading, history, boot, wall, *, last_ingest, last_upload, recorded, recorded_before,
