@@ -15,7 +15,8 @@ from dashcam_helpers import budget, config
 from dashcam_helpers.ledger import Ledger
 from dashcam_helpers.policy import INGEST_UNITS, LAST_KEY, UPLOAD_UNIT, units_running_from
 from dashcam_helpers.staging import space as staging_space
-from dashcam_helpers.tick import SystemActions, tick
+from dashcam_helpers.tick import tick
+from dashcam_helpers.world import SystemActions
 
 STEP = 30.0
 
@@ -450,7 +451,7 @@ class FakeSystemctl:  # systemd.Systemctl's methods: records what it is asked, r
 
 
 def test_system_actions_and_facts_reach_systemd_through_the_systemctl_they_are_given(rig):
-    from dashcam_helpers.tick import SystemFacts
+    from dashcam_helpers.world import SystemFacts
     from dashcam_helpers.runner import CommandNotFound
 
     systemctl = FakeSystemctl(running=["dashcam-upload.service"])

@@ -132,8 +132,8 @@ def watch(cfg, facts, actions, *, ledger_open: Callable[[], Any], lock: Callable
     """Watch until the camera records. Returns what it did when it put the camera back to record
     (kind, message, seconds), None when the camera went back to record otherwise.
 
-    ``facts``: battery(), camera_mode(), server_reachable() (tick.SystemFacts);
-    ``actions``: stop_units(units), set_camera(mode) (tick.SystemActions); ``ledger_open()``:
+    ``facts``: battery(), camera_mode(), server_reachable() (world.SystemFacts);
+    ``actions``: stop_units(units), set_camera(mode) (world.SystemActions); ``ledger_open()``:
     a Ledger context manager. ``last_external``: the power source the last policy tick saw (the
     engine may have started between that tick and the watcher's first reading)."""
     mode = facts.camera_mode()
@@ -222,7 +222,7 @@ def watch_command(args) -> int:
     from . import config
     from .ledger import Ledger
     from .policy import read_state
-    from .tick import SystemActions, SystemFacts
+    from .world import SystemActions, SystemFacts
 
     cfg = config.load_cached(args.config, os.environ.get("CACHE_DIRECTORY"))
     with Ledger(cfg.paths.ledger) as ledger:

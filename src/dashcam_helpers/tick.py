@@ -7,9 +7,8 @@
 "last_policy") in one commit, then logs one line. A shutdown comes last, once all of that
 is written.
 
-``SystemFacts`` and ``SystemActions`` are the real gatherers and actors, against the modules
-of the other concerns (battery, camera, device, server, systemd), imported when they are
-called: the timer runs a tick every 30 s on battery.
+The real gatherers and actors, ``SystemFacts`` and ``SystemActions``, are world.py's;
+``command`` passes them, tests pass fakes.
 """
 
 from __future__ import annotations
@@ -17,16 +16,15 @@ from __future__ import annotations
 import os
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
-    from typing import Any, Dict, List, Optional, Sequence, Tuple
+    from typing import Any, Dict, List, Optional, Tuple
 
 from . import budget as power_budget
 from .log import ERROR, INFO, WARNING, get as get_logger
 from .policy import (
     HISTORY, INGEST_UNITS, LAST_KEY, STATE_KEY, UPLOAD_UNIT, WATCH_UNIT, Decision, Facts, Sample, SystemClock,
-    TickState, decide, finite, ours_running, read_state, samples,
+    TickState, decide, finite, read_state, samples,
 )
 from .record import Record
-from .staging import space as staging_space
 
 log = get_logger("dashcam.policy")
 
@@ -42,8 +40,8 @@ def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = Fals
     """One policy tick. Returns the record stored as ledger state "last_policy".
 
     ``facts_source``: battery(), camera_mode(), camera_attached(), server_reachable(),
-    units_running(), staging_space() -- see SystemFacts. ``actions``: stop_units(units),
-    set_camera(mode), start_upload(), start_watch(), poweroff() -- see SystemActions.
+    units_running(), staging_space() -- see world.SystemFacts. ``actions``: stop_units(units),
+    set_camera(mode), start_upload(), start_watch(), poweroff() -- see world.SystemActions.
     ``clock``: monotonic(), time(), boot_id() -- see policy.SystemClock.
     Under ``dry_run`` the actions log instead of acting (the System actions pass it to the
     runner); the reading and what was observed are still recorded: they are facts, not actions.
@@ -509,119 +507,6 @@ def _coverage_facts(ledger, cfg, wall) -> Dict[str, Any]:
         return {}
 
 
-# --- the real gatherers and actors (tests pass fakes, dashcamctl passes these) --------------------
-
-
-class SystemFacts:
-    """The real gatherers, against the modules of the other concerns (imported on use)."""
-
-    def __init__(self, cfg, systemctl=None):
-        from .systemd import Systemctl
-
-        self.cfg = cfg
-        self.reading = None  # the last battery reading
-        self.systemctl = systemctl or Systemctl()  # systemd.Systemctl, or a fake with its units()
-
-    def battery(self):
-        from . import battery
-
-        self.reading = battery.read(self.cfg)  # never raises: an unknown reading carries its reason
-        return self.reading
-
-    def camera_mode(self) -> str:
-        from . import camera
-
-        try:
-            return camera.current_mode(self.cfg)
-        except Exception as e:  # a broken hub or a missing tool: the mode is unknown, the tick goes on
-            log.debug("camera mode unknown: %s", e)
-            return "unknown"
-
-    def camera_attached(self) -> Optional[bool]:
-        from . import device
-
-        try:
-            return device.camera_attached(self.cfg) is not None
-        except Exception as e:
-            log.debug("camera attachment unknown: %s", e)
-            return None
-
-    def server_reachable(self) -> bool:
-        from . import server  # not the uploader: a tick must not pay for importing it
-
-        try:
-            return bool(server.reachable(self.cfg, None))  # upload.connect_timeout
-        except Exception as e:
-            log.debug("reachability probe failed: %s", e)
-            return False
-
-    def units_running(self) -> Tuple[bool, bool]:
-        """(an ingest unit is running, the upload unit is running), from one systemctl call."""
-        from .runner import CommandError
-
-        try:
-            return ours_running(self.systemctl.units(INGEST_UNITS, UPLOAD_UNIT))
-        except CommandError as e:  # no systemctl (not a systemd system): nothing of ours runs
-            log.debug("cannot list units: %s", e)
-            return False, False
-
-    def staging_space(self) -> Tuple[int, int]:
-        return staging_space(self.cfg)
-
-
-class SystemActions:
-    """The real actors: systemd through systemd.Systemctl, the camera through camera.set_mode."""
-
-    def __init__(self, cfg, dry_run: bool = False, facts: Optional[SystemFacts] = None, systemctl=None):
-        from .systemd import Systemctl
-
-        self.cfg = cfg
-        self.dry_run = dry_run
-        self.facts = facts  # what the tick read the battery with: checked again before leaving record
-        self.systemctl = systemctl or Systemctl(dry_run=dry_run)  # or a fake with start/stop/poweroff
-
-    def stop_units(self, units: Sequence[str]) -> None:
-        # blocks until they have stopped: ingest deletes its .part and unmounts, upload ends rsync
-        self.systemctl.stop(list(units))
-
-    def set_camera(self, mode: str) -> Optional[bool]:
-        """Switch the camera; False when it was already recording (nothing done)."""
-        from . import camera
-        from .ignition import LOCK_PATH, PolicyLock
-
-        if self.facts is None or (mode != "record" and self.facts.reading is None):
-            camera.set_mode(self.cfg, mode, dry_run=self.dry_run)
-            return None
-        if mode == "record":
-            # under the watcher's lock: it may have put the camera back (and counted the return)
-            # since this tick read the mode
-            with PolicyLock(None if self.dry_run else LOCK_PATH):
-                if not self.dry_run and self.facts.camera_mode() == "record":
-                    return False
-                camera.set_mode(self.cfg, mode, dry_run=self.dry_run)
-            return None
-        # leaving record: under the lock the ignition watcher acts with, one more battery read. The
-        # engine may have started since this tick's reading (a tick takes seconds); the watcher, or
-        # the next tick, has the camera then.
-        seen = self.facts.reading.external
-        with PolicyLock(None if self.dry_run else LOCK_PATH):
-            if seen is not True and self.facts.battery().external is True:
-                raise camera.CameraError(
-                    f"camera {mode}: not switched: external power since this tick's reading (the engine started)"
-                )
-            camera.set_mode(self.cfg, mode, dry_run=self.dry_run)
-        return None
-
-    def start_upload(self) -> None:
-        self.systemctl.start(UPLOAD_UNIT)
-
-    def poweroff(self) -> None:
-        self.systemctl.poweroff()
-
-    def start_watch(self) -> None:
-        self.systemctl.start(WATCH_UNIT)
-
-
 # --- dashcamctl policy ------------------------------------------------------------------------------
 
 
@@ -629,6 +514,7 @@ def command(args) -> int:
     """dashcamctl [--dry-run] policy [--json]: one tick with the real gatherers and actors."""
     from . import config
     from .ledger import TickLedger
+    from .world import SystemActions, SystemFacts
 
     # under the unit, CacheDirectory=dashcam gives $CACHE_DIRECTORY: the validated config is kept
     # there as JSON so a tick does not parse YAML (see config.load_cached)
