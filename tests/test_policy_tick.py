@@ -750,6 +750,19 @@ def test_a_tick_state_that_is_not_a_mapping_is_ignored(rig):
     assert [run()["decision"]["shutdown"] for _ in range(3)] == [False, False, True]
 
 
+def test_the_tick_state_is_read_field_by_field_and_a_bad_field_costs_only_itself(rig):
+    from dashcam_helpers.policy import TickState
+
+    stored = {"boot_id": "b", "last_tick": 5, "last_mode": 3, "reachable": "yes", "reachable_since": "x",
+              "recorded_seconds": None, "battery_low": True, "seen_ingest": {"wall": 1}, "unknown_since": float("nan")}
+    assert TickState.parse(stored) == TickState(boot_id="b", last_tick=5, battery_low=True, seen_ingest={"wall": 1})
+    cfg, world, actions, clock, ledger, run = rig
+    ledger.put_state("policy", {"boot_id": clock.boot, "last_tick": clock.monotonic() - 30, "last_mode": "record",
+                                "recorded_seconds": None, "reachable": "yes"})
+    record = run()  # the camera recorded for the 30 s since the last tick; "yes" is no answer of the server
+    assert record["saw"]["recorded_seconds"] == 30.0 and record["saw"]["was_reachable"] is None
+
+
 # --- the camera records whenever the car can move: what the tick remembers between ticks ---------------
 
 
