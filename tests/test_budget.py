@@ -222,7 +222,8 @@ import time  # noqa: E402
 
 from dashcam_helpers import ingest, mqtt, status  # noqa: E402
 from dashcam_helpers.ledger import Ledger  # noqa: E402
-from dashcam_helpers.policy import SystemClock, tick  # noqa: E402
+from dashcam_helpers.policy import SystemClock  # noqa: E402
+from dashcam_helpers.tick import tick  # noqa: E402
 from test_policy_tick import FakeActions, FakeClock, FakeReading, FakeWorld  # noqa: E402
 
 

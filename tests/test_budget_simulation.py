@@ -24,7 +24,7 @@ import random
 import pytest
 
 from conftest import MINIMAL, Reading, deep_merge
-from dashcam_helpers import budget, config, ingest, policy
+from dashcam_helpers import budget, config, ingest, tick
 from dashcam_helpers.ledger import Ledger
 from dashcam_helpers.policy import INGEST_UNITS, UPLOAD_UNIT
 
@@ -98,7 +98,7 @@ class World:
         self._ingest_second()
         self._upload_second()
         if self.t % 30 == 0:
-            policy.tick(CFG, self, self, ledger=self.ledger, clock=self)
+            tick.tick(CFG, self, self, ledger=self.ledger, clock=self)
         if self.t - self.last_line >= 120 and not self.quiet:
             self.note("")
 

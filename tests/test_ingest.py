@@ -121,13 +121,6 @@ def test_reserve_is_the_larger_of_bytes_and_percent(make_config):
     assert ingest.reserve_bytes(cfg, 100_000) == 5000
 
 
-def test_camera_goes_back_to_record_on_external_power_else_to_after_ingest(make_config):
-    cfg = config.load(str(make_config({"camera": {"after_ingest": "off"}})))
-    assert ingest.mode_after_ingest(cfg, True) == "record"
-    assert ingest.mode_after_ingest(cfg, False) == "off"
-    assert ingest.mode_after_ingest(cfg, None) == "off"
-
-
 def test_mount_is_read_only_never_executes_from_the_card_and_adds_no_time_zone():
     assert ingest.mount_argv("/dev/sda1", "vfat", "/run/dashcam/mnt/sda1") == [
         "mount", "-t", "vfat", "-o", "ro,nosuid,nodev,noexec,noatime,nosymfollow,tz=UTC,utf8", "/dev/sda1",

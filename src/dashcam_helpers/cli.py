@@ -27,7 +27,7 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "mode": ("camera", "mode_command", "switch the camera to record, data or off, and confirm it took"),
     "match": ("device", "match_command", "exit 0 if a block device is the configured camera, 1 if not, 255 if it cannot tell (broken config)"),
     "mqtt-publish": ("mqtt", "command", "publish the current status to MQTT / Home Assistant once, and report how it went"),
-    "policy": ("policy", "command", "one tick of the battery policy: decide the camera mode, start the upload, shut down when low"),
+    "policy": ("tick", "command", "one tick of the battery policy: decide the camera mode, start the upload, shut down when low"),
     "policy-interval": ("policy_timer", "command", "how often the battery policy ticks: set it (a correct drop-in on dashcam-policy.timer), --show it, --reset it"),
     "upload": ("upload", "cmd_upload", "upload staged footage to the server, verify it, then free staging"),
     "keygen": ("upload", "cmd_keygen", "create the upload ssh key, print the server's authorized_keys line"),

@@ -624,14 +624,13 @@ def switch_refusal(cfg, reading, ingest: bool, upload: bool, mode: str) -> Optio
 def units_running(m: Machine) -> Tuple[bool, bool]:
     """(an ingest runs, the upload runs), from systemctl as the policy reads it; a system
     without systemd (or without systemctl) runs none of our units."""
-    from .policy import INGEST_UNITS, UPLOAD_UNIT, units_running_from
+    from .policy import INGEST_UNITS, UPLOAD_UNIT, ours_running
+    from .systemd import Systemctl
 
     try:
-        res = tool([m.systemctl, "list-units", "--all", "--plain", "--no-legend", "--no-pager", "--type=service",
-                    "--", INGEST_UNITS, UPLOAD_UNIT])
+        return ours_running(Systemctl(m.systemctl).units(INGEST_UNITS, UPLOAD_UNIT, timeout=TOOL_TIMEOUT))
     except runner.CommandNotFound:
         return False, False
-    return units_running_from(res.stdout)
 
 
 def switch_precheck(cfg, m: Machine) -> Optional[str]:

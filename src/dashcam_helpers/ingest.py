@@ -1014,13 +1014,9 @@ def ingest_unprivileged(
     )
 
 
-def mode_after_ingest(cfg: Config, external: Optional[bool]) -> str:
-    """record on external power (the car is running), else camera.after_ingest (unknown = battery)."""
-    return "record" if external is True else cfg.camera.after_ingest
-
-
 def put_camera_back(cfg: Config, *, dry_run: bool = False) -> str:
     from . import battery, camera  # the camera helper's modules; imported only on the device path
+    from .policy import mode_after_ingest  # the policy owns where the camera goes
 
     reading = battery.read(cfg)
     mode = mode_after_ingest(cfg, reading.external)

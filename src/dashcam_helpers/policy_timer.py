@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from typing import Dict, List, Optional
 
 from . import runner
+from .systemd import Systemctl
 from .errors import EX_FAILURE, EX_OK, DashcamError
 from .log import get as get_logger
 
@@ -136,11 +137,10 @@ def _seconds(value) -> str:
 def loaded(dry_run: bool = False) -> TimerState:
     """The timers systemd has loaded for dashcam-policy.timer (read-only: runs in a dry run too)."""
     try:
-        r = runner.run(["systemctl", "show", TIMER, "-p", "TimersMonotonic"], timeout=SYSTEMCTL_TIMEOUT,
-                       changes_state=False)
+        shown = Systemctl().show(TIMER, "TimersMonotonic", timeout=SYSTEMCTL_TIMEOUT)
     except runner.CommandError as e:
         raise DashcamError(f"cannot ask systemd about {TIMER}: {e}") from e
-    return TimerState(parse_timers_monotonic(r.stdout))
+    return TimerState(parse_timers_monotonic(shown))
 
 
 # --- the drop-in -------------------------------------------------------------------------------
@@ -223,12 +223,13 @@ def remove_dropin(root: str = "/", *, dry_run: bool = False) -> bool:
 
 def apply(dry_run: bool = False) -> None:
     """systemd reads the drop-in, and the running timer is restarted to follow it."""
-    for argv in (["systemctl", "daemon-reload"], ["systemctl", "restart", TIMER]):
-        try:
-            runner.run(argv, timeout=SYSTEMCTL_TIMEOUT, dry_run=dry_run)
-        except runner.CommandError as e:
-            raise DashcamError(f"{e} (the drop-in is in place; then run: systemctl daemon-reload; "
-                               f"systemctl restart {TIMER})") from e
+    systemctl = Systemctl(dry_run=dry_run)
+    try:
+        systemctl.daemon_reload(timeout=SYSTEMCTL_TIMEOUT)
+        systemctl.restart(TIMER, timeout=SYSTEMCTL_TIMEOUT)
+    except runner.CommandError as e:
+        raise DashcamError(f"{e} (the drop-in is in place; then run: systemctl daemon-reload; "
+                           f"systemctl restart {TIMER})") from e
 
 
 def parse_seconds(text: str) -> int:

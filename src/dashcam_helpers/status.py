@@ -74,14 +74,10 @@ def budget_section(cfg) -> Dict[str, Any]:
     """The power budget as the last policy tick estimated it (budget.report): runtime left on battery,
     footage waiting, time to all safe, the oldest footage not yet on the server."""
     from .ledger import Ledger
+    from .tick import last_budget
 
     with Ledger(cfg.paths.ledger) as ledger:
-        last = ledger.get_state("last_policy")
-    saw = last.get("saw") if isinstance(last, dict) else None
-    value = saw.get("budget") if isinstance(saw, dict) else None
-    if not isinstance(value, dict) or not value:
-        return {}
-    return {**value, "wall": last.get("wall")}
+        return last_budget(ledger)
 
 
 def _coverage(part: str):
