@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -302,6 +303,34 @@ def test_the_man_page_documents_every_key():
     page = (ROOT / "debian" / "dashcamctl.8").read_text()
     for section, key, _ in ALL_KEYS:
         assert f"{section}.{key}" in page.replace("\\&", ""), f"{section}.{key} not in dashcamctl.8"
+
+
+def readme_reference_row(section, key, spec):
+    """The row of README's Configuration reference for one key: key, default, the schema's doc."""
+    default = spec.get("default")
+    if spec.get("required"):
+        shown = "*required*"
+    elif default is None:
+        shown = "not set"
+    elif isinstance(default, bool):
+        shown = f"`{str(default).lower()}`"
+    elif isinstance(default, (list, dict)):
+        text = json.dumps(default)
+        shown = f"`{text}`" if len(text) <= 40 else "(see the shipped file)"
+    else:
+        shown = f"`{default}`"
+    doc = f"no longer used: {spec['replaced_by']}" if spec.get("replaced_by") else spec.get("doc", "").strip()
+    return f"| `{section}.{key}` | {shown} | {doc.replace('|', chr(92) + '|')} |"
+
+
+def test_the_readme_reference_gives_every_key_its_default_and_doc():
+    readme = (ROOT / "README.md").read_text()
+    reference = readme[readme.index("\n## Configuration reference\n"):]
+    reference = reference[:reference.index("\n## ", 1)]
+    rows = [line for line in reference.splitlines() if line.startswith("| `")]
+    expected = [readme_reference_row(section, key, spec) for section, key, spec in ALL_KEYS]
+    assert [r for r in expected if r not in rows] == [], "README, Configuration reference: update these rows"
+    assert len(rows) == len(expected), "README, Configuration reference: a row for a key the schema does not have"
 
 
 def test_yaml_syntax_errors_name_the_line(tmp_path):
