@@ -962,7 +962,7 @@ def check_key(cfg, budget: float = SERVER_BUDGET) -> List[Check]:
     an rrsync -wo -no-del key refuses --delete (refusal expected; acceptance is a warning)."""
     import time
 
-    from . import ssh
+    from . import rsync
 
     deadline = time.monotonic() + budget
     dest = cfg.upload.dest_path.rstrip("/") or "."
@@ -976,7 +976,7 @@ def check_key(cfg, budget: float = SERVER_BUDGET) -> List[Check]:
     except runner.CommandError as e:
         return [fail("ssh key accepted", str(e))]
     if res.returncode != 0:
-        problem = ssh.classify(cfg, res.returncode, res.stderr)
+        problem = rsync.classify(cfg, res.returncode, res.stderr)
         said = str(problem) if problem else (runner.last_line(res.stderr) or runner.describe_returncode(res.returncode))
         return [fail("ssh key accepted", said, None if problem else "see README: Setting up the home server")]
     checks = [ok("ssh key accepted", f"{cfg.upload.user}@{cfg.upload.host} took a dry-run write to {dest}/")]
