@@ -11,6 +11,7 @@ fingerprint and pins it. Nobody has to hand-craft ssh options.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import pwd
@@ -21,7 +22,7 @@ from typing import List, Optional
 
 from . import runner, server
 from .config import Config
-from .errors import DashcamError, TryLater
+from .errors import EX_FAILURE, EX_OK, DashcamError, TryLater
 from .log import get as get_logger
 
 log = get_logger("dashcam.ssh")
@@ -325,3 +326,44 @@ def pin_host_keys(known_hosts: str, name: str, lines: List[str]) -> None:
     finally:
         os.close(dfd)
 
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from .commands import load_config
+
+    check_server_dir(args.server_dir)  # before anything is created
+    cfg = load_config(args)
+    line = keygen(cfg, server_dir=args.server_dir, dry_run=args.dry_run)
+    print(f"# Add this line to ~{cfg.upload.user}/.ssh/authorized_keys on {cfg.upload.host}")
+    print(f"# (footage goes to {args.server_dir}/{cfg.upload.dest_path.lstrip('/')}/{cfg.upload.layout}):")
+    print(line)
+    return EX_OK
+
+
+def cmd_trust_host(args: argparse.Namespace) -> int:
+    from .commands import load_config
+
+    cfg = load_config(args)
+    up = cfg.upload
+    lines = scan_host_keys(cfg)
+    name = known_hosts_name(up.host, up.port)
+    print(f"The server {name} offers these host keys:")
+    for fp in fingerprints(lines):
+        print(f"  {fp}")
+    print("Compare with the server's own (run there): ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub")
+    if args.dry_run:
+        log.info("dry run, not pinning them in %s", up.known_hosts)
+        return EX_OK
+    if not args.yes:
+        try:
+            answer = input(f"Pin them in {up.known_hosts}? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Not pinned.")
+            return EX_FAILURE
+    pin_host_keys(up.known_hosts, name, lines)
+    print(f"Pinned {len(lines)} host key(s) of {name} in {up.known_hosts}")
+    return EX_OK
