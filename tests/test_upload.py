@@ -1554,3 +1554,18 @@ def test_a_host_that_looks_like_an_option_never_reaches_ssh_as_one(make_config, 
     assert "may not start with '-'" in str(refused.value)
     assert not ran.exists()
 
+
+def test_the_last_upload_record_reads_what_the_upload_wrote_and_nothing_it_did_not(upload_config, server):
+    cfg_path = upload_config()
+    stage(cfg_path, "ONE.MP4", 20_000, T0)
+    cfg = config.load(str(cfg_path))
+    upload.upload(cfg)
+    with Ledger(cfg.paths.ledger) as ledger:
+        raw, last = ledger.get_state(upload.LAST_UPLOAD_KEY), upload.LastUpload.read(ledger)
+    assert last.asdict() == raw and (last.result, last.files, last.bytes) == ("ok", 1, 20_000)
+    # a damaged or hand-edited ledger: no record, or one with nothing made up
+    assert upload.LastUpload.parse(None) is None and upload.LastUpload.parse([1]) is None
+    assert upload.LastUpload.parse({"result": 3}) is None
+    odd = upload.LastUpload.parse({"result": "failed", "files": "many", "wall": float("nan"), "reason": 7,
+                                   "collisions": "x", "held_until": True})
+    assert (odd.result, odd.files, odd.wall, odd.reason, odd.collisions, odd.held_until) == ("failed", 0, 0.0, None, [], 0.0)

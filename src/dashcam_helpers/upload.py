@@ -6,10 +6,9 @@ first: they are sent and verified, in rounds of their own, before any other clip
 the rest, newest first or oldest first (upload.order; the same rule as the ingest's,
 layout.order). An event clip staged while the rest is being sent goes before the next round.
 
-1. a tree of symlinks ``<state_dir>/upload-tree/<path on the server>`` points at the staged
-   files, so each rsync (``--files-from``, ``--copy-links``) writes the server's layout
-   (upload.layout, by default ``DEST/<camera>/<YYYY>/<MM>/<DD>/<folder on the card>/<file>``)
-   in one go;
+1. each clip gets its name on the server (plan: upload.layout, by default
+   ``DEST/<camera>/<YYYY>/<MM>/<DD>/<folder on the card>/<file>``), written in one go by each
+   rsync (through rsync.py's tree of links);
 2. one dry run asks the server which of those names it lacks (no data moves); the ones it
    names as lacking are remembered in the ledger ("upload_in_flight") before a byte is sent,
    and a name it does not name as there counts as lacking;
@@ -64,6 +63,7 @@ from . import layout, notify, server, ssh
 from .config import Config
 from .errors import EX_FAILURE, EX_OK, DashcamError, TryLater
 from .ledger import UPLOAD_HOLD_KEY, Clip, Ledger
+from .record import Record
 from .rsync import NEW, UNCLEAR, Rsync, ServerBusy, UploadFailed, identical
 from .staging import fsync_dir
 from .log import get as get_logger
@@ -83,9 +83,70 @@ ROUND_MIN_BYTES = 16 * 1024 * 1024
 ROUND_MAX_BYTES = 4 * 1024 * 1024 * 1024
 ROUND_FILES = 400
 IN_FLIGHT_KEY = "upload_in_flight"
-HOLD_KEY = UPLOAD_HOLD_KEY  # {"until": wall, "names": [...]}: see "A cut send" above
+HOLD_KEY = UPLOAD_HOLD_KEY  # a Hold: see "A cut send" above
 RUN_KEY = "upload_run"  # set while a run is on: found at the start of a run, the last one died
-LAST_UPLOAD_KEY = "last_upload"
+LAST_UPLOAD_KEY = "last_upload"  # a LastUpload
+
+
+# --- the upload's state documents in the ledger -----------------------------------------------
+
+
+def _number(value, default: float = 0.0) -> float:
+    """A finite number from the ledger's JSON, else ``default`` (a hand-edited or damaged ledger)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (
+            float("inf"), float("-inf")):
+        return default
+    return value
+
+
+class LastUpload(Record):
+    """The ledger's "last_upload": how the last upload that did anything ended. Read by the
+    policy (a failure pauses the next start; "held" waits for ``held_until``), the power
+    budget (bytes / seconds), status and MQTT."""
+
+    wall: float
+    files: int
+    bytes: int
+    result: str  # ok, failed, held (only clips held for a cut session were left), busy, unreachable
+    reason: Optional[str]
+    sent_bytes: int
+    literal_bytes: int
+    matched_bytes: int
+    collisions: list
+    held: int
+    held_until: float
+    seconds: float
+
+    @classmethod
+    def parse(cls, value) -> Optional["LastUpload"]:
+        """The record from the ledger's JSON; None when there is none or it is no such record. A
+        number that is none reads as 0, a reason that is no text as None (a damaged ledger)."""
+        if not isinstance(value, dict) or not isinstance(value.get("result"), str):
+            return None
+        numbers = {n: _number(value.get(n)) for n in cls._fields if n not in ("result", "reason", "collisions")}
+        counts = {n: int(v) for n, v in numbers.items() if n not in ("wall", "held_until", "seconds")}
+        reason, collisions = value.get("reason"), value.get("collisions")
+        return cls(**{**numbers, **counts}, result=value["result"], reason=reason if isinstance(reason, str) else None,
+                   collisions=[c for c in collisions if isinstance(c, str)] if isinstance(collisions, list) else [])
+
+    @classmethod
+    def read(cls, ledger: Ledger) -> Optional["LastUpload"]:
+        return cls.parse(ledger.get_state(LAST_UPLOAD_KEY))
+
+    def write(self, ledger: Ledger) -> None:
+        ledger.put_state(LAST_UPLOAD_KEY, self.asdict())
+
+
+class Hold(Record):
+    """The ledger's "upload_hold": each name a cut session on the server may still write, with
+    the end of its hold (wall clock); ``until``, the last of them, for readers that only ask
+    whether a hold is on. Read back by Ledger.upload_holds."""
+
+    until: float
+    names: dict  # {name: end}
+
+    def write(self, ledger: Ledger) -> None:
+        ledger.put_state(HOLD_KEY, self.asdict())
 
 
 # --- pure functions ---------------------------------------------------------------------------
@@ -499,7 +560,7 @@ class Uploader:
         until = self.clock() + self.cfg.upload.cut_session_seconds
         ends.update(dict.fromkeys(names, until))
         # "until": the last end, for readers that only need to know whether any hold is on
-        self.ledger.put_state(HOLD_KEY, {"until": max(ends.values()), "names": ends})
+        Hold(until=max(ends.values()), names=ends).write(self.ledger)
         # said once per name (a retry that cannot connect extends the hold without a word)
         (log.info if new else log.debug)(
             "%s: %d file(s) it was writing are checked again after %s, when the server has ended its side of it",
@@ -731,23 +792,11 @@ def upload(cfg: Config, *, dry_run: bool = False, sleep: Callable[[float], None]
                 elif result == "ok" and not s.files and held_until:
                     # nothing to do but clips held for a cut session: the policy waits for the end
                     result, reason = "held", f"{s.held} clip(s) held for a session cut earlier"
-                ledger.put_state(
-                    LAST_UPLOAD_KEY,
-                    {
-                        "wall": time.time(),
-                        "files": s.files,
-                        "bytes": s.bytes,
-                        "result": result,
-                        "reason": reason,
-                        "sent_bytes": s.sent,
-                        "literal_bytes": s.literal,
-                        "matched_bytes": s.matched,
-                        "collisions": s.collisions,
-                        "held": s.held,
-                        "held_until": held_until,
-                        "seconds": round(time.monotonic() - started, 3),
-                    },
-                )
+                LastUpload(
+                    wall=time.time(), files=s.files, bytes=s.bytes, result=result, reason=reason,
+                    sent_bytes=s.sent, literal_bytes=s.literal, matched_bytes=s.matched, collisions=s.collisions,
+                    held=s.held, held_until=held_until, seconds=round(time.monotonic() - started, 3),
+                ).write(ledger)
         return summary
 
 
