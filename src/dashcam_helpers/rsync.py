@@ -232,6 +232,20 @@ def is_transient(returncode: int, stderr: str) -> bool:
     return False
 
 
+def probe(cfg: Config, options: List[str], dest: str, timeout: float) -> runner.Result:
+    """A dry-run rsync of an empty folder to ``dest`` on the server, connected as the upload
+    connects (doctor: is the key accepted, is it restricted?). Its failure is returned, not raised."""
+    with tempfile.TemporaryDirectory(prefix="dashcam-doctor-") as empty:
+        argv = [cfg.tools.rsync, "-e", shlex.join(ssh.ssh_argv(cfg)), "--dry-run", "-r", *options,
+                empty + "/", f"{ssh.remote_host(cfg)}:{dest}"]
+        return runner.run(argv, timeout=timeout, changes_state=False, check=False)
+
+
+def refuses_delete(stderr: str) -> bool:
+    """rrsync's answer to --delete through a key with -no-del: the option "is disabled"."""
+    return "rrsync" in stderr and "disabled" in stderr
+
+
 # --- sessions and progress --------------------------------------------------------------------
 
 
