@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from dashcam_helpers import config, rsync, ssh
 
 
@@ -62,3 +64,50 @@ def test_receiver_errors_and_sshs_own_refusal_are_told_apart(make_config):
         problem = rsync.classify(cfg, 23, stderr)
         assert isinstance(problem, rsync.ServerCannotWrite) and said in str(problem), errno_
         assert "/proc/self/fd" not in str(problem) and 'mkstemp "footage/c/.a.MP4.Xy12Ab"' in str(problem)
+
+
+class File:
+    def __init__(self, remote, local="/nonexistent", size=1000):
+        self.remote, self.local, self.size = remote, local, size
+
+
+def failing_run(stderrs, calls):
+    """A command runner whose rsync fails with each of ``stderrs`` (status 12 or 255), then succeeds."""
+    def run(argv, **kw):
+        calls.append(argv)
+        if len(calls) <= len(stderrs):
+            code = 255 if "ssh" in stderrs[len(calls) - 1] or "Host key" in stderrs[len(calls) - 1] else 12
+            raise rsync.runner.CommandFailed(argv, code, "", stderrs[len(calls) - 1], "rsync ...")
+        return rsync.runner.Result(argv, 0, "Literal data: 1,000 bytes\nTotal bytes sent: 1,100\n", "")
+    return run
+
+
+def test_a_send_that_may_pass_is_retried_with_backoff_and_its_cut_names_are_reported(make_config):
+    cfg = config.load(str(make_config({"poll": {"upload_retries": 2}})))
+    calls, slept, sending, cut = [], [], [], []
+    tool = rsync.Rsync(cfg, sleep=slept.append, run=failing_run(["rsync: connection unexpectedly closed"] * 2, calls))
+    sent = tool.send([File("cam/a.MP4"), File("cam/b.MP4")], resume=False, sending=sending.append,
+                     cut=lambda names, why: cut.append((names, why)))
+    assert sent.failure is None and sent.stats["literal"] == 1000 and len(calls) == 3
+    assert slept == [2.0, 4.0]                                   # exponential backoff between the tries
+    assert cut == [(["cam/a.MP4", "cam/b.MP4"], "sending was cut off")] * 2
+    assert sending[-1] == []                                     # the last session ended in order
+    # the first try skips what the server has; a retry completes our own partial files
+    assert "--ignore-existing" in calls[0] and "--ignore-existing" not in calls[1]
+    tool.clean()
+
+
+def test_a_failure_retrying_cannot_fix_is_raised_at_once_and_one_that_may_pass_after_the_retries(make_config):
+    cfg = config.load(str(make_config({"poll": {"upload_retries": 1}})))
+    calls = []
+    tool = rsync.Rsync(cfg, sleep=lambda s: None, run=failing_run(["Host key verification failed."], calls))
+    with pytest.raises(ssh.HostKeyProblem):
+        tool.checksums([File("cam/a.MP4")])
+    assert len(calls) == 1
+    tool.clean()
+    calls.clear()
+    tool = rsync.Rsync(cfg, sleep=lambda s: None, run=failing_run(["rsync: connection unexpectedly closed"] * 3, calls))
+    with pytest.raises(rsync.UploadFailed) as failed:
+        tool.listing([File("cam/a.MP4")])
+    assert failed.value.transient and "(after 1 retries)" in str(failed.value) and len(calls) == 2
+    tool.clean()

@@ -47,6 +47,7 @@ from . import notify, runner, ssh
 from .config import Config
 from .errors import DashcamError, TryLater
 from .log import get as get_logger
+from .record import Record
 
 # a child of the upload's logger: its lines are the upload's story in the journal
 log = get_logger("dashcam.upload.rsync")
@@ -318,11 +319,11 @@ def _nothing(*args) -> None:
     pass
 
 
-class Sent:
+class Sent(Record):
     """What a send did: ``failure`` why not every file was taken (None: all were), rsync's --stats."""
 
-    def __init__(self, failure: Optional[str], stats: Dict[str, int]):
-        self.failure, self.stats = failure, stats
+    failure: Optional[str]
+    stats: dict  # parse_stats
 
 
 # --- the tool ---------------------------------------------------------------------------------
