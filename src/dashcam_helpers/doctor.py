@@ -945,15 +945,9 @@ def check_server(cfg, shipped_host: str = SHIPPED_UPLOAD_HOST, budget: float = S
 
 def _rsync_probe(cfg, options: List[str], dest: str, timeout: float) -> runner.Result:
     """A dry-run rsync of an empty folder to ``dest`` on the server, as the upload connects."""
-    import shlex
-    import tempfile
+    from . import rsync
 
-    from . import ssh
-
-    with tempfile.TemporaryDirectory(prefix="dashcam-doctor-") as empty:
-        argv = [cfg.tools.rsync, "-e", shlex.join(ssh.ssh_argv(cfg)), "--dry-run", "-r", *options,
-                empty + "/", f"{ssh.remote_host(cfg)}:{dest}"]
-        return runner.run(argv, timeout=timeout, changes_state=False, check=False)
+    return rsync.probe(cfg, options, dest, timeout)
 
 
 def check_key(cfg, budget: float = SERVER_BUDGET) -> List[Check]:
@@ -961,7 +955,7 @@ def check_key(cfg, budget: float = SERVER_BUDGET) -> List[Check]:
     an rrsync -wo -no-del key refuses --delete (refusal expected; acceptance is a warning)."""
     import time
 
-    from . import ssh
+    from . import rsync
 
     deadline = time.monotonic() + budget
     dest = cfg.upload.dest_path.rstrip("/") or "."
@@ -975,7 +969,7 @@ def check_key(cfg, budget: float = SERVER_BUDGET) -> List[Check]:
     except runner.CommandError as e:
         return [fail("ssh key accepted", str(e))]
     if res.returncode != 0:
-        problem = ssh.classify(cfg, res.returncode, res.stderr)
+        problem = rsync.classify(cfg, res.returncode, res.stderr)
         said = str(problem) if problem else (runner.last_line(res.stderr) or runner.describe_returncode(res.returncode))
         return [fail("ssh key accepted", said, None if problem else "see README: Setting up the home server")]
     checks = [ok("ssh key accepted", f"{cfg.upload.user}@{cfg.upload.host} took a dry-run write to {dest}/")]
@@ -983,7 +977,7 @@ def check_key(cfg, budget: float = SERVER_BUDGET) -> List[Check]:
         res = _rsync_probe(cfg, ["--delete"], f"{dest}/{RESTRICT_PROBE}/", max(SECOND_PROBE_MIN, deadline - time.monotonic()))
     except runner.CommandError as e:
         return checks + [warn("ssh key restricted", f"cannot tell: {e}")]
-    if res.returncode != 0 and "rrsync" in res.stderr and "disabled" in res.stderr:
+    if res.returncode != 0 and rsync.refuses_delete(res.stderr):
         checks.append(ok("ssh key restricted", "the server refuses --delete with this key (rrsync -no-del)"))
     elif res.returncode == 0:
         checks.append(warn("ssh key restricted", "the key may delete on the server (a dry-run --delete was accepted)",
