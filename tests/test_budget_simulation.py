@@ -181,8 +181,10 @@ class World:
             clip = run["clip"]
             clip.verified = True
             self.sent.append(clip)
-            row = self.ledger.find(CFG.camera.name, clip.path, clip.size, clip.mtime_ns)
-            self.ledger.advance(row.id, "verified", remote_path=clip.path)
+            row_id = self.ledger.db.execute(
+                "SELECT id FROM footage WHERE camera = ? AND source_path = ? AND size = ? AND mtime_ns = ?",
+                (CFG.camera.name, clip.path, clip.size, clip.mtime_ns)).fetchone()[0]
+            self.ledger.advance(row_id, "verified", remote_path=clip.path)
             run["clip"] = None
             run["files"] += 1
             run["bytes"] += clip.size

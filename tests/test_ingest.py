@@ -609,7 +609,7 @@ def test_a_sigterm_before_the_copy_is_complete_still_warns_and_leaves_the_camera
 def test_the_shipped_default_globs_cover_the_users_camera_layout(card, make_config, tmp_path):
     cfg = config.load(str(make_config({})))
     write_clip(card, "Normal/Front/2024_0101_120000_F.MP4", 10, time.time())
-    found = ingest.scan(str(card), cfg.ingest.globs, cfg.ingest.extensions)
+    found = [ingest.candidate(*f) for f in ingest.footage_files(str(card), cfg.ingest.globs, cfg.ingest.extensions)]
     assert [c.source_path for c in found] == ["Normal/Front/2024_0101_120000_F.MP4"]
 
 

@@ -273,13 +273,6 @@ def candidate(rel: str, size: int, mtime_ns: int, event_patterns: Sequence["re.P
     return Candidate(rel, size, mtime_ns, is_event(rel, event_patterns))
 
 
-def scan(root: str, globs: Sequence[str], extensions: Sequence[str], after_date: Optional[str] = None,
-         event_globs: Sequence[str] = ()) -> List[Candidate]:
-    """Every footage file below ``root`` as a Candidate."""
-    patterns = [glob_regex(g) for g in event_globs]
-    return [candidate(*f, patterns) for f in footage_files(root, globs, extensions, after_date)]
-
-
 # event/locked clips first, then newest first (or oldest first): the upload's order too
 order = layout.order
 

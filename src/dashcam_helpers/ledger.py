@@ -3,7 +3,7 @@
 A row is keyed by (camera, path on the card, size, mtime): a loop-recording camera that
 reuses a name writes a new size or mtime, hence a new row. States only move forward:
 
-    seen -> staged -> uploaded -> verified -> pruned        (failed: a read error, retried later)
+    staged -> uploaded -> verified -> pruned        (failed: a read error, retried later)
 
 Every transition is a committed transaction made *after* the bytes it describes are
 durable, so a crash anywhere restarts from the ledger with nothing lost or done twice.
@@ -65,11 +65,11 @@ class _Transaction:
 # ledger state the upload writes ({"until": the last end, "names": {name: end}}) and status
 # reads: names a cut session on the server may still write, and until when (upload.py, "A cut send")
 UPLOAD_HOLD_KEY = "upload_hold"
-STATES = ("seen", "staged", "uploaded", "verified", "pruned", "failed")
+STATES = ("staged", "uploaded", "verified", "pruned", "failed")
 
-# which state may follow which: forward only; a failed read may be retried
+# which state may follow which: forward only; a failed read may be retried. (The schema's CHECK
+# still allows 'seen', a state no release ever wrote: the first migration stays as it shipped.)
 TRANSITIONS = {
-    "seen": {"staged", "failed"},
     "failed": {"staged", "failed"},
     "staged": {"uploaded", "verified"},
     "uploaded": {"verified"},
@@ -451,10 +451,6 @@ class Ledger:
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {number + 1}")
 
-    @property
-    def schema_version(self) -> int:
-        return self.db.execute("PRAGMA user_version").fetchone()[0]
-
     # --- footage ---------------------------------------------------------------------------
 
     def known_keys(self, camera: str) -> Set[Tuple[str, int, int]]:
@@ -475,13 +471,6 @@ class Ledger:
             "SELECT id, state FROM footage WHERE camera = ? AND source_path = ? AND size = ? AND mtime_ns = ?",
             (camera, source_path, size, mtime_ns),
         ).fetchone()
-
-    def find(self, camera: str, source_path: str, size: int, mtime_ns: int) -> Optional[Clip]:
-        row = self.db.execute(
-            "SELECT * FROM footage WHERE camera = ? AND source_path = ? AND size = ? AND mtime_ns = ?",
-            (camera, source_path, size, mtime_ns),
-        ).fetchone()
-        return Clip.from_row(row) if row else None
 
     def get(self, clip_id: int) -> Clip:
         row = self.db.execute("SELECT * FROM footage WHERE id = ?", (clip_id,)).fetchone()
