@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from conftest import SRC
 from dashcam_helpers import config, ingest, log
+from dashcam_helpers.card import mount_argv
 from dashcam_helpers.ledger import Ledger
 
 DAY = 86400
@@ -129,13 +130,13 @@ def test_camera_goes_back_to_record_on_external_power_else_to_after_ingest(make_
 
 
 def test_mount_is_read_only_never_executes_from_the_card_and_adds_no_time_zone():
-    assert ingest.mount_argv("/dev/sda1", "vfat", "/run/dashcam/mnt/sda1") == [
+    assert mount_argv("/dev/sda1", "vfat", "/run/dashcam/mnt/sda1") == [
         "mount", "-t", "vfat", "-o", "ro,nosuid,nodev,noexec,noatime,nosymfollow,tz=UTC,utf8", "/dev/sda1",
         "/run/dashcam/mnt/sda1"]
-    assert ingest.mount_argv("/dev/sda1", "exfat", "/m") == [
+    assert mount_argv("/dev/sda1", "exfat", "/m") == [
         "mount", "-t", "exfat", "-o", "ro,nosuid,nodev,noexec,noatime,nosymfollow,time_offset=0", "/dev/sda1", "/m"]
     # the card's files belong to the unprivileged reader (vfat and exfat have no owners of their own)
-    assert ingest.mount_argv("/dev/sda1", "vfat", "/m", reader=(105, 110))[4] == \
+    assert mount_argv("/dev/sda1", "vfat", "/m", reader=(105, 110))[4] == \
         "ro,nosuid,nodev,noexec,noatime,nosymfollow,tz=UTC,utf8,uid=105,gid=110,umask=0077"
 
 

@@ -13,7 +13,7 @@ the hash its ledger row records; a crash leaves at most a .part (deleted by the 
 renamed file not yet in the ledger (recognised by its hash on the next run, never duplicated).
 
 ``ingest_source`` works on any directory (an SD card in a reader, a test tree);
-``ingest_device`` mounts the camera read-only around it and puts the camera back afterwards.
+``ingest_device`` mounts the camera read-only around it (card.py) and puts the camera back afterwards.
 """
 
 from __future__ import annotations
@@ -915,64 +915,6 @@ def _copy_all(cfg, source_dir, todo, total, ledger, result, should_stop, owner, 
     )
 
 
-# --- the camera's card ----------------------------------------------------------------------
-
-# nosymfollow (Linux >= 5.10): a symlink on the card leads nowhere, whoever reads it
-MOUNT_OPTIONS = "ro,nosuid,nodev,noexec,noatime,nosymfollow"
-# the card's timestamps are the camera's wall clock without a zone: read them as UTC, so the
-# mtime broken down in UTC is what the camera showed (clip_date), whatever the Pi's time zone.
-# vfat: tz=UTC (else the kernel's sys_tz applies), utf8 names; exFAT: time_offset=0 (minutes;
-# a timestamp the camera marked with its own UTC offset is converted with that offset instead)
-FS_OPTIONS = {"vfat": "tz=UTC,utf8", "exfat": "time_offset=0"}
-FILESYSTEMS = tuple(FS_OPTIONS)
-
-
-def fs_type(devnode: str, timeout: float) -> str:
-    """The filesystem type udev found (ID_FS_TYPE), or blkid's answer when udev has none."""
-    try:
-        import pyudev
-
-        device = pyudev.Devices.from_device_file(pyudev.Context(), devnode)
-        value = device.properties.get("ID_FS_TYPE")
-        if value:
-            return value
-    except Exception as e:  # not a block device udev knows (a test, a chroot): ask blkid
-        log.debug("udev has no ID_FS_TYPE for %s (%s); asking blkid", devnode, e)
-    from . import runner
-
-    out = runner.run(["blkid", "-o", "value", "-s", "TYPE", devnode], timeout=timeout, changes_state=False, check=False)
-    return out.stdout.strip()
-
-
-def fs_uuid(devnode: str, timeout: float) -> Optional[str]:
-    """The card's filesystem UUID (ID_FS_UUID, else blkid), or None: a new one means a formatted card."""
-    try:
-        import pyudev
-
-        value = pyudev.Devices.from_device_file(pyudev.Context(), devnode).properties.get("ID_FS_UUID")
-        if value:
-            return str(value)
-    except Exception as e:  # not a block device udev knows: ask blkid
-        log.debug("udev has no ID_FS_UUID for %s (%s); asking blkid", devnode, e)
-    from . import runner
-
-    try:
-        out = runner.run(["blkid", "-o", "value", "-s", "UUID", devnode], timeout=timeout, changes_state=False,
-                         check=False)
-    except runner.CommandError as e:
-        log.warning("cannot read the filesystem UUID of %s: %s", devnode, e)
-        return None
-    return out.stdout.strip()[:64] or None
-
-
-def mount_argv(devnode: str, fstype: str, mountpoint: str, reader: Optional[Tuple[int, int]] = None) -> List[str]:
-    """mount(8) of the card read-only; with ``reader`` (uid, gid) its files are that user's alone
-    (vfat and exfat have no owners of their own: the options give them one)."""
-    owner = f"uid={reader[0]},gid={reader[1]},umask=0077" if reader else None
-    options = ",".join(o for o in (MOUNT_OPTIONS, FS_OPTIONS.get(fstype), owner) if o)
-    return ["mount", "-t", fstype, "-o", options, devnode, mountpoint]
-
-
 def _result_json(result: IngestResult) -> dict:
     return dataclasses.asdict(result)
 
@@ -1033,41 +975,19 @@ def ingest_device(
     camera_back: Optional[Callable[..., object]] = None,
 ) -> IngestResult:
     """Mount the camera's card read-only, ingest it, unmount, put the camera back (always)."""
-    from . import privilege, runner
+    from . import card, privilege, runner
 
     camera_back = camera_back or put_camera_back
     devnode = devname if devname.startswith("/") else os.path.join("/dev", devname)
-    timeout = cfg.poll.mount_timeout_seconds
     try:
         try:
-            if not os.path.exists(devnode):
-                raise TryLater(f"{devnode} is not there (camera unplugged?)")
-            fstype = fs_type(devnode, timeout)
-            if fstype not in FILESYSTEMS:
-                raise DashcamError(f"{devnode}: filesystem {fstype or 'unknown'!r}, expected one of {', '.join(FILESYSTEMS)}")
-            mountpoint = os.path.join(cfg.camera.mount_base, os.path.basename(devnode))
             reader = privilege.staging_user(cfg.paths.local_staging)
-            if not dry_run:
-                os.makedirs(mountpoint, mode=0o700, exist_ok=True)
-                if reader:  # the reader passes through mount_base (it may not list it)
-                    os.chmod(cfg.camera.mount_base, os.stat(cfg.camera.mount_base).st_mode | 0o001)
-            try:
-                runner.run(mount_argv(devnode, fstype, mountpoint, reader), timeout=timeout, dry_run=dry_run)
-            except runner.CommandError as e:
-                raise TryLater(f"cannot mount {devnode}: {e}") from e
-            log.info("mounted %s (%s) read-only on %s", devnode, fstype, mountpoint)
-            try:
+            with card.mounted(cfg, devnode, reader, dry_run=dry_run) as mountpoint:
                 if dry_run and not os.path.isdir(mountpoint):
                     return IngestResult()
-                card = coverage.Card(fs_uuid(devnode, timeout))
+                found = coverage.Card(card.fs_uuid(devnode, cfg.poll.mount_timeout_seconds))
                 return ingest_unprivileged(cfg, mountpoint, dry_run=dry_run, should_stop=should_stop, reader=reader,
-                                           card=card)
-            finally:
-                try:
-                    runner.run(["umount", mountpoint], timeout=timeout, dry_run=dry_run)
-                except runner.CommandError as e:
-                    # under PrivateMounts= the mount goes with the unit's namespace anyway
-                    log.error("cannot unmount %s: %s", mountpoint, e)
+                                           card=found)
         finally:
             if should_stop is not None and should_stop():
                 # stopped (camera yanked, shutdown, low battery): whoever stopped us decides the
