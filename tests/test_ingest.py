@@ -255,6 +255,27 @@ def test_dry_run_copies_nothing(card, cfg_path, tmp_path, dashcamctl):
     assert not files_in(tmp_path / "staging/ready")
 
 
+def test_a_dry_run_creates_nothing_no_ledger_no_lock_no_folder(card, cfg_path, tmp_path, dashcamctl):
+    write_clip(card, "Normal/X.MP4", 1000, time.time())
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    r = dashcamctl("--config", str(cfg_path), "--dry-run", "ingest", "--source", str(card))
+    assert r.returncode == 0, r.stderr
+    assert "would copy Normal/X.MP4" in r.stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert not (tmp_path / "state").exists() and not (tmp_path / "staging").exists()
+
+
+def test_a_dry_run_after_a_real_run_leaves_the_ledger_and_staging_as_they_were(card, cfg_path, tmp_path, dashcamctl):
+    write_clip(card, "Normal/X.MP4", 1000, time.time())
+    assert dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card)).returncode == 0
+    write_clip(card, "Normal/Y.MP4", 1000, time.time())
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    r = dashcamctl("--config", str(cfg_path), "--dry-run", "ingest", "--source", str(card))
+    assert r.returncode == 0, r.stderr
+    assert "would copy Normal/Y.MP4" in r.stderr and "would copy Normal/X.MP4" not in r.stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
 def needs_root_mounts():
     if os.geteuid() != 0:
         pytest.skip("needs root (loop and bind mounts)")

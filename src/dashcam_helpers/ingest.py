@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Set, 
 from . import coverage, layout, notify
 from .config import Config
 from .errors import DashcamError, TryLater
-from .ledger import Ledger, LedgerError, chown_nofollow
+from .ledger import Ledger, LedgerError
 from .staging import Owner, free_space, fsync_dir, owner_of, reserve_bytes
 from .log import get as get_logger
 
@@ -502,7 +502,7 @@ class _Finisher(threading.Thread):
         while True:
             candidate = rel if n == 0 else f"{directory}/{name_variant(name, n)}"
             target = os.path.join(ready, candidate)
-            if self._taken(ledger, candidate):
+            if ledger.staged_path_taken(candidate):  # another clip's name (the server may hold it)
                 n += 1
                 continue
             try:
@@ -523,11 +523,6 @@ class _Finisher(threading.Thread):
                 log.info("%s: %s is taken by an earlier clip, staged as %s", item.clip.source_path, rel, candidate,
                          extra={"DASHCAM_FILE": item.clip.source_path})
             return candidate
-
-    @staticmethod
-    def _taken(ledger: Ledger, rel: str) -> bool:
-        """Another clip has (or had, before it was pruned) this staged name: the server may hold it."""
-        return ledger.db.execute("SELECT 1 FROM footage WHERE staged_path = ? LIMIT 1", (rel,)).fetchone() is not None
 
     def _is_orphan_copy(self, ledger: Ledger, rel: str, target: str, item: _Copied) -> bool:
         try:
@@ -724,13 +719,12 @@ def ingest_source(
     try:
         if not dry_run:
             clean_incoming(incoming)
-        new_ledger = not os.path.exists(cfg.paths.ledger)
-        with Ledger(cfg.paths.ledger) as ledger:
-            if new_ledger and not dry_run:
-                # the uploader (dashcam user) writes the ledger too; SQLite gives its -wal/-shm the db's owner
-                ledger_owner = owner_of(cfg.paths.state_dir)
-                if ledger_owner:
-                    chown_nofollow(cfg.paths.ledger, ledger_owner)
+        if dry_run and not os.path.exists(cfg.paths.ledger):
+            # no ledger yet: every clip is new, and a dry run creates no ledger (nor its folder)
+            ledger_or_none: Optional[Ledger] = None
+        else:
+            ledger_or_none = Ledger(cfg.paths.ledger)
+        with ledger_or_none or _NoLedger() as ledger:
             known: Set[Tuple[str, int, int]] = ledger.known_keys(cfg.camera.name)
             event_patterns = [glob_regex(g) for g in cfg.ingest.event_globs]
             found = 0
@@ -788,6 +782,20 @@ def ingest_source(
         if lock_fd is not None:
             os.close(lock_fd)
     return result
+
+
+class _NoLedger:
+    """What a dry run reads where there is no ledger yet: no clip is known."""
+
+    def __enter__(self) -> "_NoLedger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    @staticmethod
+    def known_keys(camera: str) -> Set[Tuple[str, int, int]]:
+        return set()
 
 
 def _check_card(cfg, ledger, source_dir, on_card, new, card) -> int:

@@ -296,19 +296,32 @@ def _lchown_to(name: str, owner: Optional[Tuple[int, int]]) -> None:
         pass  # without CAP_CHOWN the file stays ours; the uploader's open says so
 
 
-def chown_nofollow(name: str, owner: Tuple[int, int]) -> None:
-    """chown ``name`` through an O_NOFOLLOW fd: a symlink is refused (LedgerError), never followed."""
-    fd = open_nofollow(name)
+LEDGER_MODE = 0o640  # the dashcam group reads it (dashcamctl files, status); SQLite gives -wal/-shm the same
+
+
+def _open_or_create(path: str) -> int:
+    """An fd on the ledger, read-write (read-only for a reader in its group); a ledger this creates
+    gets LEDGER_MODE whatever the umask of the process that happens to be first."""
     try:
-        _give_fd_to(fd, owner)
-    finally:
-        os.close(fd)
+        fd = open_nofollow(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, LEDGER_MODE)
+    except FileExistsError:
+        pass
+    except PermissionError:
+        return open_nofollow(path)
+    else:
+        os.fchmod(fd, LEDGER_MODE)
+        return fd
+    try:
+        return open_nofollow(path, os.O_RDWR)
+    except PermissionError:
+        return open_nofollow(path)  # a reader in the ledger's group (dashcamctl files)
 
 
 def _directory_owner(directory: str) -> Optional[Tuple[int, int]]:
     """Root (the policy, the ingest) opening a ledger in a directory that belongs to another user
     (/var/lib/dashcam, user dashcam) gives the database files to that user, so the unprivileged
-    uploader can still write them."""
+    uploader can still write them. With LEDGER_MODE, the one place that decides the ledger files'
+    owner and mode; the package makes no ledger file of its own."""
     from .staging import owner_of
 
     try:
@@ -363,10 +376,7 @@ class Ledger:
             for name in (path, path + "-wal", path + "-shm"):
                 _refuse_link(name)
             owner = _directory_owner(directory)
-            try:
-                fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
-            except PermissionError:
-                fd = open_nofollow(path)  # a reader in the ledger's group (dashcamctl files)
+            fd = _open_or_create(path)
             self._fds.append(fd)
             # the database first: SQLite running as root gives the -wal/-shm files it creates the
             # database's owner
@@ -471,6 +481,11 @@ class Ledger:
             "SELECT id, state FROM footage WHERE camera = ? AND source_path = ? AND size = ? AND mtime_ns = ?",
             (camera, source_path, size, mtime_ns),
         ).fetchone()
+
+    def staged_path_taken(self, staged_path: str) -> bool:
+        """Some clip has (or had, before it was pruned) this name in ready/: the server may hold it."""
+        row = self.db.execute("SELECT 1 FROM footage WHERE staged_path = ? LIMIT 1", (staged_path,)).fetchone()
+        return row is not None
 
     def get(self, clip_id: int) -> Clip:
         row = self.db.execute("SELECT * FROM footage WHERE id = ?", (clip_id,)).fetchone()
