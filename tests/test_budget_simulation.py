@@ -24,7 +24,7 @@ import random
 import pytest
 
 from conftest import MINIMAL, Reading, deep_merge
-from dashcam_helpers import budget, config, ingest, policy
+from dashcam_helpers import budget, config, footage, policy
 from dashcam_helpers.ledger import Ledger
 from dashcam_helpers.policy import INGEST_UNITS, UPLOAD_UNIT
 
@@ -118,8 +118,8 @@ class World:
         if self.ingest_at is not None and self.t >= self.ingest_at and self.mode == "data":
             self.ingest_at = None
             todo = [c for c in self.clips if not c.staged]
-            cands = {ingest.Candidate(c.path, c.size, c.mtime_ns, ingest.is_event(c.path)): c for c in todo}
-            order = [cands[c] for c in ingest.order(cands, CFG.ingest.newest_first)]
+            cands = {footage.Candidate(c.path, c.size, c.mtime_ns, footage.is_event(c.path)): c for c in todo}
+            order = [cands[c] for c in footage.order(cands, CFG.ingest.newest_first)]
             gate = budget.IngestGate(self.ledger.get_state, self.ledger.put_state, CFG.camera.name,
                                      [(c.size, c.event) for c in order], self.boot, self.monotonic)
             self.ingest = {"todo": order, "i": 0, "left": None, "gate": gate, "bytes": 0, "files": 0, "t0": self.t}

@@ -20,7 +20,7 @@ log = get_logger("dashcam.ingest")
 # nosymfollow (Linux >= 5.10): a symlink on the card leads nowhere, whoever reads it
 MOUNT_OPTIONS = "ro,nosuid,nodev,noexec,noatime,nosymfollow"
 # the card's timestamps are the camera's wall clock without a zone: read them as UTC, so the
-# mtime broken down in UTC is what the camera showed (clips.clip_date), whatever the Pi's time zone.
+# mtime broken down in UTC is what the camera showed (footage.clip_date), whatever the Pi's time zone.
 # vfat: tz=UTC (else the kernel's sys_tz applies), utf8 names; exFAT: time_offset=0 (minutes;
 # a timestamp the camera marked with its own UTC offset is converted with that offset instead)
 FS_OPTIONS = {"vfat": "tz=UTC,utf8", "exfat": "time_offset=0"}

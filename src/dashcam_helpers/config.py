@@ -401,7 +401,7 @@ def _check_glob(key: str, value: str, problems: List[str]) -> Optional[str]:
     """A footage glob that compiles as ingest compiles it ("[z-a]" does not)."""
     if "[" not in value:  # only a bracket expression can fail to compile: the usual globs cost nothing
         return value
-    from .ingest import glob_regex  # heavy (ingest's imports): only for a glob with brackets
+    from .footage import glob_regex  # only for a glob with brackets
 
     try:
         glob_regex(value)

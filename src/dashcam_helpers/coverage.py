@@ -159,7 +159,7 @@ def place(windows: Sequence[Window], now: Now) -> Tuple[List[Tuple[float, float]
 def name_time(name: str) -> Optional[float]:
     """The recording start in a camera's file name (2026_1129_053712_013F.MP4, the ingest's
     NAME_STAMP), as seconds since 1970 on the camera's clock; None when there is none or it is no time."""
-    from .ingest import EPOCH, name_stamp  # only ever called by an ingest: no cost to the policy tick
+    from .footage import EPOCH, name_stamp  # only ever called by an ingest: no cost to the policy tick
 
     stamp = name_stamp(name)
     return None if stamp is None else (stamp - EPOCH).total_seconds()

@@ -125,7 +125,7 @@ def clip_day(clip: Clip) -> datetime.date:
     day = layout.staged_day(clip.staged_path)
     if day is not None:
         return day
-    from .ingest import clip_date
+    from .footage import clip_date
     try:
         return clip_date(clip.source_path, clip.mtime_ns)
     except OverflowError:  # ingest refuses such a clip; never a reason to stop an upload
@@ -150,7 +150,7 @@ def legacy_remote_path(camera: str, file_name: str, mtime_ns: int) -> str:
     if found:
         year, month, day = found.groups()
     else:
-        from .ingest import clip_date
+        from .footage import clip_date
         try:
             when = clip_date(file_name, mtime_ns)
         except OverflowError:  # ingest refuses such a clip; never a reason to stop an upload
