@@ -18,7 +18,8 @@ import pytest
 
 from dashcam_helpers import config, coverage, mqtt, status
 from dashcam_helpers.coverage import ClipTime, Now, Window
-from dashcam_helpers.ledger import Ledger, TickLedger
+from dashcam_helpers.ledger import Ledger
+from dashcam_helpers.tick_ledger import TickLedger
 
 MIN = 60
 T0 = calendar.timegm((2026, 11, 29, 5, 0, 0))  # the Pi's wall clock (UTC), set by NTP

@@ -140,7 +140,8 @@ def test_a_ledger_root_creates_belongs_to_the_owner_of_its_directory(tmp_path):
 
 # ---------------------------------------------------------------- a damaged ledger is set aside, never replaced
 
-from dashcam_helpers.ledger import LedgerDamaged, TickLedger, damage_marker  # noqa: E402
+from dashcam_helpers.ledger import LedgerDamaged, damage_marker  # noqa: E402
+from dashcam_helpers.tick_ledger import TickLedger  # noqa: E402
 
 GARBAGE = b"\x00\xffthis is no SQLite database\n" * 200
 

@@ -1072,7 +1072,7 @@ def _coverage_facts(ledger, cfg, wall) -> Dict[str, Any]:
 def command(args) -> int:
     """dashcamctl [--dry-run] policy [--json]: one tick with the real gatherers and actors."""
     from . import config
-    from .ledger import TickLedger
+    from .tick_ledger import TickLedger
 
     # under the unit, CacheDirectory=dashcam gives $CACHE_DIRECTORY: the validated config is kept
     # there as JSON so a tick does not parse YAML (see config.load_cached)
