@@ -428,6 +428,16 @@ class Ledger:
         ).fetchone()
         return int(row[0]), int(row[1]), int(row[2]), row[3]
 
+    def refused_count(self) -> int:
+        """Clips the ingest refused to stage (a name or a time staging cannot hold): failed rows
+        whose reason starts with ``refused:``."""
+        return int(self.db.execute("SELECT COUNT(*) FROM footage WHERE state = 'failed' AND reason LIKE 'refused:%'")
+                   .fetchone()[0])
+
+    def staged_event_ids(self) -> Set[int]:
+        """Ids of the event/locked clips staged and not yet sent."""
+        return {row[0] for row in self.db.execute("SELECT id FROM footage WHERE state = 'staged' AND event != 0")}
+
     def counts(self) -> Dict[str, int]:
         rows = self.db.execute("SELECT state, COUNT(*) FROM footage GROUP BY state")
         out = {s: 0 for s in STATES}

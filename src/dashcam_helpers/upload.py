@@ -681,8 +681,7 @@ class Uploader:
 
     def new_events(self, tried: Set[int]) -> bool:
         """An event/locked clip staged since this run planned (its id not in ``tried``)."""
-        rows = self.ledger.db.execute("SELECT id FROM footage WHERE state = 'staged' AND event != 0").fetchall()
-        return any(row[0] not in tried for row in rows)
+        return bool(self.ledger.staged_event_ids() - tried)
 
     def upload_items(self, items: Sequence[Item], *, collision_pass: bool = False,
                      stop_for: Optional[Callable[[], bool]] = None) -> List[Item]:
