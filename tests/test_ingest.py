@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -196,32 +197,35 @@ def test_same_file_name_in_two_folders_never_overwrites(card, cfg_path, tmp_path
     assert len({r["staged_path"] for r in rows}) == 2
 
 
-def test_event_clips_are_copied_first_then_newest_first(card, make_config, tmp_path, dashcamctl):
+def clips_aged(card: Path, days_old) -> float:
+    """1000-byte clips on the card, each as many days old as ``days_old`` ({path: days}) says; now."""
     now = time.time()
-    write_clip(card, "Normal/Front/old.MP4", 1000, now - 3 * DAY)
-    write_clip(card, "Normal/Front/new.MP4", 1000, now - 1 * DAY)
-    write_clip(card, "Normal/Front/mid_E.MP4", 1000, now - 2 * DAY)
-    write_clip(card, "Event/Front/ev.MP4", 1000, now - 5 * DAY)
-    write_clip(card, "DCIM/photo.JPG", 1000, now - 4 * DAY)
-    write_clip(card, "Normal/Front/ancient.MP4", 1000, now - 30 * DAY)
-    cfg = make_config({"ingest": {"reserve_bytes": 0, "reserve_percent": 0,
-                                  "after_date": time.strftime("%Y-%m-%d", time.localtime(now - 10 * DAY))}})
+    for rel, days in days_old.items():
+        write_clip(card, rel, 1000, now - days * DAY)
+    return now
+
+
+def ingest_rows(card: Path, make_config, tmp_path: Path, dashcamctl, **ingest_keys):
+    """An ingest with no reserve and ``ingest_keys``; the ledger's rows, whose ids follow the copy order."""
+    cfg = make_config({"ingest": {"reserve_bytes": 0, "reserve_percent": 0, **ingest_keys}})
     assert dashcamctl("--config", str(cfg), "ingest", "--source", str(card)).returncode == 0
-    order = [r["source_path"] for r in ledger_rows(tmp_path / "state")]  # ids follow the copy order
+    return ledger_rows(tmp_path / "state")
+
+
+def test_event_clips_are_copied_first_then_newest_first(card, make_config, tmp_path, dashcamctl):
+    now = clips_aged(card, {"Normal/Front/old.MP4": 3, "Normal/Front/new.MP4": 1, "Normal/Front/mid_E.MP4": 2,
+                            "Event/Front/ev.MP4": 5, "DCIM/photo.JPG": 4, "Normal/Front/ancient.MP4": 30})
+    rows = ingest_rows(card, make_config, tmp_path, dashcamctl,
+                       after_date=time.strftime("%Y-%m-%d", time.localtime(now - 10 * DAY)))
+    order = [r["source_path"] for r in rows]
     assert order == ["Normal/Front/mid_E.MP4", "Event/Front/ev.MP4", "Normal/Front/new.MP4",
                      "Normal/Front/old.MP4", "DCIM/photo.JPG"]
 
 
 def test_event_globs_add_event_clips_that_are_copied_first(card, make_config, tmp_path, dashcamctl):
-    now = time.time()
-    write_clip(card, "Parking/Front/P.MP4", 1000, now - 3 * DAY)
-    write_clip(card, "Normal/Front/N.MP4", 1000, now - 1 * DAY)
-    write_clip(card, "Event/Front/E.MP4", 1000, now - 5 * DAY)
-    write_clip(card, "Normal/Front/x_SOS_1.MP4", 1000, now - 6 * DAY)
-    cfg = make_config({"ingest": {"reserve_bytes": 0, "reserve_percent": 0,
-                                  "event_globs": ["Parking/**", "**/*_sos_*.mp4"]}})
-    assert dashcamctl("--config", str(cfg), "ingest", "--source", str(card)).returncode == 0
-    rows = ledger_rows(tmp_path / "state")  # ids follow the copy order
+    clips_aged(card, {"Parking/Front/P.MP4": 3, "Normal/Front/N.MP4": 1, "Event/Front/E.MP4": 5,
+                      "Normal/Front/x_SOS_1.MP4": 6})
+    rows = ingest_rows(card, make_config, tmp_path, dashcamctl, event_globs=["Parking/**", "**/*_sos_*.mp4"])
     assert [(r["source_path"], r["event"]) for r in rows] == [
         ("Parking/Front/P.MP4", True), ("Event/Front/E.MP4", True), ("Normal/Front/x_SOS_1.MP4", True),
         ("Normal/Front/N.MP4", False)]
@@ -464,13 +468,20 @@ def fake_mount_tools(tmp_path, monkeypatch):
     return log
 
 
-def test_device_ingest_mounts_read_only_copies_unmounts_and_puts_the_camera_back(make_config, tmp_path,
-                                                                               fake_mount_tools):
-    cfg = config.load(str(make_config({"camera": {"mount_base": str(tmp_path / "mnt")},
-                                       "ingest": {"reserve_bytes": 0, "reserve_percent": 0}})))
+def card_device(make_config, tmp_path: Path, sections=None, clip: Optional[str] = "Normal/Front/A.MP4"):
+    """(config, device): the card of the fake block device sdz1 mounts on <tmp>/mnt/sdz1 and holds
+    ``clip``; ``sections`` adds to the config (any section but camera)."""
+    cfg = config.load(str(make_config({"camera": {"mount_base": str(tmp_path / "mnt")}, **(sections or {})})))
     dev = tmp_path / "sdz1"
     dev.write_bytes(b"")
-    write_clip(tmp_path / "mnt/sdz1", "Normal/Front/A.MP4", 5000, time.time())
+    if clip:
+        write_clip(tmp_path / "mnt/sdz1", clip, 5000, time.time())
+    return cfg, dev
+
+
+def test_device_ingest_mounts_read_only_copies_unmounts_and_puts_the_camera_back(make_config, tmp_path,
+                                                                               fake_mount_tools):
+    cfg, dev = card_device(make_config, tmp_path, {"ingest": {"reserve_bytes": 0, "reserve_percent": 0}})
     back = []
     result = ingest.ingest_device(cfg, str(dev), camera_back=lambda c, dry_run: back.append(dry_run))
     assert result.files == 1
@@ -484,11 +495,8 @@ def test_device_ingest_keeps_the_cards_filesystem_uuid_and_how_full_it_is(make_c
                                                                           monkeypatch):
     from dashcam_helpers import coverage
 
-    cfg = config.load(str(make_config({"camera": {"mount_base": str(tmp_path / "mnt")},
-                                       "ingest": {"reserve_bytes": 0, "reserve_percent": 0}})))
-    dev = tmp_path / "sdz1"
-    dev.write_bytes(b"")
-    write_clip(tmp_path / "mnt/sdz1", "Normal/Front/2026_1129_053712_013F.MP4", 5000, time.time())
+    cfg, dev = card_device(make_config, tmp_path, {"ingest": {"reserve_bytes": 0, "reserve_percent": 0}},
+                           clip="Normal/Front/2026_1129_053712_013F.MP4")
     ingest.ingest_device(cfg, str(dev), camera_back=lambda c, dry_run: None)
     with Ledger(cfg.paths.ledger) as ledger:
         state = ledger.get_state(coverage.STATE_KEY)
@@ -517,11 +525,7 @@ def test_an_ingest_from_a_directory_judges_no_recording_window(make_config, tmp_
 
 def test_device_ingest_unmounts_and_puts_the_camera_back_even_when_the_ingest_fails(make_config, tmp_path,
                                                                                     fake_mount_tools):
-    cfg = config.load(str(make_config({"camera": {"mount_base": str(tmp_path / "mnt")},
-                                       "paths": {"state_dir": "/proc/no-ledger-here"}})))
-    dev = tmp_path / "sdz1"
-    dev.write_bytes(b"")
-    write_clip(tmp_path / "mnt/sdz1", "Normal/Front/A.MP4", 5000, time.time())
+    cfg, dev = card_device(make_config, tmp_path, {"paths": {"state_dir": "/proc/no-ledger-here"}})
     back = []
     with pytest.raises(Exception):
         ingest.ingest_device(cfg, str(dev), camera_back=lambda c, dry_run: back.append(dry_run))
@@ -531,10 +535,7 @@ def test_device_ingest_unmounts_and_puts_the_camera_back_even_when_the_ingest_fa
 
 def test_a_stopped_device_ingest_unmounts_and_leaves_the_camera_to_whoever_stopped_it(make_config, tmp_path,
                                                                                        fake_mount_tools):
-    cfg = config.load(str(make_config({"camera": {"mount_base": str(tmp_path / "mnt")}})))
-    dev = tmp_path / "sdz1"
-    dev.write_bytes(b"")
-    write_clip(tmp_path / "mnt/sdz1", "Normal/Front/A.MP4", 5000, time.time())
+    cfg, dev = card_device(make_config, tmp_path)
     back = []
     result = ingest.ingest_device(cfg, str(dev), should_stop=lambda: True,
                                   camera_back=lambda c, dry_run: back.append(dry_run))
@@ -545,9 +546,7 @@ def test_a_stopped_device_ingest_unmounts_and_leaves_the_camera_to_whoever_stopp
 
 def test_device_with_another_filesystem_is_not_mounted(make_config, tmp_path, fake_mount_tools, monkeypatch):
     monkeypatch.setenv("FAKE_FSTYPE", "ext4")
-    cfg = config.load(str(make_config({"camera": {"mount_base": str(tmp_path / "mnt")}})))
-    dev = tmp_path / "sdz1"
-    dev.write_bytes(b"")
+    cfg, dev = card_device(make_config, tmp_path, clip=None)
     back = []
     with pytest.raises(ingest.DashcamError, match="ext4"):
         ingest.ingest_device(cfg, str(dev), camera_back=lambda c, dry_run: back.append(dry_run))
