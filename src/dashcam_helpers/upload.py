@@ -143,7 +143,7 @@ def legacy_remote_path(camera: str, file_name: str, mtime_ns: int) -> str:
     (layout.LEGACY_LAYOUT), on the day the camera showed when it recorded the clip.
 
     ``file_name`` is the staged path (``<camera>/<YYYY-MM-DD>/<name>``): its day is the one ingest
-    chose (`ingest.clip_date`: the timestamp in the clip's name, else its mtime read as the camera's
+    chose (`footage.clip_date`: the timestamp in the clip's name, else its mtime read as the camera's
     wall clock), so staging and the server agree. A path without that day is dated the same way here.
     """
     found = STAGED_DAY.search(file_name)
