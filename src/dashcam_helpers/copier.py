@@ -25,7 +25,7 @@ import queue
 import stat
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from . import notify
@@ -59,6 +59,16 @@ class IngestResult:
         if self.interrupted:
             return "interrupted"
         return "failed" if self.failed else "ok"
+
+    def to_json(self) -> dict:
+        """As JSON, for the unprivileged copy's answer to root (privilege.run_as)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "IngestResult":
+        data = dict(data)
+        data["failed"] = [(str(f), str(r)) for f, r in data.get("failed") or []]
+        return cls(**data)
 
 
 # --- durable writes ---------------------------------------------------------------------------

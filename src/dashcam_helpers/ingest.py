@@ -260,20 +260,6 @@ def _budget_gate(cfg, ledger: Ledger, todo: Sequence["Candidate"]):
         return None
 
 
-def _result_json(result: "IngestResult") -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(result)
-
-
-def _result_from_json(data: dict) -> "IngestResult":
-    from .copier import IngestResult
-
-    data = dict(data)
-    data["failed"] = [(str(f), str(r)) for f, r in data.get("failed") or []]
-    return IngestResult(**data)
-
-
 def ingest_unprivileged(
     cfg: Config, source_dir: str, *, dry_run: bool = False, should_stop: Optional[Callable[[], bool]] = None,
     reader: Optional[Tuple[int, int]] = None, card: Optional["coverage.Card"] = None,
@@ -283,6 +269,7 @@ def ingest_unprivileged(
     if reader is None:
         return ingest_source(cfg, source_dir, dry_run=dry_run, should_stop=should_stop, card=card)
     from . import privilege
+    from .copier import IngestResult
 
     log.info("reading %s as uid %d, gid %d", source_dir, *reader)
 
@@ -294,7 +281,7 @@ def ingest_unprivileged(
 
     return privilege.run_as(
         reader, copy,
-        encode=_result_json, decode=_result_from_json, should_stop=should_stop or (lambda: False),
+        encode=IngestResult.to_json, decode=IngestResult.from_json, should_stop=should_stop or (lambda: False),
     )
 
 
