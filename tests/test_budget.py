@@ -517,7 +517,7 @@ def test_an_unreadable_budget_is_said_once_per_ingest_and_every_clip_still_start
 
 
 def test_a_budget_state_that_is_not_json_costs_that_state_not_the_ledger(make_config, tmp_path, caplog):
-    from dashcam_helpers.ledger import TickLedger
+    from dashcam_helpers.tick_ledger import TickLedger
 
     cfg = config.load(str(make_config()))
     world, clock = FakeWorld(), FakeClock()

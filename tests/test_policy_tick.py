@@ -590,7 +590,7 @@ def test_dashcamctl_policy_fed_a_bad_battery_output_exits_0_and_records_an_unkno
 
 # ---------------------------------------------------------------- a broken ledger does not stop the shutdown
 
-from dashcam_helpers.ledger import TickLedger  # noqa: E402
+from dashcam_helpers.tick_ledger import TickLedger  # noqa: E402
 
 GARBAGE = b"\x00\xffthis is no SQLite database\n" * 200
 

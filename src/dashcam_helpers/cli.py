@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(p)
 
     p = add("files")
-    p.add_argument("--state", choices=("seen", "staged", "uploaded", "verified", "pruned", "failed"))
+    p.add_argument("--state", choices=("staged", "uploaded", "verified", "pruned", "failed"))
     _add_json(p)
 
     p = add("status")

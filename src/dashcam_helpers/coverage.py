@@ -159,7 +159,7 @@ def place(windows: Sequence[Window], now: Now) -> Tuple[List[Tuple[float, float]
 def name_time(name: str) -> Optional[float]:
     """The recording start in a camera's file name (2026_1129_053712_013F.MP4, the ingest's
     NAME_STAMP), as seconds since 1970 on the camera's clock; None when there is none or it is no time."""
-    from .ingest import EPOCH, name_stamp  # only ever called by an ingest: no cost to the policy tick
+    from .footage import EPOCH, name_stamp  # only ever called by an ingest: no cost to the policy tick
 
     stamp = name_stamp(name)
     return None if stamp is None else (stamp - EPOCH).total_seconds()
@@ -526,7 +526,7 @@ def facts(ledger, cfg, wall: Optional[float] = None) -> Dict[str, Any]:
     unknown = not (isinstance(checked, (int, float)) and checked >= PLAUSIBLE_WALL)
     lost = db.losses_since(since, unknown)
     damaged = db.damaged_since(since, unknown)
-    refused = db.db.execute("SELECT COUNT(*) FROM footage WHERE state = 'failed' AND reason LIKE 'refused:%'").fetchone()[0]
+    refused = db.refused_count()
     footage: Dict[str, Any] = {
         "lost_minutes_7d": round(sum(r["seconds"] for r in lost) / 60),
         "losses_7d": len(lost),
@@ -561,7 +561,7 @@ def _upload_failing(db, cfg, wall: float) -> Optional[str]:
     last = db.get_state("last_upload")
     if not isinstance(last, dict) or last.get("result") != "failed":
         return None
-    oldest = db.db.execute("SELECT MIN(staged_at) FROM footage WHERE state IN ('staged', 'uploaded')").fetchone()[0]
+    oldest = db.backlog_detail()[3]  # the earliest staged_at not yet verified
     hours = cfg.upload.alert_hours
     if oldest is None or wall - oldest < hours * 3600:
         return None

@@ -70,6 +70,14 @@ def _ledger_state(key: str):
     return section
 
 
+def last_ingest_section(cfg) -> Dict[str, Any]:
+    from .ingest import LastIngest
+    from .ledger import Ledger
+
+    with Ledger(cfg.paths.ledger) as ledger:
+        return LastIngest.facts(LastIngest.read(ledger))
+
+
 def budget_section(cfg) -> Dict[str, Any]:
     """The power budget as the last policy tick estimated it (budget.report): runtime left on battery,
     footage waiting, time to all safe, the oldest footage not yet on the server."""
@@ -120,7 +128,7 @@ SECTIONS: List[Tuple[str, Callable[[Any], Dict[str, Any]]]] = [
     ("camera", camera_section),
     ("staging", staging_section),
     ("server", server_section),
-    ("last_ingest", _ledger_state("last_ingest")),
+    ("last_ingest", last_ingest_section),
     ("last_upload", _ledger_state("last_upload")),
     ("back_to_record", _ledger_state("back_to_record")),
     ("budget", budget_section),

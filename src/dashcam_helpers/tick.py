@@ -513,7 +513,7 @@ def _coverage_facts(ledger, cfg, wall) -> Dict[str, Any]:
 def command(args) -> int:
     """dashcamctl [--dry-run] policy [--json]: one tick with the real gatherers and actors."""
     from . import config
-    from .ledger import TickLedger
+    from .tick_ledger import TickLedger
     from .world import SystemActions, SystemFacts
 
     # under the unit, CacheDirectory=dashcam gives $CACHE_DIRECTORY: the validated config is kept

@@ -161,7 +161,7 @@ def clip_day(clip: Clip) -> datetime.date:
     day = layout.staged_day(clip.staged_path)
     if day is not None:
         return day
-    from .ingest import clip_date
+    from .footage import clip_date
     try:
         return clip_date(clip.source_path, clip.mtime_ns)
     except OverflowError:  # ingest refuses such a clip; never a reason to stop an upload
@@ -179,14 +179,14 @@ def legacy_remote_path(camera: str, file_name: str, mtime_ns: int) -> str:
     (layout.LEGACY_LAYOUT), on the day the camera showed when it recorded the clip.
 
     ``file_name`` is the staged path (``<camera>/<YYYY-MM-DD>/<name>``): its day is the one ingest
-    chose (`ingest.clip_date`: the timestamp in the clip's name, else its mtime read as the camera's
+    chose (`footage.clip_date`: the timestamp in the clip's name, else its mtime read as the camera's
     wall clock), so staging and the server agree. A path without that day is dated the same way here.
     """
     found = STAGED_DAY.search(file_name)
     if found:
         year, month, day = found.groups()
     else:
-        from .ingest import clip_date
+        from .footage import clip_date
         try:
             when = clip_date(file_name, mtime_ns)
         except OverflowError:  # ingest refuses such a clip; never a reason to stop an upload
@@ -379,8 +379,7 @@ class Uploader:
 
     def new_events(self, tried: Set[int]) -> bool:
         """An event/locked clip staged since this run planned (its id not in ``tried``)."""
-        rows = self.ledger.db.execute("SELECT id FROM footage WHERE state = 'staged' AND event != 0").fetchall()
-        return any(row[0] not in tried for row in rows)
+        return bool(self.ledger.staged_event_ids() - tried)
 
     def upload_items(self, items: Sequence[Item], *, collision_pass: bool = False,
                      stop_for: Optional[Callable[[], bool]] = None) -> List[Item]:
