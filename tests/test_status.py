@@ -139,7 +139,7 @@ def test_status_json_with_a_nan_register_is_strict_json(fake_hw, dashcamctl, mak
 
 
 def test_print_json_turns_nan_and_infinity_into_null_and_cuts_deep_nesting():
-    from dashcam_helpers.cli import dumps
+    from dashcam_helpers.strictjson import dumps
 
     deep = []
     for _ in range(5000):

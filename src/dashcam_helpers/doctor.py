@@ -1227,10 +1227,8 @@ def render(checks: Sequence[Check]) -> str:
     return "\n".join(lines)
 
 
-def doctor_command(args: argparse.Namespace) -> int:
+def doctor_command(args: argparse.Namespace) -> Tuple[int, Dict[str, Any]]:
     import sys
-
-    from .cli import print_json
 
     root = os.environ.get("DASHCAM_ROOT", "/")
     m = Machine(root=root, lock_path=os.path.join(root, LOCK_PATH.lstrip("/")))
@@ -1252,9 +1250,7 @@ def doctor_command(args: argparse.Namespace) -> int:
     checks = run_checks(args.config, m, switch=switch, dry_run=args.dry_run, server_budget=budget)
     failed = sum(1 for c in checks if c.status == FAIL)
     warned = sum(1 for c in checks if c.status == WARN)
-    if args.json:
-        print_json({"ok": failed == 0, "fail": failed, "warn": warned, "checks": [c.as_dict() for c in checks]})
-    else:
+    if not args.json:
         print(render(checks))
         print(f"{len(checks)} checks: {failed} FAIL, {warned} warn")
-    return 1 if failed else 0
+    return (1 if failed else 0), {"ok": failed == 0, "fail": failed, "warn": warned, "checks": [c.as_dict() for c in checks]}

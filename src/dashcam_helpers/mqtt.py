@@ -40,7 +40,7 @@ import time
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from . import __version__
-from .cli import dumps  # strict JSON: no NaN/Infinity in a payload (unknown is null)
+from .strictjson import dumps  # strict JSON: no NaN/Infinity in a payload (unknown is null)
 from .record import Record
 from .log import INFO, WARNING, get as get_logger
 
@@ -785,13 +785,10 @@ def gather_facts(cfg) -> Dict[str, Any]:
     return status.gather(cfg)
 
 
-def command(args) -> int:
+def command(args, cfg):
     """dashcamctl mqtt-publish [--offline] [--if-configured] [--json]: publish once, say clearly how it went."""
-    from .cli import print_json
-    from .commands import load_config
     from .errors import BadConfig, DashcamError, TryLater
 
-    cfg = load_config(args)
     if cfg.mqtt is None and args.if_configured:
         return 0  # the shutdown unit runs on every Pi; most have no broker
     if cfg.mqtt is None:
@@ -818,12 +815,14 @@ def command(args) -> int:
             print(f"would publish{' (retained)' if retain else ''} {topic} {payload}")
         return 0
     outcome = send(cfg, messages, budget=CLI_BUDGET)
-    if args.json:
-        print_json({"ok": outcome.ok, "error": outcome.why or None, "broker": broker, "state_topic": t.state,
-                    "availability_topic": t.availability, "messages": len(messages), "state": doc})
+    document = {"ok": outcome.ok, "error": outcome.why or None, "broker": broker, "state_topic": t.state,
+                "availability_topic": t.availability, "messages": len(messages), "state": doc}
     if not outcome:
-        err = DashcamError if outcome.misconfigured else TryLater
-        raise err(f"mqtt: nothing published: {outcome.why}")
+        err = (DashcamError if outcome.misconfigured else TryLater)(f"mqtt: nothing published: {outcome.why}")
+        if not args.json:
+            raise err
+        log.error("%s", err)  # the document says it too, on stdout
+        return err.exit_code, document
     if not args.json:
         if args.offline:
             print(f"published to {broker}: {t.availability} = offline")
@@ -831,4 +830,4 @@ def command(args) -> int:
             print(f"published to {broker}: {len(messages) - 2} discovery configs under "
                   f"{cfg.mqtt.discovery_prefix}/, {t.availability} = online, state on {t.state}")
             print(f'Home Assistant shows it as the device "{t.device_name}" (Settings > Devices & services > MQTT)')
-    return 0
+    return 0, document

@@ -1069,16 +1069,12 @@ def _coverage_facts(ledger, cfg, wall) -> Dict[str, Any]:
 # --- dashcamctl policy ------------------------------------------------------------------------------
 
 
-def command(args) -> int:
-    """dashcamctl [--dry-run] policy [--json]: one tick with the real gatherers and actors."""
-    from . import config
+def command(args, cfg) -> Tuple[int, dict]:
+    """dashcamctl [--dry-run] policy [--json]: one tick with the real gatherers and actors. The
+    configuration comes through the JSON cache in $CACHE_DIRECTORY (CacheDirectory=dashcam of the
+    unit): a tick parses no YAML (see config.load_cached)."""
     from .ledger import TickLedger
 
-    # under the unit, CacheDirectory=dashcam gives $CACHE_DIRECTORY: the validated config is kept
-    # there as JSON so a tick does not parse YAML (see config.load_cached)
-    cfg = config.load_cached(args.config, os.environ.get("CACHE_DIRECTORY"))
-    for warning in cfg.warnings:
-        get_logger("dashcam.config").warning("%s: %s", cfg.path, warning)
     # a damaged, locked or read-only ledger must not stop a low-battery shutdown: the tick then
     # keeps this boot's readings and state in a fallback file, in the first of these that takes it
     fallback_dirs = [os.environ.get("RUNTIME_DIRECTORY"), cfg.paths.state_dir, os.environ.get("CACHE_DIRECTORY"), FALLBACK_DIR]
@@ -1096,8 +1092,4 @@ def command(args) -> int:
                     from .ignition import publish
 
                     publish(cfg, record["decision"]["back_to_record"], record["back_to_record"], None)
-    if args.json:
-        from .cli import print_json
-
-        print_json(record)
-    return 1 if record["failed"] else 0
+    return (1 if record["failed"] else 0), record

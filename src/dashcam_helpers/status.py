@@ -312,14 +312,8 @@ def render(facts: Dict[str, Dict[str, Any]]) -> str:
     return "\n".join(printable(line) for line in lines)
 
 
-def status(args: argparse.Namespace) -> int:
-    from .cli import print_json
-    from .commands import load_config
-
-    cfg = load_config(args)
+def status(args: argparse.Namespace, cfg) -> Tuple[int, Dict[str, Dict[str, Any]]]:
     facts = gather(cfg)
-    if args.json:
-        print_json(facts)
-    else:
+    if not args.json:
         print(render(facts))
-    return 0
+    return 0, facts

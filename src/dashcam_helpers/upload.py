@@ -1156,10 +1156,7 @@ def upload(cfg: Config, *, dry_run: bool = False, sleep: Callable[[float], None]
         return summary
 
 
-def cmd_upload(args: argparse.Namespace) -> int:
-    from .commands import load_config
-
-    cfg = load_config(args)
+def cmd_upload(args: argparse.Namespace, cfg: Config) -> int:
     summary = upload(cfg, dry_run=args.dry_run)
     if summary.files or summary.pruned:
         log.info(
@@ -1173,9 +1170,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def cmd_keygen(args: argparse.Namespace) -> int:
-    from .commands import load_config
-
+def cmd_keygen(args: argparse.Namespace, load_config) -> int:
     ssh.check_server_dir(args.server_dir)  # before anything is created
     cfg = load_config(args)
     line = ssh.keygen(cfg, server_dir=args.server_dir, dry_run=args.dry_run)
@@ -1185,10 +1180,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def cmd_trust_host(args: argparse.Namespace) -> int:
-    from .commands import load_config
-
-    cfg = load_config(args)
+def cmd_trust_host(args: argparse.Namespace, cfg: Config) -> int:
     up = cfg.upload
     lines = ssh.scan_host_keys(cfg)
     name = ssh.known_hosts_name(up.host, up.port)
