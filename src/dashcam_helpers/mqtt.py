@@ -30,7 +30,6 @@ shutdown publishes ``offline`` explicitly (``dashcamctl mqtt-publish --offline``
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import re
 import socket
@@ -377,61 +376,101 @@ def _message(kind: str, data: Dict[str, Any]) -> str:
     return kind
 
 
+class EventMemory(Record):
+    """The ledger's ``mqtt_events`` document: what the events remember between ticks. The ledger is
+    input like any other: a field of the wrong type reads as not there (from_state)."""
+
+    sent: Dict[str, float]  # kind -> when the last one went out (EVENT_MIN_INTERVAL counts from it)
+    pending: Dict[str, Dict[str, Any]]  # kind -> its data, held back by the rate limit
+    upload_seen: Optional[float] = None  # the newest upload looked at; None: bearings not taken yet
+    failing_since: Optional[float] = None  # when uploads began to fail; None: the last one went well
+    ingest_seen: float = 0.0  # the newest ingest looked at
+    loss_bearings: bool = False  # the footage losses' bearings are taken (loss_seen is in the document)
+    loss_seen: Optional[float] = None  # the newest footage loss looked at
+
+    @classmethod
+    def from_state(cls, doc: Any) -> "EventMemory":
+        doc = doc if isinstance(doc, dict) else {}
+
+        def wall(key: str) -> Optional[float]:
+            return _number(doc.get(key)) if isinstance(doc.get(key), (int, float)) else None
+
+        sent = doc.get("sent") if isinstance(doc.get("sent"), dict) else {}
+        pending = doc.get("pending") if isinstance(doc.get("pending"), dict) else {}
+        return cls(
+            sent={str(k): w for k, w in sent.items() if _measured(w) is not None},
+            pending={str(k): dict(v) for k, v in pending.items() if isinstance(v, dict)},
+            upload_seen=wall("upload_seen") if "upload_seen" in doc else None,
+            failing_since=wall("failing_since"),
+            ingest_seen=wall("ingest_seen") or 0.0,
+            loss_bearings="loss_seen" in doc,
+            loss_seen=wall("loss_seen"),
+        )
+
+    def as_state(self) -> Dict[str, Any]:
+        doc: Dict[str, Any] = {"sent": dict(self.sent), "pending": {k: dict(v) for k, v in self.pending.items()},
+                               "failing_since": self.failing_since, "ingest_seen": self.ingest_seen}
+        if self.upload_seen is not None:
+            doc["upload_seen"] = self.upload_seen
+        if self.loss_bearings:
+            doc["loss_seen"] = self.loss_seen
+        return doc
+
+
 def events_from_facts(
     facts: Dict[str, Any], memory: Dict[str, Any], now: float
 ) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
     """What happened since the last tick, as events to send (rate-limited), and the new memory.
 
-    Pure: the memory is what the ledger keeps under ``mqtt_events`` between ticks."""
-    mem = json.loads(json.dumps(memory or {}))  # a deep copy the caller may discard
-    sent = mem.setdefault("sent", {})
-    pending = mem.setdefault("pending", {})
+    Pure: the memory is the document the ledger keeps under ``mqtt_events`` between ticks (EventMemory)."""
+    mem = EventMemory.from_state(memory)
+    sent, pending = dict(mem.sent), {k: dict(v) for k, v in mem.pending.items()}
     upload = _section(facts, "last_upload")
     ingest = _section(facts, "last_ingest")
 
     # The first tick after notifications are switched on only takes its bearings: an
     # upload or ingest from before then is history, not news.
-    baseline = "upload_seen" not in mem
+    baseline = mem.upload_seen is None
+    upload_seen, failing_since = mem.upload_seen or 0, mem.failing_since
     up_wall = _number(_when(upload))
-    if up_wall is not None and up_wall > (mem.get("upload_seen") or 0):
-        mem["upload_seen"] = up_wall
+    if up_wall is not None and up_wall > upload_seen:
+        upload_seen = up_wall
         if upload.get("result") == "ok":
-            mem["failing_since"] = None
+            failing_since = None
             pending.pop("upload_failing", None)  # news that is no longer true
             files, size = _int(upload.get("files")) or 0, _int(upload.get("bytes")) or 0
             if files and not baseline:
                 p = pending.setdefault("clips_uploaded", {"files": 0, "bytes": 0})
-                p["files"] += files
-                p["bytes"] += size
-        elif mem.get("failing_since") is None:
-            mem["failing_since"] = up_wall
-    since = mem.get("failing_since")
-    if since is not None and now - since >= UPLOAD_FAILING_AFTER:
+                p["files"] = (_int(p.get("files")) or 0) + files
+                p["bytes"] = (_int(p.get("bytes")) or 0) + size
+        elif failing_since is None:
+            failing_since = up_wall
+    if failing_since is not None and now - failing_since >= UPLOAD_FAILING_AFTER:
         staging = _section(facts, "staging")
         pending["upload_failing"] = {
-            "since": since,
+            "since": failing_since,
             "result": upload.get("result"),
             "reason": upload.get("reason"),
             "backlog_files": _int(staging.get("backlog_files")),
         }
 
-    mem.setdefault("upload_seen", 0)
+    ingest_seen = mem.ingest_seen
     in_wall = _number(_when(ingest))
-    if in_wall is not None and in_wall > (mem.get("ingest_seen") or 0):
-        mem["ingest_seen"] = in_wall
+    if in_wall is not None and in_wall > ingest_seen:
+        ingest_seen = in_wall
         if ingest.get("result") == "failed" and not baseline:
             pending["card_read_error"] = {"result": "failed", "reason": ingest.get("reason"), "files": ingest.get("files")}
 
     # footage lost before it was copied: the newest loss found, once (a new one after the baseline)
     loss = _section(facts, "footage").get("last_loss")
     loss_wall = _number(_when(loss)) if isinstance(loss, dict) else None
-    if loss_wall is not None and loss_wall != mem.get("loss_seen"):
-        if "loss_seen" in mem:
+    loss_seen = mem.loss_seen
+    if loss_wall is not None and loss_wall != loss_seen:
+        if mem.loss_bearings:
             p = pending.setdefault("footage_lost", {})
             p["minutes"] = _int(_section(facts, "footage").get("lost_minutes_7d"))
             p["last"] = loss.get("message")
-        mem["loss_seen"] = loss_wall
-    mem.setdefault("loss_seen", None)
+        loss_seen = loss_wall
 
     events = []
     for kind in list(pending):
@@ -441,7 +480,9 @@ def events_from_facts(
         data = pending.pop(kind)
         events.append(make_event(kind, data, now))
         sent[kind] = now
-    return events, mem
+    new = EventMemory(sent=sent, pending=pending, upload_seen=upload_seen, failing_since=failing_since,
+                      ingest_seen=ingest_seen, loss_bearings=True, loss_seen=loss_seen)
+    return events, new.as_state()
 
 
 def make_event(kind: str, data: Dict[str, Any], now: float) -> Dict[str, Any]:
@@ -723,7 +764,7 @@ def publish_event(cfg, kind: str, data: Optional[Dict[str, Any]] = None, *, budg
             return False
         now = time.time()
         memory = _load_memory(cfg)
-        last = memory.get("sent", {}).get(kind)
+        last = memory.sent.get(kind)
         if last is not None and now - last < EVENT_MIN_INTERVAL.get(kind, 3600):
             log.debug("mqtt: event %s rate-limited", kind)
             return False
@@ -732,16 +773,15 @@ def publish_event(cfg, kind: str, data: Optional[Dict[str, Any]] = None, *, budg
         if not outcome:
             _report_failure(outcome)
             return False
-        memory.setdefault("sent", {})[kind] = now
-        _save_memory(cfg, memory)
+        _save_memory(cfg, memory.replace(sent={**memory.sent, kind: now}))
         return True
     except Exception as e:
         log.warning("mqtt: event %s failed: %s: %s", kind, type(e).__name__, e)
         return False
 
 
-def _load_memory(cfg) -> Dict[str, Any]:
-    """The events' memory; {} (take bearings, announce nothing old) when the ledger cannot be read:
+def _load_memory(cfg) -> EventMemory:
+    """The events' memory; an empty one (take bearings, announce nothing old) when the ledger cannot be read:
     a damaged or locked ledger must not keep the state from reaching Home Assistant."""
     import sqlite3
 
@@ -752,25 +792,25 @@ def _load_memory(cfg) -> Dict[str, Any]:
             value = ledger.get_state(EVENTS_STATE_KEY, {})
     except (LedgerError, sqlite3.Error) as e:
         log.warning("mqtt: events skipped, the ledger cannot be read: %s", e)
-        return {}
-    return value if isinstance(value, dict) else {}
+        value = {}
+    return EventMemory.from_state(value)
 
 
-def _save_memory(cfg, memory: Dict[str, Any]) -> None:
+def _save_memory(cfg, memory: EventMemory) -> None:
     import sqlite3
 
     from .ledger import Ledger, LedgerError
 
     try:
         with Ledger(cfg.paths.ledger) as ledger:
-            ledger.put_state(EVENTS_STATE_KEY, memory)
+            ledger.put_state(EVENTS_STATE_KEY, memory.as_state())
     except (LedgerError, sqlite3.Error) as e:
         log.warning("mqtt: the events' rate limits could not be kept in the ledger: %s", e)
 
 
-def _due_events(cfg, facts: Dict[str, Any], now: float) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
-    events, memory = events_from_facts(facts, _load_memory(cfg), now)
-    return memory, events
+def _due_events(cfg, facts: Dict[str, Any], now: float) -> Tuple[EventMemory, List[Dict[str, Any]]]:
+    events, memory = events_from_facts(facts, _load_memory(cfg).as_state(), now)
+    return EventMemory.from_state(memory), events
 
 
 # ---------------------------------------------------------------- dashcamctl mqtt-publish
