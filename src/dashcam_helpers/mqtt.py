@@ -390,13 +390,6 @@ def _due_events(cfg, facts: Dict[str, Any], now: float) -> Tuple[EventMemory, Li
 CLI_BUDGET = 5.0  # by hand, wait long enough to report the real reason, not the tick's impatience
 
 
-def gather_facts(cfg) -> Dict[str, Any]:
-    """What `dashcamctl status --json` reports (battery, camera, staging, server, last runs)."""
-    from . import status
-
-    return status.gather(cfg)
-
-
 def command(args, cfg):
     """dashcamctl mqtt-publish [--offline] [--if-configured] [--json]: publish once, say clearly how it went."""
     from .errors import BadConfig, DashcamError, TryLater
@@ -419,7 +412,9 @@ def command(args, cfg):
         messages = [(t.availability, OFFLINE, True)]
         doc = None
     else:
-        facts = gather_facts(cfg)
+        from . import status
+
+        facts = status.gather(cfg)  # what `dashcamctl status` shows
         doc = state_document(facts)
         messages = state_messages(cfg, facts)
     if args.dry_run:

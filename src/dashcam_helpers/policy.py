@@ -1034,36 +1034,17 @@ def _log_line(record: Dict[str, Any], decision: Decision, dry_run: bool) -> None
 
 
 def status_facts(record: Dict[str, Any], ledger, cfg=None) -> Dict[str, Any]:
-    """What this tick saw, shaped like `dashcamctl status --json`, for MQTT: no second battery read."""
+    """What this tick saw, as the status facts (status.seen_by_tick) for MQTT: no second battery read."""
+    from .status import seen_by_tick
+
     saw, decision = record["saw"], record["decision"]
     mode = saw["camera"]
     if decision["camera"] and f"camera {decision['camera']}" in record["done"] and not record["dry_run"]:
         mode = decision["camera"]
-    return {
-        "battery": dict(saw["battery"]),
-        "camera": {"mode": mode, "attached": saw["camera_attached"]},
-        "staging": {
-            "backlog_files": saw["backlog_files"],
-            "backlog_bytes": saw["backlog_bytes"],
-            "free_bytes": saw["staging_free"],
-        },
-        "server": {"reachable": saw["reachable"]},
-        "budget": saw.get("budget") or {},
-        "last_ingest": ledger.get_state("last_ingest") or {},
-        "last_upload": ledger.get_state("last_upload") or {},
-        **_coverage_facts(ledger, cfg, record["wall"]),
-    }
-
-
-def _coverage_facts(ledger, cfg, wall) -> Dict[str, Any]:
-    """Footage lost, damaged clips, the card, and the problem sensor (coverage.facts); {} on failure."""
-    try:
-        from . import coverage
-
-        return coverage.facts(ledger, cfg, wall) if cfg is not None else {}
-    except Exception as e:  # noqa: B902 - MQTT shows them unknown; the tick goes on
-        log.debug("policy: no footage facts for MQTT: %s", e)
-        return {}
+    return seen_by_tick(ledger, cfg, battery=saw["battery"], camera_mode=mode, camera_attached=saw["camera_attached"],
+                        backlog_files=saw["backlog_files"], backlog_bytes=saw["backlog_bytes"],
+                        staging_free=saw["staging_free"], reachable=saw["reachable"], budget=saw.get("budget"),
+                        wall=record["wall"])
 
 
 # --- dashcamctl policy ------------------------------------------------------------------------------
