@@ -412,7 +412,7 @@ def test_property_any_values_validate_or_fail_naming_their_key(keys, values):
     # every number finite, every date a date
     import json
 
-    from dashcam_helpers.cli import dumps
+    from dashcam_helpers.strictjson import dumps
 
     data = json.loads(dumps(config.as_dict(cfg)), parse_constant=lambda name: pytest.fail(name))
     assert config.from_dict(data, "test.yaml", cfg.warnings) == cfg

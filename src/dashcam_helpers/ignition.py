@@ -217,14 +217,12 @@ def _back_to_record(cfg, facts, actions, kind, mode, seen, ledger_open, lock, cl
 PROBE_TIMEOUT = 1.0  # seconds: the car leaving is a server that does not answer within one poll
 
 
-def watch_command(args) -> int:
+def watch_command(args, cfg) -> int:
     """dashcamctl watch: until the camera records, put it back to record when the engine starts or the car leaves."""
-    from . import config
     from .ledger import Ledger
     from .policy import read_state
     from .world import SystemActions, SystemFacts
 
-    cfg = config.load_cached(args.config, os.environ.get("CACHE_DIRECTORY"))
     with Ledger(cfg.paths.ledger) as ledger:
         seen = read_state(ledger).last_external
     log.info("ignition watch: the camera is not recording; watching the power source every %.0f s", POLL)
@@ -260,13 +258,11 @@ def boot_mode(reading) -> Tuple[str, str]:
     return "off", f"{power} at boot: the camera starts disconnected; the policy decides"
 
 
-def boot_command(args) -> int:
+def boot_command(args, cfg) -> int:
     """dashcamctl boot: the camera's mode at power-on, from one battery read."""
     from . import battery, camera
     from .camera import CameraError
-    from .commands import load_config
 
-    cfg = load_config(args)
     reading = battery.read(cfg)
     mode, why = boot_mode(reading)
     log.info("boot: %s", why, extra={"DASHCAM_CAMERA_TARGET": mode})

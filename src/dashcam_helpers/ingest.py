@@ -366,14 +366,12 @@ class StopSignal:
             log.info("%s after the copy, as expected: %s", name, self._expected)
 
 
-def command(args) -> int:
+def command(args, cfg: Config) -> Tuple[int, dict]:
     import signal
 
     from . import notify
-    from .commands import load_config
     from .errors import EX_FAILURE, EX_OK, EX_TEMPFAIL
 
-    cfg = load_config(args)
     stop = StopSignal()
     signal.signal(signal.SIGTERM, stop.on_signal)
     signal.signal(signal.SIGINT, stop.on_signal)
@@ -398,15 +396,11 @@ def command(args) -> int:
         "failed": [{"file": f, "reason": r} for f, r in result.failed], "pending": result.pending,
         "refused": result.refused,
     }
-    if getattr(args, "json", False):
-        from .cli import print_json
-
-        print_json(summary)
     log.info("ingest %s: %d staged (%s), %d known, %d failed, %d left on the card",
              result.result, result.files, notify.human_bytes(result.bytes), result.known, len(result.failed),
              result.pending)
     if result.interrupted:
-        return EX_TEMPFAIL
+        return EX_TEMPFAIL, summary
     if result.failed:
-        return EX_FAILURE
-    return EX_OK
+        return EX_FAILURE, summary
+    return EX_OK, summary

@@ -25,7 +25,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
     from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
-from .cli import dumps  # strict JSON: a NaN from a tool is stored as null, never as NaN
+from .strictjson import dumps  # strict JSON: a NaN from a tool is stored as null, never as NaN
 from .ledger_file import (
     LedgerDamaged,
     LedgerError,

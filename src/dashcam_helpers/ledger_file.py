@@ -28,7 +28,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
     from typing import Any, Dict, Optional, Tuple
 
-from .cli import dumps
+from .strictjson import dumps
 from .errors import DashcamError
 from .log import get as get_logger
 

@@ -330,9 +330,7 @@ def pin_host_keys(known_hosts: str, name: str, lines: List[str]) -> None:
 # --- commands ---------------------------------------------------------------------------------
 
 
-def cmd_keygen(args: argparse.Namespace) -> int:
-    from .commands import load_config
-
+def cmd_keygen(args: argparse.Namespace, load_config) -> int:
     check_server_dir(args.server_dir)  # before anything is created
     cfg = load_config(args)
     line = keygen(cfg, server_dir=args.server_dir, dry_run=args.dry_run)
@@ -342,10 +340,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def cmd_trust_host(args: argparse.Namespace) -> int:
-    from .commands import load_config
-
-    cfg = load_config(args)
+def cmd_trust_host(args: argparse.Namespace, cfg) -> int:
     up = cfg.upload
     lines = scan_host_keys(cfg)
     name = known_hosts_name(up.host, up.port)

@@ -475,52 +475,29 @@ def _log_line(record: Dict[str, Any], decision: Decision, dry_run: bool) -> None
 
 
 def status_facts(record: Dict[str, Any], ledger, cfg=None) -> Dict[str, Any]:
-    """What this tick saw, shaped like `dashcamctl status --json`, for MQTT: no second battery read."""
+    """What this tick saw, as the status facts (status.seen_by_tick) for MQTT: no second battery read."""
+    from .status import seen_by_tick
+
     saw, decision = record["saw"], record["decision"]
     mode = saw["camera"]
     if decision["camera"] and f"camera {decision['camera']}" in record["done"] and not record["dry_run"]:
         mode = decision["camera"]
-    return {
-        "battery": dict(saw["battery"]),
-        "camera": {"mode": mode, "attached": saw["camera_attached"]},
-        "staging": {
-            "backlog_files": saw["backlog_files"],
-            "backlog_bytes": saw["backlog_bytes"],
-            "free_bytes": saw["staging_free"],
-        },
-        "server": {"reachable": saw["reachable"]},
-        "budget": saw.get("budget") or {},
-        "last_ingest": ledger.get_state("last_ingest") or {},
-        "last_upload": ledger.get_state("last_upload") or {},
-        **_coverage_facts(ledger, cfg, record["wall"]),
-    }
-
-
-def _coverage_facts(ledger, cfg, wall) -> Dict[str, Any]:
-    """Footage lost, damaged clips, the card, and the problem sensor (coverage.facts); {} on failure."""
-    try:
-        from . import coverage
-
-        return coverage.facts(ledger, cfg, wall) if cfg is not None else {}
-    except Exception as e:  # noqa: B902 - MQTT shows them unknown; the tick goes on
-        log.debug("policy: no footage facts for MQTT: %s", e)
-        return {}
+    return seen_by_tick(ledger, cfg, battery=saw["battery"], camera_mode=mode, camera_attached=saw["camera_attached"],
+                        backlog_files=saw["backlog_files"], backlog_bytes=saw["backlog_bytes"],
+                        staging_free=saw["staging_free"], reachable=saw["reachable"], budget=saw.get("budget"),
+                        wall=record["wall"])
 
 
 # --- dashcamctl policy ------------------------------------------------------------------------------
 
 
-def command(args) -> int:
-    """dashcamctl [--dry-run] policy [--json]: one tick with the real gatherers and actors."""
-    from . import config
+def command(args, cfg) -> Tuple[int, dict]:
+    """dashcamctl [--dry-run] policy [--json]: one tick with the real gatherers and actors. The
+    configuration comes through the JSON cache in $CACHE_DIRECTORY (CacheDirectory=dashcam of the
+    unit): a tick parses no YAML (see config.load_cached)."""
     from .tick_ledger import TickLedger
     from .world import SystemActions, SystemFacts
 
-    # under the unit, CacheDirectory=dashcam gives $CACHE_DIRECTORY: the validated config is kept
-    # there as JSON so a tick does not parse YAML (see config.load_cached)
-    cfg = config.load_cached(args.config, os.environ.get("CACHE_DIRECTORY"))
-    for warning in cfg.warnings:
-        get_logger("dashcam.config").warning("%s: %s", cfg.path, warning)
     # a damaged, locked or read-only ledger must not stop a low-battery shutdown: the tick then
     # keeps this boot's readings and state in a fallback file, in the first of these that takes it
     fallback_dirs = [os.environ.get("RUNTIME_DIRECTORY"), cfg.paths.state_dir, os.environ.get("CACHE_DIRECTORY"), FALLBACK_DIR]
@@ -538,8 +515,4 @@ def command(args) -> int:
                     from .ignition import publish
 
                     publish(cfg, record["decision"]["back_to_record"], record["back_to_record"], None)
-    if args.json:
-        from .cli import print_json
-
-        print_json(record)
-    return 1 if record["failed"] else 0
+    return (1 if record["failed"] else 0), record

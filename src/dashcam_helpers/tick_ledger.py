@@ -16,7 +16,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
     from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .cli import dumps
+from .strictjson import dumps
 from .ledger import Ledger
 from .ledger_file import LedgerError, damage_marker, is_damage, set_aside
 from .log import get as get_logger

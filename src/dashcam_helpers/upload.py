@@ -799,10 +799,7 @@ def upload(cfg: Config, *, dry_run: bool = False, sleep: Callable[[float], None]
         return summary
 
 
-def cmd_upload(args: argparse.Namespace) -> int:
-    from .commands import load_config
-
-    cfg = load_config(args)
+def cmd_upload(args: argparse.Namespace, cfg: Config) -> int:
     summary = upload(cfg, dry_run=args.dry_run)
     if summary.files or summary.pruned:
         log.info(
