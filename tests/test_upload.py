@@ -1097,6 +1097,29 @@ def test_dry_run_changes_nothing(upload_config, server, dashcamctl):
     assert clips(cfg_path)[0]["Normal/D.MP4"].state == "staged"
 
 
+def tree(path: Path):
+    return sorted(p.relative_to(path) for p in path.rglob("*")) if path.exists() else None
+
+
+def test_a_dry_run_on_a_fresh_machine_creates_nothing_no_ledger_no_lock_no_folder(upload_config, dashcamctl, tmp_path):
+    cfg_path = upload_config()
+    res = dashcamctl("--config", str(cfg_path), "--dry-run", "upload")
+    assert res.returncode == 0, res.stderr
+    assert "nothing to upload" in res.stderr
+    assert not (tmp_path / "state").exists() and not (tmp_path / "staging").exists()
+
+
+def test_a_dry_run_with_a_ledger_leaves_the_state_and_staging_as_they_were(upload_config, server, dashcamctl, tmp_path):
+    cfg_path = upload_config()
+    stage(cfg_path, "E.MP4", 10_000, T0)
+    before = tree(tmp_path / "state"), tree(tmp_path / "staging")
+    res = dashcamctl("--config", str(cfg_path), "--dry-run", "upload")
+    assert res.returncode == 0, res.stderr
+    assert "would upload" in res.stderr
+    assert (tree(tmp_path / "state"), tree(tmp_path / "staging")) == before
+    assert not (tmp_path / "state" / "upload.lock").exists()
+
+
 # --- onboarding --------------------------------------------------------------------------------
 
 

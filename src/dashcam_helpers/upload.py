@@ -49,6 +49,7 @@ parameter (``rsync=``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import fcntl
 import os
@@ -641,7 +642,8 @@ class Uploader:
             return self.summary
         if not server.reachable(self.cfg):
             raise TryLater(f"the server {self.cfg.upload.host}:{self.cfg.upload.port} is not reachable; footage stays staged")
-        self.rsync.clean()  # the tree of a run that was killed
+        if not self.dry_run:  # a dry run holds no lock: the tree may be a running upload's
+            self.rsync.clean()  # the tree of a run that was killed
         keep_marker = False  # set when a cut send's names could not be held: the marker does it
         if not self.dry_run:
             last = self.ledger.get_state(RUN_KEY)
@@ -695,7 +697,8 @@ class Uploader:
                 keep_marker = True
             raise
         finally:
-            self.rsync.clean()
+            if not self.dry_run:
+                self.rsync.clean()
             if not self.dry_run and not keep_marker:
                 self.ledger.delete_state(RUN_KEY)
         return self.summary
@@ -762,8 +765,14 @@ class UploadLock:
 
 def upload(cfg: Config, *, dry_run: bool = False, sleep: Callable[[float], None] = time.sleep,
            rsync: Optional[Rsync] = None) -> Summary:
-    """The upload of the whole backlog; records "last_upload" in the ledger. Raises TryLater / DashcamError."""
-    with UploadLock(cfg.paths.state_dir), Ledger(cfg.paths.ledger) as ledger:
+    """The upload of the whole backlog; records "last_upload" in the ledger. Raises TryLater / DashcamError.
+
+    A dry run creates nothing: with no ledger yet no clip was ever staged (nothing to upload), and
+    it takes no lock (it writes nothing, and removes no tree a running upload may be using)."""
+    if dry_run and not os.path.exists(cfg.paths.ledger):
+        log.info("nothing to upload (no ledger yet at %s: no clip was ever staged)", cfg.paths.ledger)
+        return Summary()
+    with (contextlib.nullcontext() if dry_run else UploadLock(cfg.paths.state_dir)), Ledger(cfg.paths.ledger) as ledger:
         started = time.monotonic()  # the power budget learns the upload rate from bytes / seconds
         uploader = Uploader(cfg, ledger, dry_run=dry_run, sleep=sleep, rsync=rsync)
         result, reason = "ok", None
