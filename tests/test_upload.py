@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sshd import SshServer, free_port, keygen  # noqa: E402
 
-from dashcam_helpers import config, layout, rsync, runner, ssh, upload  # noqa: E402
+from dashcam_helpers import config, layout, records, rsync, runner, ssh, upload  # noqa: E402
 from dashcam_helpers.errors import TryLater  # noqa: E402
 from dashcam_helpers.ledger import Ledger  # noqa: E402
 
@@ -1584,7 +1584,7 @@ def test_the_last_upload_record_reads_what_the_upload_wrote_and_nothing_it_did_n
     cfg = config.load(str(cfg_path))
     upload.upload(cfg)
     with Ledger(cfg.paths.ledger) as ledger:
-        raw, last = ledger.get_state(upload.LAST_UPLOAD_KEY), upload.LastUpload.read(ledger)
+        raw, last = ledger.get_state(records.LAST_UPLOAD_KEY), upload.LastUpload.read(ledger)
     assert last.asdict() == raw and (last.result, last.files, last.bytes) == ("ok", 1, 20_000)
     # a damaged or hand-edited ledger: no record, or one with nothing made up
     assert upload.LastUpload.parse(None) is None and upload.LastUpload.parse([1]) is None

@@ -65,6 +65,7 @@ from .config import Config
 from .errors import EX_FAILURE, EX_OK, DashcamError, TryLater
 from .ledger import UPLOAD_HOLD_KEY, Clip, Ledger
 from .record import Record
+from .records import LastUpload  # light for its readers (the policy tick)
 from .rsync import NEW, UNCLEAR, Rsync, ServerBusy, UploadFailed, identical
 from .staging import fsync_dir
 from .log import get as get_logger
@@ -86,56 +87,9 @@ ROUND_FILES = 400
 IN_FLIGHT_KEY = "upload_in_flight"
 HOLD_KEY = UPLOAD_HOLD_KEY  # a Hold: see "A cut send" above
 RUN_KEY = "upload_run"  # set while a run is on: found at the start of a run, the last one died
-LAST_UPLOAD_KEY = "last_upload"  # a LastUpload
 
 
 # --- the upload's state documents in the ledger -----------------------------------------------
-
-
-def _number(value, default: float = 0.0) -> float:
-    """A finite number from the ledger's JSON, else ``default`` (a hand-edited or damaged ledger)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (
-            float("inf"), float("-inf")):
-        return default
-    return value
-
-
-class LastUpload(Record):
-    """The ledger's "last_upload": how the last upload that did anything ended. Read by the
-    policy (a failure pauses the next start; "held" waits for ``held_until``), the power
-    budget (bytes / seconds), status and MQTT."""
-
-    wall: float
-    files: int
-    bytes: int
-    result: str  # ok, failed, held (only clips held for a cut session were left), busy, unreachable
-    reason: Optional[str]
-    sent_bytes: int
-    literal_bytes: int
-    matched_bytes: int
-    collisions: list
-    held: int
-    held_until: float
-    seconds: float
-
-    @classmethod
-    def parse(cls, value) -> Optional["LastUpload"]:
-        """The record from the ledger's JSON; None when there is none or it is no such record. A
-        number that is none reads as 0, a reason that is no text as None (a damaged ledger)."""
-        if not isinstance(value, dict) or not isinstance(value.get("result"), str):
-            return None
-        numbers = {n: _number(value.get(n)) for n in cls._fields if n not in ("result", "reason", "collisions")}
-        counts = {n: int(v) for n, v in numbers.items() if n not in ("wall", "held_until", "seconds")}
-        reason, collisions = value.get("reason"), value.get("collisions")
-        return cls(**{**numbers, **counts}, result=value["result"], reason=reason if isinstance(reason, str) else None,
-                   collisions=[c for c in collisions if isinstance(c, str)] if isinstance(collisions, list) else [])
-
-    @classmethod
-    def read(cls, ledger: Ledger) -> Optional["LastUpload"]:
-        return cls.parse(ledger.get_state(LAST_UPLOAD_KEY))
-
-    def write(self, ledger: Ledger) -> None:
-        ledger.put_state(LAST_UPLOAD_KEY, self.asdict())
 
 
 class Hold(Record):
