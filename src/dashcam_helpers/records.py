@@ -23,8 +23,13 @@ LAST_UPLOAD_KEY = "last_upload"  # a LastUpload
 
 
 def _finite(value: Any) -> bool:
-    """An int or float arithmetic can use: not bool, not NaN or ±Infinity."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value - value == 0
+    """An int or float arithmetic can use: not bool, not NaN or ±Infinity, and an int a float can
+    hold (JSON has no limit: a 400-digit wall would raise OverflowError where the tick subtracts it)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -2**63 < value < 2**63
+    return isinstance(value, float) and value - value == 0
 
 
 def _count(value: Any) -> int:
