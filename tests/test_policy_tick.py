@@ -763,6 +763,15 @@ def test_the_tick_state_is_read_field_by_field_and_a_bad_field_costs_only_itself
     assert record["saw"]["recorded_seconds"] == 30.0 and record["saw"]["was_reachable"] is None
 
 
+def test_an_upload_account_with_a_number_no_float_holds_still_shuts_down(rig):
+    # JSON has no limit on an integer: a 400-digit "wall" once raised OverflowError in the tick
+    cfg, world, actions, clock, ledger, run = rig
+    ledger.put_state("last_upload", {"result": "failed", "wall": 10**400, "held_until": -10**400})
+    world.reading = FakeReading(percent=10, millivolts=3150, external=False)
+    assert [run()["decision"]["shutdown"] for _ in range(3)] == [False, False, True]
+    assert actions.calls[-1] == ("poweroff",)
+
+
 # --- the camera records whenever the car can move: what the tick remembers between ticks ---------------
 
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sshd import SshServer, free_port, keygen  # noqa: E402
 
-from dashcam_helpers import config, layout, rsync, runner, ssh, upload  # noqa: E402
+from dashcam_helpers import config, layout, records, rsync, runner, ssh, upload  # noqa: E402
 from dashcam_helpers.errors import TryLater  # noqa: E402
 from dashcam_helpers.ledger import Ledger  # noqa: E402
 
@@ -1097,6 +1097,29 @@ def test_dry_run_changes_nothing(upload_config, server, dashcamctl):
     assert clips(cfg_path)[0]["Normal/D.MP4"].state == "staged"
 
 
+def tree(path: Path):
+    return sorted(p.relative_to(path) for p in path.rglob("*")) if path.exists() else None
+
+
+def test_a_dry_run_on_a_fresh_machine_creates_nothing_no_ledger_no_lock_no_folder(upload_config, dashcamctl, tmp_path):
+    cfg_path = upload_config()
+    res = dashcamctl("--config", str(cfg_path), "--dry-run", "upload")
+    assert res.returncode == 0, res.stderr
+    assert "nothing to upload" in res.stderr
+    assert not (tmp_path / "state").exists() and not (tmp_path / "staging").exists()
+
+
+def test_a_dry_run_with_a_ledger_leaves_the_state_and_staging_as_they_were(upload_config, server, dashcamctl, tmp_path):
+    cfg_path = upload_config()
+    stage(cfg_path, "E.MP4", 10_000, T0)
+    before = tree(tmp_path / "state"), tree(tmp_path / "staging")
+    res = dashcamctl("--config", str(cfg_path), "--dry-run", "upload")
+    assert res.returncode == 0, res.stderr
+    assert "would upload" in res.stderr
+    assert (tree(tmp_path / "state"), tree(tmp_path / "staging")) == before
+    assert not (tmp_path / "state" / "upload.lock").exists()
+
+
 # --- onboarding --------------------------------------------------------------------------------
 
 
@@ -1561,7 +1584,7 @@ def test_the_last_upload_record_reads_what_the_upload_wrote_and_nothing_it_did_n
     cfg = config.load(str(cfg_path))
     upload.upload(cfg)
     with Ledger(cfg.paths.ledger) as ledger:
-        raw, last = ledger.get_state(upload.LAST_UPLOAD_KEY), upload.LastUpload.read(ledger)
+        raw, last = ledger.get_state(records.LAST_UPLOAD_KEY), upload.LastUpload.read(ledger)
     assert last.asdict() == raw and (last.result, last.files, last.bytes) == ("ok", 1, 20_000)
     # a damaged or hand-edited ledger: no record, or one with nothing made up
     assert upload.LastUpload.parse(None) is None and upload.LastUpload.parse([1]) is None

@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # annotations only: the policy tick imports this module
     from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .record import Record
+from .records import LastUpload
 from .log import get as get_logger
 
 log = get_logger("dashcam.coverage")
@@ -558,11 +559,11 @@ def _clips(n: int, what: str = "clip") -> str:
 
 def _upload_failing(db, cfg, wall: float) -> Optional[str]:
     """The last upload failed and a clip has waited for the server longer than upload.alert_hours."""
-    last = db.get_state("last_upload")
-    if not isinstance(last, dict) or last.get("result") != "failed":
+    last = LastUpload.read(db)
+    if last is None or last.result != "failed":
         return None
     oldest = db.backlog_detail()[3]  # the earliest staged_at not yet verified
     hours = cfg.upload.alert_hours
     if oldest is None or wall - oldest < hours * 3600:
         return None
-    return f"upload failing, clips waiting for more than {hours} h: {last.get('reason') or 'see journalctl -t dashcam'}"
+    return f"upload failing, clips waiting for more than {hours} h: {last.reason or 'see journalctl -t dashcam'}"

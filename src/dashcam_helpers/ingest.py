@@ -8,19 +8,19 @@
 
 ``ingest_source`` works on any directory (an SD card in a reader, a test tree);
 ``ingest_device`` mounts the camera read-only around it (card.py) and puts the camera back afterwards.
-This module is the run and its account (LastIngest); it imports the copy engine only to copy, so
-the readers of LastIngest (status, MQTT on the policy tick) do not pay for it.
+This module is the run; its account, LastIngest, is a record in records.py (re-exported here) so its
+readers (status, the policy tick, MQTT) pay for neither this module nor the copy engine.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Optional, Sequence, Set, Tuple
+from typing import Callable, Optional, Sequence, Set, Tuple
 
 from .errors import DashcamError, TryLater
 from .log import get as get_logger
-from .record import Record
+from .records import LastIngest  # the run's account (the ledger's "last_ingest"), light for its readers
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -32,70 +32,6 @@ if TYPE_CHECKING:
     from .staging import Owner
 
 log = get_logger("dashcam.ingest")
-
-
-# --- the run's account: the ledger's state "last_ingest" --------------------------------------
-
-LAST_INGEST = "last_ingest"
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _number(value: Any) -> Optional[float]:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value - value == 0
-    return value if ok else None
-
-
-def _text(value: Any) -> Optional[str]:
-    return value if isinstance(value, str) else None
-
-
-class LastIngest(Record):
-    """The newest ingest run's account (ledger state ``last_ingest``), written as the run ends.
-
-    Read by ``status`` (and so MQTT), the policy (an ingest since the data mode began) and the
-    power budget (the rate it read at). ``result``: ok | failed | interrupted."""
-
-    wall: Optional[float] = None  # when it ended (time.time())
-    files: int = 0  # staged
-    bytes: int = 0
-    result: Optional[str] = None
-    reason: Optional[str] = None  # the error that stopped it
-    source: Optional[str] = None  # the directory it read (the card's mount point)
-    known: int = 0  # on the card and in the ledger already
-    failed: int = 0  # clips that could not be read or staged, and refused ones
-    pending: int = 0  # new clips left on the card
-    refused: Optional[str] = None  # why copying stopped early for lack of space
-    seconds: Optional[float] = None
-    damaged: int = 0  # new clips flagged damaged
-
-    @classmethod
-    def from_state(cls, value: Any) -> Optional["LastIngest"]:
-        """The record in the ledger's JSON (any value: it is read from disk), None when there is
-        none; a field of the wrong type reads as its default."""
-        if not isinstance(value, dict):
-            return None
-        return cls(
-            wall=_number(value.get("wall")), files=_count(value.get("files")), bytes=_count(value.get("bytes")),
-            result=_text(value.get("result")), reason=_text(value.get("reason")), source=_text(value.get("source")),
-            known=_count(value.get("known")), failed=_count(value.get("failed")),
-            pending=_count(value.get("pending")), refused=_text(value.get("refused")),
-            seconds=_number(value.get("seconds")), damaged=_count(value.get("damaged")),
-        )
-
-    @classmethod
-    def read(cls, ledger: Any) -> Optional["LastIngest"]:
-        return cls.from_state(ledger.get_state(LAST_INGEST))
-
-    def write(self, ledger: Any) -> None:
-        ledger.put_state(LAST_INGEST, self.asdict())
-
-    @staticmethod
-    def facts(record: Optional["LastIngest"]) -> dict:
-        """The status section ``last_ingest``: the record's fields, {} when no ingest ever ran."""
-        return record.asdict() if record is not None else {}
 
 
 # --- one run ------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # annotations only: the policy tick imports this module
     import argparse
     from typing import Any, Callable, Dict, List, Optional, Tuple
 from .log import get as get_logger
+from .records import LastIngest, LastUpload
 
 log = get_logger("dashcam.status")
 
@@ -79,12 +80,15 @@ def _ledger_state(key: str):
     return section
 
 
-def last_ingest_section(cfg) -> Dict[str, Any]:
-    from .ingest import LastIngest
-    from .ledger import Ledger
+def _last_run(record):
+    """The section of a run's account in the ledger (records.LastIngest, records.LastUpload)."""
+    def section(cfg) -> Dict[str, Any]:
+        from .ledger import Ledger
 
-    with Ledger(cfg.paths.ledger) as ledger:
-        return LastIngest.facts(LastIngest.read(ledger))
+        with Ledger(cfg.paths.ledger) as ledger:
+            return record.facts(record.read(ledger))
+
+    return section
 
 
 def budget_section(cfg) -> Dict[str, Any]:
@@ -137,8 +141,8 @@ SECTIONS: List[Tuple[str, Callable[[Any], Dict[str, Any]]]] = [
     ("camera", camera_section),
     ("staging", staging_section),
     ("server", server_section),
-    ("last_ingest", last_ingest_section),
-    ("last_upload", _ledger_state("last_upload")),
+    ("last_ingest", _last_run(LastIngest)),
+    ("last_upload", _last_run(LastUpload)),
     ("back_to_record", _ledger_state("back_to_record")),
     ("budget", budget_section),
     ("footage", _coverage("footage")),
@@ -170,8 +174,8 @@ def seen_by_tick(ledger, cfg, *, battery: Dict[str, Any], camera_mode: str, came
         "staging": {"backlog_files": backlog_files, "backlog_bytes": backlog_bytes, "free_bytes": staging_free},
         "server": {"reachable": reachable},
         "budget": budget or {},
-        "last_ingest": state_section(ledger, "last_ingest"),
-        "last_upload": state_section(ledger, "last_upload"),
+        "last_ingest": LastIngest.facts(LastIngest.read(ledger)),
+        "last_upload": LastUpload.facts(LastUpload.read(ledger)),
         **_coverage_seen(ledger, cfg, wall),
     }
 

@@ -22,9 +22,10 @@ from . import budget as power_budget
 from .log import ERROR, INFO, WARNING, get as get_logger
 from .policy import (
     HISTORY, INGEST_UNITS, LAST_KEY, STATE_KEY, UPLOAD_UNIT, WATCH_UNIT, Decision, Facts, Sample, SystemClock,
-    TickState, decide, finite, read_state, samples,
+    TickState, decide, read_state, samples,
 )
 from .record import Record
+from .records import LastUpload
 
 log = get_logger("dashcam.policy")
 
@@ -198,18 +199,15 @@ def _budget(cfg, ledger, reading, history, boot, wall, *, last_ingest, last_uplo
         return {}, None
 
 
-def _number_or_0(value: Any) -> float:
-    return float(value) if finite(value) else 0.0
-
-
 def _upload_paused(last_upload: Any, wall: float) -> Tuple[bool, bool]:
     """(the last upload failed within UPLOAD_FAILURE_PAUSE, it found only clips held for a session cut
     earlier and they are still held). The wall clock, as the upload records it: a jump back only ends
     the pause early; new clips start an upload through the path unit, not through this."""
-    if not isinstance(last_upload, dict):
+    last = LastUpload.parse(last_upload)
+    if last is None:
         return False, False
-    failed = last_upload.get("result") == "failed" and 0 <= wall - _number_or_0(last_upload.get("wall")) < UPLOAD_FAILURE_PAUSE
-    held = last_upload.get("result") == "held" and wall < _number_or_0(last_upload.get("held_until"))
+    failed = last.result == "failed" and 0 <= wall - last.wall < UPLOAD_FAILURE_PAUSE
+    held = last.result == "held" and wall < last.held_until
     return failed, held
 
 

@@ -49,6 +49,7 @@ parameter (``rsync=``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import fcntl
 import os
@@ -64,6 +65,7 @@ from .config import Config
 from .errors import EX_FAILURE, EX_OK, DashcamError, TryLater
 from .ledger import UPLOAD_HOLD_KEY, Clip, Ledger
 from .record import Record
+from .records import LastUpload  # light for its readers (the policy tick)
 from .rsync import NEW, UNCLEAR, Rsync, ServerBusy, UploadFailed, identical
 from .staging import fsync_dir
 from .log import get as get_logger
@@ -85,56 +87,9 @@ ROUND_FILES = 400
 IN_FLIGHT_KEY = "upload_in_flight"
 HOLD_KEY = UPLOAD_HOLD_KEY  # a Hold: see "A cut send" above
 RUN_KEY = "upload_run"  # set while a run is on: found at the start of a run, the last one died
-LAST_UPLOAD_KEY = "last_upload"  # a LastUpload
 
 
 # --- the upload's state documents in the ledger -----------------------------------------------
-
-
-def _number(value, default: float = 0.0) -> float:
-    """A finite number from the ledger's JSON, else ``default`` (a hand-edited or damaged ledger)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (
-            float("inf"), float("-inf")):
-        return default
-    return value
-
-
-class LastUpload(Record):
-    """The ledger's "last_upload": how the last upload that did anything ended. Read by the
-    policy (a failure pauses the next start; "held" waits for ``held_until``), the power
-    budget (bytes / seconds), status and MQTT."""
-
-    wall: float
-    files: int
-    bytes: int
-    result: str  # ok, failed, held (only clips held for a cut session were left), busy, unreachable
-    reason: Optional[str]
-    sent_bytes: int
-    literal_bytes: int
-    matched_bytes: int
-    collisions: list
-    held: int
-    held_until: float
-    seconds: float
-
-    @classmethod
-    def parse(cls, value) -> Optional["LastUpload"]:
-        """The record from the ledger's JSON; None when there is none or it is no such record. A
-        number that is none reads as 0, a reason that is no text as None (a damaged ledger)."""
-        if not isinstance(value, dict) or not isinstance(value.get("result"), str):
-            return None
-        numbers = {n: _number(value.get(n)) for n in cls._fields if n not in ("result", "reason", "collisions")}
-        counts = {n: int(v) for n, v in numbers.items() if n not in ("wall", "held_until", "seconds")}
-        reason, collisions = value.get("reason"), value.get("collisions")
-        return cls(**{**numbers, **counts}, result=value["result"], reason=reason if isinstance(reason, str) else None,
-                   collisions=[c for c in collisions if isinstance(c, str)] if isinstance(collisions, list) else [])
-
-    @classmethod
-    def read(cls, ledger: Ledger) -> Optional["LastUpload"]:
-        return cls.parse(ledger.get_state(LAST_UPLOAD_KEY))
-
-    def write(self, ledger: Ledger) -> None:
-        ledger.put_state(LAST_UPLOAD_KEY, self.asdict())
 
 
 class Hold(Record):
@@ -641,7 +596,8 @@ class Uploader:
             return self.summary
         if not server.reachable(self.cfg):
             raise TryLater(f"the server {self.cfg.upload.host}:{self.cfg.upload.port} is not reachable; footage stays staged")
-        self.rsync.clean()  # the tree of a run that was killed
+        if not self.dry_run:  # a dry run holds no lock: the tree may be a running upload's
+            self.rsync.clean()  # the tree of a run that was killed
         keep_marker = False  # set when a cut send's names could not be held: the marker does it
         if not self.dry_run:
             last = self.ledger.get_state(RUN_KEY)
@@ -695,7 +651,8 @@ class Uploader:
                 keep_marker = True
             raise
         finally:
-            self.rsync.clean()
+            if not self.dry_run:
+                self.rsync.clean()
             if not self.dry_run and not keep_marker:
                 self.ledger.delete_state(RUN_KEY)
         return self.summary
@@ -762,8 +719,14 @@ class UploadLock:
 
 def upload(cfg: Config, *, dry_run: bool = False, sleep: Callable[[float], None] = time.sleep,
            rsync: Optional[Rsync] = None) -> Summary:
-    """The upload of the whole backlog; records "last_upload" in the ledger. Raises TryLater / DashcamError."""
-    with UploadLock(cfg.paths.state_dir), Ledger(cfg.paths.ledger) as ledger:
+    """The upload of the whole backlog; records "last_upload" in the ledger. Raises TryLater / DashcamError.
+
+    A dry run creates nothing: with no ledger yet no clip was ever staged (nothing to upload), and
+    it takes no lock (it writes nothing, and removes no tree a running upload may be using)."""
+    if dry_run and not os.path.exists(cfg.paths.ledger):
+        log.info("nothing to upload (no ledger yet at %s: no clip was ever staged)", cfg.paths.ledger)
+        return Summary()
+    with (contextlib.nullcontext() if dry_run else UploadLock(cfg.paths.state_dir)), Ledger(cfg.paths.ledger) as ledger:
         started = time.monotonic()  # the power budget learns the upload rate from bytes / seconds
         uploader = Uploader(cfg, ledger, dry_run=dry_run, sleep=sleep, rsync=rsync)
         result, reason = "ok", None
