@@ -33,7 +33,7 @@ lint: deps
 	$(PYTHON) -m pyflakes $(wildcard src tests bench)
 	PYTHONPATH=src $(PYTHON) -m dashcam_helpers --help >/dev/null
 	@# the project never turns off host key checking, not even in a test
-	@! grep -rn 'StrictHostKeyChecking=no' $(wildcard src systemd udev debian etc bench tests README.md)
+	@! grep -rn 'StrictHostKeyChecking=no' $(wildcard src systemd udev debian etc bench tests README.md ARCHITECTURE.md)
 
 test-fast: deps lint
 	PYTHONPATH=src $(PYTEST) -m "not system" tests
@@ -41,7 +41,7 @@ test-fast: deps lint
 test-system: deps deb
 	PYTHONPATH=src $(PYTEST) -m "system and not quarantined" tests
 
-# system tests that do not pass yet (see the README): run them to work on them
+# system tests that do not pass yet (see tests/system/README.md): run them to work on them
 test-quarantined: deps deb
 	PYTHONPATH=src $(PYTEST) -m quarantined tests
 

@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional
 
 import pytest
 import yaml
+from merge import deep_merge  # noqa: F401 (the tests import it from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
@@ -39,16 +40,6 @@ def pytest_terminal_summary(terminalreporter):
 
 
 MINIMAL = {"upload": {"host": "127.0.0.1", "user": "dashcam", "dest_path": "footage"}}
-
-
-def deep_merge(base: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
 
 
 @pytest.fixture

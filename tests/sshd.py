@@ -1,6 +1,7 @@
 """A real OpenSSH server on 127.0.0.1 for tests: own config, host key and authorized_keys in a temp dir.
 
-Importable on its own (the VM tests and bench/upload reuse it):
+Importable on its own (the VM tests' home server, tests/system/home_server.py, and bench/upload
+reuse it):
 
     with SshServer(base_dir, restrict_dir=server_root) as server:
         server.port, server.host_key_pub, server.user, server.client_key
@@ -136,7 +137,7 @@ class SshServer:
             stdout=log, stderr=log, stdin=subprocess.DEVNULL,
         )
         log.close()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20  # a bound, not a measure: a VM beside it can load the host
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sshd exited with {self.proc.returncode}: {self.log_file.read_text()}")
@@ -173,9 +174,10 @@ class SshServer:
             return argv
         return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *argv]
 
-    def known_hosts_line(self) -> str:
+    def known_hosts_line(self, host: str = "127.0.0.1") -> str:
+        """The pinned host key as a client that reaches this server as ``host`` names it."""
         keytype, key = self.host_key_pub.split()[:2]
-        return f"[127.0.0.1]:{self.port} {keytype} {key}"
+        return f"[{host}]:{self.port} {keytype} {key}"
 
     # --- faults --------------------------------------------------------------------------
 

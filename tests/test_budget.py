@@ -222,7 +222,8 @@ import time  # noqa: E402
 
 from dashcam_helpers import ingest, mqtt, status  # noqa: E402
 from dashcam_helpers.ledger import Ledger  # noqa: E402
-from dashcam_helpers.policy import SystemClock, tick  # noqa: E402
+from dashcam_helpers.policy import SystemClock  # noqa: E402
+from dashcam_helpers.tick import tick  # noqa: E402
 from test_policy_tick import FakeActions, FakeClock, FakeReading, FakeWorld  # noqa: E402
 
 
@@ -516,7 +517,7 @@ def test_an_unreadable_budget_is_said_once_per_ingest_and_every_clip_still_start
 
 
 def test_a_budget_state_that_is_not_json_costs_that_state_not_the_ledger(make_config, tmp_path, caplog):
-    from dashcam_helpers.ledger import TickLedger
+    from dashcam_helpers.tick_ledger import TickLedger
 
     cfg = config.load(str(make_config()))
     world, clock = FakeWorld(), FakeClock()

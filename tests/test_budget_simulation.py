@@ -24,7 +24,7 @@ import random
 import pytest
 
 from conftest import MINIMAL, Reading, deep_merge
-from dashcam_helpers import budget, config, ingest, policy
+from dashcam_helpers import budget, config, footage, tick
 from dashcam_helpers.ledger import Ledger
 from dashcam_helpers.policy import INGEST_UNITS, UPLOAD_UNIT
 
@@ -98,7 +98,7 @@ class World:
         self._ingest_second()
         self._upload_second()
         if self.t % 30 == 0:
-            policy.tick(CFG, self, self, ledger=self.ledger, clock=self)
+            tick.tick(CFG, self, self, ledger=self.ledger, clock=self)
         if self.t - self.last_line >= 120 and not self.quiet:
             self.note("")
 
@@ -118,8 +118,8 @@ class World:
         if self.ingest_at is not None and self.t >= self.ingest_at and self.mode == "data":
             self.ingest_at = None
             todo = [c for c in self.clips if not c.staged]
-            cands = {ingest.Candidate(c.path, c.size, c.mtime_ns, ingest.is_event(c.path)): c for c in todo}
-            order = [cands[c] for c in ingest.order(cands, CFG.ingest.newest_first)]
+            cands = {footage.Candidate(c.path, c.size, c.mtime_ns, footage.is_event(c.path)): c for c in todo}
+            order = [cands[c] for c in footage.order(cands, CFG.ingest.newest_first)]
             gate = budget.IngestGate(self.ledger.get_state, self.ledger.put_state, CFG.camera.name,
                                      [(c.size, c.event) for c in order], self.boot, self.monotonic)
             self.ingest = {"todo": order, "i": 0, "left": None, "gate": gate, "bytes": 0, "files": 0, "t0": self.t}
@@ -181,8 +181,10 @@ class World:
             clip = run["clip"]
             clip.verified = True
             self.sent.append(clip)
-            row = self.ledger.find(CFG.camera.name, clip.path, clip.size, clip.mtime_ns)
-            self.ledger.advance(row.id, "verified", remote_path=clip.path)
+            row_id = self.ledger.db.execute(
+                "SELECT id FROM footage WHERE camera = ? AND source_path = ? AND size = ? AND mtime_ns = ?",
+                (CFG.camera.name, clip.path, clip.size, clip.mtime_ns)).fetchone()[0]
+            self.ledger.advance(row_id, "verified", remote_path=clip.path)
             run["clip"] = None
             run["files"] += 1
             run["bytes"] += clip.size

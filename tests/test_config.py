@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -206,7 +207,8 @@ def test_defaults_fill_every_key_and_the_result_is_frozen():
 def test_records_mirror_the_schema_one_to_one():
     for section, spec in SCHEMA.items():
         cls = config.SECTION_CLASSES[section]
-        assert list(fields(cls)) == list(spec["keys"]), section
+        kept = [key for key, kspec in spec["keys"].items() if "replaced_by" not in kspec]  # retired keys: warned, not kept
+        assert list(fields(cls)) == kept, section
     assert set(config.SECTION_CLASSES) == set(SCHEMA)
 
 
@@ -304,6 +306,34 @@ def test_the_man_page_documents_every_key():
         assert f"{section}.{key}" in page.replace("\\&", ""), f"{section}.{key} not in dashcamctl.8"
 
 
+def readme_reference_row(section, key, spec):
+    """The row of README's Configuration reference for one key: key, default, the schema's doc."""
+    default = spec.get("default")
+    if spec.get("required"):
+        shown = "*required*"
+    elif default is None:
+        shown = "not set"
+    elif isinstance(default, bool):
+        shown = f"`{str(default).lower()}`"
+    elif isinstance(default, (list, dict)):
+        text = json.dumps(default)
+        shown = f"`{text}`" if len(text) <= 40 else "(see the shipped file)"
+    else:
+        shown = f"`{default}`"
+    doc = f"no longer used: {spec['replaced_by']}" if spec.get("replaced_by") else spec.get("doc", "").strip()
+    return f"| `{section}.{key}` | {shown} | {doc.replace('|', chr(92) + '|')} |"
+
+
+def test_the_readme_reference_gives_every_key_its_default_and_doc():
+    readme = (ROOT / "README.md").read_text()
+    reference = readme[readme.index("\n## Configuration reference\n"):]
+    reference = reference[:reference.index("\n## ", 1)]
+    rows = [line for line in reference.splitlines() if line.startswith("| `")]
+    expected = [readme_reference_row(section, key, spec) for section, key, spec in ALL_KEYS]
+    assert [r for r in expected if r not in rows] == [], "README, Configuration reference: update these rows"
+    assert len(rows) == len(expected), "README, Configuration reference: a row for a key the schema does not have"
+
+
 def test_yaml_syntax_errors_name_the_line(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("upload:\n  host: [unclosed\n")
@@ -382,13 +412,13 @@ def test_property_any_values_validate_or_fail_naming_their_key(keys, values):
     # every number finite, every date a date
     import json
 
-    from dashcam_helpers.cli import dumps
+    from dashcam_helpers.strictjson import dumps
 
     data = json.loads(dumps(config.as_dict(cfg)), parse_constant=lambda name: pytest.fail(name))
     assert config.from_dict(data, "test.yaml", cfg.warnings) == cfg
     for section, key, spec in ALL_KEYS:
         section_cfg = getattr(cfg, section)
-        if section_cfg is None:
+        if section_cfg is None or "replaced_by" in spec:  # a retired key is warned about, kept nowhere
             continue
         value = getattr(section_cfg, key)
         if isinstance(value, float):

@@ -18,7 +18,8 @@ import pytest
 
 from dashcam_helpers import config, coverage, mqtt, status
 from dashcam_helpers.coverage import ClipTime, Now, Window
-from dashcam_helpers.ledger import Ledger, TickLedger
+from dashcam_helpers.ledger import Ledger
+from dashcam_helpers.tick_ledger import TickLedger
 
 MIN = 60
 T0 = calendar.timegm((2026, 11, 29, 5, 0, 0))  # the Pi's wall clock (UTC), set by NTP
@@ -439,7 +440,7 @@ def test_a_ledger_of_the_first_schema_gains_the_new_tables_and_keeps_its_clips(t
     db.commit()
     db.close()
     with Ledger(str(path)) as ledger:
-        assert ledger.schema_version == len(MIGRATIONS)
+        assert ledger.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert [c.source_path for c in ledger.files()] == ["Normal/A.MP4"]
         assert ledger.recording_windows() == [] and ledger.losses_since(0) == [] and ledger.damaged_since(0) == []
 

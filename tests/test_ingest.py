@@ -20,13 +20,16 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import SRC
-from dashcam_helpers import config, ingest, log
+from dashcam_helpers import config, footage, ingest, log
+from dashcam_helpers.card import mount_argv
+from dashcam_helpers.staging import reserve_bytes
 from dashcam_helpers.ledger import Ledger
 
 DAY = 86400
@@ -87,55 +90,48 @@ def cfg_path(make_config):
 
 
 def test_globs_match_case_insensitively_and_star_star_crosses_folders():
-    g = ingest.glob_regex("Normal/**")
+    g = footage.glob_regex("Normal/**")
     assert g.match("Normal/Front/A.MP4") and g.match("normal/a.mp4")
     assert not g.match("Other/Normal/a.mp4")
-    one = ingest.glob_regex("Normal/Front/*.MP4")
+    one = footage.glob_regex("Normal/Front/*.MP4")
     assert one.match("NORMAL/front/x.mp4") and not one.match("Normal/Front/sub/x.MP4")
-    assert ingest.glob_regex("**/*.ts").match("a/b/c.TS") and ingest.glob_regex("**/*.ts").match("c.ts")
+    assert footage.glob_regex("**/*.ts").match("a/b/c.TS") and footage.glob_regex("**/*.ts").match("c.ts")
 
 
 def test_event_clips_are_recognised_by_folder_or_suffix():
-    assert ingest.is_event("Event/Front/a.MP4")
-    assert ingest.is_event("DCIM/RO/a.MP4")
-    assert ingest.is_event("Normal/Locked/a.mp4")
-    assert ingest.is_event("Normal/20240101_120000_E.MP4")
-    assert ingest.is_event("Normal/20240101_120000_EF.MP4")
-    assert not ingest.is_event("Normal/Front/20240101_120000.MP4")
-    assert not ingest.is_event("Normal/EVENTUALLY.MP4")
+    assert footage.is_event("Event/Front/a.MP4")
+    assert footage.is_event("DCIM/RO/a.MP4")
+    assert footage.is_event("Normal/Locked/a.mp4")
+    assert footage.is_event("Normal/20240101_120000_E.MP4")
+    assert footage.is_event("Normal/20240101_120000_EF.MP4")
+    assert not footage.is_event("Normal/Front/20240101_120000.MP4")
+    assert not footage.is_event("Normal/EVENTUALLY.MP4")
 
 
 def test_order_puts_events_first_then_newest_or_oldest():
-    c = ingest.Candidate
+    c = footage.Candidate
     clips = [c("Normal/old.mp4", 1, 100, False), c("Normal/new.mp4", 1, 300, False),
              c("Event/ev_old.mp4", 1, 50, True), c("Event/ev_new.mp4", 1, 200, True)]
-    assert [x.source_path for x in ingest.order(clips, newest_first=True)] == [
+    assert [x.source_path for x in footage.order(clips, newest_first=True)] == [
         "Event/ev_new.mp4", "Event/ev_old.mp4", "Normal/new.mp4", "Normal/old.mp4"]
-    assert [x.source_path for x in ingest.order(clips, newest_first=False)] == [
+    assert [x.source_path for x in footage.order(clips, newest_first=False)] == [
         "Event/ev_old.mp4", "Event/ev_new.mp4", "Normal/old.mp4", "Normal/new.mp4"]
 
 
 def test_reserve_is_the_larger_of_bytes_and_percent(make_config):
     cfg = config.load(str(make_config({"ingest": {"reserve_bytes": 1000, "reserve_percent": 5}})))
-    assert ingest.reserve_bytes(cfg, 10_000) == 1000
-    assert ingest.reserve_bytes(cfg, 100_000) == 5000
-
-
-def test_camera_goes_back_to_record_on_external_power_else_to_after_ingest(make_config):
-    cfg = config.load(str(make_config({"camera": {"after_ingest": "off"}})))
-    assert ingest.mode_after_ingest(cfg, True) == "record"
-    assert ingest.mode_after_ingest(cfg, False) == "off"
-    assert ingest.mode_after_ingest(cfg, None) == "off"
+    assert reserve_bytes(cfg, 10_000) == 1000
+    assert reserve_bytes(cfg, 100_000) == 5000
 
 
 def test_mount_is_read_only_never_executes_from_the_card_and_adds_no_time_zone():
-    assert ingest.mount_argv("/dev/sda1", "vfat", "/run/dashcam/mnt/sda1") == [
+    assert mount_argv("/dev/sda1", "vfat", "/run/dashcam/mnt/sda1") == [
         "mount", "-t", "vfat", "-o", "ro,nosuid,nodev,noexec,noatime,nosymfollow,tz=UTC,utf8", "/dev/sda1",
         "/run/dashcam/mnt/sda1"]
-    assert ingest.mount_argv("/dev/sda1", "exfat", "/m") == [
+    assert mount_argv("/dev/sda1", "exfat", "/m") == [
         "mount", "-t", "exfat", "-o", "ro,nosuid,nodev,noexec,noatime,nosymfollow,time_offset=0", "/dev/sda1", "/m"]
     # the card's files belong to the unprivileged reader (vfat and exfat have no owners of their own)
-    assert ingest.mount_argv("/dev/sda1", "vfat", "/m", reader=(105, 110))[4] == \
+    assert mount_argv("/dev/sda1", "vfat", "/m", reader=(105, 110))[4] == \
         "ro,nosuid,nodev,noexec,noatime,nosymfollow,tz=UTC,utf8,uid=105,gid=110,umask=0077"
 
 
@@ -194,37 +190,40 @@ def test_same_file_name_in_two_folders_never_overwrites(card, cfg_path, tmp_path
     assert len({r["staged_path"] for r in rows}) == 2
 
 
-def test_event_clips_are_copied_first_then_newest_first(card, make_config, tmp_path, dashcamctl):
+def clips_aged(card: Path, days_old) -> float:
+    """1000-byte clips on the card, each as many days old as ``days_old`` ({path: days}) says; now."""
     now = time.time()
-    write_clip(card, "Normal/Front/old.MP4", 1000, now - 3 * DAY)
-    write_clip(card, "Normal/Front/new.MP4", 1000, now - 1 * DAY)
-    write_clip(card, "Normal/Front/mid_E.MP4", 1000, now - 2 * DAY)
-    write_clip(card, "Event/Front/ev.MP4", 1000, now - 5 * DAY)
-    write_clip(card, "DCIM/photo.JPG", 1000, now - 4 * DAY)
-    write_clip(card, "Normal/Front/ancient.MP4", 1000, now - 30 * DAY)
-    cfg = make_config({"ingest": {"reserve_bytes": 0, "reserve_percent": 0,
-                                  "after_date": time.strftime("%Y-%m-%d", time.localtime(now - 10 * DAY))}})
+    for rel, days in days_old.items():
+        write_clip(card, rel, 1000, now - days * DAY)
+    return now
+
+
+def ingest_rows(card: Path, make_config, tmp_path: Path, dashcamctl, **ingest_keys):
+    """An ingest with no reserve and ``ingest_keys``; the ledger's rows, whose ids follow the copy order."""
+    cfg = make_config({"ingest": {"reserve_bytes": 0, "reserve_percent": 0, **ingest_keys}})
     assert dashcamctl("--config", str(cfg), "ingest", "--source", str(card)).returncode == 0
-    order = [r["source_path"] for r in ledger_rows(tmp_path / "state")]  # ids follow the copy order
+    return ledger_rows(tmp_path / "state")
+
+
+def test_event_clips_are_copied_first_then_newest_first(card, make_config, tmp_path, dashcamctl):
+    now = clips_aged(card, {"Normal/Front/old.MP4": 3, "Normal/Front/new.MP4": 1, "Normal/Front/mid_E.MP4": 2,
+                            "Event/Front/ev.MP4": 5, "DCIM/photo.JPG": 4, "Normal/Front/ancient.MP4": 30})
+    rows = ingest_rows(card, make_config, tmp_path, dashcamctl,
+                       after_date=time.strftime("%Y-%m-%d", time.localtime(now - 10 * DAY)))
+    order = [r["source_path"] for r in rows]
     assert order == ["Normal/Front/mid_E.MP4", "Event/Front/ev.MP4", "Normal/Front/new.MP4",
                      "Normal/Front/old.MP4", "DCIM/photo.JPG"]
 
 
 def test_event_globs_add_event_clips_that_are_copied_first(card, make_config, tmp_path, dashcamctl):
-    now = time.time()
-    write_clip(card, "Parking/Front/P.MP4", 1000, now - 3 * DAY)
-    write_clip(card, "Normal/Front/N.MP4", 1000, now - 1 * DAY)
-    write_clip(card, "Event/Front/E.MP4", 1000, now - 5 * DAY)
-    write_clip(card, "Normal/Front/x_SOS_1.MP4", 1000, now - 6 * DAY)
-    cfg = make_config({"ingest": {"reserve_bytes": 0, "reserve_percent": 0,
-                                  "event_globs": ["Parking/**", "**/*_sos_*.mp4"]}})
-    assert dashcamctl("--config", str(cfg), "ingest", "--source", str(card)).returncode == 0
-    rows = ledger_rows(tmp_path / "state")  # ids follow the copy order
+    clips_aged(card, {"Parking/Front/P.MP4": 3, "Normal/Front/N.MP4": 1, "Event/Front/E.MP4": 5,
+                      "Normal/Front/x_SOS_1.MP4": 6})
+    rows = ingest_rows(card, make_config, tmp_path, dashcamctl, event_globs=["Parking/**", "**/*_sos_*.mp4"])
     assert [(r["source_path"], r["event"]) for r in rows] == [
         ("Parking/Front/P.MP4", True), ("Event/Front/E.MP4", True), ("Normal/Front/x_SOS_1.MP4", True),
         ("Normal/Front/N.MP4", False)]
-    assert ingest.is_event("Parking/a.MP4", [ingest.glob_regex("parking/**")])
-    assert not ingest.is_event("Parking/a.MP4")
+    assert footage.is_event("Parking/a.MP4", [footage.glob_regex("parking/**")])
+    assert not footage.is_event("Parking/a.MP4")
 
 
 def test_oldest_first_when_configured(card, make_config, tmp_path, dashcamctl):
@@ -252,6 +251,27 @@ def test_dry_run_copies_nothing(card, cfg_path, tmp_path, dashcamctl):
     assert r.returncode == 0, r.stderr
     assert "would copy Normal/X.MP4" in r.stderr
     assert not files_in(tmp_path / "staging/ready")
+
+
+def test_a_dry_run_creates_nothing_no_ledger_no_lock_no_folder(card, cfg_path, tmp_path, dashcamctl):
+    write_clip(card, "Normal/X.MP4", 1000, time.time())
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    r = dashcamctl("--config", str(cfg_path), "--dry-run", "ingest", "--source", str(card))
+    assert r.returncode == 0, r.stderr
+    assert "would copy Normal/X.MP4" in r.stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert not (tmp_path / "state").exists() and not (tmp_path / "staging").exists()
+
+
+def test_a_dry_run_after_a_real_run_leaves_the_ledger_and_staging_as_they_were(card, cfg_path, tmp_path, dashcamctl):
+    write_clip(card, "Normal/X.MP4", 1000, time.time())
+    assert dashcamctl("--config", str(cfg_path), "ingest", "--source", str(card)).returncode == 0
+    write_clip(card, "Normal/Y.MP4", 1000, time.time())
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    r = dashcamctl("--config", str(cfg_path), "--dry-run", "ingest", "--source", str(card))
+    assert r.returncode == 0, r.stderr
+    assert "would copy Normal/Y.MP4" in r.stderr and "would copy Normal/X.MP4" not in r.stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
 def needs_root_mounts():
@@ -441,13 +461,20 @@ def fake_mount_tools(tmp_path, monkeypatch):
     return log
 
 
-def test_device_ingest_mounts_read_only_copies_unmounts_and_puts_the_camera_back(make_config, tmp_path,
-                                                                               fake_mount_tools):
-    cfg = config.load(str(make_config({"camera": {"mount_base": str(tmp_path / "mnt")},
-                                       "ingest": {"reserve_bytes": 0, "reserve_percent": 0}})))
+def card_device(make_config, tmp_path: Path, sections=None, clip: Optional[str] = "Normal/Front/A.MP4"):
+    """(config, device): the card of the fake block device sdz1 mounts on <tmp>/mnt/sdz1 and holds
+    ``clip``; ``sections`` adds to the config (any section but camera)."""
+    cfg = config.load(str(make_config({"camera": {"mount_base": str(tmp_path / "mnt")}, **(sections or {})})))
     dev = tmp_path / "sdz1"
     dev.write_bytes(b"")
-    write_clip(tmp_path / "mnt/sdz1", "Normal/Front/A.MP4", 5000, time.time())
+    if clip:
+        write_clip(tmp_path / "mnt/sdz1", clip, 5000, time.time())
+    return cfg, dev
+
+
+def test_device_ingest_mounts_read_only_copies_unmounts_and_puts_the_camera_back(make_config, tmp_path,
+                                                                               fake_mount_tools):
+    cfg, dev = card_device(make_config, tmp_path, {"ingest": {"reserve_bytes": 0, "reserve_percent": 0}})
     back = []
     result = ingest.ingest_device(cfg, str(dev), camera_back=lambda c, dry_run: back.append(dry_run))
     assert result.files == 1
@@ -461,11 +488,8 @@ def test_device_ingest_keeps_the_cards_filesystem_uuid_and_how_full_it_is(make_c
                                                                           monkeypatch):
     from dashcam_helpers import coverage
 
-    cfg = config.load(str(make_config({"camera": {"mount_base": str(tmp_path / "mnt")},
-                                       "ingest": {"reserve_bytes": 0, "reserve_percent": 0}})))
-    dev = tmp_path / "sdz1"
-    dev.write_bytes(b"")
-    write_clip(tmp_path / "mnt/sdz1", "Normal/Front/2026_1129_053712_013F.MP4", 5000, time.time())
+    cfg, dev = card_device(make_config, tmp_path, {"ingest": {"reserve_bytes": 0, "reserve_percent": 0}},
+                           clip="Normal/Front/2026_1129_053712_013F.MP4")
     ingest.ingest_device(cfg, str(dev), camera_back=lambda c, dry_run: None)
     with Ledger(cfg.paths.ledger) as ledger:
         state = ledger.get_state(coverage.STATE_KEY)
@@ -494,11 +518,7 @@ def test_an_ingest_from_a_directory_judges_no_recording_window(make_config, tmp_
 
 def test_device_ingest_unmounts_and_puts_the_camera_back_even_when_the_ingest_fails(make_config, tmp_path,
                                                                                     fake_mount_tools):
-    cfg = config.load(str(make_config({"camera": {"mount_base": str(tmp_path / "mnt")},
-                                       "paths": {"state_dir": "/proc/no-ledger-here"}})))
-    dev = tmp_path / "sdz1"
-    dev.write_bytes(b"")
-    write_clip(tmp_path / "mnt/sdz1", "Normal/Front/A.MP4", 5000, time.time())
+    cfg, dev = card_device(make_config, tmp_path, {"paths": {"state_dir": "/proc/no-ledger-here"}})
     back = []
     with pytest.raises(Exception):
         ingest.ingest_device(cfg, str(dev), camera_back=lambda c, dry_run: back.append(dry_run))
@@ -508,10 +528,7 @@ def test_device_ingest_unmounts_and_puts_the_camera_back_even_when_the_ingest_fa
 
 def test_a_stopped_device_ingest_unmounts_and_leaves_the_camera_to_whoever_stopped_it(make_config, tmp_path,
                                                                                        fake_mount_tools):
-    cfg = config.load(str(make_config({"camera": {"mount_base": str(tmp_path / "mnt")}})))
-    dev = tmp_path / "sdz1"
-    dev.write_bytes(b"")
-    write_clip(tmp_path / "mnt/sdz1", "Normal/Front/A.MP4", 5000, time.time())
+    cfg, dev = card_device(make_config, tmp_path)
     back = []
     result = ingest.ingest_device(cfg, str(dev), should_stop=lambda: True,
                                   camera_back=lambda c, dry_run: back.append(dry_run))
@@ -522,9 +539,7 @@ def test_a_stopped_device_ingest_unmounts_and_leaves_the_camera_to_whoever_stopp
 
 def test_device_with_another_filesystem_is_not_mounted(make_config, tmp_path, fake_mount_tools, monkeypatch):
     monkeypatch.setenv("FAKE_FSTYPE", "ext4")
-    cfg = config.load(str(make_config({"camera": {"mount_base": str(tmp_path / "mnt")}})))
-    dev = tmp_path / "sdz1"
-    dev.write_bytes(b"")
+    cfg, dev = card_device(make_config, tmp_path, clip=None)
     back = []
     with pytest.raises(ingest.DashcamError, match="ext4"):
         ingest.ingest_device(cfg, str(dev), camera_back=lambda c, dry_run: back.append(dry_run))
@@ -609,7 +624,7 @@ def test_a_sigterm_before_the_copy_is_complete_still_warns_and_leaves_the_camera
 def test_the_shipped_default_globs_cover_the_users_camera_layout(card, make_config, tmp_path):
     cfg = config.load(str(make_config({})))
     write_clip(card, "Normal/Front/2024_0101_120000_F.MP4", 10, time.time())
-    found = ingest.scan(str(card), cfg.ingest.globs, cfg.ingest.extensions)
+    found = [footage.candidate(*f) for f in footage.footage_files(str(card), cfg.ingest.globs, cfg.ingest.extensions)]
     assert [c.source_path for c in found] == ["Normal/Front/2024_0101_120000_F.MP4"]
 
 
@@ -765,16 +780,16 @@ def test_a_folder_whose_name_a_staged_clip_has_fails_that_clip_only(card, cfg_pa
 
 
 def test_name_variants_stay_within_255_bytes_and_cut_at_a_character():
-    assert ingest.name_variant("A.MP4", 2) == "A~2.MP4"
+    assert footage.name_variant("A.MP4", 2) == "A~2.MP4"
     long = "é" * 125 + "x.MP4"
-    v = ingest.name_variant(long, 1)
+    v = footage.name_variant(long, 1)
     assert len(v.encode()) <= 255 and v.endswith("~1.MP4") and v.encode().decode() == v
 
 
 def test_shown_names_are_one_line_and_say_which_bytes():
-    assert ingest.shown("a\nb\r\tc\x1b.MP4") == "a\\x0ab\\x0d\\x09c\\x1b.MP4"
-    assert ingest.shown(os.fsdecode(b"bad\xff.MP4")) == "bad\\xff.MP4"
-    assert ingest.shown("Fahrt_Ü.MP4") == "Fahrt_Ü.MP4"
+    assert footage.shown("a\nb\r\tc\x1b.MP4") == "a\\x0ab\\x0d\\x09c\\x1b.MP4"
+    assert footage.shown(os.fsdecode(b"bad\xff.MP4")) == "bad\\xff.MP4"
+    assert footage.shown("Fahrt_Ü.MP4") == "Fahrt_Ü.MP4"
 
 
 @given(names=st.lists(st.one_of(st.text(st.characters(blacklist_characters="/\x00"), min_size=1, max_size=60)
@@ -812,7 +827,7 @@ def test_property_every_clip_whatever_its_name_is_staged_identical_or_refused_on
                 assert got == base or (got.endswith(b".MP4") and b"~" in got)  # the name, or name~n beside it
             else:
                 refused += 1
-                row = rows[os.fsencode(ingest.ledger_path(os.fsdecode(path)))]
+                row = rows[os.fsencode(footage.ledger_path(os.fsdecode(path)))]
                 assert row["state"] == "failed" and row["reason"].startswith("refused: ")
         assert result.files == len(content) - refused and len(result.failed) == refused
         again = ingest.ingest_source(cfg, str(card))
@@ -885,10 +900,10 @@ def test_mtimes_beyond_2262_and_before_1970_are_staged_with_their_time_and_no_or
 
 
 def test_a_time_no_calendar_holds_is_refused_with_a_reason():
-    c = ingest.Candidate("Normal/x.MP4", 1, 10**30, False)
-    assert "no calendar date" in ingest.refusal(c)
+    c = footage.Candidate("Normal/x.MP4", 1, 10**30, False)
+    assert "no calendar date" in footage.refusal(c)
     # a time in the name still dates the clip
-    assert ingest.refusal(ingest.Candidate("Normal/2026_1125_233000_001F.MP4", 1, 10**30, False)) is None
+    assert footage.refusal(footage.Candidate("Normal/2026_1125_233000_001F.MP4", 1, 10**30, False)) is None
 
 
 def test_a_clip_replaced_by_a_fifo_after_the_scan_fails_alone_and_blocks_nothing(card, make_config, tmp_path):
@@ -937,21 +952,21 @@ def wall(*clock) -> int:
 
 
 def test_the_folder_date_is_the_cameras_in_any_zone_of_the_pi(pi_zone):
-    c = ingest.Candidate
-    assert ingest.staged_name("cam", c("Normal/CLIP1.MP4", 1, wall(2026, 11, 25, 23, 59, 30), False)) == \
+    c = footage.Candidate
+    assert footage.staged_name("cam", c("Normal/CLIP1.MP4", 1, wall(2026, 11, 25, 23, 59, 30), False)) == \
         "cam/2026-11-25/Normal/CLIP1.MP4"
-    assert ingest.staged_name("cam", c("Normal/CLIP2.MP4", 1, wall(2026, 11, 26, 0, 0, 30), False)) == \
+    assert footage.staged_name("cam", c("Normal/CLIP2.MP4", 1, wall(2026, 11, 26, 0, 0, 30), False)) == \
         "cam/2026-11-26/Normal/CLIP2.MP4"
 
 
 def test_a_timestamp_in_the_name_wins_over_the_mtime(pi_zone):
     mtime = wall(2026, 11, 27, 3, 0, 0)  # copied or touched later
-    assert ingest.clip_date("Normal/Front/2026_1125_233000_001F.MP4", mtime) == datetime.date(2026, 11, 25)
-    assert ingest.clip_date("Event/NO20261125-235959-000123F.MP4", mtime) == datetime.date(2026, 11, 25)
-    assert ingest.clip_date("Normal/20261125_235959_EF.MP4", mtime) == datetime.date(2026, 11, 25)
+    assert footage.clip_date("Normal/Front/2026_1125_233000_001F.MP4", mtime) == datetime.date(2026, 11, 25)
+    assert footage.clip_date("Event/NO20261125-235959-000123F.MP4", mtime) == datetime.date(2026, 11, 25)
+    assert footage.clip_date("Normal/20261125_235959_EF.MP4", mtime) == datetime.date(2026, 11, 25)
     # digits that are no time, or no timestamp at all: the mtime as the camera's wall clock
-    assert ingest.clip_date("Normal/2026_1340_990000_001F.MP4", mtime) == datetime.date(2026, 11, 27)
-    assert ingest.clip_date("Normal/FILE0001.MP4", mtime) == datetime.date(2026, 11, 27)
+    assert footage.clip_date("Normal/2026_1340_990000_001F.MP4", mtime) == datetime.date(2026, 11, 27)
+    assert footage.clip_date("Normal/FILE0001.MP4", mtime) == datetime.date(2026, 11, 27)
 
 
 def test_ingest_in_any_zone_files_clips_under_the_cameras_date_and_keeps_their_mtime(pi_zone, card, cfg_path, tmp_path,
@@ -967,3 +982,15 @@ def test_ingest_in_any_zone_files_clips_under_the_cameras_date_and_keeps_their_m
     ready = tmp_path / "staging/ready/dashcam"
     assert (ready / "2026-11-25/Normal/CLIPA.MP4").stat().st_mtime_ns == before
     assert (ready / "2026-11-26/Normal/CLIPB.MP4").stat().st_mtime_ns == after
+
+
+def test_the_last_ingest_record_reads_back_what_a_run_wrote_and_hostile_json_as_defaults(tmp_path):
+    with Ledger(str(tmp_path / "ledger.sqlite3")) as ledger:
+        assert ingest.LastIngest.read(ledger) is None and ingest.LastIngest.facts(None) == {}
+        run = ingest.LastIngest(wall=1.5, files=2, bytes=3, result="ok", source="/m", seconds=0.25)
+        run.write(ledger)
+        assert ingest.LastIngest.read(ledger) == run
+        ledger.put_state("last_ingest", {"wall": float("inf"), "files": True, "bytes": "3", "result": 5, "failed": 2})
+        assert ingest.LastIngest.read(ledger) == ingest.LastIngest(failed=2)
+        ledger.put_state("last_ingest", [1, 2])
+        assert ingest.LastIngest.read(ledger) is None

@@ -7,7 +7,7 @@ import datetime
 import pytest
 
 from conftest import MINIMAL, deep_merge
-from dashcam_helpers import config, ingest, layout, upload
+from dashcam_helpers import config, footage, layout, upload
 
 DAY = datetime.date(2026, 11, 25)
 
@@ -87,13 +87,13 @@ def test_ingest_and_upload_order_by_one_rule():
     rows): the same order, events first, whichever way the rest goes."""
     cards = [("Normal/old.MP4", 100, False), ("Normal/new.MP4", 300, False), ("Event/ev_old.MP4", 50, True),
              ("Normal/tie_b.MP4", 200, False), ("Normal/tie_a.MP4", 200, False), ("RO/ev_new.MP4", 250, True)]
-    candidates = [ingest.Candidate(path, 1, mtime, event) for path, mtime, event in cards]
+    candidates = [footage.Candidate(path, 1, mtime, event) for path, mtime, event in cards]
     rows = [upload.Clip(id=n, camera="c", source_path=path, size=1, mtime_ns=mtime, event=event, sha256=None,
                         staged_path=None, remote_path=None, state="staged", reason=None, retries=0, seen_at=None,
                         staged_at=None, uploaded_at=None, verified_at=None, pruned_at=None, updated_at=0.0)
             for n, (path, mtime, event) in enumerate(cards)]
     for newest_first in (True, False):
-        copied = [c.source_path for c in ingest.order(candidates, newest_first)]
+        copied = [c.source_path for c in footage.order(candidates, newest_first)]
         sent = [i.clip.source_path for i in upload.plan(rows, "/r", newest_first=newest_first)]
         assert copied == sent
     assert copied == ["Event/ev_old.MP4", "RO/ev_new.MP4", "Normal/old.MP4", "Normal/tie_a.MP4",

@@ -21,7 +21,7 @@ def stage(ledger, path="Normal/Front/A.MP4", size=100, mtime=1, event=False):
 
 
 def test_a_new_ledger_is_at_the_latest_schema_in_wal_mode(ledger):
-    assert ledger.schema_version == len(MIGRATIONS)
+    assert ledger.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert ledger.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -87,14 +87,14 @@ def test_an_interrupted_transaction_leaves_nothing(ledger):
     with pytest.raises(RuntimeError):
         with ledger.transaction() as db:
             db.execute(
-                "INSERT INTO footage (camera, source_path, size, mtime_ns, state, updated_at) VALUES ('c','p',1,1,'seen',0)"
+                "INSERT INTO footage (camera, source_path, size, mtime_ns, state, updated_at) VALUES ('c','p',1,1,'staged',0)"
             )
             raise RuntimeError("power cut")
     assert ledger.files() == []
 
 
 def test_a_nested_transaction_commits_and_rolls_back_with_the_outer_one(ledger):
-    insert = "INSERT INTO footage (camera, source_path, size, mtime_ns, state, updated_at) VALUES ('c',?,1,1,'seen',0)"
+    insert = "INSERT INTO footage (camera, source_path, size, mtime_ns, state, updated_at) VALUES ('c',?,1,1,'staged',0)"
     with pytest.raises(RuntimeError):
         with ledger.transaction() as outer:
             outer.execute(insert, ("a",))
@@ -114,6 +114,17 @@ def test_unknown_state_filter_is_refused(ledger):
         ledger.files("lost")
 
 
+def test_a_new_ledger_and_its_wal_are_readable_by_the_group_whatever_the_umask_of_its_creator(tmp_path):
+    old = os.umask(0o077)  # dashcam-mqtt-offline's UMask=, say, if it is the first to open it
+    try:
+        with Ledger(str(tmp_path / "ledger.sqlite3")) as ledger:
+            ledger.put_state("k", 1)
+            for name in ("ledger.sqlite3", "ledger.sqlite3-wal", "ledger.sqlite3-shm"):
+                assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name
+    finally:
+        os.umask(old)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: chown")
 def test_a_ledger_root_creates_belongs_to_the_owner_of_its_directory(tmp_path):
     # the policy and the ingest run as root; the uploader, as the dashcam user, must keep writing
@@ -129,7 +140,8 @@ def test_a_ledger_root_creates_belongs_to_the_owner_of_its_directory(tmp_path):
 
 # ---------------------------------------------------------------- a damaged ledger is set aside, never replaced
 
-from dashcam_helpers.ledger import LedgerDamaged, TickLedger, damage_marker  # noqa: E402
+from dashcam_helpers.ledger import LedgerDamaged, damage_marker  # noqa: E402
+from dashcam_helpers.tick_ledger import TickLedger  # noqa: E402
 
 GARBAGE = b"\x00\xffthis is no SQLite database\n" * 200
 
@@ -156,7 +168,7 @@ def test_a_marker_refuses_even_a_ledger_file_that_opens(tmp_path):
     path.write_bytes(GARBAGE)
     with pytest.raises(LedgerDamaged):
         Ledger(str(path))
-    path.write_bytes(b"")  # as systemd-tmpfiles recreates it at boot: an empty file is a valid empty database
+    path.write_bytes(b"")  # an empty file (as systemd-tmpfiles once recreated it at boot) is a valid empty database
     with pytest.raises(LedgerDamaged):
         Ledger(str(path))
     os.unlink(str(path) + ".DAMAGED")  # a person restored it (or chose a fresh ledger): usable again

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import MINIMAL, deep_merge
 from dashcam_helpers import config
-from dashcam_helpers.policy import INGEST_UNITS, UPLOAD_UNIT, Facts, Sample, decide
+from dashcam_helpers.policy import INGEST_UNITS, UPLOAD_UNIT, Facts, Sample, decide, mode_after_ingest
 
 BOOT = "boot-1"
 STEP = 30.0  # seconds between ticks
@@ -175,6 +175,13 @@ def test_after_ingest_record_keeps_the_camera_recording_at_home():
     cfg = cfg_with(camera={"after_ingest": "record"})
     f = facts(H, reachable=True, was_reachable=True, camera_mode="data", data_since=T0 - 60, ingested_since_data=True)
     assert decide(H, f, cfg).camera == "record"
+
+
+def test_camera_goes_back_to_record_on_external_power_else_to_after_ingest(make_config):
+    cfg = config.load(str(make_config({"camera": {"after_ingest": "off"}})))
+    assert mode_after_ingest(cfg, True) == "record"
+    assert mode_after_ingest(cfg, False) == "off"
+    assert mode_after_ingest(cfg, None) == "off"
 
 
 # --- clock jumps: the wall clock (no RTC) never decides anything ---------------------------------

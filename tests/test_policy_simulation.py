@@ -151,7 +151,7 @@ def test_a_day_on_external_power_low_readings_change_nothing(seed):
 
 import contextlib  # noqa: E402
 
-from dashcam_helpers import ignition, policy  # noqa: E402
+from dashcam_helpers import ignition, tick  # noqa: E402
 from dashcam_helpers.ledger import Ledger  # noqa: E402
 from dashcam_helpers.policy import INGEST_UNITS  # noqa: E402
 
@@ -232,7 +232,7 @@ class Car:
             self.ingesting, self.ingest_at = True, None
         if self.t % 30 == 0:
             self.blip = self.in_reach and not self.external and self.rng.random() < 0.05
-            policy.tick(self.cfg, self, self, ledger=self.ledger, clock=self)
+            tick.tick(self.cfg, self, self, ledger=self.ledger, clock=self)
             self.ticks += 1
 
     def finish_ingest(self, result):

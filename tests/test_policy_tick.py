@@ -13,15 +13,10 @@ import pytest
 from conftest import MINIMAL, deep_merge
 from dashcam_helpers import budget, config
 from dashcam_helpers.ledger import Ledger
-from dashcam_helpers.policy import (
-    INGEST_UNITS,
-    LAST_KEY,
-    UPLOAD_UNIT,
-    SystemActions,
-    staging_space,
-    tick,
-    units_running_from,
-)
+from dashcam_helpers.policy import INGEST_UNITS, LAST_KEY, UPLOAD_UNIT, units_running_from
+from dashcam_helpers.staging import space as staging_space
+from dashcam_helpers.tick import tick
+from dashcam_helpers.world import SystemActions
 
 STEP = 30.0
 
@@ -435,9 +430,46 @@ def test_system_actions_in_a_dry_run_only_log(rig, fake_systemctl, caplog):
     assert sum("dry run, not running: systemctl" in r.getMessage() for r in caplog.records) == 3
 
 
+class FakeSystemctl:  # systemd.Systemctl's methods: records what it is asked, runs nothing
+    def __init__(self, running=(), error=None):
+        self.calls, self.running, self.error = [], list(running), error
+
+    def start(self, unit, check=True):
+        self.calls.append(("start", unit))
+
+    def stop(self, units, check=True):
+        self.calls.append(("stop", tuple(units)))
+
+    def poweroff(self):
+        self.calls.append(("poweroff",))
+
+    def units(self, *patterns, timeout=10):
+        self.calls.append(("units",) + patterns)
+        if self.error:
+            raise self.error
+        return self.running
+
+
+def test_system_actions_and_facts_reach_systemd_through_the_systemctl_they_are_given(rig):
+    from dashcam_helpers.world import SystemFacts
+    from dashcam_helpers.runner import CommandNotFound
+
+    systemctl = FakeSystemctl(running=["dashcam-upload.service"])
+    actions = SystemActions(rig[0], dry_run=False, systemctl=systemctl)
+    actions.stop_units([INGEST_UNITS])
+    actions.start_upload()
+    actions.start_watch()
+    actions.poweroff()
+    assert SystemFacts(rig[0], systemctl=systemctl).units_running() == (False, True)
+    assert systemctl.calls == [("stop", (INGEST_UNITS,)), ("start", UPLOAD_UNIT), ("start", "dashcam-watch.service"),
+                               ("poweroff",), ("units", INGEST_UNITS, UPLOAD_UNIT)]
+    gone = FakeSystemctl(error=CommandNotFound(["systemctl"], "systemctl: command not found"))
+    assert SystemFacts(rig[0], systemctl=gone).units_running() == (False, False)  # no systemd: nothing of ours runs
+
+
 def test_what_a_tick_saw_becomes_the_home_assistant_state_without_a_second_read(rig):
     from dashcam_helpers import mqtt
-    from dashcam_helpers.policy import status_facts
+    from dashcam_helpers.tick import status_facts
 
     cfg, world, actions, clock, ledger, run = rig
     world.reading = FakeReading(millivolts=3611, percent=95, external=True, raw={"VIN": 5208, "VOUT": 4979, "IOUT": 857})
@@ -558,7 +590,7 @@ def test_dashcamctl_policy_fed_a_bad_battery_output_exits_0_and_records_an_unkno
 
 # ---------------------------------------------------------------- a broken ledger does not stop the shutdown
 
-from dashcam_helpers.ledger import TickLedger  # noqa: E402
+from dashcam_helpers.tick_ledger import TickLedger  # noqa: E402
 
 GARBAGE = b"\x00\xffthis is no SQLite database\n" * 200
 
@@ -718,6 +750,28 @@ def test_a_tick_state_that_is_not_a_mapping_is_ignored(rig):
     assert [run()["decision"]["shutdown"] for _ in range(3)] == [False, False, True]
 
 
+def test_the_tick_state_is_read_field_by_field_and_a_bad_field_costs_only_itself(rig):
+    from dashcam_helpers.policy import TickState
+
+    stored = {"boot_id": "b", "last_tick": 5, "last_mode": 3, "reachable": "yes", "reachable_since": "x",
+              "recorded_seconds": None, "battery_low": True, "seen_ingest": {"wall": 1}, "unknown_since": float("nan")}
+    assert TickState.parse(stored) == TickState(boot_id="b", last_tick=5, battery_low=True, seen_ingest={"wall": 1})
+    cfg, world, actions, clock, ledger, run = rig
+    ledger.put_state("policy", {"boot_id": clock.boot, "last_tick": clock.monotonic() - 30, "last_mode": "record",
+                                "recorded_seconds": None, "reachable": "yes"})
+    record = run()  # the camera recorded for the 30 s since the last tick; "yes" is no answer of the server
+    assert record["saw"]["recorded_seconds"] == 30.0 and record["saw"]["was_reachable"] is None
+
+
+def test_an_upload_account_with_a_number_no_float_holds_still_shuts_down(rig):
+    # JSON has no limit on an integer: a 400-digit "wall" once raised OverflowError in the tick
+    cfg, world, actions, clock, ledger, run = rig
+    ledger.put_state("last_upload", {"result": "failed", "wall": 10**400, "held_until": -10**400})
+    world.reading = FakeReading(percent=10, millivolts=3150, external=False)
+    assert [run()["decision"]["shutdown"] for _ in range(3)] == [False, False, True]
+    assert actions.calls[-1] == ("poweroff",)
+
+
 # --- the camera records whenever the car can move: what the tick remembers between ticks ---------------
 
 
@@ -811,7 +865,7 @@ def test_an_unknown_power_reading_neither_starts_nor_ends_the_external_streak(ri
 
 def test_ticks_keep_the_window_in_which_the_camera_recorded(rig):
     from dashcam_helpers import mqtt
-    from dashcam_helpers.policy import status_facts
+    from dashcam_helpers.tick import status_facts
 
     cfg, world, actions, clock, ledger, run = rig
     world.reading = FakeReading(millivolts=3300, percent=80, external=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dashcam_helpers import config, ingest, privilege
+from dashcam_helpers import card, config, ingest, privilege
 from dashcam_helpers.errors import DashcamError, TryLater
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="drops root: run as root")
@@ -148,7 +148,7 @@ def test_a_symlinked_staging_is_refused_before_anything_runs(tmp_path):
 
 
 def test_the_mount_gives_the_cards_files_to_the_reader_alone():
-    argv = ingest.mount_argv("/dev/sda1", "exfat", "/run/dashcam/mnt/sda1", READER)
+    argv = card.mount_argv("/dev/sda1", "exfat", "/run/dashcam/mnt/sda1", READER)
     assert argv[4] == "ro,nosuid,nodev,noexec,noatime,nosymfollow,time_offset=0,uid=4321,gid=4322,umask=0077"
 
 

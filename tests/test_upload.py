@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sshd import SshServer, free_port, keygen  # noqa: E402
 
-from dashcam_helpers import config, layout, ssh, upload  # noqa: E402
+from dashcam_helpers import config, layout, records, rsync, runner, ssh, upload  # noqa: E402
 from dashcam_helpers.errors import TryLater  # noqa: E402
 from dashcam_helpers.ledger import Ledger  # noqa: E402
 
@@ -107,9 +107,23 @@ def on_server(server: SshServer, name: str, mtime: float, folder: str = "Normal"
 
 def refused_by_rrsync(argv):
     """What rsync reports when rrsync refuses a session for its one-session lock (a key without -no-lock)."""
-    return upload.runner.CommandFailed(
+    return runner.CommandFailed(
         argv, 12, "", "/usr/bin/rrsync error: Another instance of rrsync is already accessing this directory.\n"
         "rsync: connection unexpectedly closed (0 bytes received so far) [sender]\n", "rsync ...")
+
+
+class FailingSecondSend(rsync.Rsync):
+    """The real tool, but its second send fails as a link that went down does."""
+
+    def __init__(self, cfg, **kw):
+        super().__init__(cfg, **kw)
+        self.sends = 0
+
+    def send(self, items, **kw):
+        self.sends += 1
+        if self.sends == 2:
+            raise upload.UploadFailed("sending failed: the link went down", transient=True)
+        return super().send(items, **kw)
 
 
 def states(cfg):
@@ -287,15 +301,14 @@ def test_the_first_round_is_small_and_the_next_sized_by_its_rate(upload_config, 
         stage(cfg_path, f"CLIP{n:04d}.MP4", 300_000, T0 + n * 60)
     monkeypatch.setattr(upload, "ROUND_FIRST_BYTES", 100_000)
     sends = []
-    send = upload.Uploader.send
 
-    def counted_send(self, items, *, resume):
-        sends.append(len(items))
-        return send(self, items, resume=resume)
+    class CountedSends(rsync.Rsync):
+        def send(self, items, **kw):
+            sends.append(len(items))
+            return super().send(items, **kw)
 
-    monkeypatch.setattr(upload.Uploader, "send", counted_send)
     cfg = config.load(str(cfg_path))
-    summary, _ = run_bounded(cfg)
+    summary, _ = run_bounded(cfg, rsync=CountedSends(cfg))
     assert summary.files == 6 and sends == [1, 5]
 
 
@@ -306,7 +319,7 @@ def test_a_checksum_pass_is_split_into_parts_of_about_equal_bytes(tmp_path):
     items = upload.plan(ledger.files(), "/r", newest_first=False)
 
     def cut(parts, of=items):
-        return [[int(i.clip.source_path[0]) for i in part] for part in upload.split_by_bytes(of, parts)]
+        return [[int(i.clip.source_path[0]) for i in part] for part in rsync.split_by_bytes(of, parts)]
 
     assert cut(1) == [[0, 1, 2, 3, 4, 5, 6]]
     assert cut(2) == [[0], [1, 2, 3, 4, 5, 6]]           # 500 | 510: order kept, halves by bytes
@@ -318,16 +331,6 @@ def test_a_checksum_pass_is_split_into_parts_of_about_equal_bytes(tmp_path):
     ledger.close()
 
 
-def test_itemized_output_and_stats_are_parsed():
-    out = (
-        "cd+++++++++ cam/2026/\n<f+++++++++ cam/2026/03/07/a b.mp4\n<fc.T...... cam/2026/03/07/c.mp4\n"
-        ".d..t...... cam/\n\nNumber of files: 3\nLiteral data: 1,234,567 bytes\nMatched data: 5,505,024 bytes\n"
-        "Total bytes sent: 1,240,001\n"
-    )
-    assert upload.parse_itemized(out) == {"cam/2026/03/07/a b.mp4": "<f+++++++++", "cam/2026/03/07/c.mp4": "<fc.T......"}
-    assert upload.parse_stats(out) == {"sent": 1240001, "literal": 1234567, "matched": 5505024}
-
-
 def test_ssh_options_pin_the_host_key_and_never_prompt(make_config):
     cfg = config.load(str(make_config({"upload": {"port": 2222, "known_hosts": "/etc/x/kh", "ssh_key": "/k/id"}})))
     argv = ssh.ssh_argv(cfg)
@@ -337,17 +340,6 @@ def test_ssh_options_pin_the_host_key_and_never_prompt(make_config):
         assert want in opts
     assert argv[argv.index("-p") + 1] == "2222"
     assert ssh.known_hosts_name("srv", 22) == "srv" and ssh.known_hosts_name("srv", 2222) == "[srv]:2222"
-
-
-def test_transient_and_fatal_failures_are_told_apart(make_config):
-    cfg = config.load(str(make_config()))
-    assert ssh.is_transient(12, "") and ssh.is_transient(30, "") and ssh.is_transient(35, "") and ssh.is_transient(10, "")
-    assert ssh.is_transient(255, "ssh: connect to host 10.0.0.1 port 22: Connection refused")
-    assert not ssh.is_transient(255, "Host key verification failed.")
-    assert not ssh.is_transient(23, "some files could not be transferred")
-    assert isinstance(ssh.classify(cfg, 255, "Permission denied (publickey)."), ssh.AuthProblem)
-    assert "trust-host" in str(ssh.classify(cfg, 255, "No ED25519 host key is known for x\nHost key verification failed."))
-    assert ssh.classify(cfg, 12, "rsync: connection unexpectedly closed") is None
 
 
 # --- against the real server -------------------------------------------------------------------
@@ -397,16 +389,17 @@ def test_event_clips_are_sent_and_proven_before_any_other_then_the_rest_in_the_c
     cfg_path = upload_config({"upload": {"order": order}})
     stage_events_and_normals(cfg_path)
     monkeypatch.setattr(upload, "ROUND_FILES", 2)
-    send, sends = upload.Uploader.send, []
+    sends = []
 
-    def recorded_send(self, items, *, resume):
-        unproven = [c.source_path for c in self.ledger.files() if c.event and c.state not in ("verified", "pruned")]
-        sends.append(([os.path.basename(i.clip.source_path) for i in items], unproven))
-        return send(self, items, resume=resume)
+    class RecordedSends(rsync.Rsync):
+        def send(self, items, **kw):
+            with Ledger(self.cfg.paths.ledger) as ledger:
+                unproven = [c.source_path for c in ledger.files() if c.event and c.state not in ("verified", "pruned")]
+            sends.append(([os.path.basename(i.clip.source_path) for i in items], unproven))
+            return super().send(items, **kw)
 
-    monkeypatch.setattr(upload.Uploader, "send", recorded_send)
     cfg = config.load(str(cfg_path))
-    summary, _ = run_bounded(cfg)
+    summary, _ = run_bounded(cfg, rsync=RecordedSends(cfg))
 
     assert summary.files == 8 and not summary.problems and not summary.collisions
     if order == "newest-first":
@@ -462,17 +455,17 @@ def test_an_event_clip_staged_while_the_rest_goes_out_is_sent_before_the_next_ro
     cfg_path = upload_config()
     stage_events_and_normals(cfg_path, events=EVENTS[:1], normals=NORMALS)
     monkeypatch.setattr(upload, "ROUND_FILES", 2)
-    send, sends = upload.Uploader.send, []
+    sends = []
 
-    def send_while_the_ingest_stages_an_event(self, items, *, resume):
-        sends.append([os.path.basename(i.clip.source_path) for i in items])
-        if len(sends) == 2:  # the first round of ordinary clips: an ingest stages an event meanwhile
-            stage(cfg_path, "E_LATE.MP4", 50_000, T0 + 999, folder="Event/Front", event=True)
-        return send(self, items, resume=resume)
+    class SendWhileTheIngestStagesAnEvent(rsync.Rsync):
+        def send(self, items, **kw):
+            sends.append([os.path.basename(i.clip.source_path) for i in items])
+            if len(sends) == 2:  # the first round of ordinary clips: an ingest stages an event meanwhile
+                stage(cfg_path, "E_LATE.MP4", 50_000, T0 + 999, folder="Event/Front", event=True)
+            return super().send(items, **kw)
 
-    monkeypatch.setattr(upload.Uploader, "send", send_while_the_ingest_stages_an_event)
     cfg = config.load(str(cfg_path))
-    summary, _ = run_bounded(cfg)
+    summary, _ = run_bounded(cfg, rsync=SendWhileTheIngestStagesAnEvent(cfg))
 
     assert sends == [["E_OLD.MP4"], ["N4.MP4", "N3.MP4"], ["E_LATE.MP4"], ["N2.MP4", "N1.MP4"], ["N0.MP4"]]
     assert summary.files == 7 and not summary.problems
@@ -597,16 +590,15 @@ def test_rounds_are_verified_while_the_next_one_is_sent(upload_config, server, m
         originals[name] = (stage(cfg_path, name, 300_000 + n, mtime).read_bytes(), mtime)
     monkeypatch.setattr(upload, "ROUND_FILES", 2)
     overlapped = []
-    send = upload.Uploader.send
 
-    def watched_send(self, items, *, resume):
-        overlapped.append(any(t.name == "upload-verify" and t.is_alive() for t in threading.enumerate()))
-        return send(self, items, resume=resume)
+    class WatchedSends(rsync.Rsync):
+        def send(self, items, **kw):
+            overlapped.append(any(t.name == "upload-verify" and t.is_alive() for t in threading.enumerate()))
+            return super().send(items, **kw)
 
-    monkeypatch.setattr(upload.Uploader, "send", watched_send)
     cfg = config.load(str(cfg_path))
     with Ledger(cfg.paths.ledger) as ledger:
-        summary = upload.Uploader(cfg, ledger).run()
+        summary = upload.Uploader(cfg, ledger, rsync=WatchedSends(cfg)).run()
         assert {c.state for c in ledger.files()} == {"pruned"} and summary.files == 10
         assert ledger.get_state(upload.IN_FLIGHT_KEY) == []
     assert overlapped == [False, True, True, True, True]    # from the second round on, a verification runs
@@ -622,7 +614,7 @@ def test_a_rounds_checksum_pass_runs_as_two_sessions_at_once(upload_config, serv
     for n in range(4):
         name, mtime = f"CLIP{n:04d}.MP4", T0 + n * 60
         originals[name] = (stage(cfg_path, name, 400_000 + n, mtime).read_bytes(), mtime)
-    real_run = upload.runner.run
+    real_run = runner.run
     passes = []
 
     def run(argv, **kw):
@@ -634,10 +626,9 @@ def test_a_rounds_checksum_pass_runs_as_two_sessions_at_once(upload_config, serv
         finally:
             passes.append((start, time.monotonic()))
 
-    monkeypatch.setattr(upload.runner, "run", run)
     cfg = config.load(str(cfg_path))
     with Ledger(cfg.paths.ledger) as ledger:
-        summary = upload.Uploader(cfg, ledger).run()
+        summary = upload.Uploader(cfg, ledger, rsync=rsync.Rsync(cfg, run=run)).run()
         assert {c.state for c in ledger.files()} == {"pruned"} and summary.files == 4
     assert len(passes) == 2
     assert max(s for s, _ in passes) < min(e for _, e in passes), "the two parts did not overlap"
@@ -654,7 +645,7 @@ def test_a_part_of_the_checksum_pass_refused_by_the_lock_runs_again_after_the_ot
     for n in range(4):
         stage(cfg_path, f"CLIP{n:04d}.MP4", 100_000, T0 + n * 60)
     caplog.set_level(logging.INFO, logger="dashcam.upload")
-    real_run = upload.runner.run
+    real_run = runner.run
     checksum_passes = []
 
     def run(argv, **kw):
@@ -664,9 +655,8 @@ def test_a_part_of_the_checksum_pass_refused_by_the_lock_runs_again_after_the_ot
                 raise refused_by_rrsync(argv)
         return real_run(argv, **kw)
 
-    monkeypatch.setattr(upload.runner, "run", run)
     cfg = config.load(str(cfg_path))
-    summary, uploader = run_bounded(cfg)
+    summary, uploader = run_bounded(cfg, rsync=rsync.Rsync(cfg, run=run))
     assert states(cfg) == {"pruned"} and summary.files == 4
     assert uploader.single_session and "one session at a time" in caplog.text
     assert len(checksum_passes) == 3        # both parts, then the refused one again
@@ -687,7 +677,7 @@ def test_a_key_without_no_lock_gets_one_session_at_a_time_and_everything_verifie
         originals[name] = (stage(cfg_path, name, 200_000 + n, mtime).read_bytes(), mtime)
     monkeypatch.setattr(upload, "ROUND_FILES", 2)
     caplog.set_level(logging.INFO, logger="dashcam.upload")
-    real_run = upload.runner.run
+    real_run = runner.run
     sends, overlapped = [], []
 
     def run(argv, **kw):
@@ -698,9 +688,8 @@ def test_a_key_without_no_lock_gets_one_session_at_a_time_and_everything_verifie
                 raise refused_by_rrsync(argv)
         return real_run(argv, **kw)
 
-    monkeypatch.setattr(upload.runner, "run", run)
     cfg = config.load(str(cfg_path))
-    summary, _ = run_bounded(cfg)
+    summary, _ = run_bounded(cfg, rsync=rsync.Rsync(cfg, run=run))
     assert states(cfg) == {"pruned"} and summary.files == 8
     assert "one session at a time" in caplog.text
     # round 2 was refused once and sent again; rounds 3 and 4 started with no verification running
@@ -739,7 +728,7 @@ def test_a_lock_held_by_no_session_of_ours_is_waited_out_without_spending_a_retr
     cfg_path = upload_config()
     stage(cfg_path, "CLIP0000.MP4", 100_000, T0)
     caplog.set_level(logging.INFO, logger="dashcam.upload")
-    real_run = upload.runner.run
+    real_run = runner.run
     refusals = []
 
     def run(argv, **kw):
@@ -748,13 +737,12 @@ def test_a_lock_held_by_no_session_of_ours_is_waited_out_without_spending_a_retr
             raise refused_by_rrsync(argv)
         return real_run(argv, **kw)
 
-    monkeypatch.setattr(upload.runner, "run", run)
     slept = []
     cfg = config.load(str(cfg_path))
-    summary, _ = run_bounded(cfg, sleep=slept.append)
+    summary, _ = run_bounded(cfg, rsync=rsync.Rsync(cfg, sleep=slept.append, run=run))
     with Ledger(cfg.paths.ledger) as ledger:
         assert summary.files == 1 and {c.state for c in ledger.files()} == {"pruned"}
-    assert len(slept) == 2 and all(0 < d <= upload.LOCK_RETRY_MAX for d in slept)
+    assert len(slept) == 2 and all(0 < d <= rsync.LOCK_RETRY_MAX for d in slept)
     assert "busy with a session that is not ours" in caplog.text
 
 
@@ -765,11 +753,10 @@ def test_a_lock_that_stays_taken_ends_the_run_as_busy_not_failed(upload_config, 
     def run(argv, **kw):
         raise refused_by_rrsync(argv)
 
-    monkeypatch.setattr(upload.runner, "run", run)
     slept = []
     cfg = config.load(str(cfg_path))
     with pytest.raises(upload.ServerBusy) as busy:
-        upload.upload(cfg, sleep=slept.append)
+        upload.upload(cfg, rsync=rsync.Rsync(cfg, sleep=slept.append, run=run))
     assert isinstance(busy.value, TryLater) and "not ours" in str(busy.value)
     with Ledger(cfg.paths.ledger) as ledger:
         assert {c.state for c in ledger.files()} == {"staged"}
@@ -778,28 +765,18 @@ def test_a_lock_that_stays_taken_ends_the_run_as_busy_not_failed(upload_config, 
         # refused sessions wrote nothing: no clip is held for them
         assert ledger.get_state(upload.HOLD_KEY) is None
     # waited about io_timeout + the grace, then gave up
-    assert cfg.upload.io_timeout + upload.LOCK_GRACE <= sum(max(d, 1.0) for d in slept) <= \
-        cfg.upload.io_timeout + upload.LOCK_GRACE + upload.LOCK_RETRY_MAX
+    assert cfg.upload.io_timeout + rsync.LOCK_GRACE <= sum(max(d, 1.0) for d in slept) <= \
+        cfg.upload.io_timeout + rsync.LOCK_GRACE + rsync.LOCK_RETRY_MAX
 
 
 def test_when_a_later_round_fails_the_rounds_before_it_are_still_recorded(upload_config, server, monkeypatch):
     cfg_path = upload_config()
     paths = [stage(cfg_path, f"CLIP{n:04d}.MP4", 100_000, T0 + n * 60) for n in range(4)]
     monkeypatch.setattr(upload, "ROUND_FILES", 2)
-    send = upload.Uploader.send
-    calls = []
-
-    def failing_second_send(self, items, *, resume):
-        calls.append(len(items))
-        if len(calls) == 2:
-            raise upload.UploadFailed("sending failed: the link went down", transient=True)
-        return send(self, items, resume=resume)
-
-    monkeypatch.setattr(upload.Uploader, "send", failing_second_send)
     cfg = config.load(str(cfg_path))
     with Ledger(cfg.paths.ledger) as ledger:
         with pytest.raises(upload.UploadFailed):
-            upload.Uploader(cfg, ledger).run()
+            upload.Uploader(cfg, ledger, rsync=FailingSecondSend(cfg)).run()
         states = {c.source_path: c.state for c in ledger.files()}
     # round 1 (the newest two) was proven on the server while round 2 failed: pruned; round 2
     # untouched, staged
@@ -925,20 +902,20 @@ def test_a_checksum_pass_that_ran_inside_a_hold_proves_nothing_even_when_recorde
     cfg_path = upload_config({"upload": {"cut_session_seconds": 100}})
     clip = stage(cfg_path, "LATE.MP4", 100_000, T0)
     now = [time.time()]
-    send, checksums = upload.Uploader.send, upload.Uploader.checksums_on_server
 
-    def send_cut_then_retried(self, items, *, resume):
-        send(self, items, resume=resume)
-        self.hold([i.remote for i in items], "sending was cut off")  # as a retry after a cut leaves it
+    class SendCutThenRetriedAndALongPass(rsync.Rsync):
+        def send(self, items, *, cut, **kw):
+            out = super().send(items, cut=cut, **kw)
+            cut([i.remote for i in items], "sending was cut off")  # as a retry after a cut leaves it
+            return out
 
-    def long_pass(self, items):
-        out = checksums(self, items)  # identical: the retry completed the file
-        now[0] += 150  # the hold ends while the pass (or the next round's send) is on
-        return out
+        def checksums(self, items):
+            out = super().checksums(items)  # identical: the retry completed the file
+            now[0] += 150  # the hold ends while the pass (or the next round's send) is on
+            return out
 
-    monkeypatch.setattr(upload.Uploader, "send", send_cut_then_retried)
-    monkeypatch.setattr(upload.Uploader, "checksums_on_server", long_pass)
-    summary, _ = run_bounded(config.load(str(cfg_path)), clock=lambda: now[0])
+    cfg = config.load(str(cfg_path))
+    summary, _ = run_bounded(cfg, clock=lambda: now[0], rsync=SendCutThenRetriedAndALongPass(cfg))
 
     # the cut session could have ended, and overwritten the file, after that pass had read it
     rows, _ = clips(cfg_path)
@@ -1120,6 +1097,29 @@ def test_dry_run_changes_nothing(upload_config, server, dashcamctl):
     assert clips(cfg_path)[0]["Normal/D.MP4"].state == "staged"
 
 
+def tree(path: Path):
+    return sorted(p.relative_to(path) for p in path.rglob("*")) if path.exists() else None
+
+
+def test_a_dry_run_on_a_fresh_machine_creates_nothing_no_ledger_no_lock_no_folder(upload_config, dashcamctl, tmp_path):
+    cfg_path = upload_config()
+    res = dashcamctl("--config", str(cfg_path), "--dry-run", "upload")
+    assert res.returncode == 0, res.stderr
+    assert "nothing to upload" in res.stderr
+    assert not (tmp_path / "state").exists() and not (tmp_path / "staging").exists()
+
+
+def test_a_dry_run_with_a_ledger_leaves_the_state_and_staging_as_they_were(upload_config, server, dashcamctl, tmp_path):
+    cfg_path = upload_config()
+    stage(cfg_path, "E.MP4", 10_000, T0)
+    before = tree(tmp_path / "state"), tree(tmp_path / "staging")
+    res = dashcamctl("--config", str(cfg_path), "--dry-run", "upload")
+    assert res.returncode == 0, res.stderr
+    assert "would upload" in res.stderr
+    assert (tree(tmp_path / "state"), tree(tmp_path / "staging")) == before
+    assert not (tmp_path / "state" / "upload.lock").exists()
+
+
 # --- onboarding --------------------------------------------------------------------------------
 
 
@@ -1263,49 +1263,22 @@ def test_a_clip_with_an_odd_name_beside_a_plain_one(upload_config, server, kind)
     assert not odd.exists() and not plain.exists() and summary.files == 2
 
 
-def test_rsync_escapes_are_undone_byte_for_byte():
-    assert upload.unescape("cam/a\\#134#101.MP4") == "cam/a\\#101.MP4"
-    assert upload.unescape("a\\#101.MP4") == "aA.MP4"                 # what the old parser missed
-    assert upload.unescape("cr\\#015lf\\#012esc\\#033.MP4") == "cr\rlf\nesc\x1b.MP4"
-    assert upload.unescape("tab\there \\#12x \\#9999") == "tab\there \\#12x \\#9999"   # not escapes
-    assert upload.unescape("bad\\#377\\#376.MP4") == os.fsdecode(b"bad\xff\xfe.MP4")
-    assert upload.unescape("Ünï.MP4") == "Ünï.MP4"
-    assert upload.unescape("no\\#777") is None                          # no byte: not rsync's
-
-
-def test_itemized_output_names_every_file_and_only_a_dot_f_proves_identical():
-    out = (".d          cam/\n.f          cam/a\\#134#101.MP4\n<fcsT...... cam/b.MP4\n"
-           "<f+++++++++ cam/lf\\#012x.MP4\ncreated directory /proc/self/fd/3/footage\n"
-           ".f          cam/tab\tname \n*deleting   cam/gone.MP4\n")
-    answer = upload.parse_itemized(out)
-    assert answer == {"cam/a\\#101.MP4": ".f         ", "cam/b.MP4": "<fcsT......", "cam/lf\nx.MP4": "<f+++++++++",
-                      "cam/tab\tname ": ".f         "}
-    assert [n for n, c in answer.items() if upload.identical(c)] == ["cam/a\\#101.MP4", "cam/tab\tname "]
-    assert not upload.identical(None) and not upload.identical(upload.UNCLEAR)
-    # the same name given twice with different codes proves nothing
-    assert upload.parse_itemized(".f          x\n<fc........ x\n") == {"x": upload.UNCLEAR}
-
-
 def test_an_answer_that_does_not_name_a_clip_leaves_it_unverified(upload_config, server, monkeypatch):
     """Silence is not proof: a checksum pass whose answer leaves a clip out (here: rsync's output
     cut to nothing) marks nothing verified; the clip stays in staging and goes next run."""
     cfg_path = upload_config()
     clip = stage(cfg_path, "SILENT.MP4", 20_000, T0)
-    real_run = upload.runner.run
-
     def run(argv, **kw):
-        res = real_run(argv, **kw)
+        res = runner.run(argv, **kw)
         if "--checksum" in argv:
-            return upload.runner.Result(res.argv, res.returncode, "", res.stderr)
+            return runner.Result(res.argv, res.returncode, "", res.stderr)
         return res
 
-    monkeypatch.setattr(upload.runner, "run", run)
     cfg = config.load(str(cfg_path))
-    summary, _ = run_bounded(cfg)
+    summary, _ = run_bounded(cfg, rsync=rsync.Rsync(cfg, run=run))
     rows, _ = clips(cfg_path)
     assert rows["Normal/SILENT.MP4"].state == "uploaded" and clip.exists() and summary.files == 0
     assert "does not name" in summary.problems[0] and "does not name" in rows["Normal/SILENT.MP4"].reason
-    monkeypatch.setattr(upload.runner, "run", real_run)
     summary, _ = run_bounded(cfg)
     assert assert_ledger_promises_hold(cfg, server) == 1 and not clip.exists()
 
@@ -1313,17 +1286,14 @@ def test_an_answer_that_does_not_name_a_clip_leaves_it_unverified(upload_config,
 def test_a_listing_that_does_not_name_a_clip_counts_it_as_missing(upload_config, server, monkeypatch):
     cfg_path = upload_config()
     stage(cfg_path, "UNLISTED.MP4", 20_000, T0)
-    real_run = upload.runner.run
-
     def run(argv, **kw):
-        res = real_run(argv, **kw)
+        res = runner.run(argv, **kw)
         if "--dry-run" in argv and "--checksum" not in argv:
-            return upload.runner.Result(res.argv, res.returncode, "", res.stderr)
+            return runner.Result(res.argv, res.returncode, "", res.stderr)
         return res
 
-    monkeypatch.setattr(upload.runner, "run", run)
     cfg = config.load(str(cfg_path))
-    summary, _ = run_bounded(cfg)
+    summary, _ = run_bounded(cfg, rsync=rsync.Rsync(cfg, run=run))
     assert summary.files == 1 and assert_ledger_promises_hold(cfg, server) == 1
     with Ledger(cfg.paths.ledger) as ledger:     # sent, but never taken for our own partial file
         assert ledger.get_state(upload.IN_FLIGHT_KEY) == []
@@ -1347,16 +1317,17 @@ def test_invalid_utf8_names_go_through_the_transfer_byte_exact(upload_config, se
                            verified_at=None, pruned_at=None, updated_at=0.0)
         items.append(upload.Item(clip, f"{CAMERA}/{name}", os.fsdecode(local)))
     with Ledger(cfg.paths.ledger) as ledger:
-        uploader = upload.Uploader(cfg, ledger)
+        tool = rsync.Rsync(cfg)
+        uploader = upload.Uploader(cfg, ledger, rsync=tool)
         try:
-            uploader.build_tree(items)
+            tool.link(items)
             missing, said = uploader.missing_on_server(items)
             assert missing == said == {i.remote for i in items}
             uploader.send(items, resume=False)
-            answer = uploader.checksums_on_server(items)
+            answer = tool.checksums(items)
         finally:
-            uploader.clean()
-    assert all(upload.identical(answer[i.remote]) for i in items), answer
+            tool.clean()
+    assert all(rsync.identical(answer[i.remote]) for i in items), answer
     for item in items:
         assert sha256_of(server_file(server, item.remote)) == item.clip.sha256
 
@@ -1497,18 +1468,6 @@ def test_a_read_only_server_filesystem_is_said_as_such(server_on, dashcamctl):
     assert assert_ledger_promises_hold(config.load(str(cfg_path)), srv) == 0
 
 
-def test_receiver_errors_and_sshs_own_refusal_are_told_apart(make_config):
-    cfg = config.load(str(make_config()))
-    auth = ssh.classify(cfg, 255, "dashcam@srv: Permission denied (publickey).\r\nrsync: connection unexpectedly closed")
-    assert isinstance(auth, ssh.AuthProblem) and "refused the key" in str(auth)
-    for errno_, said in (("13", "may not write"), ("28", "is full"), ("122", "is full"), ("30", "read-only")):
-        stderr = (f'rsync: [receiver] mkstemp "/proc/self/fd/3/footage/c/.a.MP4.Xy12Ab" failed: Something ({errno_})\n'
-                  "rsync error: some files/attrs were not transferred (code 23) at main.c(1338) [sender=3.2.7]\n")
-        problem = ssh.classify(cfg, 23, stderr)
-        assert isinstance(problem, ssh.ServerCannotWrite) and said in str(problem), errno_
-        assert "/proc/self/fd" not in str(problem) and 'mkstemp "footage/c/.a.MP4.Xy12Ab"' in str(problem)
-
-
 def test_the_ledgers_promises_hold_after_a_failed_a_cut_and_a_good_run(upload_config, server, monkeypatch, dashcamctl):
     """The invariant after each kind of run, over every odd name: a run whose second round fails,
     a run whose connection is cut mid-send, then the run that completes."""
@@ -1520,17 +1479,8 @@ def test_the_ledgers_promises_hold_after_a_failed_a_cut_and_a_good_run(upload_co
 
     # 1. the second round's send fails
     monkeypatch.setattr(upload, "ROUND_FILES", 5)
-    send, calls = upload.Uploader.send, []
-
-    def failing_second_send(self, items, *, resume):
-        calls.append(len(items))
-        if len(calls) == 2:
-            raise upload.UploadFailed("sending failed: the link went down", transient=True)
-        return send(self, items, resume=resume)
-
-    monkeypatch.setattr(upload.Uploader, "send", failing_second_send)
     with pytest.raises(upload.UploadFailed):
-        run_bounded(cfg)
+        run_bounded(cfg, rsync=FailingSecondSend(cfg))
     assert assert_ledger_promises_hold(cfg, server) == 5
     monkeypatch.undo()
 
@@ -1623,6 +1573,22 @@ def test_a_host_that_looks_like_an_option_never_reaches_ssh_as_one(make_config, 
         ssh.scan_host_keys(cfg)
     assert f" -- '-oProxyCommand=touch {ran}'" in caplog.text      # the command as it was run
     with pytest.raises(upload.DashcamError) as refused:
-        upload.Uploader(cfg, None).destination()      # every rsync and ssh -O exit is given this
+        rsync.Rsync(cfg).destination()      # every rsync and ssh -O exit is given this
     assert "may not start with '-'" in str(refused.value)
     assert not ran.exists()
+
+
+def test_the_last_upload_record_reads_what_the_upload_wrote_and_nothing_it_did_not(upload_config, server):
+    cfg_path = upload_config()
+    stage(cfg_path, "ONE.MP4", 20_000, T0)
+    cfg = config.load(str(cfg_path))
+    upload.upload(cfg)
+    with Ledger(cfg.paths.ledger) as ledger:
+        raw, last = ledger.get_state(records.LAST_UPLOAD_KEY), upload.LastUpload.read(ledger)
+    assert last.asdict() == raw and (last.result, last.files, last.bytes) == ("ok", 1, 20_000)
+    # a damaged or hand-edited ledger: no record, or one with nothing made up
+    assert upload.LastUpload.parse(None) is None and upload.LastUpload.parse([1]) is None
+    assert upload.LastUpload.parse({"result": 3}) is None
+    odd = upload.LastUpload.parse({"result": "failed", "files": "many", "wall": float("nan"), "reason": 7,
+                                   "collisions": "x", "held_until": True})
+    assert (odd.result, odd.files, odd.wall, odd.reason, odd.collisions, odd.held_until) == ("failed", 0, 0.0, None, [], 0.0)

@@ -353,11 +353,8 @@ def _set_mode_scripts(cfg, mode: str, dry_run: bool) -> None:
         raise CameraError(f"camera {mode}: {script} succeeded, but the camera reads back as {found}, expected {mode}")
 
 
-def mode_command(args) -> int:
+def mode_command(args, cfg) -> int:
     """dashcamctl mode record|data|off: switch, confirm, say what the camera is now."""
-    from .commands import load_config
-
-    cfg = load_config(args)
     set_mode(cfg, args.mode, dry_run=args.dry_run)
     print(f"camera: {args.mode}" + (" (dry run: nothing switched)" if args.dry_run else ""))
     return 0

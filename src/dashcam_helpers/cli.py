@@ -6,36 +6,48 @@ modules are imported only when chosen, so a policy tick does not pay for ingest 
 
 from __future__ import annotations
 
-import json
+import os
 import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
     import argparse
-    from typing import Callable, Dict, List, Optional, Tuple
+    from typing import Any, Callable, Dict, List, Optional, Tuple
+
+    from .config import Config
 
 from . import __version__
-from .errors import EX_CONFIG, EX_FAILURE, DashcamError
+from .errors import EX_CONFIG, EX_FAILURE, EX_OK, DashcamError
 from .log import get as get_logger
+from .strictjson import dumps
 
 log = get_logger("dashcam")
 
-# subcommand -> (module, function, one-line help). Each function takes (args) and returns an exit code.
-COMMANDS: Dict[str, Tuple[str, str, str]] = {
-    "check-config": ("commands", "check_config", "validate a configuration file, print every problem"),
-    "files": ("commands", "files", "list the footage ledger"),
-    "status": ("status", "status", "battery, power source, camera mode and attachment"),
-    "mode": ("camera", "mode_command", "switch the camera to record, data or off, and confirm it took"),
-    "match": ("device", "match_command", "exit 0 if a block device is the configured camera, 1 if not, 255 if it cannot tell (broken config)"),
-    "mqtt-publish": ("mqtt", "command", "publish the current status to MQTT / Home Assistant once, and report how it went"),
-    "policy": ("policy", "command", "one tick of the battery policy: decide the camera mode, start the upload, shut down when low"),
-    "policy-interval": ("policy_timer", "command", "how often the battery policy ticks: set it (a correct drop-in on dashcam-policy.timer), --show it, --reset it"),
-    "upload": ("upload", "cmd_upload", "upload staged footage to the server, verify it, then free staging"),
-    "keygen": ("upload", "cmd_keygen", "create the upload ssh key, print the server's authorized_keys line"),
-    "trust-host": ("upload", "cmd_trust_host", "fetch the server's host key, show its fingerprint, pin it"),
-    "ingest": ("ingest", "command", "copy new footage from the camera (or a directory) into staging"),
-    "boot": ("ignition", "boot_command", "at power-on: camera to record on external power, else off (start disconnected)"),
-    "doctor": ("doctor", "doctor_command", "check the whole chain (config, tools, battery, USB, camera, staging, server, systemd) and say what to fix"),
-    "watch": ("ignition", "watch_command", "while the camera is not recording: back to record when the engine starts or the car leaves"),
+# subcommand -> (module, function, given, one-line help). A function returns its exit code, or
+# (exit code, document): the document is what --json prints (the command prints its text only without
+# --json). `given` is what the function takes besides args:
+#   "config"  the configuration (--config, $DASHCAM_CONFIG or /etc/dashcam/config.yaml) loaded here:
+#             a broken one ends the run with every problem printed and exit 78
+#   "cached"  the same through the JSON cache in $CACHE_DIRECTORY (config.load_cached): a tick every
+#             30 s on battery parses no YAML
+#   "loader"  load_config itself: the command answers a broken configuration its own way (match
+#             exits 255, policy-interval only leaves out a note, keygen first checks its argument)
+#   None      nothing: the command reads the file itself (check-config names it, doctor checks it)
+COMMANDS: Dict[str, Tuple[str, str, Optional[str], str]] = {
+    "check-config": ("cli", "check_config", None, "validate a configuration file, print every problem"),
+    "files": ("files", "files", "config", "list the footage ledger"),
+    "status": ("status", "status", "config", "battery, power source, camera mode and attachment"),
+    "mode": ("camera", "mode_command", "config", "switch the camera to record, data or off, and confirm it took"),
+    "match": ("device", "match_command", "loader", "exit 0 if a block device is the configured camera, 1 if not, 255 if it cannot tell (broken config)"),
+    "mqtt-publish": ("mqtt", "command", "config", "publish the current status to MQTT / Home Assistant once, and report how it went"),
+    "policy": ("tick", "command", "cached", "one tick of the battery policy: decide the camera mode, start the upload, shut down when low"),
+    "policy-interval": ("policy_timer", "command", "loader", "how often the battery policy ticks: set it (a correct drop-in on dashcam-policy.timer), --show it, --reset it"),
+    "upload": ("upload", "cmd_upload", "config", "upload staged footage to the server, verify it, then free staging"),
+    "keygen": ("ssh", "cmd_keygen", "loader", "create the upload ssh key, print the server's authorized_keys line"),
+    "trust-host": ("ssh", "cmd_trust_host", "config", "fetch the server's host key, show its fingerprint, pin it"),
+    "ingest": ("ingest", "command", "config", "copy new footage from the camera (or a directory) into staging"),
+    "boot": ("ignition", "boot_command", "config", "at power-on: camera to record on external power, else off (start disconnected)"),
+    "doctor": ("doctor", "doctor_command", None, "check the whole chain (config, tools, battery, USB, camera, staging, server, systemd) and say what to fix"),
+    "watch": ("ignition", "watch_command", "cached", "while the camera is not recording: back to record when the engine starts or the car leaves"),
 }
 
 
@@ -63,14 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     def add(name: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=COMMANDS[name][2], description=COMMANDS[name][2])
+        return sub.add_parser(name, help=COMMANDS[name][3], description=COMMANDS[name][3])
 
     p = add("check-config")
     p.add_argument("file", nargs="?", help="file to check (default: the --config file)")
     _add_json(p)
 
     p = add("files")
-    p.add_argument("--state", choices=("seen", "staged", "uploaded", "verified", "pruned", "failed"))
+    p.add_argument("--state", choices=("staged", "uploaded", "verified", "pruned", "failed"))
     _add_json(p)
 
     p = add("status")
@@ -173,8 +185,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from . import log as logsetup
 
     logsetup.setup(args.verbose)
-    module_name, func_name, _ = COMMANDS[args.command]
-    func: Callable[[argparse.Namespace], int] = getattr(
+    module_name, func_name, given, _ = COMMANDS[args.command]
+    func: Callable[..., Any] = getattr(
         # __import__, not importlib.import_module: the importlib package (and warnings) is not
         # loaded at startup, and every policy tick would pay for it
         __import__(f"{__package__}.{module_name}", fromlist=[func_name]), func_name
@@ -182,7 +194,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .config import ConfigError
 
     try:
-        return int(func(args) or 0)
+        if given is None:
+            result = func(args)
+        elif given == "loader":
+            result = func(args, load_config)
+        else:
+            result = func(args, load_config(args, cached=given == "cached"))
+        if isinstance(result, tuple):
+            result, document = result
+            if getattr(args, "json", False):
+                print_json(document)
+        return int(result or 0)
     except ConfigError as e:
         for problem in e.problems:
             print(f"{e.path}: {problem}", file=sys.stderr)
@@ -200,36 +222,35 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EX_FAILURE
 
 
-# json_safe() cuts structures deeper than this: json.dumps would raise RecursionError near 1000
-JSON_MAX_DEPTH = 64
+def load_config(args: argparse.Namespace, cached: bool = False) -> Config:
+    """The configuration chosen by --config / DASHCAM_CONFIG, with its warnings logged. ``cached``:
+    through the JSON cache in $CACHE_DIRECTORY (the units of the policy tick and the watch give one)."""
+    from . import config
 
-
-def json_safe(value, depth: int = 0):
-    """``value`` as strict JSON can carry it: NaN and ±Infinity become None (JSON null, "unknown"),
-    tuples and sets lists, keys text, anything else its str(), anything deeper than JSON_MAX_DEPTH
-    a marker. What a tool printed reaches status --json and MQTT; the output must stay valid JSON."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if value - value == 0.0 else None  # NaN - NaN and inf - inf are NaN
-    if depth >= JSON_MAX_DEPTH:
-        return "<nested too deep>"
-    if isinstance(value, dict):
-        return {k if isinstance(k, str) else str(k): json_safe(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [json_safe(v, depth + 1) for v in value]
-    return str(value)
-
-
-def dumps(data, **kwargs) -> str:
-    """json.dumps of json_safe(data), never NaN or Infinity (allow_nan=False)."""
-    return json.dumps(json_safe(data), allow_nan=False, **kwargs)
+    if cached:
+        cfg = config.load_cached(args.config, os.environ.get("CACHE_DIRECTORY"))
+    else:
+        cfg = config.load(args.config)
+    for warning in cfg.warnings:
+        get_logger("dashcam.config").warning("%s: %s", cfg.path, warning)
+    return cfg
 
 
 def print_json(data) -> None:
     sys.stdout.write(dumps(data, indent=2, sort_keys=True))
     sys.stdout.write("\n")
 
+
+def check_config(args: argparse.Namespace) -> Tuple[int, Dict[str, Any]]:
+    """dashcamctl check-config [FILE]: every problem of the file (exit 78), or ok and its warnings."""
+    from . import config
+
+    cfg = config.load(args.file or args.config)  # ConfigError -> every problem printed, exit 78 (main)
+    if not args.json:
+        for warning in cfg.warnings:
+            print(f"{cfg.path}: warning: {warning}", file=sys.stderr)
+        print(f"{cfg.path}: ok")
+    return EX_OK, {"path": cfg.path, "ok": True, "warnings": list(cfg.warnings), "config": config.as_dict(cfg)}
 
 if __name__ == "__main__":
     sys.exit(main())

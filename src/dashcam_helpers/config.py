@@ -33,7 +33,6 @@ class ConfigError(Exception):
 class Paths(Record):
     local_staging: str
     state_dir: str
-    log_path: Optional[str]
 
     @property
     def ready(self) -> str:
@@ -138,7 +137,6 @@ class Budget(Record):
 
 
 class Poll(Record):
-    interval_seconds: Optional[int]
     mount_timeout_seconds: int
     upload_retries: int
 
@@ -403,7 +401,7 @@ def _check_glob(key: str, value: str, problems: List[str]) -> Optional[str]:
     """A footage glob that compiles as ingest compiles it ("[z-a]" does not)."""
     if "[" not in value:  # only a bracket expression can fail to compile: the usual globs cost nothing
         return value
-    from .ingest import glob_regex  # heavy (ingest's imports): only for a glob with brackets
+    from .footage import glob_regex  # only for a glob with brackets
 
     try:
         glob_regex(value)
@@ -449,10 +447,13 @@ def validate(raw: Any, path: str = "<config>") -> Config:
         values: Dict[str, Any] = {}
         for key, spec in keys.items():
             dotted = f"{section}.{key}"
+            if "replaced_by" in spec:  # accepted, checked and warned about; kept nowhere
+                if key in given:
+                    _check_value(dotted, given[key], spec, problems)
+                    warnings.append(f"{dotted}: no longer used; replaced by {spec['replaced_by']}")
+                continue
             if key in given:
                 values[key] = _check_value(dotted, given[key], spec, problems)
-                if "replaced_by" in spec:
-                    warnings.append(f"{dotted}: no longer used; replaced by {spec['replaced_by']}")
             elif spec.get("required"):
                 problems.append(f"{dotted}: required ({spec['doc']})")
                 values[key] = None

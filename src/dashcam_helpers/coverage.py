@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # annotations only: the policy tick imports this module
     from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .record import Record
+from .records import LastUpload
 from .log import get as get_logger
 
 log = get_logger("dashcam.coverage")
@@ -159,7 +160,7 @@ def place(windows: Sequence[Window], now: Now) -> Tuple[List[Tuple[float, float]
 def name_time(name: str) -> Optional[float]:
     """The recording start in a camera's file name (2026_1129_053712_013F.MP4, the ingest's
     NAME_STAMP), as seconds since 1970 on the camera's clock; None when there is none or it is no time."""
-    from .ingest import EPOCH, name_stamp  # only ever called by an ingest: no cost to the policy tick
+    from .footage import EPOCH, name_stamp  # only ever called by an ingest: no cost to the policy tick
 
     stamp = name_stamp(name)
     return None if stamp is None else (stamp - EPOCH).total_seconds()
@@ -526,7 +527,7 @@ def facts(ledger, cfg, wall: Optional[float] = None) -> Dict[str, Any]:
     unknown = not (isinstance(checked, (int, float)) and checked >= PLAUSIBLE_WALL)
     lost = db.losses_since(since, unknown)
     damaged = db.damaged_since(since, unknown)
-    refused = db.db.execute("SELECT COUNT(*) FROM footage WHERE state = 'failed' AND reason LIKE 'refused:%'").fetchone()[0]
+    refused = db.refused_count()
     footage: Dict[str, Any] = {
         "lost_minutes_7d": round(sum(r["seconds"] for r in lost) / 60),
         "losses_7d": len(lost),
@@ -558,11 +559,11 @@ def _clips(n: int, what: str = "clip") -> str:
 
 def _upload_failing(db, cfg, wall: float) -> Optional[str]:
     """The last upload failed and a clip has waited for the server longer than upload.alert_hours."""
-    last = db.get_state("last_upload")
-    if not isinstance(last, dict) or last.get("result") != "failed":
+    last = LastUpload.read(db)
+    if last is None or last.result != "failed":
         return None
-    oldest = db.db.execute("SELECT MIN(staged_at) FROM footage WHERE state IN ('staged', 'uploaded')").fetchone()[0]
+    oldest = db.backlog_detail()[3]  # the earliest staged_at not yet verified
     hours = cfg.upload.alert_hours
     if oldest is None or wall - oldest < hours * 3600:
         return None
-    return f"upload failing, clips waiting for more than {hours} h: {last.get('reason') or 'see journalctl -t dashcam'}"
+    return f"upload failing, clips waiting for more than {hours} h: {last.reason or 'see journalctl -t dashcam'}"

@@ -200,12 +200,11 @@ def wait_for_camera(cfg, timeout: float, *, monitor=None, context=None, clock=ti
 EX_CONDITION_FAILED = 255
 
 
-def match_command(args) -> int:
+def match_command(args, load_config) -> int:
     """dashcamctl match DEVNAME: exit 0 when it is the configured camera, 1 when it is not,
     255 when that cannot be told (broken configuration, an error)."""
     import sys
 
-    from .commands import load_config
     from .config import ConfigError
 
     try:

@@ -132,8 +132,8 @@ def watch(cfg, facts, actions, *, ledger_open: Callable[[], Any], lock: Callable
     """Watch until the camera records. Returns what it did when it put the camera back to record
     (kind, message, seconds), None when the camera went back to record otherwise.
 
-    ``facts``: battery(), camera_mode(), server_reachable() (policy.SystemFacts);
-    ``actions``: stop_units(units), set_camera(mode) (policy.SystemActions); ``ledger_open()``:
+    ``facts``: battery(), camera_mode(), server_reachable() (world.SystemFacts);
+    ``actions``: stop_units(units), set_camera(mode) (world.SystemActions); ``ledger_open()``:
     a Ledger context manager. ``last_external``: the power source the last policy tick saw (the
     engine may have started between that tick and the watcher's first reading)."""
     mode = facts.camera_mode()
@@ -217,16 +217,14 @@ def _back_to_record(cfg, facts, actions, kind, mode, seen, ledger_open, lock, cl
 PROBE_TIMEOUT = 1.0  # seconds: the car leaving is a server that does not answer within one poll
 
 
-def watch_command(args) -> int:
+def watch_command(args, cfg) -> int:
     """dashcamctl watch: until the camera records, put it back to record when the engine starts or the car leaves."""
-    from . import config
     from .ledger import Ledger
-    from .policy import SystemActions, SystemFacts
+    from .policy import read_state
+    from .world import SystemActions, SystemFacts
 
-    cfg = config.load_cached(args.config, os.environ.get("CACHE_DIRECTORY"))
     with Ledger(cfg.paths.ledger) as ledger:
-        st = ledger.get_state("policy")
-    seen = st.get("last_external") if isinstance(st, dict) else None
+        seen = read_state(ledger).last_external
     log.info("ignition watch: the camera is not recording; watching the power source every %.0f s", POLL)
     class Facts(SystemFacts):
         def server_reachable(self) -> bool:
@@ -239,7 +237,7 @@ def watch_command(args) -> int:
                 return False
 
     done = watch(cfg, Facts(cfg), SystemActions(cfg, args.dry_run),
-                 ledger_open=lambda: Ledger(cfg.paths.ledger), last_external=seen if isinstance(seen, bool) else None)
+                 ledger_open=lambda: Ledger(cfg.paths.ledger), last_external=seen)
     if done is None:
         log.info("ignition watch: the camera records; watch ended")
         return 0
@@ -260,13 +258,11 @@ def boot_mode(reading) -> Tuple[str, str]:
     return "off", f"{power} at boot: the camera starts disconnected; the policy decides"
 
 
-def boot_command(args) -> int:
+def boot_command(args, cfg) -> int:
     """dashcamctl boot: the camera's mode at power-on, from one battery read."""
     from . import battery, camera
     from .camera import CameraError
-    from .commands import load_config
 
-    cfg = load_config(args)
     reading = battery.read(cfg)
     mode, why = boot_mode(reading)
     log.info("boot: %s", why, extra={"DASHCAM_CAMERA_TARGET": mode})
@@ -287,9 +283,9 @@ def boot_command(args) -> int:
             time.sleep(1)
     print(f"camera: {mode} ({why})" + (" (dry run: nothing switched)" if args.dry_run else ""))
     if mode == "off" and not args.dry_run:
-        from . import runner
         from .policy import WATCH_UNIT
+        from .systemd import Systemctl
 
         # the engine may start before the policy's first tick
-        runner.run(["systemctl", "start", "--no-block", WATCH_UNIT], timeout=30, check=False)
+        Systemctl().start(WATCH_UNIT, check=False)
     return 0

@@ -3,41 +3,42 @@
 A row is keyed by (camera, path on the card, size, mtime): a loop-recording camera that
 reuses a name writes a new size or mtime, hence a new row. States only move forward:
 
-    seen -> staged -> uploaded -> verified -> pruned        (failed: a read error, retried later)
+    staged -> uploaded -> verified -> pruned        (failed: a read error, retried later)
 
 Every transition is a committed transaction made *after* the bytes it describes are
 durable, so a crash anywhere restarts from the ledger with nothing lost or done twice.
 The same database keeps the small state the policy needs between ticks (battery
 readings, last transitions): nothing is kept in ad-hoc text files.
 
-A damaged ledger (SQLite says "not a database" or "malformed") is never replaced by a
-fresh empty one: that would forget every clip and ingest, upload and duplicate them all
-again. It is moved aside as ``ledger.sqlite3.damaged-<UTC time>`` and a marker file
-``ledger.sqlite3.DAMAGED`` says where and why; while the marker exists, opening the
-ledger raises LedgerDamaged, so ingest and upload refuse with that message (they are
-the ones that would duplicate clips) and ``dashcamctl status`` shows it. A person
-restores the ledger (README, "A damaged ledger") and deletes the marker.
-
-The policy tick must power the Pi off before the battery is empty whatever the ledger
-does, so it opens the ledger through TickLedger: when the database cannot be read or
-written (damaged, locked, a read-only directory), the tick's readings and state go to a
-small fallback file for this boot (FALLBACK_NAME) and the tick goes on.
+This module is the schema (MIGRATIONS) and every SQL statement the program runs. The file
+on disk (no links followed, its owner and mode, a damaged one set aside) is ledger_file.py;
+the policy tick's ledger that survives a broken database is tick_ledger.py.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import sqlite3
-import stat
 import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
     from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
-from .cli import dumps  # strict JSON: a NaN from a tool is stored as null, never as NaN
-from .errors import DashcamError
+from .strictjson import dumps  # strict JSON: a NaN from a tool is stored as null, never as NaN
+from .ledger_file import (
+    LedgerDamaged,
+    LedgerError,
+    damage_marker,
+    damage_message,
+    directory_owner,
+    give_fd_to,
+    is_damage,
+    lchown_to,
+    open_or_create,
+    refuse_link,
+    set_aside,
+)
 from .log import get as get_logger
 from .record import Record
 
@@ -65,11 +66,11 @@ class _Transaction:
 # ledger state the upload writes ({"until": the last end, "names": {name: end}}) and status
 # reads: names a cut session on the server may still write, and until when (upload.py, "A cut send")
 UPLOAD_HOLD_KEY = "upload_hold"
-STATES = ("seen", "staged", "uploaded", "verified", "pruned", "failed")
+STATES = ("staged", "uploaded", "verified", "pruned", "failed")
 
-# which state may follow which: forward only; a failed read may be retried
+# which state may follow which: forward only; a failed read may be retried. (The schema's CHECK
+# still allows 'seen', a state no release ever wrote: the first migration stays as it shipped.)
 TRANSITIONS = {
-    "seen": {"staged", "failed"},
     "failed": {"staged", "failed"},
     "staged": {"uploaded", "verified"},
     "uploaded": {"verified"},
@@ -155,168 +156,6 @@ MIGRATIONS: Sequence[str] = (
 )
 
 
-class LedgerError(DashcamError):
-    """A ledger that cannot be opened or a transition it forbids: one line, no traceback."""
-
-
-class LedgerDamaged(LedgerError):
-    """The ledger is damaged (moved aside, see the marker): nothing may ingest or upload."""
-
-
-# SQLite's primary result codes for a damaged file
-SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
-MARKER_SUFFIX = ".DAMAGED"  # beside the ledger while it is damaged: {"moved_to", "wall", "reason"}
-MARKER_MAX_BYTES = 64 * 1024
-
-
-def is_damage(e: BaseException) -> bool:
-    """SQLite says the file is no database or a damaged one (not: locked, read-only, I/O, full)."""
-    if not isinstance(e, sqlite3.DatabaseError):
-        return False
-    code = getattr(e, "sqlite_errorcode", None)  # Python >= 3.11
-    if code is not None:
-        return code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
-    text = str(e)
-    return "not a database" in text or "malformed" in text
-
-
-def marker_path(path: str) -> str:
-    return path + MARKER_SUFFIX
-
-
-def damage_marker(path: str) -> Optional[Dict[str, Any]]:
-    """What the marker beside the ledger says ({"moved_to", "wall", "reason"}), or None: not damaged."""
-    try:
-        with open(marker_path(path), "rb") as f:
-            data = f.read(MARKER_MAX_BYTES)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        return {"reason": f"the marker {marker_path(path)} exists but cannot be read: {e.strerror}"}
-    try:
-        value = json.loads(data.decode("utf-8", "replace"))
-    except (ValueError, RecursionError):
-        value = None
-    return value if isinstance(value, dict) else {"reason": f"the marker {marker_path(path)} exists"}
-
-
-def damage_message(path: str, marker: Dict[str, Any]) -> str:
-    where = f"moved aside to {marker['moved_to']}" if marker.get("moved_to") else "not moved aside"
-    when = ""
-    if isinstance(marker.get("wall"), (int, float)):
-        when = time.strftime(" on %Y-%m-%d %H:%M:%S UTC", time.gmtime(marker["wall"]))
-    return (
-        f"the ledger {path} is damaged ({marker.get('reason') or 'unknown cause'}), {where}{when}: "
-        f"ingest and upload stay stopped so that no clip is copied or sent twice; restore the ledger "
-        f"(README: A damaged ledger), then delete {marker_path(path)}"
-    )
-
-
-def set_aside(path: str, reason: str, clock=time.time) -> str:
-    """Move a damaged ledger (and its -wal, -shm) aside, leave the marker, log it loudly. Returns
-    the new name. Raises OSError when the directory does not let it (the marker is still tried)."""
-    wall = clock()
-    aside = f"{path}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(wall))}"
-    moved: Optional[str] = None
-    error: Optional[OSError] = None
-    try:
-        for suffix in ("", "-wal", "-shm"):
-            if os.path.lexists(path + suffix):
-                os.rename(path + suffix, aside + suffix)
-                if not suffix:
-                    moved = aside
-    except OSError as e:
-        error = e
-    marker = {"moved_to": moved, "wall": wall, "reason": reason[:300]}
-    try:
-        tmp = marker_path(path) + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(dumps(marker))
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, marker_path(path))
-    except OSError as e:
-        error = error or e
-    log.error("%s", damage_message(path, marker))
-    if error is not None:
-        raise error
-    return aside
-
-
-def _refuse_link(name: str) -> None:
-    """Root opens the ledger in a directory another user (dashcam) can write: a ledger file that is
-    a symlink there would let that user point root's writes and chowns at any file. Refuse it."""
-    try:
-        st = os.lstat(name)
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        raise LedgerError(f"cannot open the ledger: {name}: {e.strerror or e}") from e
-    if stat.S_ISLNK(st.st_mode):
-        raise LedgerError(f"refusing to open the ledger: {name} is a symbolic link (a ledger file never is; remove it)")
-    if not stat.S_ISREG(st.st_mode):
-        raise LedgerError(f"refusing to open the ledger: {name} is not a regular file")
-
-
-def open_nofollow(name: str, flags: int = os.O_RDONLY, mode: int = 0o640) -> int:
-    """An fd on the regular file ``name``, never through a symlink (LedgerError when it is one)."""
-    try:
-        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise LedgerError(f"refusing {name}: it is a symbolic link (root follows no links here; remove it)") from e
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise LedgerError(f"refusing {name}: not a regular file")
-    return fd
-
-
-def _give_fd_to(fd: int, owner: Optional[Tuple[int, int]]) -> None:
-    if owner is None:
-        return
-    st = os.fstat(fd)
-    if (st.st_uid, st.st_gid) != owner:
-        try:
-            os.fchown(fd, *owner)
-        except PermissionError:
-            pass  # without CAP_CHOWN the file stays ours; the uploader's open says so
-
-
-def _lchown_to(name: str, owner: Optional[Tuple[int, int]]) -> None:
-    if owner is None:
-        return
-    try:
-        st = os.lstat(name)
-        if stat.S_ISREG(st.st_mode) and (st.st_uid, st.st_gid) != owner:
-            os.chown(name, *owner, follow_symlinks=False)
-    except FileNotFoundError:
-        pass
-    except PermissionError:
-        pass  # without CAP_CHOWN the file stays ours; the uploader's open says so
-
-
-def chown_nofollow(name: str, owner: Tuple[int, int]) -> None:
-    """chown ``name`` through an O_NOFOLLOW fd: a symlink is refused (LedgerError), never followed."""
-    fd = open_nofollow(name)
-    try:
-        _give_fd_to(fd, owner)
-    finally:
-        os.close(fd)
-
-
-def _directory_owner(directory: str) -> Optional[Tuple[int, int]]:
-    """Root (the policy, the ingest) opening a ledger in a directory that belongs to another user
-    (/var/lib/dashcam, user dashcam) gives the database files to that user, so the unprivileged
-    uploader can still write them."""
-    from .staging import owner_of
-
-    try:
-        return owner_of(directory)
-    except OSError:
-        return None
-
-
 class Clip(Record):
     id: int
     camera: str
@@ -361,16 +200,13 @@ class Ledger:
         try:
             os.makedirs(directory, exist_ok=True)
             for name in (path, path + "-wal", path + "-shm"):
-                _refuse_link(name)
-            owner = _directory_owner(directory)
-            try:
-                fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
-            except PermissionError:
-                fd = open_nofollow(path)  # a reader in the ledger's group (dashcamctl files)
+                refuse_link(name)
+            owner = directory_owner(directory)
+            fd = open_or_create(path)
             self._fds.append(fd)
             # the database first: SQLite running as root gives the -wal/-shm files it creates the
             # database's owner
-            _give_fd_to(fd, owner)
+            give_fd_to(fd, owner)
             self.db = sqlite3.connect(path, timeout=timeout, isolation_level=None)
         except (OSError, sqlite3.Error) as e:
             self._close_fds()
@@ -394,8 +230,8 @@ class Ledger:
             # (SIGBUS in them). A link planted here is refused; one swapped in after the check is
             # changed itself, never its target.
             for name in (path + "-wal", path + "-shm"):
-                _refuse_link(name)
-                _lchown_to(name, owner)
+                refuse_link(name)
+                lchown_to(name, owner)
         except sqlite3.Error as e:
             self.close()
             if not is_damage(e):
@@ -412,7 +248,7 @@ class Ledger:
     @staticmethod
     def _same_file(path: str, fd: int) -> None:
         """SQLite opened ``path`` by name: it must still be the file our O_NOFOLLOW fd holds."""
-        _refuse_link(path)
+        refuse_link(path)
         held, now = os.fstat(fd), os.lstat(path)
         if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
             raise LedgerError(f"refusing the ledger {path}: it was replaced while being opened")
@@ -451,10 +287,6 @@ class Ledger:
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {number + 1}")
 
-    @property
-    def schema_version(self) -> int:
-        return self.db.execute("PRAGMA user_version").fetchone()[0]
-
     # --- footage ---------------------------------------------------------------------------
 
     def known_keys(self, camera: str) -> Set[Tuple[str, int, int]]:
@@ -476,12 +308,10 @@ class Ledger:
             (camera, source_path, size, mtime_ns),
         ).fetchone()
 
-    def find(self, camera: str, source_path: str, size: int, mtime_ns: int) -> Optional[Clip]:
-        row = self.db.execute(
-            "SELECT * FROM footage WHERE camera = ? AND source_path = ? AND size = ? AND mtime_ns = ?",
-            (camera, source_path, size, mtime_ns),
-        ).fetchone()
-        return Clip.from_row(row) if row else None
+    def staged_path_taken(self, staged_path: str) -> bool:
+        """Some clip has (or had, before it was pruned) this name in ready/: the server may hold it."""
+        row = self.db.execute("SELECT 1 FROM footage WHERE staged_path = ? LIMIT 1", (staged_path,)).fetchone()
+        return row is not None
 
     def get(self, clip_id: int) -> Clip:
         row = self.db.execute("SELECT * FROM footage WHERE id = ?", (clip_id,)).fetchone()
@@ -597,6 +427,16 @@ class Ledger:
             " MIN(staged_at) FROM footage WHERE state IN ('staged', 'uploaded')"
         ).fetchone()
         return int(row[0]), int(row[1]), int(row[2]), row[3]
+
+    def refused_count(self) -> int:
+        """Clips the ingest refused to stage (a name or a time staging cannot hold): failed rows
+        whose reason starts with ``refused:``."""
+        return int(self.db.execute("SELECT COUNT(*) FROM footage WHERE state = 'failed' AND reason LIKE 'refused:%'")
+                   .fetchone()[0])
+
+    def staged_event_ids(self) -> Set[int]:
+        """Ids of the event/locked clips staged and not yet sent."""
+        return {row[0] for row in self.db.execute("SELECT id FROM footage WHERE state = 'staged' AND event != 0")}
 
     def counts(self) -> Dict[str, int]:
         rows = self.db.execute("SELECT state, COUNT(*) FROM footage GROUP BY state")
@@ -728,241 +568,3 @@ class Ledger:
         return self.db.execute(
             "SELECT * FROM damaged WHERE found_at >= ? OR (? AND found_at < 1577836800) ORDER BY id", (wall, unknown)
         ).fetchall()
-
-
-# --- the policy tick's ledger: keeps working when the database does not -------------------------
-
-FALLBACK_NAME = "policy-fallback.json"
-FALLBACK_READINGS = 50  # more than the tick's history (policy.HISTORY)
-FALLBACK_MAX_BYTES = 1024 * 1024
-
-
-class TickLedger:
-    """The part of the ledger a policy tick uses (get_state, recent_readings, backlog, transaction,
-    add_reading, put_state), that never raises.
-
-    While the database works it is used as it is. When it cannot be opened, read or written
-    (damaged: then moved aside, see set_aside; locked longer than ``timeout``; a read-only
-    directory; a full disk), ``problem`` says why, the journal says so at ERROR on every tick,
-    and what the tick writes goes to a small JSON file of this boot (its readings and state, so
-    the debounce and the unknown-reading window keep counting) in the first of ``fallback_dirs``
-    that takes it. A state key the fallback holds wins over the database's (it is newer); once
-    the database takes a tick's writes again, the fallback forgets those keys.
-    """
-
-    def __init__(self, path: str, fallback_dirs: Sequence[str], boot_id: str, *, timeout: float = 5):
-        self.path = path
-        self.boot_id = boot_id
-        self.fallback_dirs = [d for d in fallback_dirs if d]
-        self.problem: Optional[str] = None
-        self.ledger: Optional[Ledger] = None
-        self._tx = False
-        self._readings: List[Dict[str, Any]] = []
-        self._state: Dict[str, Any] = {}
-        self.fallback = self._load_fallback()
-        try:
-            self.ledger = Ledger(path, timeout=timeout)
-        except Exception as e:  # noqa: B902 - whatever it is, the tick goes on without it
-            self._broken(e)
-
-    def __enter__(self) -> "TickLedger":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self.ledger is not None:
-            try:
-                self.ledger.close()
-            except sqlite3.Error:
-                pass
-
-    def _broken(self, e: BaseException) -> None:
-        if self.ledger is not None:
-            try:
-                if self.ledger.db.in_transaction:
-                    self.ledger.db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            if is_damage(e) and damage_marker(self.path) is None:
-                self.close()
-                try:
-                    set_aside(self.path, str(e))
-                except OSError as oe:
-                    log.error("the damaged ledger %s could not be moved aside: %s", self.path, oe)
-            self.close()
-            self.ledger = None
-        if self.problem is None:
-            self.problem = str(e) if isinstance(e, LedgerError) else f"the ledger {self.path}: {type(e).__name__}: {e}"
-            log.error("policy: ledger unusable, this tick keeps its readings and state in a fallback file "
-                      "(the shutdown still works): %s", self.problem)
-
-    def _use(self, fn, default):
-        if self.ledger is None:
-            return default
-        try:
-            return fn(self.ledger)
-        except Exception as e:  # noqa: B902
-            self._broken(e)
-            return default
-
-    # --- reads ---------------------------------------------------------------------------------
-
-    def get_state(self, key: str, default: Any = None) -> Any:
-        if key in self.fallback["state"]:
-            return self.fallback["state"][key]
-
-        def read(ledger: Ledger) -> Any:
-            try:
-                return ledger.get_state(key, default)
-            except ValueError as e:  # one value that is not JSON: that state is lost, not the ledger
-                log.error("policy: the ledger's state %r is not JSON (%s): read as none, written anew", key, e)
-                return default
-
-        return self._use(read, default)
-
-    def recent_readings(self, limit: int) -> List[Any]:
-        """The database's newest readings and the fallback's (this boot), oldest first: other boots
-        in the database's order, then this boot's by monotonic time."""
-        rows = [dict(r) for r in self._use(lambda ledger: ledger.recent_readings(limit), [])]
-        rows += self.fallback["readings"]
-        def order(row: Dict[str, Any]) -> Tuple[bool, float]:
-            m = row.get("monotonic")
-            this_boot = row.get("boot_id") == self.boot_id
-            usable = isinstance(m, (int, float)) and not isinstance(m, bool) and m - m == 0
-            return this_boot, float(m) if this_boot and usable else 0.0
-
-        rows.sort(key=order)
-        return rows[-limit:] if limit > 0 else []
-
-    def backlog(self) -> Tuple[int, int]:
-        return self._use(lambda ledger: ledger.backlog(), (0, 0))
-
-    def backlog_detail(self) -> Tuple[int, int, int, Optional[float]]:
-        return self._use(lambda ledger: ledger.backlog_detail(), (0, 0, 0, None))
-
-    # --- writes --------------------------------------------------------------------------------
-
-    def transaction(self) -> "_TickTransaction":
-        return _TickTransaction(self)
-
-    def add_reading(self, **reading: Any) -> None:
-        self._readings.append({k: v for k, v in reading.items() if k != "keep"})
-        self._use(lambda ledger: ledger.add_reading(**reading), None)
-        if not self._tx:
-            self._settle()
-
-    def note_recording(self, **window: Any) -> None:
-        """The camera's recording window (Ledger.note_recording); lost with the ledger, never the tick."""
-        self._use(lambda ledger: ledger.note_recording(**window), None)
-
-    def put_state(self, key: str, value: Any) -> None:
-        self._state[key] = value
-        self._use(lambda ledger: ledger.put_state(key, value), None)
-        if not self._tx:
-            self._settle()
-
-    def _settle(self) -> None:
-        """After the writes of a transaction (or one write outside any): to the fallback when the
-        database did not take them, else the fallback forgets the state keys it held."""
-        readings, state = self._readings, self._state
-        self._readings, self._state = [], {}
-        if self.ledger is None:
-            fb = self.fallback
-            fb["readings"] = (fb["readings"] + [{**r, "external": None if r.get("external") is None else int(r["external"])}
-                                                for r in readings])[-FALLBACK_READINGS:]
-            fb["state"].update(state)
-            self._save_fallback()
-        elif any(k in self.fallback["state"] for k in state):
-            for k in state:
-                self.fallback["state"].pop(k, None)
-            self._save_fallback()
-
-    # --- the fallback file ---------------------------------------------------------------------
-
-    def _load_fallback(self) -> Dict[str, Any]:
-        empty: Dict[str, Any] = {"boot_id": self.boot_id, "readings": [], "state": {}}
-        for d in self.fallback_dirs:
-            name = os.path.join(d, FALLBACK_NAME)
-            try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            except OSError:
-                continue
-            try:
-                data = os.read(fd, FALLBACK_MAX_BYTES + 1) if _is_regular(fd) else b""
-            except OSError:
-                data = b""
-            finally:
-                os.close(fd)
-            try:
-                value = json.loads(data.decode("utf-8", "replace")) if len(data) <= FALLBACK_MAX_BYTES else None
-            except (ValueError, RecursionError):
-                value = None
-            if (
-                isinstance(value, dict)
-                and value.get("boot_id") == self.boot_id
-                and isinstance(value.get("readings"), list)
-                and isinstance(value.get("state"), dict)
-                and all(isinstance(r, dict) for r in value["readings"])
-            ):
-                log.warning("policy: using the readings and state of %s (the ledger failed earlier this boot)", name)
-                return value
-        return empty
-
-    def _save_fallback(self) -> None:
-        text = dumps(self.fallback)
-        for d in self.fallback_dirs:
-            name = os.path.join(d, FALLBACK_NAME)
-            tmp = f"{name}.{os.getpid()}.tmp"
-            try:
-                os.makedirs(d, mode=0o700, exist_ok=True)
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-                try:
-                    os.write(fd, text.encode("utf-8"))
-                finally:
-                    os.close(fd)
-                os.rename(tmp, name)
-            except OSError as e:
-                log.debug("fallback %s: %s", name, e)
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                continue
-            for other in self.fallback_dirs[self.fallback_dirs.index(d) + 1:]:
-                try:  # one fallback file: a later one would be read first next time
-                    os.unlink(os.path.join(other, FALLBACK_NAME))
-                except OSError:
-                    pass
-            return
-        log.error("policy: no fallback file could be written (%s): this tick's reading is kept nowhere",
-                  ", ".join(self.fallback_dirs) or "no directory")
-
-
-def _is_regular(fd: int) -> bool:
-    import stat
-
-    return stat.S_ISREG(os.fstat(fd).st_mode)
-
-
-class _TickTransaction:
-    __slots__ = ("tl",)
-
-    def __init__(self, tl: TickLedger):
-        self.tl = tl
-
-    def __enter__(self) -> None:
-        self.tl._tx = True
-        self.tl._use(lambda ledger: ledger.db.execute("BEGIN IMMEDIATE"), None)
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        tl = self.tl
-        tl._tx = False
-        if exc_type is not None:
-            tl._use(lambda ledger: ledger.db.execute("ROLLBACK"), None)
-            tl._readings, tl._state = [], {}
-            return False
-        tl._use(lambda ledger: ledger.db.execute("COMMIT"), None)
-        tl._settle()
-        return False

@@ -1,4 +1,5 @@
-"""Home Assistant over MQTT: discovery, one retained state document, availability, events.
+"""Home Assistant over MQTT: the session with the broker and what is published when. What the
+messages say lives in homeassistant (discovery configs, the state document) and events (the news).
 
 Only used when the optional ``mqtt:`` section is set (``cfg.mqtt`` is not None); paho-mqtt
 is imported only then. The policy tick calls ``publish_state(cfg, facts)`` every 30 s:
@@ -29,20 +30,26 @@ shutdown publishes ``offline`` explicitly (``dashcamctl mqtt-publish --offline``
 
 from __future__ import annotations
 
-import datetime
-import json
 import os
-import re
-import socket
 import stat
 import threading
 import time
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from . import __version__
-from .cli import dumps  # strict JSON: no NaN/Infinity in a payload (unknown is null)
+from .events import EVENT_MIN_INTERVAL, EVENTS_STATE_KEY, EventMemory, events_from_facts, make_event
+from .homeassistant import EVENT_TYPES, OFFLINE, ONLINE, SENSORS, client_id, discovery_messages, state_document, topics
+from .strictjson import dumps  # strict JSON: no NaN/Infinity in a payload (unknown is null)
 from .record import Record
 from .log import INFO, WARNING, get as get_logger
+
+# what `from dashcam_helpers import mqtt` offers: the session and the publishing, and what Home
+# Assistant is sent (homeassistant: discovery and state; events: the news)
+__all__ = [
+    "send", "connect", "Outcome", "read_password", "password_file_problem", "BadPasswordFile", "warn_plaintext",
+    "state_messages", "publish_state", "publish_offline", "publish_event", "command", "dumps",
+    "topics", "client_id", "discovery_messages", "state_document", "SENSORS", "ONLINE", "OFFLINE",
+    "EVENT_TYPES", "EVENT_MIN_INTERVAL", "EventMemory", "events_from_facts", "make_event",
+]
 
 log = get_logger("dashcam.mqtt")
 
@@ -52,402 +59,8 @@ log = get_logger("dashcam.mqtt")
 TICK_BUDGET = 0.7
 CONNECT_TIMEOUT = 0.5
 
-ONLINE, OFFLINE = "online", "offline"
-CAMERA_MODES = ("record", "data", "off", "unknown")
-
-
-# ---------------------------------------------------------------- topics and identity
-
-
-class Topics(Record):
-    node_id: str  # discovery node id and unique_id prefix, e.g. dashcam_carpi
-    base: str
-    state: str
-    availability: str
-    event: str
-    device_name: str
-
-
-def _hostname() -> str:
-    return socket.gethostname().split(".")[0] or "localhost"
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
-
-
-def topics(cfg, hostname: Optional[str] = None) -> Topics:
-    host = hostname or _hostname()
-    base = cfg.mqtt.base_topic or f"dashcam/{_slug(host)}"
-    return Topics(
-        node_id=f"dashcam_{_slug(host)}",
-        base=base,
-        state=f"{base}/state",
-        availability=f"{base}/availability",
-        event=f"{base}/event",
-        device_name=f"Dashcam manager {host}",
-    )
-
-
-def client_id(cfg, hostname: Optional[str] = None) -> str:
-    """mqtt.client_id verbatim, else dashcam-<hostname>-<pid>. The pid matters: the policy
-    tick, an ingest and an upload may publish at the same moment, and a broker that sees a
-    client id twice drops the older connection (whose will then says "offline")."""
-    if cfg.mqtt.client_id:
-        return cfg.mqtt.client_id
-    return f"dashcam-{_slug(hostname or _hostname())}"[:56] + f"-{os.getpid()}"
-
-
-# ---------------------------------------------------------------- sensors (data, not code)
-
-
-class Sensor(Record):
-    key: str  # key in the state document, also the discovery object_id
-    component: str  # sensor | binary_sensor
-    name: str
-    unit: Optional[str] = None
-    device_class: Optional[str] = None
-    state_class: Optional[str] = None
-    icon: Optional[str] = None
-    diagnostic: bool = False
-    options: Optional[Tuple[str, ...]] = None  # enum sensors
-
-
-SENSORS: Tuple[Sensor, ...] = (
-    Sensor("battery_voltage", "sensor", "Battery voltage", "V", "voltage", "measurement"),
-    Sensor("battery_percent", "sensor", "Battery", "%", "battery", "measurement"),
-    Sensor("external_power", "binary_sensor", "External power", device_class="power"),
-    Sensor("input_voltage", "sensor", "Input voltage", "V", "voltage", "measurement"),
-    Sensor("output_voltage", "sensor", "Output voltage", "V", "voltage", "measurement"),
-    Sensor("output_current", "sensor", "Output current", "A", "current", "measurement"),
-    Sensor("output_power", "sensor", "Output power", "W", "power", "measurement"),
-    Sensor("camera_mode", "sensor", "Camera mode", device_class="enum", icon="mdi:cctv", options=CAMERA_MODES),
-    Sensor("camera_attached", "binary_sensor", "Camera storage attached", device_class="plug"),
-    Sensor("backlog_files", "sensor", "Backlog files", "files", None, "measurement", icon="mdi:file-video"),
-    Sensor("backlog_bytes", "sensor", "Backlog size", "B", "data_size", "measurement"),
-    Sensor("staging_free_bytes", "sensor", "Free staging space", "B", "data_size", "measurement"),
-    Sensor("last_ingest", "sensor", "Last ingest", device_class="timestamp"),
-    Sensor("last_upload", "sensor", "Last upload", device_class="timestamp"),
-    Sensor("last_upload_result", "sensor", "Last upload result", icon="mdi:cloud-upload"),
-    Sensor("server_reachable", "binary_sensor", "Server reachable", device_class="connectivity"),
-    # the power budget (budget.py): on battery only; null (unknown) on external power
-    Sensor("runtime_minutes", "sensor", "Runtime on battery", "min", "duration", "measurement", icon="mdi:battery-clock"),
-    Sensor("waiting_bytes", "sensor", "Footage waiting", "B", "data_size", "measurement"),
-    Sensor("waiting_event_bytes", "sensor", "Event footage waiting", "B", "data_size", "measurement"),
-    Sensor("all_safe_minutes", "sensor", "Time to all safe", "min", "duration", "measurement", icon="mdi:cloud-clock"),
-    Sensor("oldest_unsent_minutes", "sensor", "Oldest footage not on the server", "min", "duration", "measurement",
-           icon="mdi:clock-alert"),
-    Sensor("footage_lost_minutes", "sensor", "Footage lost (7 days)", "min", "duration", "measurement",
-           icon="mdi:filmstrip-off"),
-    Sensor("damaged_clips", "sensor", "Damaged clips (7 days)", "clips", None, "measurement", icon="mdi:file-alert"),
-    Sensor("card_used_bytes", "sensor", "Camera card used", "B", "data_size", "measurement"),
-    Sensor("card_total_bytes", "sensor", "Camera card size", "B", "data_size", "measurement", diagnostic=True),
-    Sensor("card_hours", "sensor", "Camera card holds", "h", "duration", "measurement", icon="mdi:sd"),
-    Sensor("problem", "binary_sensor", "Problem", device_class="problem"),
-    Sensor("problem_reason", "sensor", "Problem reason", icon="mdi:alert-circle-outline"),
-    Sensor("updated", "sensor", "Last report", device_class="timestamp", diagnostic=True),
-)
-
-EVENT_TYPES = ("clips_uploaded", "upload_failing", "low_battery_shutdown", "card_read_error", "camera_back_to_record",
-               "footage_lost")
-
-
-def device(cfg, t: Topics) -> Dict[str, Any]:
-    return {
-        "identifiers": [t.node_id],
-        "name": t.device_name,
-        "model": "dashcam-manager",
-        "manufacturer": "dashcam-manager",
-        "sw_version": __version__,
-    }
-
-
-def discovery_messages(cfg, t: Topics) -> List[Tuple[str, Dict[str, Any]]]:
-    """(topic, config) for every entity, as Home Assistant's MQTT discovery expects them."""
-    dev = device(cfg, t)
-    out = []
-    for s in SENSORS:
-        conf: Dict[str, Any] = {
-            "name": s.name,
-            "unique_id": f"{t.node_id}_{s.key}",
-            "state_topic": t.state,
-            "value_template": "{{ value_json.%s }}" % s.key,
-            "availability_topic": t.availability,
-            "payload_available": ONLINE,
-            "payload_not_available": OFFLINE,
-            "device": dev,
-        }
-        if s.component == "binary_sensor":
-            conf.update(payload_on="ON", payload_off="OFF")
-        for field, value in (
-            ("unit_of_measurement", s.unit),
-            ("device_class", s.device_class),
-            ("state_class", s.state_class),
-            ("icon", s.icon),
-        ):
-            if value is not None:
-                conf[field] = value
-        if s.options:
-            conf["options"] = list(s.options)
-        if s.diagnostic:
-            conf["entity_category"] = "diagnostic"
-        if cfg.mqtt.expire_after:
-            conf["expire_after"] = cfg.mqtt.expire_after
-        out.append((f"{cfg.mqtt.discovery_prefix}/{s.component}/{t.node_id}/{s.key}/config", conf))
-    if cfg.mqtt.notifications:
-        out.append(
-            (
-                f"{cfg.mqtt.discovery_prefix}/event/{t.node_id}/events/config",
-                {
-                    "name": "Events",
-                    "unique_id": f"{t.node_id}_events",
-                    "state_topic": t.event,
-                    "event_types": list(EVENT_TYPES),
-                    "availability_topic": t.availability,
-                    "payload_available": ONLINE,
-                    "payload_not_available": OFFLINE,
-                    "device": dev,
-                },
-            )
-        )
-    return out
-
-
-# ---------------------------------------------------------------- facts -> state document
-
-
-def _section(facts: Dict[str, Any], name: str) -> Dict[str, Any]:
-    value = facts.get(name) if isinstance(facts, dict) else None
-    return value if isinstance(value, dict) else {}
-
-
-def _number(value: Any) -> Optional[float]:
-    """A finite number, or None: NaN, ±Infinity, an int too large for a float and text that is
-    none of these all read as unknown (HA shows "unknown"; strict JSON has no NaN)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        n = float(value) if isinstance(value, (int, float)) else float(str(value).strip()[:64])
-    except (ValueError, OverflowError):
-        return None
-    return n if n - n == 0.0 else None
-
-
-def _measured(value: Any) -> Optional[float]:
-    return _number(value) if isinstance(value, (int, float)) else None
-
-
-def _raw_value(raw: Dict[str, Any], volts_key: str, milli_key: str) -> Optional[float]:
-    """A UPS value from battery.raw: battery-info.sh JSON (volts/amps) or lifepo4wered-cli (mV/mA).
-    Only numbers count: battery.raw keeps what a tool printed that was no number ("nan", "1e308")
-    as its text, and that is unknown, not a value to parse again."""
-    v = _measured(raw.get(volts_key))
-    if v is not None:
-        return round(v, 3)
-    m = _measured(raw.get(milli_key))
-    if m is not None and m >= 0:  # lifepo4wered-cli: -1 / -2 mean "not read"
-        return round(m / 1000.0, 3)
-    return None
-
-
-def _onoff(value: Any) -> Optional[str]:
-    if value is None:
-        return None
-    return "ON" if value else "OFF"
-
-
-def iso(wall: Any) -> Optional[str]:
-    """Epoch seconds -> ISO 8601 with the UTC offset, as HA timestamp sensors want. Strings pass through."""
-    if isinstance(wall, str) and wall:
-        return wall
-    n = _number(wall)
-    if n is None or n <= 0:
-        return None
-    try:
-        return datetime.datetime.fromtimestamp(n, datetime.timezone.utc).isoformat(timespec="seconds")
-    except (OverflowError, ValueError, OSError):  # beyond year 9999: no time HA can show
-        return None
-
-
-def _when(section: Dict[str, Any]) -> Any:
-    for key in ("wall", "time", "at", "when"):
-        if section.get(key) is not None:
-            return section[key]
-    return None
-
-
-def _int(value: Any) -> Optional[int]:
-    n = _number(value)
-    return int(n) if n is not None else None
-
-
-def state_document(facts: Dict[str, Any], now: Optional[float] = None) -> Dict[str, Any]:
-    """Flatten ``dashcamctl status --json`` facts into the state document: every sensor key
-    is present, ``None`` (JSON null, HA "unknown") when the fact is missing or unreadable."""
-    battery = _section(facts, "battery")
-    raw = battery.get("raw") if isinstance(battery.get("raw"), dict) else {}
-    camera = _section(facts, "camera")
-    staging = _section(facts, "staging")
-    server = _section(facts, "server")
-    ingest = _section(facts, "last_ingest")
-    upload = _section(facts, "last_upload")
-    power_budget = _section(facts, "budget")
-    footage = _section(facts, "footage")
-    card = footage.get("card") if isinstance(footage.get("card"), dict) else {}
-    problem = _section(facts, "problem")
-    reasons = problem.get("reasons") if isinstance(problem.get("reasons"), list) else []
-
-    mv = _number(battery.get("millivolts"))
-    volts = round(mv / 1000.0, 3) if mv is not None else _raw_value(raw, "battery_voltage", "VBAT")
-    out_v = _raw_value(raw, "output_voltage", "VOUT")
-    out_a = _raw_value(raw, "output_current", "IOUT")
-    power = _measured(raw.get("output_power"))
-    if power is None and out_v is not None and out_a is not None:
-        power = out_v * out_a
-    mode = camera.get("mode")
-    attached = camera.get("attached")
-    return {
-        "battery_voltage": volts,
-        "battery_percent": _int(battery.get("percent")),
-        "battery_source": battery.get("source"),
-        "external_power": _onoff(battery.get("external")),
-        "input_voltage": _raw_value(raw, "input_voltage", "VIN"),
-        "output_voltage": out_v,
-        "output_current": out_a,
-        "output_power": round(power, 2) if power is not None else None,
-        "camera_mode": mode if mode in CAMERA_MODES else None,
-        "camera_attached": _onoff(bool(attached)) if attached is not None else None,
-        "backlog_files": _int(staging.get("backlog_files")),
-        "backlog_bytes": _int(staging.get("backlog_bytes")),
-        "staging_free_bytes": _int(staging.get("free_bytes")),
-        "last_ingest": iso(_when(ingest)),
-        "last_ingest_files": _int(ingest.get("files")),
-        "last_ingest_result": ingest.get("result"),
-        "last_upload": iso(_when(upload)),
-        "last_upload_files": _int(upload.get("files")),
-        "last_upload_result": upload.get("result"),
-        "server_reachable": _onoff(server.get("reachable")),
-        "runtime_minutes": _number(power_budget.get("runtime_minutes")) if power_budget.get("on_battery") else None,
-        "waiting_bytes": _int(power_budget.get("waiting_bytes")),
-        "waiting_event_bytes": _int(power_budget.get("waiting_event_bytes")),
-        "all_safe_minutes": _number(power_budget.get("all_safe_minutes")),
-        "oldest_unsent_minutes": _number(power_budget.get("oldest_unsent_minutes")),
-        "footage_lost_minutes": _int(footage.get("lost_minutes_7d")),
-        "damaged_clips": _int(footage.get("damaged_7d")),
-        "card_used_bytes": _int(card.get("used_bytes")),
-        "card_total_bytes": _int(card.get("total_bytes")),
-        "card_hours": _number(card.get("holds_hours")),
-        "problem": _onoff(problem.get("problem")) if "problem" in problem else None,
-        "problem_reason": ("; ".join(str(r) for r in reasons)[:250] or "none") if "problem" in problem else None,
-        "updated": iso(time.time() if now is None else now),
-    }
-
-
-# ---------------------------------------------------------------- notifications (pure part)
-
-# Least time between two events of one kind, seconds.
-EVENT_MIN_INTERVAL = {
-    "clips_uploaded": 15 * 60,  # uploads in between are added up, none is lost
-    "upload_failing": 24 * 3600,
-    "low_battery_shutdown": 10 * 60,
-    "card_read_error": 3600,
-    "camera_back_to_record": 0,  # each is news: the engine started, the car left home
-    "footage_lost": 3600,  # losses found in between are added up, none is lost
-}
-UPLOAD_FAILING_AFTER = 24 * 3600
-EVENTS_STATE_KEY = "mqtt_events"
 # the broker and user last warned about a password sent without TLS (warn_plaintext)
 PLAINTEXT_STATE_KEY = "mqtt_plaintext_warned"
-
-
-def _message(kind: str, data: Dict[str, Any]) -> str:
-    if kind == "clips_uploaded":
-        return f"{data.get('files', 0)} clip(s) uploaded ({data.get('bytes', 0)} bytes)"
-    if kind == "upload_failing":
-        return f"uploads have been failing since {iso(data.get('since'))}; {data.get('backlog_files')} file(s) waiting"
-    if kind == "low_battery_shutdown":
-        return f"battery low ({data.get('percent')} %): the Pi shuts down"
-    if kind == "card_read_error":
-        return f"reading the camera's card failed: {data.get('reason') or data.get('result')}"
-    if kind == "camera_back_to_record":
-        return str(data.get("detail") or "the camera is back to record")
-    if kind == "footage_lost":
-        return (f"footage lost before the Pi could copy it: about {data.get('minutes')} minutes in the last 7 days;"
-                f" last: {data.get('last')}")
-    return kind
-
-
-def events_from_facts(
-    facts: Dict[str, Any], memory: Dict[str, Any], now: float
-) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
-    """What happened since the last tick, as events to send (rate-limited), and the new memory.
-
-    Pure: the memory is what the ledger keeps under ``mqtt_events`` between ticks."""
-    mem = json.loads(json.dumps(memory or {}))  # a deep copy the caller may discard
-    sent = mem.setdefault("sent", {})
-    pending = mem.setdefault("pending", {})
-    upload = _section(facts, "last_upload")
-    ingest = _section(facts, "last_ingest")
-
-    # The first tick after notifications are switched on only takes its bearings: an
-    # upload or ingest from before then is history, not news.
-    baseline = "upload_seen" not in mem
-    up_wall = _number(_when(upload))
-    if up_wall is not None and up_wall > (mem.get("upload_seen") or 0):
-        mem["upload_seen"] = up_wall
-        if upload.get("result") == "ok":
-            mem["failing_since"] = None
-            pending.pop("upload_failing", None)  # news that is no longer true
-            files, size = _int(upload.get("files")) or 0, _int(upload.get("bytes")) or 0
-            if files and not baseline:
-                p = pending.setdefault("clips_uploaded", {"files": 0, "bytes": 0})
-                p["files"] += files
-                p["bytes"] += size
-        elif mem.get("failing_since") is None:
-            mem["failing_since"] = up_wall
-    since = mem.get("failing_since")
-    if since is not None and now - since >= UPLOAD_FAILING_AFTER:
-        staging = _section(facts, "staging")
-        pending["upload_failing"] = {
-            "since": since,
-            "result": upload.get("result"),
-            "reason": upload.get("reason"),
-            "backlog_files": _int(staging.get("backlog_files")),
-        }
-
-    mem.setdefault("upload_seen", 0)
-    in_wall = _number(_when(ingest))
-    if in_wall is not None and in_wall > (mem.get("ingest_seen") or 0):
-        mem["ingest_seen"] = in_wall
-        if ingest.get("result") == "failed" and not baseline:
-            pending["card_read_error"] = {"result": "failed", "reason": ingest.get("reason"), "files": ingest.get("files")}
-
-    # footage lost before it was copied: the newest loss found, once (a new one after the baseline)
-    loss = _section(facts, "footage").get("last_loss")
-    loss_wall = _number(_when(loss)) if isinstance(loss, dict) else None
-    if loss_wall is not None and loss_wall != mem.get("loss_seen"):
-        if "loss_seen" in mem:
-            p = pending.setdefault("footage_lost", {})
-            p["minutes"] = _int(_section(facts, "footage").get("lost_minutes_7d"))
-            p["last"] = loss.get("message")
-        mem["loss_seen"] = loss_wall
-    mem.setdefault("loss_seen", None)
-
-    events = []
-    for kind in list(pending):
-        last = sent.get(kind)
-        if last is not None and now - last < EVENT_MIN_INTERVAL.get(kind, 3600):
-            continue  # keep it pending; it goes out when the interval has passed
-        data = pending.pop(kind)
-        events.append(make_event(kind, data, now))
-        sent[kind] = now
-    return events, mem
-
-
-def make_event(kind: str, data: Dict[str, Any], now: float) -> Dict[str, Any]:
-    event = {"event_type": kind, "time": iso(now), "message": _message(kind, data)}
-    event.update({k: v for k, v in data.items() if k not in event})
-    return event
 
 
 # ---------------------------------------------------------------- the MQTT session
@@ -723,7 +336,7 @@ def publish_event(cfg, kind: str, data: Optional[Dict[str, Any]] = None, *, budg
             return False
         now = time.time()
         memory = _load_memory(cfg)
-        last = memory.get("sent", {}).get(kind)
+        last = memory.sent.get(kind)
         if last is not None and now - last < EVENT_MIN_INTERVAL.get(kind, 3600):
             log.debug("mqtt: event %s rate-limited", kind)
             return False
@@ -732,16 +345,15 @@ def publish_event(cfg, kind: str, data: Optional[Dict[str, Any]] = None, *, budg
         if not outcome:
             _report_failure(outcome)
             return False
-        memory.setdefault("sent", {})[kind] = now
-        _save_memory(cfg, memory)
+        _save_memory(cfg, memory.replace(sent={**memory.sent, kind: now}))
         return True
     except Exception as e:
         log.warning("mqtt: event %s failed: %s: %s", kind, type(e).__name__, e)
         return False
 
 
-def _load_memory(cfg) -> Dict[str, Any]:
-    """The events' memory; {} (take bearings, announce nothing old) when the ledger cannot be read:
+def _load_memory(cfg) -> EventMemory:
+    """The events' memory; an empty one (take bearings, announce nothing old) when the ledger cannot be read:
     a damaged or locked ledger must not keep the state from reaching Home Assistant."""
     import sqlite3
 
@@ -752,25 +364,25 @@ def _load_memory(cfg) -> Dict[str, Any]:
             value = ledger.get_state(EVENTS_STATE_KEY, {})
     except (LedgerError, sqlite3.Error) as e:
         log.warning("mqtt: events skipped, the ledger cannot be read: %s", e)
-        return {}
-    return value if isinstance(value, dict) else {}
+        value = {}
+    return EventMemory.from_state(value)
 
 
-def _save_memory(cfg, memory: Dict[str, Any]) -> None:
+def _save_memory(cfg, memory: EventMemory) -> None:
     import sqlite3
 
     from .ledger import Ledger, LedgerError
 
     try:
         with Ledger(cfg.paths.ledger) as ledger:
-            ledger.put_state(EVENTS_STATE_KEY, memory)
+            ledger.put_state(EVENTS_STATE_KEY, memory.as_state())
     except (LedgerError, sqlite3.Error) as e:
         log.warning("mqtt: the events' rate limits could not be kept in the ledger: %s", e)
 
 
-def _due_events(cfg, facts: Dict[str, Any], now: float) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
-    events, memory = events_from_facts(facts, _load_memory(cfg), now)
-    return memory, events
+def _due_events(cfg, facts: Dict[str, Any], now: float) -> Tuple[EventMemory, List[Dict[str, Any]]]:
+    events, memory = events_from_facts(facts, _load_memory(cfg).as_state(), now)
+    return EventMemory.from_state(memory), events
 
 
 # ---------------------------------------------------------------- dashcamctl mqtt-publish
@@ -778,20 +390,10 @@ def _due_events(cfg, facts: Dict[str, Any], now: float) -> Tuple[Dict[str, Any],
 CLI_BUDGET = 5.0  # by hand, wait long enough to report the real reason, not the tick's impatience
 
 
-def gather_facts(cfg) -> Dict[str, Any]:
-    """What `dashcamctl status --json` reports (battery, camera, staging, server, last runs)."""
-    from . import status
-
-    return status.gather(cfg)
-
-
-def command(args) -> int:
+def command(args, cfg):
     """dashcamctl mqtt-publish [--offline] [--if-configured] [--json]: publish once, say clearly how it went."""
-    from .cli import print_json
-    from .commands import load_config
     from .errors import BadConfig, DashcamError, TryLater
 
-    cfg = load_config(args)
     if cfg.mqtt is None and args.if_configured:
         return 0  # the shutdown unit runs on every Pi; most have no broker
     if cfg.mqtt is None:
@@ -810,7 +412,9 @@ def command(args) -> int:
         messages = [(t.availability, OFFLINE, True)]
         doc = None
     else:
-        facts = gather_facts(cfg)
+        from . import status
+
+        facts = status.gather(cfg)  # what `dashcamctl status` shows
         doc = state_document(facts)
         messages = state_messages(cfg, facts)
     if args.dry_run:
@@ -818,12 +422,14 @@ def command(args) -> int:
             print(f"would publish{' (retained)' if retain else ''} {topic} {payload}")
         return 0
     outcome = send(cfg, messages, budget=CLI_BUDGET)
-    if args.json:
-        print_json({"ok": outcome.ok, "error": outcome.why or None, "broker": broker, "state_topic": t.state,
-                    "availability_topic": t.availability, "messages": len(messages), "state": doc})
+    document = {"ok": outcome.ok, "error": outcome.why or None, "broker": broker, "state_topic": t.state,
+                "availability_topic": t.availability, "messages": len(messages), "state": doc}
     if not outcome:
-        err = DashcamError if outcome.misconfigured else TryLater
-        raise err(f"mqtt: nothing published: {outcome.why}")
+        err = (DashcamError if outcome.misconfigured else TryLater)(f"mqtt: nothing published: {outcome.why}")
+        if not args.json:
+            raise err
+        log.error("%s", err)  # the document says it too, on stdout
+        return err.exit_code, document
     if not args.json:
         if args.offline:
             print(f"published to {broker}: {t.availability} = offline")
@@ -831,4 +437,4 @@ def command(args) -> int:
             print(f"published to {broker}: {len(messages) - 2} discovery configs under "
                   f"{cfg.mqtt.discovery_prefix}/, {t.availability} = online, state on {t.state}")
             print(f'Home Assistant shows it as the device "{t.device_name}" (Settings > Devices & services > MQTT)')
-    return 0
+    return 0, document

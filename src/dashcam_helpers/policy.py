@@ -1,20 +1,18 @@
-"""The battery policy: one pure decision per tick, then the actions it asks for.
+"""The battery policy: what it sees, and one pure decision per tick.
 
 ``decide(history, facts, cfg)`` is a pure function of the recent battery readings and the
-facts gathered this tick; it returns a :class:`Decision` that always says why.
-``tick(cfg, facts_source, actions, ledger=..., clock=...)`` is one run of
-``dashcamctl policy``: it gathers the facts (through ``facts_source``), records the
-reading and the small state that must survive between ticks in the ledger, calls
-``decide``, applies the decision (through ``actions``) and logs one line.
+facts gathered this tick; it returns a :class:`Decision` that always says why. The tick
+that gathers the facts, applies the decision and records it (``dashcamctl policy``) is
+tick.py; this module holds the records it passes (Sample, Facts, Decision, and TickState,
+the ledger state a tick leaves for the next) and the rules (where the camera goes after an
+ingest, which of our units run).
 
 Time: every duration is measured with CLOCK_MONOTONIC (``time.monotonic()``), and two
 monotonic values are compared only when they carry the same kernel boot id
 (/proc/sys/kernel/random/boot_id). The wall clock (the Pi has no RTC; NTP may jump it by
 years at boot) is stored for people and never used to decide anything.
 
-This module imports only what a tick needs, and the modules of other concerns (battery,
-camera, device, upload) only when the real gatherers call them: the timer runs it every
-30 s on battery.
+This module imports only what a tick needs: the timer runs it every 30 s on battery.
 """
 
 from __future__ import annotations
@@ -23,12 +21,11 @@ import os
 import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs every policy tick
-    from typing import Any, Dict, List, Optional, Sequence, Tuple
+    from typing import Any, List, Optional, Sequence, Tuple
 
 from . import budget as power_budget
 from .record import Record
-from .staging import space as staging_space
-from .log import ERROR, INFO, WARNING, get as get_logger
+from .log import get as get_logger
 
 log = get_logger("dashcam.policy")
 
@@ -36,11 +33,8 @@ INGEST_UNITS = "dashcam-ingest@*.service"
 UPLOAD_UNIT = "dashcam-upload.service"
 WATCH_UNIT = "dashcam-watch.service"
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
-FALLBACK_DIR = "/run/dashcam"  # the last place for the tick's state when the ledger fails (tmpfs, root's)
 
-# the ledger keeps this many readings (about a day at one tick every 30 s); the tick reads
-# only the last HISTORY of them, enough for the debounce and the noise filter
-KEEP_READINGS = 3000
+# the tick reads the last HISTORY battery readings, enough for the debounce and the noise filter
 HISTORY = 20
 # the camera latch looks at the median of this many consecutive readings: one spike is no trend
 MEDIAN_WINDOW = 3
@@ -48,11 +42,7 @@ MEDIAN_WINDOW = 3
 # will not appear: the camera goes back to recording
 STORAGE_GRACE_TIMEOUTS = 3
 
-# after an upload that failed (not "unreachable": a refused key, a full server disk), the
-# policy waits this long before starting another, so a broken setup does not loop
-UPLOAD_FAILURE_PAUSE = 15 * 60
-
-STATE_KEY = "policy"  # ledger state between ticks (see Tick state below)
+STATE_KEY = "policy"  # ledger state between ticks (TickState)
 LAST_KEY = "last_policy"  # contract: the last decision, what it saw and what it did
 
 
@@ -233,9 +223,11 @@ def assess(history: Sequence[Sample], facts: Facts, cfg) -> Power:
     return Power("unknown", None, f"{band} and the camera mode unknown")
 
 
-def _return_mode(power: Power, cfg) -> str:
-    """Where the camera goes after data mode: record on external power, else camera.after_ingest."""
-    return "record" if power.state == "external" else cfg.camera.after_ingest
+def mode_after_ingest(cfg, external: Optional[bool]) -> str:
+    """Where the camera goes after an ingest (the ingest's own last step, and the policy when an
+    ingest left it in data): record on external power (the car is running), else
+    camera.after_ingest (power unknown counts as battery)."""
+    return "record" if external is True else cfg.camera.after_ingest
 
 
 def settled(facts: Facts, cfg, at: float) -> bool:
@@ -256,59 +248,69 @@ def _budget_note(verdict, external: bool) -> str:
 def _camera(power: Power, facts: Facts, cfg, verdict=None) -> Tuple[Optional[str], str, Tuple[str, ...], str]:
     """(target mode or None, why, units to stop first, back_to_record). ``verdict``: budget.Verdict."""
     mode = facts.camera_mode
-    stop_ingest = (INGEST_UNITS,) if facts.ingest_running else ()
-    external = power.state == "external"
-
     if power.state in ("low", "critical") and power.camera_allowed is False:
         if mode == "off":
             return None, f"camera stays off: {power.why}", (), ""
-        return "off", f"camera off: {power.why}", stop_ingest, ""
-
+        return "off", f"camera off: {power.why}", (INGEST_UNITS,) if facts.ingest_running else (), ""
     if mode == "data":
-        held = facts.now - facts.data_since if facts.data_since is not None else 0.0
-        # the car can move: the road wins over the copy (an ingest stopped is resumed next time)
-        if external and facts.external_since is not None and facts.data_since is not None \
-                and facts.external_since > facts.data_since:
-            return (
-                "record",
-                f"engine started: external power since {facts.now - facts.external_since:.0f} s, data mode began"
-                f" on battery {held:.0f} s ago: back to record",
-                stop_ingest,
-                "engine_started",
-            )
-        if external and not facts.reachable:
-            return (
-                "record",
-                f"leaving home: the server stopped answering on external power after {held:.0f} s of data mode:"
-                " back to record",
-                stop_ingest,
-                "leaving_home",
-            )
-        minutes = cfg.camera.max_data_minutes_external if external else cfg.camera.max_data_minutes
-        if held >= minutes * 60:
-            key = "max_data_minutes_external" if external else "max_data_minutes"
-            return (
-                "record",
-                f"watchdog: data mode for {held / 60:.0f} min ({key} {minutes}): back to record",
-                stop_ingest,
-                "watchdog_external" if external else "",
-            )
-        if facts.ingest_running:
-            note = _budget_note(verdict, external)
-            return None, f"ingest running: camera stays in data ({held:.0f} s){note}", (), ""
-        if facts.ingested_since_data:
-            back = _return_mode(power, cfg)
-            return back, f"ingest finished but left the camera in data: back to {back}", (), ""
-        grace = cfg.poll.mount_timeout_seconds * STORAGE_GRACE_TIMEOUTS
-        if facts.camera_attached is False and held >= grace:
-            return "record", f"the camera's storage did not appear within {held:.0f} s of data mode: back to record", (), ""
-        return None, f"camera in data for {held:.0f} s, waiting for its storage and the ingest", (), ""
-
+        return _in_data(power, facts, cfg, verdict)
     if power.state == "unknown":
         return None, f"camera stays {mode}: {power.why} (an unknown reading changes nothing by itself)", (), ""
+    data, why_not = _to_data(power, facts, cfg, verdict)
+    return data or _elsewhere(power, facts, cfg, why_not)
 
-    # data mode: at home, battery allowing, room in staging, and new footage to expect
-    allowed = external or power.camera_allowed is True
+
+def _in_data(power: Power, facts: Facts, cfg, verdict) -> Tuple[Optional[str], str, Tuple[str, ...], str]:
+    """The camera in data mode: back to record when the car can move or the watchdog fires, back
+    after the ingest, or it stays for the ingest."""
+    stop_ingest = (INGEST_UNITS,) if facts.ingest_running else ()
+    external = power.state == "external"
+    held = facts.now - facts.data_since if facts.data_since is not None else 0.0
+    # the car can move: the road wins over the copy (an ingest stopped is resumed next time)
+    if external and facts.external_since is not None and facts.data_since is not None \
+            and facts.external_since > facts.data_since:
+        return (
+            "record",
+            f"engine started: external power since {facts.now - facts.external_since:.0f} s, data mode began"
+            f" on battery {held:.0f} s ago: back to record",
+            stop_ingest,
+            "engine_started",
+        )
+    if external and not facts.reachable:
+        return (
+            "record",
+            f"leaving home: the server stopped answering on external power after {held:.0f} s of data mode:"
+            " back to record",
+            stop_ingest,
+            "leaving_home",
+        )
+    minutes = cfg.camera.max_data_minutes_external if external else cfg.camera.max_data_minutes
+    if held >= minutes * 60:
+        key = "max_data_minutes_external" if external else "max_data_minutes"
+        return (
+            "record",
+            f"watchdog: data mode for {held / 60:.0f} min ({key} {minutes}): back to record",
+            stop_ingest,
+            "watchdog_external" if external else "",
+        )
+    if facts.ingest_running:
+        note = _budget_note(verdict, external)
+        return None, f"ingest running: camera stays in data ({held:.0f} s){note}", (), ""
+    if facts.ingested_since_data:
+        back = mode_after_ingest(cfg, power.state == "external")
+        return back, f"ingest finished but left the camera in data: back to {back}", (), ""
+    grace = cfg.poll.mount_timeout_seconds * STORAGE_GRACE_TIMEOUTS
+    if facts.camera_attached is False and held >= grace:
+        return "record", f"the camera's storage did not appear within {held:.0f} s of data mode: back to record", (), ""
+    return None, f"camera in data for {held:.0f} s, waiting for its storage and the ingest", (), ""
+
+
+def _to_data(power: Power, facts: Facts, cfg, verdict) -> Tuple[Optional[Tuple[str, str, Tuple[str, ...], str]], Optional[str]]:
+    """(the switch to data mode, None) when it is time to fetch footage: at home, battery allowing,
+    room in staging, new footage to expect; else (None, why not, or None when out of reach)."""
+    external = power.state == "external"
+    if not (facts.reachable and (external or power.camera_allowed is True)):
+        return None, None
     # clips an ingest left on the card (the budget on battery copied the events only) wait for external
     # power, even when the camera has recorded nothing since (a boot at home with camera.settle_minutes 0);
     # on battery they wait for the next arrival after a drive: the cell has not charged meanwhile
@@ -334,38 +336,41 @@ def _camera(power: Power, facts: Facts, cfg, verdict=None) -> Tuple[Optional[str
         just_reachable = facts.reachable and facts.was_reachable is not True and new_footage
         arrived = "the server just became reachable"
     recorded = facts.recorded_seconds >= cfg.camera.min_record_minutes * 60
-    if facts.reachable and allowed:
-        why_not = None
-        if not parked:
-            answering = facts.now - facts.reachable_since if facts.reachable_since is not None else 0.0
-            external_for = facts.now - facts.external_since if facts.external_since is not None else 0.0
-            why_not = (
-                f"on external power (the car may move): the server answered for {min(answering, external_for):.0f} s,"
-                f" settle_minutes {settle}"
-            )
-        elif not facts.staging_has_room:
-            why_not = f"staging has no room ({facts.staging_free} bytes free, reserve {facts.staging_reserve})"
-        elif facts.ingest_running:
-            why_not = "an ingest is running"
-        elif not (just_reachable or recorded):
-            why_not = (
-                f"no new footage expected (recorded {facts.recorded_seconds / 60:.0f} min since the last ingest,"
-                f" min_record_minutes {cfg.camera.min_record_minutes})"
-            )
-        elif not external and verdict is not None and verdict.ingest == "none":
-            # not even the event clips fit in the runtime left: they wait for external power or the next arrival
-            why_not = f"power budget: {verdict.why}"
-        if why_not is None:
-            expect = arrived if just_reachable else (
-                f"the camera recorded {facts.recorded_seconds / 60:.0f} min since the last ingest"
-            )
-            if facts.left_on_card:
-                expect += f", {power_budget.size(facts.left_on_card)} left on the card by the last ingest"
-            note = _budget_note(verdict, external)
-            return "data", f"data: server reachable, {power.why}, staging has room, {expect}{note}", (), ""
-    else:
-        why_not = None
+    why_not = None
+    if not parked:
+        answering = facts.now - facts.reachable_since if facts.reachable_since is not None else 0.0
+        external_for = facts.now - facts.external_since if facts.external_since is not None else 0.0
+        why_not = (
+            f"on external power (the car may move): the server answered for {min(answering, external_for):.0f} s,"
+            f" settle_minutes {settle}"
+        )
+    elif not facts.staging_has_room:
+        why_not = f"staging has no room ({facts.staging_free} bytes free, reserve {facts.staging_reserve})"
+    elif facts.ingest_running:
+        why_not = "an ingest is running"
+    elif not (just_reachable or recorded):
+        why_not = (
+            f"no new footage expected (recorded {facts.recorded_seconds / 60:.0f} min since the last ingest,"
+            f" min_record_minutes {cfg.camera.min_record_minutes})"
+        )
+    elif not external and verdict is not None and verdict.ingest == "none":
+        # not even the event clips fit in the runtime left: they wait for external power or the next arrival
+        why_not = f"power budget: {verdict.why}"
+    if why_not is None:
+        expect = arrived if just_reachable else (
+            f"the camera recorded {facts.recorded_seconds / 60:.0f} min since the last ingest"
+        )
+        if facts.left_on_card:
+            expect += f", {power_budget.size(facts.left_on_card)} left on the card by the last ingest"
+        note = _budget_note(verdict, external)
+        return ("data", f"data: server reachable, {power.why}, staging has room, {expect}{note}", (), ""), None
+    return None, why_not
 
+
+def _elsewhere(power: Power, facts: Facts, cfg, why_not: Optional[str]) -> Tuple[Optional[str], str, Tuple[str, ...], str]:
+    """No data mode: record on external power or away from home, else as the ingest left it."""
+    mode = facts.camera_mode
+    external = power.state == "external"
     event = ""
     if external:
         target, why = "record", power.why
@@ -379,7 +384,7 @@ def _camera(power: Power, facts: Facts, cfg, verdict=None) -> Tuple[Optional[str
         target, why = "record", f"server unreachable (away from home), {power.why}"
     else:
         # at home on battery and nothing to fetch: the camera stays as ingest left it
-        target = mode if mode in ("record", "off") else cfg.camera.after_ingest
+        target = mode if mode in ("record", "off") else mode_after_ingest(cfg, False)
         why = f"at home on battery, {power.why}"
     if why_not:
         why += f"; no data mode: {why_not}"
@@ -453,8 +458,7 @@ def _latch(power: Power, facts: Facts) -> Optional[bool]:
         return power.state == "low"
     return facts.battery_low  # unknown: the latch stays
 
-
-# --- gathering and acting (injectable: tests pass fakes, dashcamctl passes the System ones) -----
+# --- time ---------------------------------------------------------------------------------------
 
 
 class SystemClock:
@@ -488,161 +492,97 @@ def boot_id(path: str = BOOT_ID_PATH, environ=os.environ) -> str:
     return "-".join((given[:8], given[8:12], given[12:16], given[16:20], given[20:]))
 
 
-class SystemFacts:
-    """The real gatherers, against the modules of the other concerns (imported on use)."""
+# --- our units ----------------------------------------------------------------------------------
 
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self.reading = None  # the last battery reading
 
-    def battery(self):
-        from . import battery
-
-        self.reading = battery.read(self.cfg)  # never raises: an unknown reading carries its reason
-        return self.reading
-
-    def camera_mode(self) -> str:
-        from . import camera
-
-        try:
-            return camera.current_mode(self.cfg)
-        except Exception as e:  # a broken hub or a missing tool: the mode is unknown, the tick goes on
-            log.debug("camera mode unknown: %s", e)
-            return "unknown"
-
-    def camera_attached(self) -> Optional[bool]:
-        from . import device
-
-        try:
-            return device.camera_attached(self.cfg) is not None
-        except Exception as e:
-            log.debug("camera attachment unknown: %s", e)
-            return None
-
-    def server_reachable(self) -> bool:
-        from . import server  # not the uploader: a tick must not pay for importing it
-
-        try:
-            return bool(server.reachable(self.cfg, None))  # upload.connect_timeout
-        except Exception as e:
-            log.debug("reachability probe failed: %s", e)
-            return False
-
-    def units_running(self) -> Tuple[bool, bool]:
-        """(an ingest unit is running, the upload unit is running), from one systemctl call."""
-        from . import runner
-
-        try:
-            result = runner.run(
-                [
-                    "systemctl",
-                "list-units",
-                "--all",
-                "--plain",
-                "--no-legend",
-                "--no-pager",
-                    "--type=service",
-                    INGEST_UNITS,
-                    UPLOAD_UNIT,
-                ],
-                timeout=10,
-                changes_state=False,
-                check=False,
-            )
-        except runner.CommandError as e:  # no systemctl (not a systemd system): nothing of ours runs
-            log.debug("cannot list units: %s", e)
-            return False, False
-        return units_running_from(result.stdout)
-
-    def staging_space(self) -> Tuple[int, int]:
-        return staging_space(self.cfg)
+def ours_running(units: Sequence[str]) -> Tuple[bool, bool]:
+    """(an ingest runs, the upload runs) among the running ``units`` (systemd.Systemctl.units)."""
+    return any(u.startswith("dashcam-ingest@") for u in units), UPLOAD_UNIT in units
 
 
 def units_running_from(listing: str) -> Tuple[bool, bool]:
-    """Parse ``systemctl list-units --plain --no-legend``: UNIT LOAD ACTIVE SUB DESCRIPTION."""
-    ingest = upload = False
-    for line in listing.splitlines():
-        parts = line.split()
-        if len(parts) < 4:
-            continue
-        unit, active = parts[0], parts[2]
-        if active not in ("active", "activating", "deactivating", "reloading"):
-            continue
-        if unit.startswith("dashcam-ingest@"):
-            ingest = True
-        elif unit == UPLOAD_UNIT:
-            upload = True
-    return ingest, upload
+    """(an ingest runs, the upload runs), from ``systemctl list-units --plain --no-legend``."""
+    from .systemd import running_units
+
+    return ours_running(running_units(listing))
 
 
-
-class SystemActions:
-    """The real actors: systemctl through the runner, the camera through camera.set_mode."""
-
-    def __init__(self, cfg, dry_run: bool = False, facts: Optional[SystemFacts] = None):
-        self.cfg = cfg
-        self.dry_run = dry_run
-        self.facts = facts  # what the tick read the battery with: checked again before leaving record
-
-    def stop_units(self, units: Sequence[str]) -> None:
-        from . import runner
-
-        # blocks until they have stopped: ingest deletes its .part and unmounts, upload ends rsync
-        runner.run(["systemctl", "stop", *units], timeout=150, dry_run=self.dry_run)
-
-    def set_camera(self, mode: str) -> Optional[bool]:
-        """Switch the camera; False when it was already recording (nothing done)."""
-        from . import camera
-        from .ignition import LOCK_PATH, PolicyLock
-
-        if self.facts is None or (mode != "record" and self.facts.reading is None):
-            camera.set_mode(self.cfg, mode, dry_run=self.dry_run)
-            return None
-        if mode == "record":
-            # under the watcher's lock: it may have put the camera back (and counted the return)
-            # since this tick read the mode
-            with PolicyLock(None if self.dry_run else LOCK_PATH):
-                if not self.dry_run and self.facts.camera_mode() == "record":
-                    return False
-                camera.set_mode(self.cfg, mode, dry_run=self.dry_run)
-            return None
-        # leaving record: under the lock the ignition watcher acts with, one more battery read. The
-        # engine may have started since this tick's reading (a tick takes seconds); the watcher, or
-        # the next tick, has the camera then.
-        seen = self.facts.reading.external
-        with PolicyLock(None if self.dry_run else LOCK_PATH):
-            if seen is not True and self.facts.battery().external is True:
-                raise camera.CameraError(
-                    f"camera {mode}: not switched: external power since this tick's reading (the engine started)"
-                )
-            camera.set_mode(self.cfg, mode, dry_run=self.dry_run)
-        return None
-
-    def start_upload(self) -> None:
-        from . import runner
-
-        runner.run(["systemctl", "start", "--no-block", UPLOAD_UNIT], timeout=30, dry_run=self.dry_run)
-
-    def poweroff(self) -> None:
-        from . import runner
-
-        runner.run(["systemctl", "poweroff"], timeout=30, dry_run=self.dry_run)
-
-    def start_watch(self) -> None:
-        from . import runner
-
-        runner.run(["systemctl", "start", "--no-block", WATCH_UNIT], timeout=30, dry_run=self.dry_run)
+# --- what the ledger keeps between ticks --------------------------------------------------------
 
 
-# --- the tick -----------------------------------------------------------------------------------
+def finite(value: Any) -> bool:
+    """A number arithmetic can use: int or float, not bool, not NaN or ±Infinity."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value - value == 0
 
 
-class Outcome:
-    """What a tick did: the actions done, and the ones that failed with their error."""
+def _number(value: Any) -> Optional[float]:
+    return value if finite(value) else None
 
-    def __init__(self) -> None:
-        self.done: List[str] = []
-        self.failed: List[str] = []
+
+def _flag(value: Any) -> Optional[bool]:
+    return value if isinstance(value, bool) else None
+
+
+def _text(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) else None
+
+
+class TickState(Record):
+    """The ledger state "policy": what a tick leaves for the next. Monotonic seconds of the boot
+    ``boot_id`` (a tick of another boot uses none of them; see Facts for their meaning).
+
+    last_tick, last_mode: when the previous tick ran, the camera mode it left
+    reachable, reachable_since: the server answered at the previous tick, and since when
+    external_since, unknown_since, last_external, battery_low: the power streaks and the camera latch
+    data_since, data_ingest: when data mode began, and the last_ingest state then (a marker)
+    recorded_seconds: how long the camera recorded since the last ingest
+    recording_since: wall clock, for people: the oldest footage on the camera
+    seen_ingest: the last_ingest state the previous tick saw (a marker: a new one is an ingest)
+    """
+
+    boot_id: Optional[str] = None
+    last_tick: Optional[float] = None
+    last_mode: Optional[str] = None
+    reachable: Optional[bool] = None
+    reachable_since: Optional[float] = None
+    external_since: Optional[float] = None
+    data_since: Optional[float] = None
+    data_ingest: Any = None
+    recorded_seconds: float = 0.0
+    recording_since: Optional[float] = None
+    seen_ingest: Any = None
+    unknown_since: Optional[float] = None
+    last_external: Optional[bool] = None
+    battery_low: Optional[bool] = None
+
+    @classmethod
+    def parse(cls, value: Any) -> "TickState":
+        """The state as stored: the ledger on disk is input like any other, and a value a person or a
+        fault changed (text for a number, a list for the state) is left out rather than crash the tick."""
+        if not isinstance(value, dict):
+            return cls()
+        recorded = value.get("recorded_seconds")
+        return cls(
+            boot_id=_text(value.get("boot_id")),
+            last_tick=_number(value.get("last_tick")),
+            last_mode=_text(value.get("last_mode")),
+            reachable=_flag(value.get("reachable")),
+            reachable_since=_number(value.get("reachable_since")),
+            external_since=_number(value.get("external_since")),
+            data_since=_number(value.get("data_since")),
+            data_ingest=value.get("data_ingest"),
+            recorded_seconds=float(recorded) if finite(recorded) else 0.0,
+            recording_since=_number(value.get("recording_since")),
+            seen_ingest=value.get("seen_ingest"),
+            unknown_since=_number(value.get("unknown_since")),
+            last_external=_flag(value.get("last_external")),
+            battery_low=_flag(value.get("battery_low")),
+        )
+
+
+def read_state(ledger) -> TickState:
+    """What the last tick left in the ledger (TickState(): none, or none that can be read)."""
+    return TickState.parse(ledger.get_state(STATE_KEY))
 
 
 def _sample(row) -> Sample:
@@ -656,13 +596,9 @@ def _sample(row) -> Sample:
     )
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value - value == 0
-
-
-def _samples(rows) -> List[Sample]:
-    """The stored readings the tick can use: the ledger on disk is input like any other, and a row
-    a person or a fault changed (text for a number, NaN) is left out rather than crash the tick."""
+def samples(rows) -> List[Sample]:
+    """The stored readings the tick can use: a row a person or a fault changed (text for a
+    number, NaN) is left out rather than crash the tick."""
     out = []
     for row in rows:
         try:
@@ -670,434 +606,9 @@ def _samples(rows) -> List[Sample]:
         except (KeyError, IndexError, TypeError, ValueError):
             continue
         if (
-            _finite(sample.monotonic)
+            finite(sample.monotonic)
             and (sample.percent is None or (type(sample.percent) is int and 0 <= sample.percent <= 100))
             and (sample.millivolts is None or type(sample.millivolts) is int)
         ):
             out.append(sample)
     return out
-
-
-def _number_or_0(value: Any) -> float:
-    return float(value) if _finite(value) else 0.0
-
-
-# the tick's state keys that hold a number (monotonic seconds); anything else there is dropped
-_STATE_NUMBERS = ("last_tick", "data_since", "recorded_seconds", "unknown_since", "recording_since")
-
-
-def _state(value: Any) -> Dict[str, Any]:
-    """The tick state as stored, with what cannot be used dropped (see _samples)."""
-    if not isinstance(value, dict):
-        return {}
-    return {k: v for k, v in value.items() if k not in _STATE_NUMBERS or v is None or _finite(v)}
-
-
-def _try(outcome: Outcome, what: str, fn, *args) -> bool:
-    try:
-        fn(*args)
-    except Exception as e:  # one failed action must not keep the others (above all a shutdown) from running
-        outcome.failed.append(f"{what}: {e}")
-        return False
-    outcome.done.append(what)
-    return True
-
-
-def _same_marker(a: Any, b: Any) -> bool:
-    return a == b
-
-
-def tick(cfg, facts_source, actions, *, ledger, clock=None, dry_run: bool = False) -> Dict[str, Any]:
-    """One policy tick. Returns the record stored as ledger state "last_policy".
-
-    ``facts_source``: battery(), camera_mode(), camera_attached(), server_reachable(),
-    units_running(), staging_space() -- see SystemFacts. ``actions``: stop_units(units),
-    set_camera(mode), start_upload(), poweroff() -- see SystemActions. ``clock``:
-    monotonic(), time(), boot_id() -- see SystemClock.
-    Under ``dry_run`` the actions log instead of acting (the System actions pass it to the
-    runner); the reading and what was observed are still recorded: they are facts, not actions.
-    """
-    clock = clock or SystemClock()
-    now, wall, boot = clock.monotonic(), clock.time(), clock.boot_id()
-    st = _state(ledger.get_state(STATE_KEY))
-    same_boot = st.get("boot_id") == boot
-
-    # the battery: record this reading, read back the recent ones
-    reading = facts_source.battery()
-    history = _samples(ledger.recent_readings(HISTORY - 1))
-    history.append(
-        Sample(
-            monotonic=now,
-            boot_id=boot,
-            percent=reading.percent,
-            external=reading.external,
-            millivolts=reading.millivolts,
-            wall=wall,
-        )
-    )
-    known = reading.percent is not None or reading.external is True
-    if known:
-        unknown_since = None
-    elif same_boot and st.get("unknown_since") is not None:
-        unknown_since = st["unknown_since"]
-    else:
-        unknown_since = now
-    last_external = reading.external if reading.external is not None else st.get("last_external")
-    # the current streak on external power (this boot): an unknown reading neither starts nor ends it
-    external_since = st.get("external_since") if same_boot else None
-    if reading.external is True:
-        external_since = external_since if external_since is not None else now
-    elif reading.external is False or not same_boot:
-        external_since = None
-
-    # the camera
-    mode = facts_source.camera_mode()
-    data_since = st.get("data_since") if (same_boot and st.get("last_mode") == "data" and mode == "data") else None
-    last_ingest = ledger.get_state("last_ingest")
-    if mode == "data" and data_since is None:
-        data_since = now  # first seen in data mode (this boot)
-        data_ingest = last_ingest
-    else:
-        data_ingest = st.get("data_ingest")
-    ingested_since_data = mode == "data" and not _same_marker(last_ingest, data_ingest)
-    recorded = float(st.get("recorded_seconds", 0.0))
-    recorded_before = 0.0  # the recording an ingest that just ended took (the budget learns from it)
-    recording_since = st.get("recording_since")  # wall clock, for people: the oldest footage on the camera
-    card = ledger.get_state(power_budget.CARD_KEY)  # what the last ingest left on the card
-    if not _same_marker(last_ingest, st.get("seen_ingest")):
-        recorded_before, recorded = recorded, 0.0  # an ingest took what the camera had recorded
-        if not (isinstance(card, dict) and card.get("bytes")):
-            recording_since = None  # ... all of it: else the oldest footage is still on the card
-    elif same_boot and st.get("last_mode") == "record" and mode == "record" and st.get("last_tick") is not None:
-        recorded += max(0.0, now - st["last_tick"])
-        if recording_since is None:
-            recording_since = wall - max(0.0, now - st["last_tick"])
-    attached = facts_source.camera_attached() if mode == "data" else None
-
-    # the world around it
-    reachable = facts_source.server_reachable()
-    was_reachable = st.get("reachable") if same_boot else None
-    reachable_since = (st.get("reachable_since") if same_boot and was_reachable else None) if reachable else None
-    if reachable and reachable_since is None:
-        reachable_since = now
-    free, reserve = facts_source.staging_space()
-    backlog_files, backlog_bytes, backlog_event_bytes, oldest_staged = ledger.backlog_detail()
-    last_upload = ledger.get_state("last_upload")
-    # the power budget (budget.py): what the ingests and uploads taught, what waits, the runtime left
-    rates, estimate = {}, None
-    try:  # what the ledger holds is input: a case the parsers missed costs the budget, never the tick
-        watts = power_budget.load_watts(reading.raw)
-        rates = power_budget.learn(ledger.get_state(power_budget.RATES_KEY), cfg.camera.name, last_ingest=last_ingest,
-                                   last_upload=last_upload, recorded_seconds=recorded_before, watts=watts, card=card)
-        if cfg.budget.enabled:
-            estimate = power_budget.estimate(
-                history, boot, cfg, rates=rates, camera=cfg.camera.name, watts=watts, recorded_seconds=recorded,
-                card=card, staged=(backlog_files, backlog_bytes, backlog_event_bytes), last_ingest=last_ingest,
-                oldest_staged_wall=oldest_staged, recording_since_wall=recording_since, wall=wall)
-    except Exception as e:
-        log.error("policy: no power budget this tick (no limit): %s: %s", type(e).__name__, e)
-    # the wall clock, as ingest and upload record it: a jump back only ends the pause early
-    upload_failed_recently = (
-        isinstance(last_upload, dict)
-        and last_upload.get("result") == "failed"
-        and 0 <= wall - _number_or_0(last_upload.get("wall")) < UPLOAD_FAILURE_PAUSE
-    )
-    # the last run had nothing to send but clips held for a session cut earlier (new clips
-    # start an upload through the path unit, not through this)
-    upload_held = (
-        isinstance(last_upload, dict)
-        and last_upload.get("result") == "held"
-        and wall < _number_or_0(last_upload.get("held_until"))
-    )
-    # which units run matters only at home or in data mode (data mode, upload, an ingest to stop);
-    # away from home, recording, the systemctl call is saved
-    if reachable or mode == "data":
-        ingest_running, upload_running = facts_source.units_running()
-    else:
-        ingest_running = upload_running = None
-
-    facts = Facts(
-        now=now,
-        boot_id=boot,
-        reachable=reachable,
-        was_reachable=was_reachable,
-        reachable_since=reachable_since,
-        external_since=external_since,
-        previous_tick=st.get("last_tick") if same_boot else None,
-        camera_mode=mode,
-        camera_attached=attached,
-        data_since=data_since,
-        ingested_since_data=ingested_since_data,
-        recorded_seconds=recorded,
-        ingested_before=last_ingest is not None,
-        left_on_card=_left_on_card(card, cfg.camera.name),
-        unknown_since=unknown_since,
-        last_external=last_external,
-        battery_low=st.get("battery_low"),
-        staging_free=free,
-        staging_reserve=reserve,
-        backlog_files=backlog_files,
-        backlog_bytes=backlog_bytes,
-        ingest_running=ingest_running,
-        upload_running=upload_running,
-        upload_failed_recently=upload_failed_recently,
-        upload_held=upload_held,
-        budget=estimate,
-    )
-    decision = decide(history, facts, cfg)
-    verdict = decision.verdict or power_budget.Verdict()
-
-    # act: stop units first (a shutdown, or the camera going away under an ingest), then the camera
-    outcome = Outcome()
-    back = decision.back_to_record
-    stopping_ingest = back and INGEST_UNITS in decision.stop_units
-    if decision.stop_units:
-        _try(outcome, "stop " + " ".join(decision.stop_units), actions.stop_units, list(decision.stop_units))
-    new_mode = mode
-    already = []  # the camera was found recording under the lock: the watcher put it back first
-
-    def set_camera(target: str) -> None:
-        if actions.set_camera(target) is False:
-            already.append(target)
-
-    if decision.camera is not None:
-        if _try(outcome, f"camera {decision.camera}", set_camera, decision.camera):
-            if not dry_run:
-                new_mode = decision.camera
-            if already:
-                outcome.done[-1] += " (already recording: the ignition watcher switched it)"
-    if decision.start_upload:
-        _try(outcome, "start " + UPLOAD_UNIT, actions.start_upload)
-    if decision.camera == "data" and verdict.ingest == "events" and new_mode == "data":
-        outcome.done.append("copy events only")  # ingest learns it from the budget state at each clip
-    # the camera leaves record (or a boot finds it out of record): the watcher puts it back within
-    # about a second of the engine starting or the car leaving, the tick only every 30 s
-    if new_mode in ("data", "off") and not decision.shutdown and not dry_run and (
-        new_mode != mode or not same_boot or st.get("last_mode") not in ("data", "off")
-    ):
-        _try(outcome, "start " + WATCH_UNIT, actions.start_watch)
-    back_message = None
-    if back and new_mode == "record" and mode != "record" and not already:
-        from .ignition import describe
-
-        after = ledger.get_state("last_ingest") if stopping_ingest else None
-        stopped = (after if isinstance(after, dict) and after != last_ingest else {}) if stopping_ingest else None
-        since = now - external_since if back == "engine_started" and external_since is not None else None
-        back_message = describe(back, stopped, since)
-    if new_mode == "data" and mode != "data":
-        data_since, data_ingest = now, last_ingest
-    elif new_mode != "data":
-        data_since, data_ingest = None, None
-
-    state = (
-        STATE_KEY,
-        {
-            "boot_id": boot,
-            "last_tick": now,
-            "last_mode": new_mode,
-            "reachable": reachable,
-            "reachable_since": reachable_since,
-            "external_since": external_since,
-            "data_since": data_since,
-            "data_ingest": data_ingest,
-            "recorded_seconds": recorded,
-            "recording_since": recording_since,
-            "seen_ingest": last_ingest,
-            "unknown_since": unknown_since,
-            "last_external": last_external,
-            "battery_low": decision.battery_low,
-        },
-    )
-    record = {
-        "wall": wall,
-        "boot_id": boot,
-        "monotonic": now,
-        "dry_run": dry_run,
-        "saw": {
-            "battery": {
-                "source": reading.source,
-                "percent": reading.percent,
-                "millivolts": reading.millivolts,
-                "external": reading.external,
-                "reason": reading.reason,
-                "judged": decision.battery,
-                "raw": dict(reading.raw),
-            },
-            "camera": mode,
-            "camera_attached": attached,
-            "data_seconds": None if facts.data_since is None else round(now - facts.data_since, 1),
-            "recorded_seconds": round(recorded, 1),
-            "reachable": reachable,
-            "was_reachable": was_reachable,
-            "staging_free": free,
-            "staging_reserve": reserve,
-            "backlog_files": backlog_files,
-            "backlog_bytes": backlog_bytes,
-            "ingest_running": ingest_running,
-            "upload_running": upload_running,
-            "budget": power_budget.report(estimate, verdict),
-        },
-        "decision": decision.asdict(),
-        "back_to_record": back_message,
-        "done": outcome.done,
-        "failed": outcome.failed,
-    }
-    record["decision"]["stop_units"] = list(decision.stop_units)
-    record["decision"]["verdict"] = verdict.asdict()
-    if decision.shutdown:
-        record["done"] = outcome.done + ["poweroff"]
-    with ledger.transaction():  # one commit per tick: the reading, the state, the record
-        ledger.add_reading(
-            wall=wall,
-            boot_id=boot,
-            monotonic=now,
-            millivolts=reading.millivolts,
-            percent=reading.percent,
-            external=reading.external,
-            source=reading.source,
-            reason=reading.reason,
-            keep=KEEP_READINGS,
-        )
-        ledger.put_state(*state)
-        ledger.put_state(LAST_KEY, record)
-        # for ingest and upload, read at each clip boundary (budget.IngestGate, budget.upload_fit)
-        if not dry_run:  # an instruction to the ingest and the upload: a dry run gives none
-            ledger.put_state(power_budget.BUDGET_KEY, power_budget.budget_state(verdict, estimate, boot, now, wall))
-        ledger.put_state(power_budget.RATES_KEY, rates)
-        # when the camera was recording, for the check of footage lost before it was copied
-        from .coverage import note_tick
-
-        note_tick(ledger, clock, boot=boot, now=now, wall=wall, seen=mode, after=new_mode,
-                  since=st.get("last_tick") if same_boot and st.get("last_mode") == "record" else None,
-                  external=reading.external)
-        if back_message:
-            from .ignition import note
-
-            note(ledger, back, back_message, wall)
-    _log_line(record, decision, dry_run)
-    if decision.shutdown:
-        # last: the log line and the state are written before systemd starts stopping everything
-        if not _try(outcome, "poweroff", actions.poweroff):
-            record["done"].remove("poweroff")
-            record["failed"] = outcome.failed
-            ledger.put_state(LAST_KEY, record)
-            log.error("policy: power off failed: %s", outcome.failed[-1])
-    return record
-
-
-def _left_on_card(card: Any, camera: str) -> int:
-    """Bytes the last ingest of ``camera`` left on its card (ledger state card_left, input: any shape; 0 when unreadable)."""
-    if not isinstance(card, dict) or card.get("camera") != camera:
-        return 0
-    left = card.get("bytes")
-    return int(left) if isinstance(left, int) and not isinstance(left, bool) and 0 < left < 10**15 else 0
-
-
-def _describe_battery(b: Dict[str, Any]) -> str:
-    if b["percent"] is None:
-        text = "battery unknown" + (f" ({b['reason']})" if b.get("reason") else "")
-    else:
-        text = f"battery {b['percent']}%" + (f" {b['millivolts']} mV" if b["millivolts"] is not None else "")
-    power = {True: "external power", False: "on battery", None: "power source unknown"}[b["external"]]
-    return f"{text}, {power}"
-
-
-def _running(flag: Optional[bool]) -> str:
-    return {True: "running", False: "idle", None: "not checked (away)"}[flag]
-
-
-def _log_line(record: Dict[str, Any], decision: Decision, dry_run: bool) -> None:
-    saw = record["saw"]
-    seen = (
-        f"{_describe_battery(saw['battery'])}; camera {saw['camera']}; "
-        f"server {'reachable' if saw['reachable'] else 'unreachable'}; "
-        f"backlog {saw['backlog_files']} files; "
-        f"ingest {_running(saw['ingest_running'])}, upload {_running(saw['upload_running'])}"
-    )
-    did = ", ".join(record["done"]) or "nothing"
-    if record["failed"]:
-        did += "; FAILED: " + "; ".join(record["failed"])
-    line = f"policy{' (dry run)' if dry_run else ''}: saw {seen} -> did {did} -- why: {decision.reason}"
-    if record.get("back_to_record"):
-        line += f" -- {record['back_to_record']}"
-    level = ERROR if record["failed"] else WARNING if decision.shutdown else INFO
-    log.log(
-        level,
-        line,
-        extra={
-            "DASHCAM_CAMERA": saw["camera"],
-            "DASHCAM_CAMERA_TARGET": decision.camera or "",
-            "DASHCAM_BATTERY_PERCENT": "" if saw["battery"]["percent"] is None else saw["battery"]["percent"],
-            "DASHCAM_SHUTDOWN": int(decision.shutdown),
-        },
-    )
-
-
-def status_facts(record: Dict[str, Any], ledger, cfg=None) -> Dict[str, Any]:
-    """What this tick saw, shaped like `dashcamctl status --json`, for MQTT: no second battery read."""
-    saw, decision = record["saw"], record["decision"]
-    mode = saw["camera"]
-    if decision["camera"] and f"camera {decision['camera']}" in record["done"] and not record["dry_run"]:
-        mode = decision["camera"]
-    return {
-        "battery": dict(saw["battery"]),
-        "camera": {"mode": mode, "attached": saw["camera_attached"]},
-        "staging": {
-            "backlog_files": saw["backlog_files"],
-            "backlog_bytes": saw["backlog_bytes"],
-            "free_bytes": saw["staging_free"],
-        },
-        "server": {"reachable": saw["reachable"]},
-        "budget": saw.get("budget") or {},
-        "last_ingest": ledger.get_state("last_ingest") or {},
-        "last_upload": ledger.get_state("last_upload") or {},
-        **_coverage_facts(ledger, cfg, record["wall"]),
-    }
-
-
-def _coverage_facts(ledger, cfg, wall) -> Dict[str, Any]:
-    """Footage lost, damaged clips, the card, and the problem sensor (coverage.facts); {} on failure."""
-    try:
-        from . import coverage
-
-        return coverage.facts(ledger, cfg, wall) if cfg is not None else {}
-    except Exception as e:  # noqa: B902 - MQTT shows them unknown; the tick goes on
-        log.debug("policy: no footage facts for MQTT: %s", e)
-        return {}
-
-
-# --- dashcamctl policy ------------------------------------------------------------------------------
-
-
-def command(args) -> int:
-    """dashcamctl [--dry-run] policy [--json]: one tick with the real gatherers and actors."""
-    from . import config
-    from .ledger import TickLedger
-
-    # under the unit, CacheDirectory=dashcam gives $CACHE_DIRECTORY: the validated config is kept
-    # there as JSON so a tick does not parse YAML (see config.load_cached)
-    cfg = config.load_cached(args.config, os.environ.get("CACHE_DIRECTORY"))
-    for warning in cfg.warnings:
-        get_logger("dashcam.config").warning("%s: %s", cfg.path, warning)
-    # a damaged, locked or read-only ledger must not stop a low-battery shutdown: the tick then
-    # keeps this boot's readings and state in a fallback file, in the first of these that takes it
-    fallback_dirs = [os.environ.get("RUNTIME_DIRECTORY"), cfg.paths.state_dir, os.environ.get("CACHE_DIRECTORY"), FALLBACK_DIR]
-    with TickLedger(cfg.paths.ledger, fallback_dirs, SystemClock().boot_id()) as ledger:
-        facts = SystemFacts(cfg)
-        record = tick(cfg, facts, SystemActions(cfg, args.dry_run, facts), ledger=ledger, dry_run=args.dry_run)
-        if cfg.mqtt is not None:
-            if args.dry_run:
-                log.info("dry run, not publishing to MQTT")
-            else:
-                from . import mqtt  # only with an mqtt section: bounded (< 1 s), never raises
-
-                mqtt.publish_state(cfg, status_facts(record, ledger, cfg))
-                if record["back_to_record"]:
-                    from .ignition import publish
-
-                    publish(cfg, record["decision"]["back_to_record"], record["back_to_record"], None)
-    if args.json:
-        from .cli import print_json
-
-        print_json(record)
-    return 1 if record["failed"] else 0

@@ -15,9 +15,10 @@ import re
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    from typing import Dict, List, Optional
+    from typing import Any, Dict, List, Optional, Tuple, Union
 
 from . import runner
+from .systemd import Systemctl
 from .errors import EX_FAILURE, EX_OK, DashcamError
 from .log import get as get_logger
 
@@ -136,11 +137,10 @@ def _seconds(value) -> str:
 def loaded(dry_run: bool = False) -> TimerState:
     """The timers systemd has loaded for dashcam-policy.timer (read-only: runs in a dry run too)."""
     try:
-        r = runner.run(["systemctl", "show", TIMER, "-p", "TimersMonotonic"], timeout=SYSTEMCTL_TIMEOUT,
-                       changes_state=False)
+        shown = Systemctl().show(TIMER, "TimersMonotonic", timeout=SYSTEMCTL_TIMEOUT)
     except runner.CommandError as e:
         raise DashcamError(f"cannot ask systemd about {TIMER}: {e}") from e
-    return TimerState(parse_timers_monotonic(r.stdout))
+    return TimerState(parse_timers_monotonic(shown))
 
 
 # --- the drop-in -------------------------------------------------------------------------------
@@ -223,12 +223,13 @@ def remove_dropin(root: str = "/", *, dry_run: bool = False) -> bool:
 
 def apply(dry_run: bool = False) -> None:
     """systemd reads the drop-in, and the running timer is restarted to follow it."""
-    for argv in (["systemctl", "daemon-reload"], ["systemctl", "restart", TIMER]):
-        try:
-            runner.run(argv, timeout=SYSTEMCTL_TIMEOUT, dry_run=dry_run)
-        except runner.CommandError as e:
-            raise DashcamError(f"{e} (the drop-in is in place; then run: systemctl daemon-reload; "
-                               f"systemctl restart {TIMER})") from e
+    systemctl = Systemctl(dry_run=dry_run)
+    try:
+        systemctl.daemon_reload(timeout=SYSTEMCTL_TIMEOUT)
+        systemctl.restart(TIMER, timeout=SYSTEMCTL_TIMEOUT)
+    except runner.CommandError as e:
+        raise DashcamError(f"{e} (the drop-in is in place; then run: systemctl daemon-reload; "
+                           f"systemctl restart {TIMER})") from e
 
 
 def parse_seconds(text: str) -> int:
@@ -244,13 +245,11 @@ def parse_seconds(text: str) -> int:
     return seconds
 
 
-def _mqtt_note(args, seconds: int) -> Optional[str]:
+def _mqtt_note(load_config, args, seconds: int) -> Optional[str]:
     """MQTT entities expire after mqtt.expire_after without a tick: a word when it is too short."""
     from .config import ConfigError
 
     try:
-        from .commands import load_config
-
         cfg = load_config(args)
     except ConfigError as e:
         log.info("not checking mqtt.expire_after against the interval: %s: %s", e.path, "; ".join(e.problems))
@@ -263,21 +262,17 @@ def _mqtt_note(args, seconds: int) -> Optional[str]:
     return None
 
 
-def _report(state: TimerState, as_json: bool) -> int:
+def _report(state: TimerState, as_json: bool) -> Tuple[int, Dict[str, Any]]:
     problems = state.problems()
-    if as_json:
-        from .cli import print_json
-
-        print_json(state.as_dict())
-    else:
+    if not as_json:
         interval = state.interval if not isinstance(state.interval, list) else min(state.interval)
         print(f"{TIMER}: every {_seconds(interval)}, first tick {_seconds(state.boot if not isinstance(state.boot, list) else min(state.boot))} after boot")
         for p in problems:
             print(f"{TIMER}: FAIL: {p}")
-    return EX_FAILURE if problems else EX_OK
+    return (EX_FAILURE if problems else EX_OK), state.as_dict()
 
 
-def command(args: argparse.Namespace) -> int:
+def command(args: argparse.Namespace, load_config) -> Union[int, Tuple[int, Dict[str, Any]]]:
     root = os.environ.get("DASHCAM_ROOT", "/")  # a test's tree; "/" on a real system
     dry_run = args.dry_run
     if (args.show or args.reset) and args.seconds is not None:
@@ -298,14 +293,14 @@ def command(args: argparse.Namespace) -> int:
     for path in later_dropins(root):
         log.warning("%s sets the timer too and is read after %s: remove it, or its timers add to ours",
                     path, DROPIN_NAME)
-    note = _mqtt_note(args, expected)
+    note = _mqtt_note(load_config, args, expected)
     if note:
         log.warning("%s", note)
     if dry_run:
         return EX_OK
     state = loaded()
-    rc = _report(state, args.json)
+    rc, document = _report(state, args.json)
     if rc == EX_OK and state.interval != expected:
         print(f"{TIMER}: FAIL: asked for {expected} s, systemd ticks every {_seconds(state.interval)}")
-        return EX_FAILURE
-    return rc
+        return EX_FAILURE, document
+    return rc, document

@@ -1,5 +1,7 @@
 """ssh for the upload: the options every connection uses, reading ssh's failures, and onboarding.
 
+rsync (rsync.py) runs over it; what rsync and the server's rrsync say is read there.
+
 Every connection pins the server's host key (``StrictHostKeyChecking=yes`` against
 ``upload.known_hosts`` only), never asks anything (``BatchMode=yes``) and offers only the
 configured key. ``dashcamctl keygen`` makes that key and prints the exact ``authorized_keys``
@@ -9,6 +11,7 @@ fingerprint and pins it. Nobody has to hand-craft ssh options.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import pwd
@@ -17,9 +20,9 @@ import socket
 import tempfile
 from typing import List, Optional
 
-from . import runner
+from . import runner, server
 from .config import Config
-from .errors import DashcamError, TryLater
+from .errors import EX_FAILURE, EX_OK, DashcamError, TryLater
 from .log import get as get_logger
 
 log = get_logger("dashcam.ssh")
@@ -102,13 +105,6 @@ def known_hosts_name(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
 
 
-def server_reachable(cfg: Config, timeout: Optional[float] = None) -> bool:
-    """True when a TCP connection to upload.host:port succeeds within ``timeout`` (default connect_timeout)."""
-    from . import server
-
-    return server.reachable(cfg, timeout)
-
-
 # --- ssh's failures --------------------------------------------------------------------------
 
 
@@ -120,28 +116,15 @@ class AuthProblem(DashcamError):
     """The server refused our key: never retried."""
 
 
-class ServerRefused(DashcamError):
-    """The server's rrsync refused the request: a setup problem, never retried."""
-
-
-class ServerCannotWrite(DashcamError):
-    """The key was accepted, but the server's rsync could not write there (permissions, a full
-    disk, a read-only filesystem): the server needs fixing, retrying now does not help."""
-
-
 # what ssh itself says when the server refuses every key it offered (not rsync's "Permission denied (13)")
 SSH_AUTH_FAILED = re.compile(r"Permission denied \((publickey|password|keyboard-interactive|hostbased|gssapi)"
                              r"|Too many authentication failures")
-# errors of the server's rsync (receiver or generator), by the errno it prints after the message
-RECEIVER_ERROR = re.compile(r"^rsync: .*\((13|28|30|122)\)\s*$", re.MULTILINE)
-
-
-TRANSIENT_SSH = re.compile(
+# ssh's words for a connection that failed or dropped: it may work a little later
+TRANSIENT = re.compile(
     r"Connection (refused|timed out|reset|closed)|closed by remote host|No route to host|"
     r"Network is unreachable|Broken pipe|client_loop|kex_exchange_identification|"
     r"Connection to \S+ closed|Could not resolve hostname|Temporary failure in name resolution|"
-    r"connection unexpectedly closed|Timeout, server .* not responding|"
-    r"Another instance of rrsync is already accessing",
+    r"connection unexpectedly closed|Timeout, server .* not responding",
     re.IGNORECASE,
 )
 
@@ -178,8 +161,8 @@ def check_server_dir(server_dir: str) -> str:
 SERVER_DIR_CHAR = re.compile(r"[\w/.+@%=:-]")
 
 
-def classify(cfg: Config, returncode: int, stderr: str) -> Optional[DashcamError]:
-    """A fatal, explained error for failures that retrying cannot fix; None when the failure may pass."""
+def refused(cfg: Config, stderr: str) -> Optional[DashcamError]:
+    """The server's host key is not the pinned one, or the server refused our key: never retried."""
     up = cfg.upload
     name = known_hosts_name(up.host, up.port)
     if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr or "Host key verification failed" in stderr:
@@ -199,47 +182,14 @@ def classify(cfg: Config, returncode: int, stderr: str) -> Optional[DashcamError
             f"~{up.user}/.ssh/authorized_keys on the server; `dashcamctl keygen` prints it, of the form: "
             + authorized_keys_line("ssh-ed25519 AAAA... dashcam@pi", "<DIR>")
         )
-    if ("rrsync error" in stderr or "rrsync:" in stderr) and "Another instance of rrsync" not in stderr:
-        line = next((l for l in stderr.splitlines() if "rrsync" in l), stderr.strip())
-        return ServerRefused(f"the server's rrsync refused the upload: {line.strip()}")
+    return None
+
+
+def key_missing(cfg: Config, stderr: str) -> Optional[AuthProblem]:
+    """ssh could not read our key: never retried."""
     if ("Identity file" in stderr and "not accessible" in stderr) or "no such identity" in stderr.lower():
-        return AuthProblem(f"the ssh key {up.ssh_key} is missing or unreadable: run dashcamctl keygen")
-    return cannot_write(cfg, stderr)
-
-
-def cannot_write(cfg: Config, stderr: str, then: str = "; the clips stay in staging and go with the next upload"
-                 ) -> Optional[ServerCannotWrite]:
-    """The server's rsync failed to write (the key itself was accepted): which cause, its fix, ``then``."""
-    m = RECEIVER_ERROR.search(stderr or "")
-    if m is None:
-        return None
-    up = cfg.upload
-    # rrsync runs rsync on /proc/self/fd/N, a descriptor of a directory under the key's: drop it
-    said = re.sub(r"/proc/self/fd/\d+/?", "", m.group(0).strip())
-    where = f"{up.dest_path} in the directory the key is restricted to"
-    errno_ = m.group(1)
-    if errno_ == "13":
-        return ServerCannotWrite(
-            f"the server accepted the key, but its user {up.user} may not write in {where} ({said}). "
-            f"On the server, give {up.user} write access there (e.g. chown -R {up.user} on that directory)" + then
-        )
-    if errno_ in ("28", "122"):
-        return ServerCannotWrite(
-            f"the server's disk (or {up.user}'s quota) holding {where} is full ({said}). "
-            "Free space on the server" + then
-        )
-    return ServerCannotWrite(
-        f"the server's filesystem holding {where} is read-only ({said}). On the server, find out why "
-        "(mounted read-only, or remounted so after a disk error: dmesg, findmnt) and make it writable" + then
-    )
-
-
-def is_transient(returncode: int, stderr: str) -> bool:
-    if returncode in (10, 12, 30, 35):
-        return True
-    if returncode == 255 and TRANSIENT_SSH.search(stderr or ""):
-        return True
-    return False
+        return AuthProblem(f"the ssh key {cfg.upload.ssh_key} is missing or unreadable: run dashcamctl keygen")
+    return None
 
 
 # --- keygen ----------------------------------------------------------------------------------
@@ -322,7 +272,7 @@ def scan_host_keys(cfg: Config, timeout: Optional[int] = None) -> List[str]:
         raise TryLater(f"ssh-keyscan of {up.host}:{up.port} did not answer in time")
     lines = [l.strip() for l in res.stdout.splitlines() if l.strip() and not l.startswith("#")]
     if not lines:
-        if not server_reachable(cfg):
+        if not server.reachable(cfg):
             raise TryLater(f"the server {up.host}:{up.port} is not reachable; is it on and is the port right?")
         raise DashcamError(f"ssh-keyscan got no host key from {up.host}:{up.port}: {runner.last_line(res.stderr)}")
     name = known_hosts_name(up.host, up.port)
@@ -375,3 +325,40 @@ def pin_host_keys(known_hosts: str, name: str, lines: List[str]) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_keygen(args: argparse.Namespace, load_config) -> int:
+    check_server_dir(args.server_dir)  # before anything is created
+    cfg = load_config(args)
+    line = keygen(cfg, server_dir=args.server_dir, dry_run=args.dry_run)
+    print(f"# Add this line to ~{cfg.upload.user}/.ssh/authorized_keys on {cfg.upload.host}")
+    print(f"# (footage goes to {args.server_dir}/{cfg.upload.dest_path.lstrip('/')}/{cfg.upload.layout}):")
+    print(line)
+    return EX_OK
+
+
+def cmd_trust_host(args: argparse.Namespace, cfg) -> int:
+    up = cfg.upload
+    lines = scan_host_keys(cfg)
+    name = known_hosts_name(up.host, up.port)
+    print(f"The server {name} offers these host keys:")
+    for fp in fingerprints(lines):
+        print(f"  {fp}")
+    print("Compare with the server's own (run there): ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub")
+    if args.dry_run:
+        log.info("dry run, not pinning them in %s", up.known_hosts)
+        return EX_OK
+    if not args.yes:
+        try:
+            answer = input(f"Pin them in {up.known_hosts}? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Not pinned.")
+            return EX_FAILURE
+    pin_host_keys(up.known_hosts, name, lines)
+    print(f"Pinned {len(lines)} host key(s) of {name} in {up.known_hosts}")
+    return EX_OK

@@ -1,15 +1,20 @@
-"""dashcamctl status: what the Pi knows now, as sections of one dict.
+"""The status facts: what the Pi knows now, as sections of one dict. `dashcamctl status` shows
+them, MQTT publishes them to Home Assistant (mqtt-publish, and every policy tick).
 
 ``gather(cfg)`` returns {"battery": {...}, "camera": {...}, ...}; each section comes from
 one function in SECTIONS, so another part of the package adds its facts by adding a
 function there. A section that fails shows {"error": "..."} instead of ending the report.
+``seen_by_tick(...)`` builds the same sections from what a policy tick has just read.
 """
 
 from __future__ import annotations
 
-import argparse
-from typing import Any, Callable, Dict, List, Tuple
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: the policy tick imports this module
+    import argparse
+    from typing import Any, Callable, Dict, List, Optional, Tuple
 from .log import get as get_logger
+from .records import LastIngest, LastUpload
 
 log = get_logger("dashcam.status")
 
@@ -59,13 +64,29 @@ def server_section(cfg) -> Dict[str, Any]:
     return {"host": cfg.upload.host, "port": cfg.upload.port, "reachable": server.reachable(cfg, min(3, cfg.upload.connect_timeout))}
 
 
+def state_section(ledger, key: str) -> Dict[str, Any]:
+    """A state document of the ledger as a section ({} when there is none, or it is no document)."""
+    value = ledger.get_state(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _ledger_state(key: str):
     def section(cfg) -> Dict[str, Any]:
         from .ledger import Ledger
 
         with Ledger(cfg.paths.ledger) as ledger:
-            value = ledger.get_state(key)
-        return value if isinstance(value, dict) else {}
+            return state_section(ledger, key)
+
+    return section
+
+
+def _last_run(record):
+    """The section of a run's account in the ledger (records.LastIngest, records.LastUpload)."""
+    def section(cfg) -> Dict[str, Any]:
+        from .ledger import Ledger
+
+        with Ledger(cfg.paths.ledger) as ledger:
+            return record.facts(record.read(ledger))
 
     return section
 
@@ -74,14 +95,10 @@ def budget_section(cfg) -> Dict[str, Any]:
     """The power budget as the last policy tick estimated it (budget.report): runtime left on battery,
     footage waiting, time to all safe, the oldest footage not yet on the server."""
     from .ledger import Ledger
+    from .tick import last_budget
 
     with Ledger(cfg.paths.ledger) as ledger:
-        last = ledger.get_state("last_policy")
-    saw = last.get("saw") if isinstance(last, dict) else None
-    value = saw.get("budget") if isinstance(saw, dict) else None
-    if not isinstance(value, dict) or not value:
-        return {}
-    return {**value, "wall": last.get("wall")}
+        return last_budget(ledger)
 
 
 def _coverage(part: str):
@@ -124,8 +141,8 @@ SECTIONS: List[Tuple[str, Callable[[Any], Dict[str, Any]]]] = [
     ("camera", camera_section),
     ("staging", staging_section),
     ("server", server_section),
-    ("last_ingest", _ledger_state("last_ingest")),
-    ("last_upload", _ledger_state("last_upload")),
+    ("last_ingest", _last_run(LastIngest)),
+    ("last_upload", _last_run(LastUpload)),
     ("back_to_record", _ledger_state("back_to_record")),
     ("budget", budget_section),
     ("footage", _coverage("footage")),
@@ -133,15 +150,47 @@ SECTIONS: List[Tuple[str, Callable[[Any], Dict[str, Any]]]] = [
 ]
 
 
-def gather(cfg) -> Dict[str, Dict[str, Any]]:
+def gather(cfg, sections: Optional[List[Tuple[str, Callable[[Any], Dict[str, Any]]]]] = None) -> Dict[str, Dict[str, Any]]:
+    """Every section of SECTIONS (or of ``sections``), each read now."""
     out: Dict[str, Dict[str, Any]] = {}
-    for name, section in SECTIONS:
+    for name, section in SECTIONS if sections is None else sections:
         try:
             out[name] = section(cfg)
         except Exception as e:  # one broken fact must not hide the others
             log.debug("status section %s failed", name, exc_info=True)
             out[name] = {"error": f"{type(e).__name__}: {e}"}
     return out
+
+
+def seen_by_tick(ledger, cfg, *, battery: Dict[str, Any], camera_mode: str, camera_attached: Any,
+                 backlog_files: int, backlog_bytes: int, staging_free: Optional[int], reachable: Optional[bool],
+                 budget: Optional[Dict[str, Any]], wall: float) -> Dict[str, Dict[str, Any]]:
+    """The status facts from what a policy tick has just read, for the MQTT state of every tick: the
+    sections of gather() the tick saw, without a second battery read or server probe, and the
+    last runs and the footage from the tick's own ``ledger``."""
+    return {
+        "battery": dict(battery),
+        "camera": {"mode": camera_mode, "attached": camera_attached},
+        "staging": {"backlog_files": backlog_files, "backlog_bytes": backlog_bytes, "free_bytes": staging_free},
+        "server": {"reachable": reachable},
+        "budget": budget or {},
+        "last_ingest": LastIngest.facts(LastIngest.read(ledger)),
+        "last_upload": LastUpload.facts(LastUpload.read(ledger)),
+        **_coverage_seen(ledger, cfg, wall),
+    }
+
+
+def _coverage_seen(ledger, cfg, wall: float) -> Dict[str, Any]:
+    """Footage lost, damaged clips, the card, and the problem sensor (coverage.facts); {} on failure."""
+    if cfg is None:
+        return {}
+    try:
+        from . import coverage
+
+        return coverage.facts(ledger, cfg, wall)
+    except Exception as e:  # noqa: B902 - MQTT shows them unknown; the tick goes on
+        log.debug("status: no footage facts for the tick: %s", e)
+        return {}
 
 
 def _battery_line(b: Dict[str, Any]) -> str:
@@ -312,14 +361,8 @@ def render(facts: Dict[str, Dict[str, Any]]) -> str:
     return "\n".join(printable(line) for line in lines)
 
 
-def status(args: argparse.Namespace) -> int:
-    from .cli import print_json
-    from .commands import load_config
-
-    cfg = load_config(args)
+def status(args: argparse.Namespace, cfg) -> Tuple[int, Dict[str, Dict[str, Any]]]:
     facts = gather(cfg)
-    if args.json:
-        print_json(facts)
-    else:
+    if not args.json:
         print(render(facts))
-    return 0
+    return 0, facts

@@ -6,10 +6,9 @@ first: they are sent and verified, in rounds of their own, before any other clip
 the rest, newest first or oldest first (upload.order; the same rule as the ingest's,
 layout.order). An event clip staged while the rest is being sent goes before the next round.
 
-1. a tree of symlinks ``<state_dir>/upload-tree/<path on the server>`` points at the staged
-   files, so each rsync (``--files-from``, ``--copy-links``) writes the server's layout
-   (upload.layout, by default ``DEST/<camera>/<YYYY>/<MM>/<DD>/<folder on the card>/<file>``)
-   in one go;
+1. each clip gets its name on the server (plan: upload.layout, by default
+   ``DEST/<camera>/<YYYY>/<MM>/<DD>/<folder on the card>/<file>``), written in one go by each
+   rsync (through rsync.py's tree of links);
 2. one dry run asks the server which of those names it lacks (no data moves); the ones it
    names as lacking are remembered in the ledger ("upload_in_flight") before a byte is sent,
    and a name it does not name as there counts as lacking;
@@ -42,39 +41,32 @@ ends removes). A held name is not sent again by a later run, and no checksum pas
 started while it was held marks it verified, so it stays in staging. Once the hold ends it
 is resumed and verified like any other cut file.
 
-Why ``--partial`` and not ``--partial-dir``: an ``rrsync -wo`` key rewrites ``--partial-dir``
-to a ``/proc/self/fd/N`` path, and rsync's receiver, finding a symlink there when the
-connection dies, drops the partial file (checked on this machine: the partial is kept
-without rrsync and lost with it). ``--partial`` keeps it under the final name, which is safe
-only because of the in-flight list above.
-
-Every list goes to rsync NUL-separated (``--from0``): a name may hold any byte but "/" and NUL.
-
-Works through a key restricted with ``command="/usr/bin/rrsync -wo -no-del -no-lock DIR",restrict``
-(as keygen prints it): only transfers to the server, no remote shell command, no option rrsync
-refuses (never --delete* or --remove-*).
+How rsync does each step (the tree of links, argv, retries, rrsync's lock and refusals,
+reading its answers, why ``--partial``) is rsync.py's; the Uploader gets that tool by
+parameter (``rsync=``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import fcntl
 import os
 import re
-import shlex
-import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from . import layout, notify, runner, ssh
+from . import layout, notify, server, ssh
 from .config import Config
 from .errors import EX_FAILURE, EX_OK, DashcamError, TryLater
 from .ledger import UPLOAD_HOLD_KEY, Clip, Ledger
+from .record import Record
+from .records import LastUpload  # light for its readers (the policy tick)
+from .rsync import NEW, UNCLEAR, Rsync, ServerBusy, UploadFailed, identical
 from .staging import fsync_dir
 from .log import get as get_logger
 
@@ -92,25 +84,24 @@ ROUND_FIRST_BYTES = 256 * 1024 * 1024
 ROUND_MIN_BYTES = 16 * 1024 * 1024
 ROUND_MAX_BYTES = 4 * 1024 * 1024 * 1024
 ROUND_FILES = 400
-# A round's checksum pass runs as this many rsync sessions at once, split by bytes. One
-# --checksum rsync hashes all of its files on the Pi while building its file list, and only
-# then does the server hash its copies: two sessions keep both ends (and both of a Pi's
-# cores) busy at once. A key without -no-lock takes one session at a time: then one part.
-VERIFY_PARTS = 2
 IN_FLIGHT_KEY = "upload_in_flight"
-HOLD_KEY = UPLOAD_HOLD_KEY  # {"until": wall, "names": [...]}: see "A cut send" above
+HOLD_KEY = UPLOAD_HOLD_KEY  # a Hold: see "A cut send" above
 RUN_KEY = "upload_run"  # set while a run is on: found at the start of a run, the last one died
-LAST_UPLOAD_KEY = "last_upload"
-BACKOFF_MAX = 60.0
-# rrsync refusing a session while none of ours runs: the server side of a session cut
-# earlier holds its lock until that rsync's --timeout (io_timeout) ends it
-LOCK_GRACE = 10.0
-LOCK_RETRY_MAX = 5.0
 
 
-def server_reachable(cfg: Config, timeout: Optional[float] = None) -> bool:
-    """True when a TCP connection to upload.host:port succeeds within ``timeout`` (default connect_timeout)."""
-    return ssh.server_reachable(cfg, timeout)
+# --- the upload's state documents in the ledger -----------------------------------------------
+
+
+class Hold(Record):
+    """The ledger's "upload_hold": each name a cut session on the server may still write, with
+    the end of its hold (wall clock); ``until``, the last of them, for readers that only ask
+    whether a hold is on. Read back by Ledger.upload_holds."""
+
+    until: float
+    names: dict  # {name: end}
+
+    def write(self, ledger: Ledger) -> None:
+        ledger.put_state(HOLD_KEY, self.asdict())
 
 
 # --- pure functions ---------------------------------------------------------------------------
@@ -125,7 +116,7 @@ def clip_day(clip: Clip) -> datetime.date:
     day = layout.staged_day(clip.staged_path)
     if day is not None:
         return day
-    from .ingest import clip_date
+    from .footage import clip_date
     try:
         return clip_date(clip.source_path, clip.mtime_ns)
     except OverflowError:  # ingest refuses such a clip; never a reason to stop an upload
@@ -143,14 +134,14 @@ def legacy_remote_path(camera: str, file_name: str, mtime_ns: int) -> str:
     (layout.LEGACY_LAYOUT), on the day the camera showed when it recorded the clip.
 
     ``file_name`` is the staged path (``<camera>/<YYYY-MM-DD>/<name>``): its day is the one ingest
-    chose (`ingest.clip_date`: the timestamp in the clip's name, else its mtime read as the camera's
+    chose (`footage.clip_date`: the timestamp in the clip's name, else its mtime read as the camera's
     wall clock), so staging and the server agree. A path without that day is dated the same way here.
     """
     found = STAGED_DAY.search(file_name)
     if found:
         year, month, day = found.groups()
     else:
-        from .ingest import clip_date
+        from .footage import clip_date
         try:
             when = clip_date(file_name, mtime_ns)
         except OverflowError:  # ingest refuses such a clip; never a reason to stop an upload
@@ -204,23 +195,6 @@ def plan(clips: Iterable[Clip], ready: str, template: str = layout.DEFAULT_LAYOU
     return items
 
 
-def split_by_bytes(items: Sequence[Item], parts: int) -> List[List[Item]]:
-    """``items`` in at most ``parts`` runs of consecutive items with about equal bytes (none empty)."""
-    parts = max(1, min(parts, len(items)))
-    total = sum(i.size for i in items)
-    out: List[List[Item]] = [[]]
-    size = 0
-    for n, item in enumerate(items):
-        left = len(items) - n          # items not yet placed, this one included
-        # a new part when this item's middle lies past the current part's share
-        if out[-1] and len(out) < parts and (size + item.size / 2 > total * len(out) / parts
-                                             or left <= parts - len(out)):
-            out.append([])
-        out[-1].append(item)
-        size += item.size
-    return out
-
-
 def take_round(items: Sequence[Item], max_bytes: int, max_files: Optional[int] = None) -> Tuple[List[Item], List[Item]]:
     """(the next round, the rest): the first items up to ``max_bytes`` and ROUND_FILES, at least one."""
     max_files = ROUND_FILES if max_files is None else max_files
@@ -240,115 +214,7 @@ def next_round_bytes(sent: int, seconds: float, previous: int) -> int:
     return int(min(ROUND_MAX_BYTES, max(ROUND_MIN_BYTES, sent / seconds * ROUND_SECONDS)))
 
 
-ESCAPE = re.compile(rb"\\#([0-7]{3})")
-NEW = "+" * 9  # the attributes of an item the receiver does not have at all
-UNCLEAR = "?" * 11  # a name the answer gave twice, differently: proves nothing
-
-
-def unescape(name: str) -> Optional[str]:
-    """A name as rsync printed it -> the name (as os.fsdecode gives it), or None if it is no
-    name rsync could have printed.
-
-    rsync prints every byte below 0x20 but tab, every byte that is not a printable character
-    in its locale (the tools' C.UTF-8 here: invalid UTF-8), and the backslash of any ``\\#``
-    followed by three digits, as ``\\#ooo`` (octal): so every ``\\#ooo`` it prints is an
-    escape, and undoing them gives the name's bytes exactly.
-    """
-    raw = name.encode("utf-8", "surrogateescape")
-
-    def byte(m: "re.Match[bytes]") -> bytes:
-        value = int(m.group(1), 8)
-        if value > 0xFF:
-            raise ValueError(m.group(0))
-        return bytes((value,))
-
-    try:
-        return os.fsdecode(ESCAPE.sub(byte, raw))
-    except ValueError:
-        return None
-
-
-def parse_itemized(stdout: str) -> Dict[str, str]:
-    """``--itemize-changes`` output -> {name: code} for the regular files it names (directories
-    and other lines ignored), names unescaped (see unescape). Given twice (``-ii``), rsync names
-    unchanged files too, with a code such as ``.f`` and nine spaces."""
-    out: Dict[str, str] = {}
-    for line in stdout.split("\n"):
-        code, sep, name = line[:11], line[11:12], line[12:]
-        if len(code) != 11 or sep != " " or not name or code[0] not in "<>ch.*" or code[1] != "f":
-            continue
-        decoded = unescape(name)
-        if decoded is None:
-            continue
-        out[decoded] = code if out.get(decoded, code) == code else UNCLEAR
-    return out
-
-
-def identical(code: Optional[str]) -> bool:
-    """The code of a ``--checksum --itemize-changes`` line says the server's copy is identical:
-    nothing to transfer (``.f``), no checksum (``c``) or size (``s``) difference, not new."""
-    return (code is not None and len(code) == 11 and code[:2] == ".f" and code[2] != "c" and code[3] != "s"
-            and "+" not in code and "?" not in code)
-
-
-_STAT = re.compile(r"^(Total bytes sent|Literal data|Matched data): ([\d,.]+)", re.MULTILINE)
-
-
-def parse_stats(stdout: str) -> Dict[str, int]:
-    """rsync --stats -> {"sent": .., "literal": .., "matched": ..} (bytes)."""
-    names = {"Total bytes sent": "sent", "Literal data": "literal", "Matched data": "matched"}
-    out = {v: 0 for v in names.values()}
-    for m in _STAT.finditer(stdout):
-        out[names[m.group(1)]] = int(re.sub(r"\D", "", m.group(2)))
-    return out
-
-
-def explain(stderr: str) -> str:
-    """The lines of rsync's/ssh's stderr that say what happened, without rsync's generic trailer."""
-    lines = [l.strip() for l in (stderr or "").splitlines() if l.strip()]
-    useful = [l for l in lines if not l.startswith("rsync error:")] or lines
-    return " / ".join(useful[-2:])
-
-
 # --- the run ----------------------------------------------------------------------------------
-
-
-class Sessions:
-    """Our rsync sessions to the server. Any number at once, until rrsync refuses one for its
-    one-session lock (a key without -no-lock): from then on a session starts only when none
-    of ours runs. A thread waiting here holds no session, so waiting cannot deadlock."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.active = 0
-        self.single = False
-
-    def enter(self) -> None:
-        with self.cond:
-            while self.single and self.active:
-                self.cond.wait()
-            self.active += 1
-
-    def leave(self) -> None:
-        with self.cond:
-            self.active -= 1
-            self.cond.notify_all()
-
-    def refused(self) -> Tuple[bool, int]:
-        """A session was refused (and has left): (first refusal, how many of ours still run)."""
-        with self.cond:
-            first, self.single = not self.single, True
-            return first, self.active
-
-
-class UploadFailed(DashcamError):
-    def __init__(self, message: str, transient: bool):
-        super().__init__(message)
-        self.transient = transient
-
-
-class ServerBusy(TryLater):
-    """A key without -no-lock, and its one session is not ours: try again later, not a failure."""
 
 
 @dataclass
@@ -365,6 +231,9 @@ class Summary:
 
 
 class Uploader:
+    """One upload of the backlog. ``rsync``: the tool that talks to the server (rsync.Rsync, by
+    default one made with ``sleep`` and ``backoff_base`` for its retries)."""
+
     def __init__(
         self,
         cfg: Config,
@@ -374,20 +243,13 @@ class Uploader:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
         backoff_base: float = 2.0,
+        rsync: Optional[Rsync] = None,
     ):
         self.cfg = cfg
         self.ledger = ledger
         self.dry_run = dry_run
-        self.sleep = sleep
         self.clock = clock
-        self.backoff_base = backoff_base
-        self.tree = os.path.join(cfg.paths.state_dir, "upload-tree")
-        self.list_dir = os.path.join(cfg.paths.state_dir, "upload-lists")
-        self.control_dir: Optional[str] = None
-        # a round's verification runs beside the next round's send: two sessions of one key at
-        # once, which an rrsync key without -no-lock refuses ("Another instance of rrsync");
-        # then the rounds go one session at a time
-        self.sessions = Sessions()
+        self.rsync = rsync if rsync is not None else Rsync(cfg, sleep=sleep, backoff_base=backoff_base)
         self.summary = Summary()
         self.started = time.monotonic()
         self.total_files = 0
@@ -398,142 +260,17 @@ class Uploader:
         self.sending: List[str] = []  # the names of the send session on (for a hold if it fails)
         self.send_failures: Dict[str, str] = {}  # name -> why the send that had it did not take every file
 
-    # --- rsync ------------------------------------------------------------------------------
-
-    def control_path(self) -> str:
-        """A short private socket path (sun_path holds 108 bytes) for the shared ssh connection."""
-        if self.control_dir is None:
-            self.control_dir = tempfile.mkdtemp(prefix="dashcam-ssh-")
-        return os.path.join(self.control_dir, "cm")
-
-    def rsync_base(self) -> List[str]:
-        return [self.cfg.tools.rsync, "-e", shlex.join(ssh.ssh_argv(self.cfg, self.control_path()))]
-
-    def destination(self) -> str:
-        dest = self.cfg.upload.dest_path.rstrip("/") or "."
-        return f"{ssh.remote_host(self.cfg)}:{dest}/"
-
-    def rsync(
-        self,
-        options: List[str],
-        items: Sequence[Item],
-        what: str,
-        timeout: float,
-        retry_options: Optional[List[str]] = None,
-        partial_ok: bool = False,
-    ) -> runner.Result:
-        """One rsync over the round's tree, retried with exponential backoff when the failure may pass.
-
-        ``retry_options``: the options of a retry, when they differ (a cut transfer resumes).
-        ``partial_ok``: rsync's "some files could not be transferred" (status 23, 24) is returned,
-        not raised: the session ended in order, and the checksum pass tells which files made it.
-        """
-        # a list of its own: a round's verification runs beside the next round's send
-        os.makedirs(self.list_dir, exist_ok=True)
-        # NUL-separated (--from0): a name may hold any byte but NUL and "/", newlines included
-        fd, list_file = tempfile.mkstemp(dir=self.list_dir, suffix=".lst")
-        with open(fd, "wb") as f:
-            f.write(b"".join(os.fsencode(i.remote) + b"\0" for i in items))
-        # a send that fails may leave its server side running on: what it was writing is held
-        writes = [] if "--dry-run" in options else [i.remote for i in items]
-        try:
-            return self._rsync(options, list_file, what, timeout, retry_options, writes, partial_ok)
-        finally:
-            os.unlink(list_file)
-
-    def _rsync(self, options, list_file, what, timeout, retry_options, writes, partial_ok) -> runner.Result:
-        retries = self.cfg.poll.upload_retries
-        attempt = 0
-        locked_out, lock_waits = 0.0, 0  # for an rrsync lock that none of our sessions holds
-        while True:
-            opts = retry_options if attempt and retry_options is not None else options
-            argv = self.rsync_base() + opts + ["--from0", f"--files-from={list_file}", self.tree + "/",
-                                               self.destination()]
-            self.sessions.enter()
-            try:
-                if writes:  # sends run on the thread that owns the ledger, checksum passes do not
-                    self.mark_sending(writes)
-                result = runner.run(argv, timeout=timeout, changes_state=False)
-                if writes:
-                    self.mark_sending([])
-                return result
-            except runner.CommandFailed as e:
-                failed: Optional[runner.CommandFailed] = e
-            except runner.CommandTimeout:
-                failed = None
-            except runner.CommandNotFound as e:
-                raise DashcamError(str(e))
-            finally:
-                self.sessions.leave()
-            if partial_ok and failed is not None and failed.returncode in PARTIAL_TRANSFER:
-                if writes:  # it ended in order: its server side is done, nothing to hold
-                    self.mark_sending([])
-                return runner.Result(argv, failed.returncode, failed.stdout, failed.stderr)
-            if writes and (failed is None or RRSYNC_BUSY not in failed.stderr):
-                self.hold(writes, f"{what} was cut off")
-            if failed is None:
-                transient, reason = True, f"{what} did not finish within {timeout:.0f} s"
-            else:
-                if RRSYNC_BUSY in failed.stderr:
-                    if writes:  # refused before it began: it wrote nothing
-                        self.mark_sending([])
-                    first, ours = self.sessions.refused()
-                    if first:
-                        log.info("the server's rrsync takes one session at a time (its key has no -no-lock): "
-                                 "each round is verified before the next is sent")
-                    if ours:
-                        continue  # sessions.enter() waits for our other session(s) to end
-                    # none of ours holds the lock: the server's side of a session cut earlier
-                    # (it ends at its --timeout) or another client of the same key
-                    if locked_out < self.cfg.upload.io_timeout + LOCK_GRACE:
-                        delay = min(LOCK_RETRY_MAX, self.backoff_base * 2 ** lock_waits)
-                        log.info("the server's rrsync is busy with a session that is not ours; %s again in %.0f s",
-                                 what, delay)
-                        self.sleep(delay)
-                        lock_waits += 1
-                        locked_out += max(delay, 1.0)
-                        continue
-                    raise ServerBusy(
-                        f"{what}: the server's rrsync is still busy with a session that is not ours "
-                        "(one cut earlier lasts until the server notices it); the next policy tick tries again"
-                    )
-                fatal = ssh.classify(self.cfg, failed.returncode, failed.stderr)
-                if fatal is not None:
-                    raise fatal
-                transient = ssh.is_transient(failed.returncode, failed.stderr)
-                reason = f"{what} failed: rsync exited with {runner.describe_returncode(failed.returncode)}: " + (
-                    explain(failed.stderr) or "no message"
-                )
-            if not transient or attempt >= retries:
-                raise UploadFailed(reason + ("" if not transient else f" (after {attempt} retries)"), transient)
-            attempt += 1
-            delay = min(BACKOFF_MAX, self.backoff_base * 2 ** (attempt - 1))
-            log.warning("%s; retry %d of %d in %.0f s", reason, attempt, retries, delay)
-            notify.status(f"upload: {what} failed, retry {attempt}/{retries} in {delay:.0f} s")
-            self.sleep(delay)
+    # --- what rsync says ---------------------------------------------------------------------
 
     @property
     def single_session(self) -> bool:
-        return self.sessions.single
-
-    def common_options(self) -> List[str]:
-        opts = ["--recursive", "--copy-links", f"--timeout={self.cfg.upload.io_timeout}"]
-        if self.cfg.upload.bwlimit:
-            opts.append(f"--bwlimit={self.cfg.upload.bwlimit}")
-        return opts
+        return self.rsync.single_session
 
     def missing_on_server(self, items: Sequence[Item]) -> Tuple[Set[str], Set[str]]:
-        """(names the server lacks, those of them it said it lacks): a dry run that names every
-        file (``-ii``: unchanged ones too) and moves no data. A name is on the server only when
-        the answer names it as there; one it does not name at all counts as missing (it is sent
-        with --ignore-existing, which never touches a file that is there)."""
-        res = self.rsync(
-            self.common_options() + ["--dry-run", "--itemize-changes", "--itemize-changes"],
-            items,
-            "checking which files the server lacks",
-            timeout=300,
-        )
-        answer = parse_itemized(res.stdout)
+        """(names the server lacks, those of them it said it lacks). A name is on the server only
+        when the listing names it as there; one it does not name at all counts as missing (it is
+        sent with --ignore-existing, which never touches a file that is there)."""
+        answer = self.rsync.listing(items)
         said = {name for name, code in answer.items() if code[2:] == NEW}
         there = {name for name, code in answer.items() if code[2:] != NEW and code != UNCLEAR}
         unnamed = [i for i in items if i.remote not in answer]
@@ -544,35 +281,13 @@ class Uploader:
 
     def send(self, items: Sequence[Item], *, resume: bool) -> None:
         """Send ``items``; ``resume``: these names hold our own partial files and may be rewritten."""
-        opts = self.common_options() + ["--times", "--omit-dir-times", "--mkpath", "--partial", "--stats"]
-        size = sum(i.size for i in items)
-        # each file rsync finishes is logged here, read by a thread for the progress line
-        progress_log = os.path.join(self.control_path() + "-sent.log")
-        opts += [f"--log-file={progress_log}", f"--log-file-format={SENT_MARK} %l %n"]
-        watcher = SendProgress(progress_log, self)
-        watcher.start()
-        try:
-            # --ignore-existing: never touch a file already on the server. A retry after a cut
-            # drops it: these names now hold our own partial files, to be completed.
-            res = self.rsync(
-                opts if resume else opts + ["--ignore-existing"],
-                items,
-                "resuming" if resume else "sending",
-                timeout=600 + size / 16384,
-                retry_options=opts,
-                partial_ok=True,
-            )
-        finally:
-            watcher.stop()
-        if res.returncode:
-            # one file the server could not take must not hold back the others: each is
-            # proven (or not) by the checksum pass, and what failed keeps this reason
-            cause = ssh.cannot_write(self.cfg, res.stderr, then="")
-            why = str(cause) if cause else (
-                f"rsync exited with {runner.describe_returncode(res.returncode)}: {explain(res.stderr) or 'no message'}")
-            self.send_failures.update(dict.fromkeys((i.remote for i in items), why))
-            log.error("%s: %s; what arrived is verified, the rest stays in staging", "resuming" if resume else "sending", why)
-        stats = parse_stats(res.stdout)
+        sent = self.rsync.send(items, resume=resume, progress=self.progress, sending=self.mark_sending,
+                               cut=self.hold)
+        if sent.failure:
+            self.send_failures.update(dict.fromkeys((i.remote for i in items), sent.failure))
+            log.error("%s: %s; what arrived is verified, the rest stays in staging", "resuming" if resume else "sending",
+                      sent.failure)
+        stats = sent.stats
         self.summary.sent += stats["sent"]
         self.summary.literal += stats["literal"]
         self.summary.matched += stats["matched"]
@@ -581,68 +296,6 @@ class Uploader:
             len(items), stats["literal"], stats["matched"],
             extra={"DASHCAM_BYTES": stats["literal"], "DASHCAM_FILES": len(items)},
         )
-
-    def checksums_on_server(self, items: Sequence[Item]) -> Dict[str, str]:
-        """The verification: {name: itemize code} of every file the server's answer names; a
-        name is proven identical only by a code for which ``identical`` holds.
-
-        Up to VERIFY_PARTS rsync sessions at once, each over a part of ``items`` (one part once
-        the server takes one session at a time; a part it refuses waits for the others)."""
-        parts = split_by_bytes(items, 1 if self.single_session else VERIFY_PARTS)
-        results: List[Optional[Dict[str, str]]] = [None] * len(parts)
-        errors: List[Optional[BaseException]] = [None] * len(parts)
-
-        def one(n: int) -> None:
-            try:
-                results[n] = self.checksum_pass(parts[n])
-            except BaseException as e:  # handed on below, after every part has ended
-                errors[n] = e
-
-        helpers = [threading.Thread(target=one, args=(n,), name="upload-verify-part", daemon=True)
-                   for n in range(1, len(parts))]
-        for t in helpers:
-            t.start()
-        one(0)
-        for t in helpers:
-            t.join()
-        answer: Dict[str, str] = {}
-        for result, error in zip(results, errors):
-            if error is not None:
-                raise error
-            answer.update(result or {})
-        return answer
-
-    def checksum_pass(self, items: Sequence[Item]) -> Dict[str, str]:
-        size = sum(i.size for i in items)
-        res = self.rsync(
-            # -ii: an identical file is named too (".f"), so it is proven, not inferred from silence
-            self.common_options() + ["--checksum", "--dry-run", "--itemize-changes", "--itemize-changes"],
-            items,
-            "verifying checksums",
-            timeout=600 + size / 5_000_000,
-        )
-        return parse_itemized(res.stdout)
-
-    # --- the tree ---------------------------------------------------------------------------
-
-    def build_tree(self, items: Sequence[Item]) -> None:
-        """Symlinks in the server's layout; each rsync picks its files with --files-from."""
-        for item in items:
-            link = os.path.join(self.tree, item.remote)
-            os.makedirs(os.path.dirname(link), exist_ok=True)
-            try:
-                os.unlink(link)
-            except FileNotFoundError:
-                pass
-            os.symlink(item.local, link)
-
-    def clean(self) -> None:
-        if self.control_dir is not None:
-            ssh.close_shared(self.cfg, self.control_path())
-            shutil.rmtree(self.control_dir, ignore_errors=True)
-            self.control_dir = None
-        shutil.rmtree(self.tree, ignore_errors=True)
-        shutil.rmtree(self.list_dir, ignore_errors=True)
 
     # --- one round --------------------------------------------------------------------------
 
@@ -681,8 +334,7 @@ class Uploader:
 
     def new_events(self, tried: Set[int]) -> bool:
         """An event/locked clip staged since this run planned (its id not in ``tried``)."""
-        rows = self.ledger.db.execute("SELECT id FROM footage WHERE state = 'staged' AND event != 0").fetchall()
-        return any(row[0] not in tried for row in rows)
+        return bool(self.ledger.staged_event_ids() - tried)
 
     def upload_items(self, items: Sequence[Item], *, collision_pass: bool = False,
                      stop_for: Optional[Callable[[], bool]] = None) -> List[Item]:
@@ -693,7 +345,7 @@ class Uploader:
         items = self.usable(items)
         if not items:
             return []
-        self.build_tree(items)
+        self.rsync.link(items)
         # one listing for the whole plan: which names does the server lack?
         missing, said_missing = self.missing_on_server(items)
         in_flight = set(self.ledger.get_state(IN_FLIGHT_KEY, []))
@@ -862,7 +514,7 @@ class Uploader:
         until = self.clock() + self.cfg.upload.cut_session_seconds
         ends.update(dict.fromkeys(names, until))
         # "until": the last end, for readers that only need to know whether any hold is on
-        self.ledger.put_state(HOLD_KEY, {"until": max(ends.values()), "names": ends})
+        Hold(until=max(ends.values()), names=ends).write(self.ledger)
         # said once per name (a retry that cannot connect extends the hold without a word)
         (log.info if new else log.debug)(
             "%s: %d file(s) it was writing are checked again after %s, when the server has ended its side of it",
@@ -942,9 +594,10 @@ class Uploader:
         if not clips:
             log.info("nothing to upload")
             return self.summary
-        if not server_reachable(self.cfg):
+        if not server.reachable(self.cfg):
             raise TryLater(f"the server {self.cfg.upload.host}:{self.cfg.upload.port} is not reachable; footage stays staged")
-        shutil.rmtree(self.tree, ignore_errors=True)  # a leftover of a run that was killed
+        if not self.dry_run:  # a dry run holds no lock: the tree may be a running upload's
+            self.rsync.clean()  # the tree of a run that was killed
         keep_marker = False  # set when a cut send's names could not be held: the marker does it
         if not self.dry_run:
             last = self.ledger.get_state(RUN_KEY)
@@ -998,7 +651,8 @@ class Uploader:
                 keep_marker = True
             raise
         finally:
-            self.clean()
+            if not self.dry_run:
+                self.rsync.clean()
             if not self.dry_run and not keep_marker:
                 self.ledger.delete_state(RUN_KEY)
         return self.summary
@@ -1021,7 +675,7 @@ class Verification(threading.Thread):
 
     def run(self) -> None:
         try:
-            self._answer = self.uploader.checksums_on_server(self.items)
+            self._answer = self.uploader.rsync.checksums(self.items)
         except BaseException as e:          # handed to the main thread by result()
             self._error = e
 
@@ -1031,49 +685,6 @@ class Verification(threading.Thread):
             raise self._error
         assert self._answer is not None
         return self._answer
-
-
-RRSYNC_BUSY = "Another instance of rrsync"       # its one-session lock (a key without -no-lock)
-PARTIAL_TRANSFER = (23, 24)  # rsync: some files were not transferred / vanished; the session ended in order
-SENT_MARK = "dashcam-sent"
-_SENT = re.compile(SENT_MARK + r" (\d+) (.+)$")
-
-
-class SendProgress(threading.Thread):
-    """Follows rsync's --log-file while a round is sent and reports progress every few seconds."""
-
-    def __init__(self, path: str, uploader: "Uploader", interval: float = 5.0):
-        super().__init__(name="upload-progress", daemon=True)
-        self.path = path
-        self.uploader = uploader
-        self.interval = interval
-        self.done = threading.Event()
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-    def run(self) -> None:
-        while not self.done.wait(self.interval):
-            files, size = 0, 0
-            try:
-                with open(self.path, encoding="utf-8", errors="replace") as f:
-                    for line in f:
-                        m = _SENT.search(line.rstrip("\n"))
-                        if m and not m.group(2).endswith("/"):  # directories are logged too
-                            files += 1
-                            size += int(m.group(1))
-            except FileNotFoundError:
-                continue
-            self.uploader.progress(files, size)
-
-    def stop(self) -> None:
-        self.done.set()
-        self.join(timeout=10)
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
 
 
 # --- the lock ---------------------------------------------------------------------------------
@@ -1106,11 +717,18 @@ class UploadLock:
 # --- commands ---------------------------------------------------------------------------------
 
 
-def upload(cfg: Config, *, dry_run: bool = False, sleep: Callable[[float], None] = time.sleep) -> Summary:
-    """The upload of the whole backlog; records "last_upload" in the ledger. Raises TryLater / DashcamError."""
-    with UploadLock(cfg.paths.state_dir), Ledger(cfg.paths.ledger) as ledger:
+def upload(cfg: Config, *, dry_run: bool = False, sleep: Callable[[float], None] = time.sleep,
+           rsync: Optional[Rsync] = None) -> Summary:
+    """The upload of the whole backlog; records "last_upload" in the ledger. Raises TryLater / DashcamError.
+
+    A dry run creates nothing: with no ledger yet no clip was ever staged (nothing to upload), and
+    it takes no lock (it writes nothing, and removes no tree a running upload may be using)."""
+    if dry_run and not os.path.exists(cfg.paths.ledger):
+        log.info("nothing to upload (no ledger yet at %s: no clip was ever staged)", cfg.paths.ledger)
+        return Summary()
+    with (contextlib.nullcontext() if dry_run else UploadLock(cfg.paths.state_dir)), Ledger(cfg.paths.ledger) as ledger:
         started = time.monotonic()  # the power budget learns the upload rate from bytes / seconds
-        uploader = Uploader(cfg, ledger, dry_run=dry_run, sleep=sleep)
+        uploader = Uploader(cfg, ledger, dry_run=dry_run, sleep=sleep, rsync=rsync)
         result, reason = "ok", None
         try:
             summary = uploader.run()
@@ -1119,7 +737,7 @@ def upload(cfg: Config, *, dry_run: bool = False, sleep: Callable[[float], None]
             raise
         except UploadFailed as e:
             reason = str(e)
-            if e.transient and not server_reachable(cfg):
+            if e.transient and not server.reachable(cfg):
                 result = "unreachable"
                 raise TryLater(f"{e}; the server is no longer reachable, footage stays staged")
             result = "failed"
@@ -1136,30 +754,15 @@ def upload(cfg: Config, *, dry_run: bool = False, sleep: Callable[[float], None]
                 elif result == "ok" and not s.files and held_until:
                     # nothing to do but clips held for a cut session: the policy waits for the end
                     result, reason = "held", f"{s.held} clip(s) held for a session cut earlier"
-                ledger.put_state(
-                    LAST_UPLOAD_KEY,
-                    {
-                        "wall": time.time(),
-                        "files": s.files,
-                        "bytes": s.bytes,
-                        "result": result,
-                        "reason": reason,
-                        "sent_bytes": s.sent,
-                        "literal_bytes": s.literal,
-                        "matched_bytes": s.matched,
-                        "collisions": s.collisions,
-                        "held": s.held,
-                        "held_until": held_until,
-                        "seconds": round(time.monotonic() - started, 3),
-                    },
-                )
+                LastUpload(
+                    wall=time.time(), files=s.files, bytes=s.bytes, result=result, reason=reason,
+                    sent_bytes=s.sent, literal_bytes=s.literal, matched_bytes=s.matched, collisions=s.collisions,
+                    held=s.held, held_until=held_until, seconds=round(time.monotonic() - started, 3),
+                ).write(ledger)
         return summary
 
 
-def cmd_upload(args: argparse.Namespace) -> int:
-    from .commands import load_config
-
-    cfg = load_config(args)
+def cmd_upload(args: argparse.Namespace, cfg: Config) -> int:
     summary = upload(cfg, dry_run=args.dry_run)
     if summary.files or summary.pruned:
         log.info(
@@ -1170,43 +773,4 @@ def cmd_upload(args: argparse.Namespace) -> int:
     if summary.problems:
         log.error("%d clip(s) could not be uploaded; they stay in staging (dashcamctl files --state staged)", len(summary.problems))
         return EX_FAILURE
-    return EX_OK
-
-
-def cmd_keygen(args: argparse.Namespace) -> int:
-    from .commands import load_config
-
-    ssh.check_server_dir(args.server_dir)  # before anything is created
-    cfg = load_config(args)
-    line = ssh.keygen(cfg, server_dir=args.server_dir, dry_run=args.dry_run)
-    print(f"# Add this line to ~{cfg.upload.user}/.ssh/authorized_keys on {cfg.upload.host}")
-    print(f"# (footage goes to {args.server_dir}/{cfg.upload.dest_path.lstrip('/')}/{cfg.upload.layout}):")
-    print(line)
-    return EX_OK
-
-
-def cmd_trust_host(args: argparse.Namespace) -> int:
-    from .commands import load_config
-
-    cfg = load_config(args)
-    up = cfg.upload
-    lines = ssh.scan_host_keys(cfg)
-    name = ssh.known_hosts_name(up.host, up.port)
-    print(f"The server {name} offers these host keys:")
-    for fp in ssh.fingerprints(lines):
-        print(f"  {fp}")
-    print("Compare with the server's own (run there): ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub")
-    if args.dry_run:
-        log.info("dry run, not pinning them in %s", up.known_hosts)
-        return EX_OK
-    if not args.yes:
-        try:
-            answer = input(f"Pin them in {up.known_hosts}? [y/N] ")
-        except EOFError:
-            answer = ""
-        if answer.strip().lower() not in ("y", "yes"):
-            print("Not pinned.")
-            return EX_FAILURE
-    ssh.pin_host_keys(up.known_hosts, name, lines)
-    print(f"Pinned {len(lines)} host key(s) of {name} in {up.known_hosts}")
     return EX_OK

@@ -11,6 +11,7 @@ import pytest
 from _pytest.runner import runtestprotocol
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: sshd, merge
 
 import guest  # noqa: E402
 import image  # noqa: E402

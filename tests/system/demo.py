@@ -16,6 +16,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(1, os.path.join(HERE, "..", "..", "src"))  # the key line as dashcamctl keygen prints it
+sys.path.insert(2, os.path.join(HERE, ".."))  # tests/: the sshd and deep_merge the tests share
 
 import cards  # noqa: E402
 import guest  # noqa: E402

@@ -9,11 +9,11 @@ the user's camera. As on a real hub, the port must be switched through the kerne
 camera listed in sysfs (dummy_hcd reports no disconnect), and one with its storage bound is powered
 again by the kernel within a second.
 """
-import copy
 import json
 import os
 
 import yaml
+from merge import deep_merge  # tests/merge.py: the system conftest puts tests/ on sys.path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -123,16 +123,6 @@ with open(out, "a", buffering=1) as f:
             last = dict(s); last.pop("t")
         time.sleep(0.05)
 """
-
-
-def deep_merge(base, over):
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
 
 
 def config(overrides):
