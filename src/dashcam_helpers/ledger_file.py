@@ -13,7 +13,7 @@ again. It is moved aside as ``ledger.sqlite3.damaged-<UTC time>`` and a marker f
 ``ledger.sqlite3.DAMAGED`` says where and why; while the marker exists, opening the
 ledger raises LedgerDamaged, so ingest and upload refuse with that message (they are
 the ones that would duplicate clips) and ``dashcamctl status`` shows it. A person
-restores the ledger (README, "A damaged ledger") and deletes the marker.
+restores the ledger (README, Troubleshooting: `LEDGER DAMAGED`) and deletes the marker.
 """
 
 from __future__ import annotations
