@@ -39,7 +39,7 @@ SHELL = ("sh", "shell", "bash", "console")
 
 # (section heading, its shell blocks counted from 1) -> why it runs where it does
 HOST: Dict[str, str] = {
-    "Installing on a Pi #2": "doctor against the fakes, after the server blocks below set up a real sshd",
+    "Installing on a Pi #3": "doctor against the fakes, after the server blocks below set up a real sshd",
     "Configuring #1": "check-config of the shipped config as a person edits it",
     "The camera and the battery #1": "status, mode and match against the fake hub, UPS and sysfs",
     "Setting up the home server (upload) #1": "the server's account and folder, in the server's namespace "
@@ -52,6 +52,7 @@ HOST: Dict[str, str] = {
 }
 VM: Dict[str, str] = {
     "Installing on a Pi #1": "apt install of the .deb: dpkg, the sysusers user, systemd units",
+    "Installing on a Pi #2": "one policy tick, started through systemd",
     "USB hubs: what can switch the camera #1": "uhubctl, lsusb and udevadm need a USB camera on a real bus",
     "The camera records whenever the car can move #1": "journalctl and systemctl list-timers need the units running",
     "Changing the interval #1": "policy-interval writes a drop-in and restarts the timer with systemctl",
@@ -387,7 +388,7 @@ def test_the_server_blocks_give_a_key_the_servers_rrsync_accepts_and_restricts(s
         pinned = pi.run_block(block("Setting up the home server (upload) #3"), input="y\n").stdout
         assert "Pinned" in pinned
 
-        doctor = pi.sh(as_pasted(block("Installing on a Pi #2").text))
+        doctor = pi.sh(as_pasted(block("Installing on a Pi #3").text))
         lines = doctor.stdout.strip().split("\n")
         found = {ln.split()[1] + (" " + ln.split()[2] if ln.split()[1] in ("host", "ssh") else ""): ln.split()[0]
                  for ln in lines[:-1]}
