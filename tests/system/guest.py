@@ -253,19 +253,28 @@ def monitor_events(vm):
         return []
 
 
+LEDGER = "/var/lib/dashcam/ledger.sqlite3"
+
+
+def ledger_sql(vm, sql, *options):
+    """sqlite3 (as root) on the guest's ledger, only once it exists (rc 3 before): sqlite3 on a missing
+    path creates it, owned by root, and the package's ledger is created by the package, owned by
+    dashcam, whose ingest copy then writes it (the unit's root holds no CAP_DAC_OVERRIDE)."""
+    return vm.run(["/bin/sh", "-c", 'test -e "$1" || exit 3; shift; exec /usr/bin/sqlite3 "$@"', "sh", LEDGER,
+                   *options, LEDGER, sql], check=False)
+
+
 def ledger_rows(vm, where=""):
     """The footage table as dicts (read with sqlite3 in the guest)."""
-    out = vm.run(["/usr/bin/sqlite3", "-json", "/var/lib/dashcam/ledger.sqlite3",
-                  "SELECT camera, source_path, size, sha256, staged_path, remote_path, state FROM footage %s"
-                  % where], check=False)
+    out = ledger_sql(vm, "SELECT camera, source_path, size, sha256, staged_path, remote_path, state FROM footage %s"
+                     % where, "-json")
     if out.rc != 0 or not out.out.strip():
         return []
     return json.loads(out.out)
 
 
 def ledger_state(vm, key):
-    out = vm.run(["/usr/bin/sqlite3", "/var/lib/dashcam/ledger.sqlite3",
-                  "SELECT value FROM state WHERE key = '%s'" % key], check=False)
+    out = ledger_sql(vm, "SELECT value FROM state WHERE key = '%s'" % key)
     return json.loads(out.out) if out.rc == 0 and out.out.strip() else None
 
 

@@ -82,8 +82,7 @@ def prepare_stick_camera(vm, workdir, layout, serial, server=None, **sections):
 
 def policy_ticks(vm):
     """How often the policy has recorded a decision (ledger state 'last_policy' updated_at changes)."""
-    r = vm.run(["/usr/bin/sqlite3", "/var/lib/dashcam/ledger.sqlite3",
-                "SELECT updated_at FROM state WHERE key = 'last_policy'"], check=False)
+    r = guest.ledger_sql(vm, "SELECT updated_at FROM state WHERE key = 'last_policy'")
     return r.out.strip() if r.rc == 0 else ""
 
 
