@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import time
 
 import pytest
 
-from conftest import MINIMAL, Reading, deep_merge
+from conftest import LAUNCHER, MINIMAL, SRC, Reading, deep_merge
 from dashcam_helpers import config, ignition
 from dashcam_helpers.ledger import Ledger
 from dashcam_helpers.policy import INGEST_UNITS
@@ -203,3 +206,39 @@ def test_a_camera_mode_unknown_is_not_record_the_engine_starting_still_puts_it_t
     car = Car("unknown", [False, True], ledger=ledger)  # a hub that does not answer uhubctl
     done = run(car, ledger)
     assert car.calls == [("stop", (INGEST_UNITS,)), ("camera", "record")] and done["kind"] == "engine_started"
+
+
+def test_a_damaged_ledger_does_not_keep_the_watcher_from_putting_the_camera_back(fake_hw, make_config, tmp_path):
+    """The ledger only counts the return: a damaged one (or one that cannot be opened) must not keep
+    the camera off the road. The watcher opens it as the policy tick does (set aside, a fallback
+    file) and puts the camera to record when the engine starts."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "systemctl").write_text(SYSTEMCTL.format(log=tmp_path / "systemctl.log"))
+    (bindir / "systemctl").chmod(0o755)
+    cfg = make_config()
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "ledger.sqlite3").write_bytes(b"not a database, " * 512)
+    fake_hw.usb_device("1-1", authorized="0")
+    fake_hw.uhubctl_state.write_text('{"1-1": {"1": false}}')  # the camera off, as after an ingest on battery
+    fake_hw.set_battery("VIN = 0\n")
+    env = dict(os.environ, **fake_hw.env)
+    env.update(PATH=f"{bindir}:{fake_hw.env['PATH']}", PYTHONPATH=str(SRC))
+    for k in ("DASHCAM_CONFIG", "JOURNAL_STREAM", "NOTIFY_SOCKET", "RUNTIME_DIRECTORY", "CACHE_DIRECTORY"):
+        env.pop(k, None)
+    proc = subprocess.Popen([str(LAUNCHER), "--config", str(cfg), "watch"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while fake_hw.battery_call_count() < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        fake_hw.set_battery("VIN = 5208\n")  # the engine starts
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert fake_hw.port_power() is True and fake_hw.authorized("1-1") == "0", err  # powered, data off: recording
+    assert "engine started: no ingest running, camera back to record" in err, err
+    assert "ignition watch: ledger unusable" in err  # the damaged ledger is said, not passed over in silence

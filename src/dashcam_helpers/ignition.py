@@ -219,11 +219,15 @@ PROBE_TIMEOUT = 1.0  # seconds: the car leaving is a server that does not answer
 
 def watch_command(args, cfg) -> int:
     """dashcamctl watch: until the camera records, put it back to record when the engine starts or the car leaves."""
-    from .ledger import Ledger
     from .policy import read_state
+    from .tick import open_ledger
     from .world import SystemActions, SystemFacts
 
-    with Ledger(cfg.paths.ledger) as ledger:
+    # the ledger only remembers the last tick's reading and counts the return: opened as the tick
+    # opens it (a damaged or locked one is said, and a fallback file takes its place), it never
+    # keeps the camera off the road
+    says = "ignition watch: ledger unusable, the watcher keeps its count in a fallback file (the camera still goes back to record)"
+    with open_ledger(cfg, says) as ledger:
         seen = read_state(ledger).last_external
     log.info("ignition watch: the camera is not recording; watching the power source every %.0f s", POLL)
     class Facts(SystemFacts):
@@ -237,7 +241,7 @@ def watch_command(args, cfg) -> int:
                 return False
 
     done = watch(cfg, Facts(cfg), SystemActions(cfg, args.dry_run),
-                 ledger_open=lambda: Ledger(cfg.paths.ledger), last_external=seen)
+                 ledger_open=lambda: open_ledger(cfg, says), last_external=seen)
     if done is None:
         log.info("ignition watch: the camera records; watch ended")
         return 0

@@ -489,17 +489,24 @@ def status_facts(record: Dict[str, Any], ledger, cfg=None) -> Dict[str, Any]:
 # --- dashcamctl policy ------------------------------------------------------------------------------
 
 
+def open_ledger(cfg, says: Optional[str] = None):
+    """The ledger as the tick and the ignition watcher use it (tick_ledger.TickLedger): a damaged,
+    locked or read-only ledger must not stop a low-battery shutdown, nor keep the camera off the
+    road; they then keep this boot's readings and state in a fallback file, in the first of these
+    directories that takes it."""
+    from .tick_ledger import TickLedger
+
+    fallback_dirs = [os.environ.get("RUNTIME_DIRECTORY"), cfg.paths.state_dir, os.environ.get("CACHE_DIRECTORY"), FALLBACK_DIR]
+    return TickLedger(cfg.paths.ledger, fallback_dirs, SystemClock().boot_id(), says=says or TickLedger.SAYS)
+
+
 def command(args, cfg) -> Tuple[int, dict]:
     """dashcamctl [--dry-run] policy [--json]: one tick with the real gatherers and actors. The
     configuration comes through the JSON cache in $CACHE_DIRECTORY (CacheDirectory=dashcam of the
     unit): a tick parses no YAML (see config.load_cached)."""
-    from .tick_ledger import TickLedger
     from .world import SystemActions, SystemFacts
 
-    # a damaged, locked or read-only ledger must not stop a low-battery shutdown: the tick then
-    # keeps this boot's readings and state in a fallback file, in the first of these that takes it
-    fallback_dirs = [os.environ.get("RUNTIME_DIRECTORY"), cfg.paths.state_dir, os.environ.get("CACHE_DIRECTORY"), FALLBACK_DIR]
-    with TickLedger(cfg.paths.ledger, fallback_dirs, SystemClock().boot_id()) as ledger:
+    with open_ledger(cfg) as ledger:
         facts = SystemFacts(cfg)
         record = tick(cfg, facts, SystemActions(cfg, args.dry_run, facts), ledger=ledger, dry_run=args.dry_run)
         if cfg.mqtt is not None:

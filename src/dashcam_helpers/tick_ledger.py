@@ -44,8 +44,13 @@ class TickLedger:
     the database takes a tick's writes again, the fallback forgets those keys.
     """
 
-    def __init__(self, path: str, fallback_dirs: Sequence[str], boot_id: str, *, timeout: float = 5):
+    # said once per open when the database is unusable
+    SAYS = "policy: ledger unusable, this tick keeps its readings and state in a fallback file (the shutdown still works)"
+
+    def __init__(self, path: str, fallback_dirs: Sequence[str], boot_id: str, *, timeout: float = 5,
+                 says: str = SAYS):
         self.path = path
+        self.says = says
         self.boot_id = boot_id
         self.fallback_dirs = [d for d in fallback_dirs if d]
         self.problem: Optional[str] = None
@@ -89,8 +94,7 @@ class TickLedger:
             self.ledger = None
         if self.problem is None:
             self.problem = str(e) if isinstance(e, LedgerError) else f"the ledger {self.path}: {type(e).__name__}: {e}"
-            log.error("policy: ledger unusable, this tick keeps its readings and state in a fallback file "
-                      "(the shutdown still works): %s", self.problem)
+            log.error("%s: %s", self.says, self.problem)
 
     def _use(self, fn, default):
         if self.ledger is None:
