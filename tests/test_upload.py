@@ -208,6 +208,19 @@ def test_alternate_name_keeps_the_extension_and_adds_the_content_hash():
     assert upload.alternate_name("cam/x/noext", "ffeeddccbb") == "cam/x/noext.ffeeddcc"
 
 
+@pytest.mark.parametrize("base", ["a" * 251 + ".MP4", "é" * 125 + "x.MP4", "b" * 255, "ü" * 127 + "x"],
+                         ids=["ascii", "two-byte", "no-extension", "two-byte-no-extension"])
+def test_an_alternate_name_still_fits_the_servers_255_bytes_and_cuts_at_a_character(base):
+    """A name the filesystem allows (up to 255 bytes) with the hash added must still be one the
+    server can create: else that clip fails at every run."""
+    other = upload.alternate_name("cam/2026/03/07/" + base, "0123456789abcdef")
+    directory, name = other.rsplit("/", 1)
+    assert directory == "cam/2026/03/07" and len(name.encode()) <= 255 and name.encode().decode() == name
+    assert "01234567" in name and name != base
+    if base.endswith(".MP4"):
+        assert name.endswith(".01234567.MP4")
+
+
 def test_plan_puts_events_first_then_newest_or_oldest_and_gives_a_reused_name_a_distinct_one(tmp_path):
     ledger = Ledger(str(tmp_path / "l.sqlite3"))
     newer = ledger.record_staged("c", "Normal/A.MP4", 1, T0 * 10**9 + 5, event=False, sha256="aa" * 32,

@@ -22,7 +22,6 @@ log = get_logger("dashcam.ingest")
 EVENT_FOLDERS = {"event", "events", "emr", "ro", "locked", "lock", "protected", "protect", "sos"}
 EVENT_SUFFIX = re.compile(r"_E[A-Z0-9]{0,2}$", re.IGNORECASE)
 MAX_DEPTH = 32  # folders below the card's root; cameras use two or three
-NAME_MAX = 255  # bytes in one file name (ext4, vfat, exFAT)
 
 # the recording time in a camera's file name: Novatek 2026_1125_233000_001F.MP4,
 # NO20261125-233000-000123F.MP4, and the like (date, then time, with _ or - or nothing between)
@@ -234,14 +233,5 @@ def staged_name(camera: str, clip: Candidate) -> str:
 
 
 def name_variant(name: str, n: int) -> str:
-    """``clip.MP4`` -> ``clip~n.MP4``; a long stem is shortened (at a character) so the name still
-    fits NAME_MAX bytes."""
-    stem, ext = os.path.splitext(name)
-    tail = f"~{n}{ext}".encode("utf-8")
-    if len(tail) >= NAME_MAX // 2:  # not a footage extension: the suffix goes at the very end
-        stem, ext, tail = name, "", f"~{n}".encode("utf-8")
-    room = NAME_MAX - len(tail)
-    raw = stem.encode("utf-8", "surrogateescape")
-    if len(raw) > room:
-        stem = raw[:room].decode("utf-8", "ignore")
-    return stem + f"~{n}{ext}"
+    """``clip.MP4`` -> ``clip~n.MP4``, still within NAME_MAX bytes (layout.with_suffix)."""
+    return layout.with_suffix(name, f"~{n}")

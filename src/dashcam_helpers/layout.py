@@ -15,6 +15,7 @@ on the server shows it too. Light on imports: the config check uses it.
 
 from __future__ import annotations
 
+import os
 import re
 
 TYPE_CHECKING = False
@@ -30,6 +31,25 @@ DEFAULT_LAYOUT = "{camera}/{YYYY}/{MM}/{DD}/{folder}/{name}"
 LEGACY_LAYOUT = "{camera}/{YYYY}/{MM}/{DD}/{name}"
 KINDS = {True: "Event", False: "Normal"}
 _FIELD = re.compile(r"\{([^{}]*)\}")
+
+
+NAME_MAX = 255  # bytes in one file name (ext4, vfat, exFAT, and the server's file system)
+
+
+def with_suffix(name: str, suffix: str) -> str:
+    """``clip.MP4`` + ``~1`` -> ``clip~1.MP4``: a name made distinct by a suffix before its
+    extension (at the very end when it has no short one), its stem shortened at a character so
+    the result still fits NAME_MAX bytes: a name the card allowed stays one staging and the
+    server can create."""
+    stem, ext = os.path.splitext(name)
+    tail = (suffix + ext).encode("utf-8", "surrogateescape")
+    if len(tail) >= NAME_MAX // 2:  # not a footage extension: the suffix goes at the very end
+        stem, ext, tail = name, "", suffix.encode("utf-8", "surrogateescape")
+    raw = stem.encode("utf-8", "surrogateescape")
+    room = NAME_MAX - len(tail)
+    if len(raw) > room:
+        stem = raw[:room].decode("utf-8", "ignore")
+    return stem + suffix + ext
 
 
 # --- the order ----------------------------------------------------------------------------------

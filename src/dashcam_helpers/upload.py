@@ -151,10 +151,10 @@ def legacy_remote_path(camera: str, file_name: str, mtime_ns: int) -> str:
 
 
 def alternate_name(path: str, sha256: str) -> str:
-    """``a/b/clip.mp4`` -> ``a/b/clip.<sha8>.mp4``: where a clip goes when its name is taken."""
+    """``a/b/clip.mp4`` -> ``a/b/clip.<sha8>.mp4``: where a clip goes when its name is taken
+    (a long name is shortened to fit the server's NAME_MAX bytes: layout.with_suffix)."""
     directory, base = os.path.split(path)
-    stem, ext = os.path.splitext(base)
-    return os.path.join(directory, f"{stem}.{sha256[:8]}{ext}")
+    return os.path.join(directory, layout.with_suffix(base, f".{sha256[:8]}"))
 
 
 @dataclass(frozen=True)
