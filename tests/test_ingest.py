@@ -138,6 +138,15 @@ def test_mount_is_read_only_never_executes_from_the_card_and_adds_no_time_zone()
 # --- a directory source, through the real CLI ----------------------------------------------------
 
 
+def test_a_source_that_is_not_a_folder_is_said_as_it_is(cfg_path, tmp_path, dashcamctl):
+    missing = dashcamctl("--config", str(cfg_path), "ingest", "--source", str(tmp_path / "gone"))
+    assert missing.returncode != 0 and "gone: No such file or directory" in missing.stderr, missing.stderr
+    (tmp_path / "file").write_text("x")
+    a_file = dashcamctl("--config", str(cfg_path), "ingest", "--source", str(tmp_path / "file"))
+    assert a_file.returncode != 0 and "file: not a directory" in a_file.stderr, a_file.stderr
+    assert "Traceback" not in missing.stderr + a_file.stderr
+
+
 def test_first_ingest_stages_every_clip_with_its_hash_and_a_rescan_copies_nothing(card, cfg_path, tmp_path, dashcamctl):
     now = time.time()
     clips = {f"Normal/Front/2024_{i:04d}.MP4": write_clip(card, f"Normal/Front/2024_{i:04d}.MP4", 50_000 + i, now - i * 60)

@@ -15,6 +15,7 @@ readers (status, the policy tick, MQTT) pay for neither this module nor the copy
 from __future__ import annotations
 
 import os
+import stat
 import time
 from typing import Callable, Optional, Sequence, Set, Tuple
 
@@ -62,7 +63,11 @@ def ingest_source(
     With ``card`` (the camera's own card, mounted by ingest_device) the recording windows since
     the previous ingest are checked against the card's clips too (coverage.check_card)."""
     should_stop = should_stop or (lambda: False)
-    if not os.path.isdir(source_dir):
+    try:
+        st = os.stat(source_dir)
+    except OSError as e:  # missing, or a directory on the way it may not enter: said as it is
+        raise DashcamError(f"{source_dir}: {e.strerror or e}") from e
+    if not stat.S_ISDIR(st.st_mode):
         raise DashcamError(f"{source_dir}: not a directory")
     from . import copier, footage, notify
     from .ledger import Ledger
