@@ -242,3 +242,26 @@ def test_a_damaged_ledger_does_not_keep_the_watcher_from_putting_the_camera_back
     assert fake_hw.port_power() is True and fake_hw.authorized("1-1") == "0", err  # powered, data off: recording
     assert "engine started: no ingest running, camera back to record" in err, err
     assert "ignition watch: ledger unusable" in err  # the damaged ledger is said, not passed over in silence
+
+
+@pytest.mark.parametrize("last_external", [None, True])
+def test_the_camera_off_on_external_power_goes_to_record_whatever_the_last_tick_saw(ledger, last_external):
+    # the boot read the battery as unknown (or on battery) and started the camera off; the engine runs
+    # by the watcher's first reading, and the ledger's last power reading is none (a fresh ledger, a
+    # fallback file) or the previous boot's "external": off on external power is never the policy's
+    # wish (it puts the camera to record then), so the watcher must not wait for a change it never sees
+    car = Car("off", [True], ledger=ledger)
+    done = run(car, ledger, last_external=last_external)
+    assert done is not None and done["kind"] == "engine_started" and not done["failed"]
+    assert car.calls == [("camera", "record")] and car.t <= 1.0
+    assert ledger.get_state(ignition.RETURNS_KEY)["counts"] == {"engine_started": 1}
+
+
+def test_a_camera_mode_unknown_on_external_power_the_server_stopping_to_answer_is_the_car_leaving(ledger):
+    # in data mode at home on external power, the hub stops answering uhubctl (or the data device
+    # is gone from sysfs): the mode reads unknown. The car leaving must still put it to record, as
+    # the policy would (unknown on external power and out of reach: record)
+    car = Car("unknown", [True], reach=[True] * 3 + [False], ingest=True, ledger=ledger)
+    done = run(car, ledger, last_external=True)
+    assert done is not None and done["kind"] == "leaving_home" and car.t == 3.0
+    assert car.calls == [("stop", (INGEST_UNITS,)), ("camera", "record")]
