@@ -8,9 +8,10 @@ reading) it starts disconnected, the policy decides at its first tick, and the w
 policy and the boot start it when the camera leaves record; it exits once the camera records
 again). Every second it reads the battery's power flag (the LiFePO4wered answers in a few ms):
 
-- battery -> external power (the engine started), the camera off or in data mode;
-- in data mode on external power, the server stops answering (the car is leaving; probed every
-  second too: a TCP connect to a host on the local network);
+- battery -> external power (the engine started), the camera off or in data mode; or the camera
+  off on external power however it got there (the policy never keeps it off then);
+- in data mode (or a mode that reads unknown) on external power, the server stops answering (the
+  car is leaving; probed every second too: a TCP connect to a host on the local network);
 
 and then stops any ingest (crash-safe: the clip in flight is dropped and copied next time) and
 puts the camera to record. An unknown reading is no change: the watcher only ever moves the
@@ -147,10 +148,14 @@ def watch(cfg, facts, actions, *, ledger_open: Callable[[], Any], lock: Callable
             return None
         external = facts.battery().external
         kind = None
-        # the mode unknown (a hub that does not answer) is not record either: the car can move
-        if external is True and last_external is False:
+        # the mode unknown (a hub that does not answer) is not record either: the car can move.
+        # Off on external power is never the policy's wish (it puts the camera to record then):
+        # no change need be seen (a boot that read the power as unknown, a fresh or fallback
+        # ledger, the previous boot's last reading). Unknown on external power is probed as data
+        # mode is: the policy keeps it only at home.
+        if external is True and (last_external is False or mode == "off"):
             kind = "engine_started"
-        elif external is True and mode == "data" and now >= next_probe:
+        elif external is True and mode in ("data", "unknown") and now >= next_probe:
             next_probe = now + probe
             if not facts.server_reachable():
                 kind = "leaving_home"
