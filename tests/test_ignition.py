@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import time
+import types
 
 import pytest
 
@@ -265,3 +266,27 @@ def test_a_camera_mode_unknown_on_external_power_the_server_stopping_to_answer_i
     done = run(car, ledger, last_external=True)
     assert done is not None and done["kind"] == "leaving_home" and car.t == 3.0
     assert car.calls == [("stop", (INGEST_UNITS,)), ("camera", "record")]
+
+
+class StartLog:
+    """systemd.Systemctl's start(), recorded."""
+
+    def __init__(self):
+        self.started = []
+
+    def start(self, unit, *, check=True):
+        self.started.append(unit)
+
+
+@pytest.mark.parametrize("vin", ["5208", "0", "-2"])
+def test_a_camera_switch_that_does_not_take_at_boot_still_starts_the_watcher(fake_hw, monkeypatch, vin):
+    # the camera's hub is not enumerated yet (or never answers): the boot gives up after its
+    # seconds, the camera is in whatever mode the hub powered it up in (data, not recording) and
+    # the first policy tick is 45 s away: the watcher must run, it puts the camera back to record
+    # once the engine runs or the car leaves
+    monkeypatch.setenv("UHUBCTL_FAKE_HUBS", "9-9")
+    fake_hw.set_battery(f"VIN = {vin}\n")
+    systemctl = StartLog()
+    rc = ignition.boot_command(types.SimpleNamespace(dry_run=False), CFG, seconds=0, sleep=lambda s: None,
+                               systemctl=systemctl)
+    assert rc == 0 and systemctl.started == ["dashcam-watch.service"]

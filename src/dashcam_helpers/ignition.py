@@ -267,15 +267,17 @@ def boot_mode(reading) -> Tuple[str, str]:
     return "off", f"{power} at boot: the camera starts disconnected; the policy decides"
 
 
-def boot_command(args, cfg) -> int:
-    """dashcamctl boot: the camera's mode at power-on, from one battery read."""
+def boot_command(args, cfg, *, seconds: float = BOOT_SECONDS, sleep: Callable[[float], None] = time.sleep,
+                 systemctl: Any = None) -> int:
+    """dashcamctl boot: the camera's mode at power-on, from one battery read. ``seconds``: how long
+    the switch is tried; ``systemctl``: a systemd.Systemctl (or a fake with start())."""
     from . import battery, camera
     from .camera import CameraError
 
     reading = battery.read(cfg)
     mode, why = boot_mode(reading)
     log.info("boot: %s", why, extra={"DASHCAM_CAMERA_TARGET": mode})
-    deadline = time.monotonic() + BOOT_SECONDS
+    deadline = time.monotonic() + seconds
     while True:
         try:
             camera.set_mode(cfg, mode, dry_run=args.dry_run)
@@ -285,16 +287,16 @@ def boot_command(args, cfg) -> int:
                 # no camera plugged in, or a hub that does not answer: said, and not a failed boot;
                 # the policy tries again at every tick
                 log.warning("boot: camera %s did not take within %d s: %s; the policy tries again at its ticks",
-                            mode, BOOT_SECONDS, e)
+                            mode, seconds, e)
                 print(f"camera: {mode} did not take ({e})")
                 return 0
             log.info("boot: camera %s not yet (%s); again in 1 s", mode, e)
-            time.sleep(1)
+            sleep(1)
     print(f"camera: {mode} ({why})" + (" (dry run: nothing switched)" if args.dry_run else ""))
     if mode == "off" and not args.dry_run:
         from .policy import WATCH_UNIT
         from .systemd import Systemctl
 
         # the engine may start before the policy's first tick
-        Systemctl().start(WATCH_UNIT, check=False)
+        (systemctl or Systemctl()).start(WATCH_UNIT, check=False)
     return 0
