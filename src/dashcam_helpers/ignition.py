@@ -278,25 +278,28 @@ def boot_command(args, cfg, *, seconds: float = BOOT_SECONDS, sleep: Callable[[f
     mode, why = boot_mode(reading)
     log.info("boot: %s", why, extra={"DASHCAM_CAMERA_TARGET": mode})
     deadline = time.monotonic() + seconds
-    while True:
+    took = False
+    while not took:
         try:
             camera.set_mode(cfg, mode, dry_run=args.dry_run)
-            break
+            took = True
         except CameraError as e:
             if time.monotonic() >= deadline:
                 # no camera plugged in, or a hub that does not answer: said, and not a failed boot;
-                # the policy tries again at every tick
-                log.warning("boot: camera %s did not take within %d s: %s; the policy tries again at its ticks",
+                # the watcher and the policy try again
+                log.warning("boot: camera %s did not take within %d s: %s; the watcher and the policy try again",
                             mode, seconds, e)
                 print(f"camera: {mode} did not take ({e})")
-                return 0
+                break
             log.info("boot: camera %s not yet (%s); again in 1 s", mode, e)
             sleep(1)
-    print(f"camera: {mode} ({why})" + (" (dry run: nothing switched)" if args.dry_run else ""))
-    if mode == "off" and not args.dry_run:
+    if took:
+        print(f"camera: {mode} ({why})" + (" (dry run: nothing switched)" if args.dry_run else ""))
+    # the camera is not known to record (off, or as the hub powered it up: in data): the engine may
+    # start, or the car leave, before the policy's first tick
+    if (mode == "off" or not took) and not args.dry_run:
         from .policy import WATCH_UNIT
         from .systemd import Systemctl
 
-        # the engine may start before the policy's first tick
         (systemctl or Systemctl()).start(WATCH_UNIT, check=False)
     return 0
