@@ -15,14 +15,15 @@ from .log import get as get_logger
 log = get_logger("dashcam.server")
 
 
-def reachable(cfg, timeout=None) -> bool:
+def reachable(cfg, timeout=None, *, resolve=_socket.getaddrinfo) -> bool:
     """True when a TCP connection to upload.host:upload.port succeeds within ``timeout``
-    (default: upload.connect_timeout), trying each address the host name resolves to."""
+    (default: upload.connect_timeout), trying each address the host name resolves to.
+    ``resolve``: getaddrinfo (a test passes a resolver of its own)."""
     timeout = cfg.upload.connect_timeout if timeout is None else timeout
     # the host as bytes: a str makes getaddrinfo import the IDNA codec (the schema allows ASCII only)
     host = cfg.upload.host.encode("ascii")
     try:
-        addresses = _socket.getaddrinfo(host, cfg.upload.port, 0, _socket.SOCK_STREAM)
+        addresses = resolve(host, cfg.upload.port, 0, _socket.SOCK_STREAM)
     except OSError as e:                      # the name does not resolve (gaierror is an OSError)
         addresses, error = [], e
     for family, kind, proto, _, address in addresses:
