@@ -925,3 +925,25 @@ def test_the_boot_id_comes_from_the_kernel_else_from_the_units_environment(tmp_p
     for bad in ({}, {"DASHCAM_BOOT_ID": ""}, {"DASHCAM_BOOT_ID": "%b"}, {"DASHCAM_BOOT_ID": "0f3c7a52" * 3},
                 {"DASHCAM_BOOT_ID": "zz" * 16}):
         assert boot_id(hidden, bad) == "unknown"
+
+
+def test_a_watcher_start_that_failed_is_tried_again_at_the_next_tick(rig):
+    # systemctl timed out (systemd busy at boot, a D-Bus hiccup): the camera is in data and nothing
+    # watches for the engine starting. The next tick finds the camera in the same mode; it must
+    # start the watcher again rather than take it as running
+    cfg, world, actions, clock, ledger, run = rig
+    world.reachable = True
+
+    def refused():
+        actions.watches += 1
+        raise RuntimeError("systemctl start --no-block dashcam-watch.service did not finish within 30 s")
+
+    actions.start_watch = refused
+    record = run()  # arriving home on battery: data at once
+    assert world.mode == "data" and actions.watches == 1 and record["failed"]
+    actions.start_watch = FakeActions.start_watch.__get__(actions)
+    world.ingest_running = True
+    run()
+    assert world.mode == "data" and actions.watches == 2
+    run()
+    assert actions.watches == 2  # started: not again at every tick
