@@ -232,11 +232,12 @@ class Outcome:
 
 class Acted(Record):
     """What a tick did: outcome (done, failed), the camera's mode after it, the message of a return
-    to record because the car can move (None: none)."""
+    to record because the car can move (None: none), the start of the watcher failed."""
 
     outcome: Outcome
     mode: str
     back_message: Optional[str]
+    watch_failed: bool = False
 
 
 def _try(outcome: Outcome, what: str, fn, *args) -> bool:
@@ -264,14 +265,17 @@ def act(decision: Decision, seen: Gathered, actions, ledger, dry_run: bool) -> A
         outcome.done.append("copy events only")  # ingest learns it from the budget state at each clip
     # the camera leaves record (or a boot finds it out of record): the watcher puts it back within
     # about a second of the engine starting or the car leaving, the tick only every 30 s
+    # (or the last tick's start of it failed: nothing else would try again while the mode stays)
+    watch_failed = False
     if new_mode in ("data", "off") and not decision.shutdown and not dry_run and (
         new_mode != mode or not seen.same_boot or seen.state.last_mode not in ("data", "off")
+        or seen.state.watch_failed
     ):
-        _try(outcome, "start " + WATCH_UNIT, actions.start_watch)
+        watch_failed = not _try(outcome, "start " + WATCH_UNIT, actions.start_watch)
     back_message = None
     if decision.back_to_record and new_mode == "record" and mode != "record" and not already:
         back_message = _back_to_record(decision, seen, ledger)
-    return Acted(outcome=outcome, mode=new_mode, back_message=back_message)
+    return Acted(outcome=outcome, mode=new_mode, back_message=back_message, watch_failed=watch_failed)
 
 
 def _switch_camera(decision: Decision, mode: str, actions, outcome: Outcome, dry_run: bool) -> Tuple[str, bool]:
@@ -309,8 +313,8 @@ def _back_to_record(decision: Decision, seen: Gathered, ledger) -> str:
 # --- record ---------------------------------------------------------------------------------------
 
 
-def next_state(seen: Gathered, decision: Decision, new_mode: str) -> TickState:
-    """What this tick leaves for the next."""
+def next_state(seen: Gathered, decision: Decision, new_mode: str, watch_failed: bool = False) -> TickState:
+    """What this tick leaves for the next. ``watch_failed``: this tick's start of the watcher failed."""
     facts = seen.facts
     data_since, data_ingest = facts.data_since, seen.data_ingest
     if new_mode == "data" and facts.camera_mode != "data":
@@ -332,6 +336,7 @@ def next_state(seen: Gathered, decision: Decision, new_mode: str) -> TickState:
         unknown_since=facts.unknown_since,
         last_external=facts.last_external,
         battery_low=decision.battery_low,
+        watch_failed=watch_failed,
     )
 
 
@@ -392,7 +397,7 @@ def record(seen: Gathered, decision: Decision, acted: Acted, ledger, clock, dry_
         ledger.add_reading(wall=wall, boot_id=boot, monotonic=now, millivolts=reading.millivolts,
                            percent=reading.percent, external=reading.external, source=reading.source,
                            reason=reading.reason, keep=KEEP_READINGS)
-        ledger.put_state(STATE_KEY, next_state(seen, decision, acted.mode).asdict())
+        ledger.put_state(STATE_KEY, next_state(seen, decision, acted.mode, acted.watch_failed).asdict())
         ledger.put_state(LAST_KEY, written)
         # for ingest and upload, read at each clip boundary (budget.IngestGate, budget.upload_fit)
         if not dry_run:  # an instruction to the ingest and the upload: a dry run gives none
