@@ -290,3 +290,18 @@ def test_a_camera_switch_that_does_not_take_at_boot_still_starts_the_watcher(fak
     rc = ignition.boot_command(types.SimpleNamespace(dry_run=False), CFG, seconds=0, sleep=lambda s: None,
                                systemctl=systemctl)
     assert rc == 0 and systemctl.started == ["dashcam-watch.service"]
+
+
+def test_an_ingest_a_tick_started_while_the_watcher_waited_for_the_lock_is_stopped_first(ledger):
+    # the watcher read the camera off and the engine starting; while it waited for the lock a
+    # tick put the camera to data (the engine's power not yet read) and udev started an ingest:
+    # the mode read under the lock decides, and the ingest stops before its storage goes away
+    car = Car("off", [False, True], ledger=ledger)
+
+    def lock():
+        car.mode, car.ingest = "data", True
+        return ignition.PolicyLock(None)
+    done = ignition.watch(CFG, car, car, ledger_open=lambda: contextlib.nullcontext(ledger), lock=lock,
+                          clock=car.clock, wall=lambda: 1.7e9, sleep=car.sleep)
+    assert done["kind"] == "engine_started"
+    assert car.calls == [("stop", (INGEST_UNITS,)), ("camera", "record")]
