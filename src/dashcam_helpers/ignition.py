@@ -185,13 +185,14 @@ def _back_to_record(cfg, facts, actions, kind, mode, seen, ledger_open, lock, cl
             return None
         # a policy tick that read the same change may have put the camera back while we waited
         # for the lock: it counted that return; the watcher's work is done
-        if facts.camera_mode() == "record":
+        now_mode = facts.camera_mode()
+        if now_mode == "record":
             log.info("ignition watch: the camera already records (a policy tick switched it)")
             return None
         with ledger_open() as ledger:
             before = ledger.get_state("last_ingest")
         failed = []
-        if mode != "off":  # data, or unknown: an ingest may run
+        if mode != "off" or now_mode != "off":  # data, or unknown, before or under the lock: an ingest may run
             try:
                 # blocks until the ingest has dropped its .part and unmounted (nothing to do without one)
                 actions.stop_units([INGEST_UNITS])
