@@ -88,3 +88,10 @@ def test_a_watcher_killed_by_a_signal_systemd_counts_as_clean_is_restarted():
     w = unit("dashcam-watch.service")
     forced = w["Service"].get("RestartForceExitStatus", "").split()
     assert {"SIGTERM", "SIGHUP"} <= set(forced), forced
+
+
+def test_a_watcher_that_cannot_read_its_configuration_is_not_restarted_every_two_seconds():
+    # a wrong configuration (exit status 78, EX_CONFIG) does not mend itself: restarted every 2 s
+    # (never hitting the start limit) the watcher would start Python on battery for nothing
+    w = unit("dashcam-watch.service")
+    assert "78" in w["Service"].get("RestartPreventExitStatus", "").split()
