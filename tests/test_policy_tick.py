@@ -947,3 +947,35 @@ def test_a_watcher_start_that_failed_is_tried_again_at_the_next_tick(rig):
     assert world.mode == "data" and actions.watches == 2
     run()
     assert actions.watches == 2  # started: not again at every tick
+
+
+def test_a_time_of_this_boot_in_the_ledger_that_lies_in_the_future_does_not_hold_data_mode(rig):
+    # the ledger on disk is input (a user that may write it, a card that flips a bit): a monotonic
+    # time of this boot later than now cannot be, and must not keep max_data_minutes_external from
+    # firing on external power (data mode "for -115 days")
+    cfg, world, actions, clock, ledger, run = rig
+    world.reachable, world.ingest_running, world.mode = True, True, "data"
+    world.reading = FakeReading(percent=95, external=True)
+    run()
+    state = ledger.get_state("policy")
+    state["data_since"] = clock.mono + 10**7
+    ledger.put_state("policy", state)
+    ticks = 0
+    while world.mode == "data" and ticks < 100:
+        run()
+        ticks += 1
+    assert world.mode == "record" and ticks <= 2 * cfg.camera.max_data_minutes_external + 1, ticks
+
+
+def test_an_unknown_streak_of_this_boot_that_began_in_the_future_still_shuts_down(rig):
+    # the same for the window of unknown readings on battery: "unknown for -115 days" must not hold
+    # off the low-battery shutdown for ever
+    cfg, world, actions, clock, ledger, run = rig
+    run()  # a known reading: on battery
+    world.reading = FakeReading(percent=None, millivolts=None, external=None, reason="I2C failed")
+    run()
+    state = ledger.get_state("policy")
+    state["unknown_since"] = clock.mono + 10**7
+    ledger.put_state("policy", state)
+    shut = [run()["decision"]["shutdown"] for _ in range(60)]
+    assert True in shut and shut.index(True) <= 2 * cfg.thresholds.unknown_low_minutes
