@@ -86,6 +86,8 @@ def gather(cfg, source, ledger, clock) -> Gathered:
     now, wall, boot = clock.monotonic(), clock.time(), clock.boot_id()
     st = read_state(ledger)
     same_boot = st.boot_id == boot
+    if same_boot:
+        st = _not_after(st, now)
     reading = source.battery()
     history = samples(ledger.recent_readings(HISTORY - 1))
     history.append(Sample(monotonic=now, boot_id=boot, percent=reading.percent, external=reading.external,
@@ -122,6 +124,22 @@ def gather(cfg, source, ledger, clock) -> Gathered:
     return Gathered(now=now, wall=wall, boot=boot, state=st, reading=reading, history=history, facts=facts,
                     last_ingest=last_ingest, data_ingest=data_ingest, recording_since=recording_since, rates=rates,
                     estimate=estimate)
+
+
+# the tick state's monotonic times of this boot (a time of another boot is never used)
+STATE_TIMES = ("last_tick", "reachable_since", "external_since", "data_since", "unknown_since")
+
+
+def _not_after(st: TickState, now: float) -> TickState:
+    """The state of this boot with every time later than ``now`` dropped: such a time cannot be (the
+    ledger is input: a user that may write it, a bit flipped), and kept it would hold data mode or the
+    window of unknown readings open for ever. A dropped time starts afresh with this tick."""
+    late = {key: None for key in STATE_TIMES if getattr(st, key) is not None and getattr(st, key) > now}
+    if not late:
+        return st
+    log.warning("policy: the ledger's state holds times of this boot after now (%s): taken as starting now",
+                ", ".join(f"{key} {getattr(st, key):.0f} s > {now:.0f} s" for key in late))
+    return st.replace(**late)
 
 
 def _power_streaks(st: TickState, same_boot: bool, reading, now: float) -> Tuple[Optional[float], Optional[bool], Optional[float]]:
