@@ -979,3 +979,16 @@ def test_an_unknown_streak_of_this_boot_that_began_in_the_future_still_shuts_dow
     ledger.put_state("policy", state)
     shut = [run()["decision"]["shutdown"] for _ in range(60)]
     assert True in shut and shut.index(True) <= 2 * cfg.thresholds.unknown_low_minutes
+
+
+def test_a_camera_mode_that_reads_unknown_is_watched_as_off_or_data_are(rig):
+    # powered but its data device gone from sysfs (a camera that dropped off the bus), or a hub that
+    # stops answering: not record either, and the engine starting must be caught within a second
+    cfg, world, actions, clock, ledger, run = rig
+    world.mode = "unknown"
+    world.reading = FakeReading(percent=None, millivolts=None, external=None, reason="I2C failed")
+    record = run()
+    assert record["decision"]["camera"] is None and world.mode == "unknown"
+    assert actions.watches == 1
+    run()
+    assert actions.watches == 1  # started: not again at every tick
