@@ -285,9 +285,10 @@ def act(decision: Decision, seen: Gathered, actions, ledger, dry_run: bool) -> A
     # about a second of the engine starting or the car leaving, the tick only every 30 s
     # (or the last tick's start of it failed: nothing else would try again while the mode stays)
     watch_failed = False
-    if new_mode in ("data", "off") and not decision.shutdown and not dry_run and (
-        new_mode != mode or not seen.same_boot or seen.state.last_mode not in ("data", "off")
-        or seen.state.watch_failed
+    # (a mode that reads unknown is not record either)
+    away = ("data", "off", "unknown")
+    if new_mode in away and not decision.shutdown and not dry_run and (
+        new_mode != mode or not seen.same_boot or seen.state.last_mode not in away or seen.state.watch_failed
     ):
         watch_failed = not _try(outcome, "start " + WATCH_UNIT, actions.start_watch)
     back_message = None
