@@ -355,3 +355,19 @@ def test_read_never_raises_even_when_a_parser_has_a_bug(tmp_path, make_config, c
     r = battery.read(cfg)
     assert r.percent is None and "ZeroDivisionError: boom" in r.reason
     assert any(rec.levelname == "ERROR" for rec in caplog.records)
+
+
+# 2 MB and then a hang: a program that floods its output (a broken driver printing in a loop) would
+# fill the memory of a Pi within the timeout if it were read to the end
+FLOOD = "head -c 2000000 /dev/zero; sleep 30"
+
+
+def test_a_lifepo4wered_cli_that_floods_its_output_is_cut_off_not_read_into_memory(tmp_path, make_config):
+    cfg = config.load(str(make_config({"tools": {"lifepo4wered_cli": script(tmp_path, FLOOD)}, "battery": {"timeout_seconds": 1}})))
+    r = battery.read(cfg)
+    assert r.percent is None and r.external is None and "printed more than" in r.reason, r.reason
+
+
+def test_a_battery_command_that_floods_its_output_is_cut_off_not_read_into_memory(tmp_path, make_config):
+    r = battery.read(load(make_config, source="command", command=script(tmp_path, FLOOD), timeout_seconds=1))
+    assert r.percent is None and "printed more than" in r.reason, r.reason

@@ -398,3 +398,15 @@ def test_dry_run_does_not_touch_the_port_switch(fake_hw, root_hub_camera, caplog
         camera.set_mode(root_hub_camera, "off", dry_run=True)
     assert disable.read_text() == "0\n"
     assert "dry run, not writing 1 to" in caplog.text
+
+
+def test_a_uhubctl_that_floods_its_output_is_a_clear_failure_not_a_full_memory(fake_hw, make_config, tmp_path):
+    # 2 MB and then a hang (a wedged USB stack printing in a loop): stopped at once, not read for
+    # UHUBCTL_TIMEOUT seconds into memory
+    flood = tmp_path / "uhubctl"
+    flood.write_text("#!/bin/sh\nhead -c 2000000 /dev/zero\nsleep 60\n")
+    flood.chmod(0o755)
+    fake_hw.usb_device("1-1")
+    cfg = config.load(str(make_config({"tools": {"uhubctl": str(flood)}})))
+    with pytest.raises(camera.CameraError, match="printed more than"):
+        camera.set_mode(cfg, "record")

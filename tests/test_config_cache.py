@@ -116,3 +116,19 @@ def test_without_a_cache_dir_or_a_writable_one_it_just_loads(make_config, tmp_pa
 def test_the_cache_is_private(make_config, cache_dir):
     config.load_cached(str(make_config()), cache_dir)
     assert os.stat(os.path.join(cache_dir, config.CACHE_NAME)).st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize("section", ["paths", "camera", "upload"])
+@pytest.mark.parametrize("junk", ["x", 1, [1]])
+def test_a_cache_with_its_key_intact_and_a_section_gone_wrong_is_replaced(make_config, cache_dir, section, junk):
+    # a bit flip on the card, a hand edit: the policy tick and the ignition watcher read the config
+    # through the cache; a section that is no longer an object must not crash them at every start
+    # (the cache is never rewritten while its key matches: no tick, no low-battery shutdown, no watcher)
+    path = str(make_config())
+    config.load_cached(path, cache_dir)
+    data = cached(cache_dir)
+    data["config"][section] = junk
+    with open(os.path.join(cache_dir, config.CACHE_NAME), "w") as f:
+        json.dump(data, f)
+    assert config.load_cached(path, cache_dir) == config.load(path)
+    assert cached(cache_dir)["config"][section] != junk

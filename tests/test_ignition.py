@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import time
+import types
 
 import pytest
 
@@ -242,3 +243,65 @@ def test_a_damaged_ledger_does_not_keep_the_watcher_from_putting_the_camera_back
     assert fake_hw.port_power() is True and fake_hw.authorized("1-1") == "0", err  # powered, data off: recording
     assert "engine started: no ingest running, camera back to record" in err, err
     assert "ignition watch: ledger unusable" in err  # the damaged ledger is said, not passed over in silence
+
+
+@pytest.mark.parametrize("last_external", [None, True])
+def test_the_camera_off_on_external_power_goes_to_record_whatever_the_last_tick_saw(ledger, last_external):
+    # the boot read the battery as unknown (or on battery) and started the camera off; the engine runs
+    # by the watcher's first reading, and the ledger's last power reading is none (a fresh ledger, a
+    # fallback file) or the previous boot's "external": off on external power is never the policy's
+    # wish (it puts the camera to record then), so the watcher must not wait for a change it never sees
+    car = Car("off", [True], ledger=ledger)
+    done = run(car, ledger, last_external=last_external)
+    assert done is not None and done["kind"] == "engine_started" and not done["failed"]
+    assert car.calls == [("camera", "record")] and car.t <= 1.0
+    assert ledger.get_state(ignition.RETURNS_KEY)["counts"] == {"engine_started": 1}
+
+
+def test_a_camera_mode_unknown_on_external_power_the_server_stopping_to_answer_is_the_car_leaving(ledger):
+    # in data mode at home on external power, the hub stops answering uhubctl (or the data device
+    # is gone from sysfs): the mode reads unknown. The car leaving must still put it to record, as
+    # the policy would (unknown on external power and out of reach: record)
+    car = Car("unknown", [True], reach=[True] * 3 + [False], ingest=True, ledger=ledger)
+    done = run(car, ledger, last_external=True)
+    assert done is not None and done["kind"] == "leaving_home" and car.t == 3.0
+    assert car.calls == [("stop", (INGEST_UNITS,)), ("camera", "record")]
+
+
+class StartLog:
+    """systemd.Systemctl's start(), recorded."""
+
+    def __init__(self):
+        self.started = []
+
+    def start(self, unit, *, check=True):
+        self.started.append(unit)
+
+
+@pytest.mark.parametrize("vin", ["5208", "0", "-2"])
+def test_a_camera_switch_that_does_not_take_at_boot_still_starts_the_watcher(fake_hw, monkeypatch, vin):
+    # the camera's hub is not enumerated yet (or never answers): the boot gives up after its
+    # seconds, the camera is in whatever mode the hub powered it up in (data, not recording) and
+    # the first policy tick is 45 s away: the watcher must run, it puts the camera back to record
+    # once the engine runs or the car leaves
+    monkeypatch.setenv("UHUBCTL_FAKE_HUBS", "9-9")
+    fake_hw.set_battery(f"VIN = {vin}\n")
+    systemctl = StartLog()
+    rc = ignition.boot_command(types.SimpleNamespace(dry_run=False), CFG, seconds=0, sleep=lambda s: None,
+                               systemctl=systemctl)
+    assert rc == 0 and systemctl.started == ["dashcam-watch.service"]
+
+
+def test_an_ingest_a_tick_started_while_the_watcher_waited_for_the_lock_is_stopped_first(ledger):
+    # the watcher read the camera off and the engine starting; while it waited for the lock a
+    # tick put the camera to data (the engine's power not yet read) and udev started an ingest:
+    # the mode read under the lock decides, and the ingest stops before its storage goes away
+    car = Car("off", [False, True], ledger=ledger)
+
+    def lock():
+        car.mode, car.ingest = "data", True
+        return ignition.PolicyLock(None)
+    done = ignition.watch(CFG, car, car, ledger_open=lambda: contextlib.nullcontext(ledger), lock=lock,
+                          clock=car.clock, wall=lambda: 1.7e9, sleep=car.sleep)
+    assert done["kind"] == "engine_started"
+    assert car.calls == [("stop", (INGEST_UNITS,)), ("camera", "record")]

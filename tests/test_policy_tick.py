@@ -925,3 +925,70 @@ def test_the_boot_id_comes_from_the_kernel_else_from_the_units_environment(tmp_p
     for bad in ({}, {"DASHCAM_BOOT_ID": ""}, {"DASHCAM_BOOT_ID": "%b"}, {"DASHCAM_BOOT_ID": "0f3c7a52" * 3},
                 {"DASHCAM_BOOT_ID": "zz" * 16}):
         assert boot_id(hidden, bad) == "unknown"
+
+
+def test_a_watcher_start_that_failed_is_tried_again_at_the_next_tick(rig):
+    # systemctl timed out (systemd busy at boot, a D-Bus hiccup): the camera is in data and nothing
+    # watches for the engine starting. The next tick finds the camera in the same mode; it must
+    # start the watcher again rather than take it as running
+    cfg, world, actions, clock, ledger, run = rig
+    world.reachable = True
+
+    def refused():
+        actions.watches += 1
+        raise RuntimeError("systemctl start --no-block dashcam-watch.service did not finish within 30 s")
+
+    actions.start_watch = refused
+    record = run()  # arriving home on battery: data at once
+    assert world.mode == "data" and actions.watches == 1 and record["failed"]
+    actions.start_watch = FakeActions.start_watch.__get__(actions)
+    world.ingest_running = True
+    run()
+    assert world.mode == "data" and actions.watches == 2
+    run()
+    assert actions.watches == 2  # started: not again at every tick
+
+
+def test_a_time_of_this_boot_in_the_ledger_that_lies_in_the_future_does_not_hold_data_mode(rig):
+    # the ledger on disk is input (a user that may write it, a card that flips a bit): a monotonic
+    # time of this boot later than now cannot be, and must not keep max_data_minutes_external from
+    # firing on external power (data mode "for -115 days")
+    cfg, world, actions, clock, ledger, run = rig
+    world.reachable, world.ingest_running, world.mode = True, True, "data"
+    world.reading = FakeReading(percent=95, external=True)
+    run()
+    state = ledger.get_state("policy")
+    state["data_since"] = clock.mono + 10**7
+    ledger.put_state("policy", state)
+    ticks = 0
+    while world.mode == "data" and ticks < 100:
+        run()
+        ticks += 1
+    assert world.mode == "record" and ticks <= 2 * cfg.camera.max_data_minutes_external + 1, ticks
+
+
+def test_an_unknown_streak_of_this_boot_that_began_in_the_future_still_shuts_down(rig):
+    # the same for the window of unknown readings on battery: "unknown for -115 days" must not hold
+    # off the low-battery shutdown for ever
+    cfg, world, actions, clock, ledger, run = rig
+    run()  # a known reading: on battery
+    world.reading = FakeReading(percent=None, millivolts=None, external=None, reason="I2C failed")
+    run()
+    state = ledger.get_state("policy")
+    state["unknown_since"] = clock.mono + 10**7
+    ledger.put_state("policy", state)
+    shut = [run()["decision"]["shutdown"] for _ in range(60)]
+    assert True in shut and shut.index(True) <= 2 * cfg.thresholds.unknown_low_minutes
+
+
+def test_a_camera_mode_that_reads_unknown_is_watched_as_off_or_data_are(rig):
+    # powered but its data device gone from sysfs (a camera that dropped off the bus), or a hub that
+    # stops answering: not record either, and the engine starting must be caught within a second
+    cfg, world, actions, clock, ledger, run = rig
+    world.mode = "unknown"
+    world.reading = FakeReading(percent=None, millivolts=None, external=None, reason="I2C failed")
+    record = run()
+    assert record["decision"]["camera"] is None and world.mode == "unknown"
+    assert actions.watches == 1
+    run()
+    assert actions.watches == 1  # started: not again at every tick

@@ -70,3 +70,28 @@ def never_started_by_the_package(name):
 
 def test_the_package_never_starts_the_boot_unit_on_install_or_upgrade():
     assert never_started_by_the_package("dashcam-boot")
+
+
+def test_a_boot_unit_that_fails_or_is_killed_at_its_timeout_leaves_the_watcher_running():
+    # the boot starts the watcher itself once the camera is off (or did not take); a boot killed at
+    # TimeoutStartSec (a camera script that hangs: SCRIPT_TIMEOUT 60 s a try; battery.timeout_seconds
+    # up to 60 s) or one that crashes never gets there, and the camera (as the hub powered it up: in
+    # data) is unwatched until the first policy tick
+    b = unit("dashcam-boot.service")
+    assert "dashcam-watch.service" in b["Unit"].get("OnFailure", "").split()
+
+
+def test_a_watcher_killed_by_a_signal_systemd_counts_as_clean_is_restarted():
+    # Restart=on-failure takes SIGTERM, SIGHUP, SIGINT and SIGPIPE for a clean end: a stray kill
+    # (not a stop job, which is never restarted) would leave the camera out of record unwatched;
+    # the tick starts the watcher only when the camera leaves record
+    w = unit("dashcam-watch.service")
+    forced = w["Service"].get("RestartForceExitStatus", "").split()
+    assert {"SIGTERM", "SIGHUP"} <= set(forced), forced
+
+
+def test_a_watcher_that_cannot_read_its_configuration_is_not_restarted_every_two_seconds():
+    # a wrong configuration (exit status 78, EX_CONFIG) does not mend itself: restarted every 2 s
+    # (never hitting the start limit) the watcher would start Python on battery for nothing
+    w = unit("dashcam-watch.service")
+    assert "78" in w["Service"].get("RestartPreventExitStatus", "").split()

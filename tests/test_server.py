@@ -1,5 +1,6 @@
 """The policy's reachability probe: one TCP connect to the server's ssh port."""
 import socket
+import threading
 
 import pytest
 
@@ -47,3 +48,22 @@ def test_ipv6():
         pytest.skip("no IPv6 on the loopback here")
     with s:
         assert server.reachable(Cfg("::1", s.getsockname()[1])) is True
+
+
+def test_a_name_whose_resolver_does_not_answer_is_not_reachable_within_the_timeout():
+    # leaving home, the WiFi fades: the DNS server (the home router) no longer answers and
+    # getaddrinfo waits its own timeouts (5 s a try, two tries), which the connect timeout does not
+    # bound. The ignition watcher probes every second for the car leaving: the probe must end
+    # within its timeout, not when the resolver gives up
+    released = []
+    release, answered = threading.Event(), threading.Event()
+
+    def resolve(*args):
+        released.append(release.wait(30))  # True: the test let it go; False: the probe waited for it
+        answered.set()
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+    assert server.reachable(Cfg("nas.example", 22), 0.2, resolve=resolve) is False
+    release.set()
+    answered.wait(30)
+    assert released == [True]  # the probe returned before the resolver did

@@ -55,6 +55,9 @@ CLI_MAX_DIGITS = 9
 # strings kept in ``raw`` are cut to this many characters; at most RAW_KEYS keys are kept
 RAW_TEXT = 80
 RAW_KEYS = 64
+# bytes a battery tool may print (lifepo4wered-cli get: about 1 KB; battery-info.sh: a few hundred);
+# more is a tool printing in a loop, stopped before it fills the memory
+MAX_OUTPUT = 64 * 1024
 
 
 class Reading(Record):
@@ -239,7 +242,7 @@ def _read_lifepo4wered(cfg) -> Reading:
             reason += f" (gave up after {cfg.battery.timeout_seconds} s)"
             break
         try:
-            result = runner.run(argv, timeout=left, changes_state=False, check=False)
+            result = runner.run(argv, timeout=left, changes_state=False, check=False, max_output=MAX_OUTPUT)
         except runner.CommandTimeout:
             return unknown("lifepo4wered", f"{argv[0]} did not answer within {cfg.battery.timeout_seconds} s")
         except runner.CommandError as e:  # not installed, not executable
@@ -326,7 +329,7 @@ def reading_from_battery_info(data: Any, table) -> Reading:
 def _read_command(cfg) -> Reading:
     argv = [cfg.battery.command]
     try:
-        result = runner.run(argv, timeout=cfg.battery.timeout_seconds, changes_state=False)
+        result = runner.run(argv, timeout=cfg.battery.timeout_seconds, changes_state=False, max_output=MAX_OUTPUT)
     except runner.CommandTimeout:
         return unknown("command", f"{argv[0]} did not answer within {cfg.battery.timeout_seconds} s")
     except runner.CommandError as e:

@@ -42,6 +42,9 @@ MODES = ("record", "data", "off")
 UHUBCTL_TIMEOUT = 20  # seconds; a power request on a USB3 hub takes a fraction of one
 SCRIPT_TIMEOUT = 60  # seconds; the user's scripts call uhubctl and write sysfs
 ENUMERATE_TIMEOUT = 10  # seconds for a camera that is its own data device to appear after power on
+# bytes uhubctl may print (a status of every hub on a big tree: a few KB); more is a tool printing
+# in a loop, stopped before it fills the memory
+UHUBCTL_MAX_OUTPUT = 256 * 1024
 
 
 class CameraError(DashcamError):
@@ -154,7 +157,8 @@ def _uhubctl(cfg, action: Optional[str], dry_run: bool = False) -> runner.Result
     if action:
         argv += ["-a", action]
     try:
-        return runner.run(argv, timeout=UHUBCTL_TIMEOUT, dry_run=dry_run, changes_state=action is not None)
+        return runner.run(argv, timeout=UHUBCTL_TIMEOUT, dry_run=dry_run, changes_state=action is not None,
+                          max_output=UHUBCTL_MAX_OUTPUT)
     except runner.CommandFailed as e:
         said = [line.strip() for line in (e.stderr or e.stdout).splitlines() if line.strip()]
         raise CameraError(

@@ -658,8 +658,8 @@ def load_cached(path: Optional[str] = None, cache_dir: Optional[str] = None) -> 
             data = json.load(f)
         if data["key"] == key:
             return from_dict(data["config"], path, data["warnings"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # no cache, an unreadable one, or one from another version of the records
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # no cache, an unreadable one, one from another version of the records, a section not an object
     cfg = load(path)
     tmp = f"{cache}.{os.getpid()}.tmp"
     try:

@@ -8,9 +8,10 @@ reading) it starts disconnected, the policy decides at its first tick, and the w
 policy and the boot start it when the camera leaves record; it exits once the camera records
 again). Every second it reads the battery's power flag (the LiFePO4wered answers in a few ms):
 
-- battery -> external power (the engine started), the camera off or in data mode;
-- in data mode on external power, the server stops answering (the car is leaving; probed every
-  second too: a TCP connect to a host on the local network);
+- battery -> external power (the engine started), the camera off or in data mode; or the camera
+  off on external power however it got there (the policy never keeps it off then);
+- in data mode (or a mode that reads unknown) on external power, the server stops answering (the
+  car is leaving; probed every second too: a TCP connect to a host on the local network);
 
 and then stops any ingest (crash-safe: the clip in flight is dropped and copied next time) and
 puts the camera to record. An unknown reading is no change: the watcher only ever moves the
@@ -147,10 +148,14 @@ def watch(cfg, facts, actions, *, ledger_open: Callable[[], Any], lock: Callable
             return None
         external = facts.battery().external
         kind = None
-        # the mode unknown (a hub that does not answer) is not record either: the car can move
-        if external is True and last_external is False:
+        # the mode unknown (a hub that does not answer) is not record either: the car can move.
+        # Off on external power is never the policy's wish (it puts the camera to record then):
+        # no change need be seen (a boot that read the power as unknown, a fresh or fallback
+        # ledger, the previous boot's last reading). Unknown on external power is probed as data
+        # mode is: the policy keeps it only at home.
+        if external is True and (last_external is False or mode == "off"):
             kind = "engine_started"
-        elif external is True and mode == "data" and now >= next_probe:
+        elif external is True and mode in ("data", "unknown") and now >= next_probe:
             next_probe = now + probe
             if not facts.server_reachable():
                 kind = "leaving_home"
@@ -180,13 +185,14 @@ def _back_to_record(cfg, facts, actions, kind, mode, seen, ledger_open, lock, cl
             return None
         # a policy tick that read the same change may have put the camera back while we waited
         # for the lock: it counted that return; the watcher's work is done
-        if facts.camera_mode() == "record":
+        now_mode = facts.camera_mode()
+        if now_mode == "record":
             log.info("ignition watch: the camera already records (a policy tick switched it)")
             return None
         with ledger_open() as ledger:
             before = ledger.get_state("last_ingest")
         failed = []
-        if mode != "off":  # data, or unknown: an ingest may run
+        if mode != "off" or now_mode != "off":  # data, or unknown, before or under the lock: an ingest may run
             try:
                 # blocks until the ingest has dropped its .part and unmounted (nothing to do without one)
                 actions.stop_units([INGEST_UNITS])
@@ -262,34 +268,39 @@ def boot_mode(reading) -> Tuple[str, str]:
     return "off", f"{power} at boot: the camera starts disconnected; the policy decides"
 
 
-def boot_command(args, cfg) -> int:
-    """dashcamctl boot: the camera's mode at power-on, from one battery read."""
+def boot_command(args, cfg, *, seconds: float = BOOT_SECONDS, sleep: Callable[[float], None] = time.sleep,
+                 systemctl: Any = None) -> int:
+    """dashcamctl boot: the camera's mode at power-on, from one battery read. ``seconds``: how long
+    the switch is tried; ``systemctl``: a systemd.Systemctl (or a fake with start())."""
     from . import battery, camera
     from .camera import CameraError
 
     reading = battery.read(cfg)
     mode, why = boot_mode(reading)
     log.info("boot: %s", why, extra={"DASHCAM_CAMERA_TARGET": mode})
-    deadline = time.monotonic() + BOOT_SECONDS
-    while True:
+    deadline = time.monotonic() + seconds
+    took = False
+    while not took:
         try:
             camera.set_mode(cfg, mode, dry_run=args.dry_run)
-            break
+            took = True
         except CameraError as e:
             if time.monotonic() >= deadline:
                 # no camera plugged in, or a hub that does not answer: said, and not a failed boot;
-                # the policy tries again at every tick
-                log.warning("boot: camera %s did not take within %d s: %s; the policy tries again at its ticks",
-                            mode, BOOT_SECONDS, e)
+                # the watcher and the policy try again
+                log.warning("boot: camera %s did not take within %d s: %s; the watcher and the policy try again",
+                            mode, seconds, e)
                 print(f"camera: {mode} did not take ({e})")
-                return 0
+                break
             log.info("boot: camera %s not yet (%s); again in 1 s", mode, e)
-            time.sleep(1)
-    print(f"camera: {mode} ({why})" + (" (dry run: nothing switched)" if args.dry_run else ""))
-    if mode == "off" and not args.dry_run:
+            sleep(1)
+    if took:
+        print(f"camera: {mode} ({why})" + (" (dry run: nothing switched)" if args.dry_run else ""))
+    # the camera is not known to record (off, or as the hub powered it up: in data): the engine may
+    # start, or the car leave, before the policy's first tick
+    if (mode == "off" or not took) and not args.dry_run:
         from .policy import WATCH_UNIT
         from .systemd import Systemctl
 
-        # the engine may start before the policy's first tick
-        Systemctl().start(WATCH_UNIT, check=False)
+        (systemctl or Systemctl()).start(WATCH_UNIT, check=False)
     return 0

@@ -538,6 +538,7 @@ class TickState(Record):
     recorded_seconds: how long the camera recorded since the last ingest
     recording_since: wall clock, for people: the oldest footage on the camera
     seen_ingest: the last_ingest state the previous tick saw (a marker: a new one is an ingest)
+    watch_failed: the previous tick's start of the ignition watcher failed (the next tries again)
     """
 
     boot_id: Optional[str] = None
@@ -554,6 +555,7 @@ class TickState(Record):
     unknown_since: Optional[float] = None
     last_external: Optional[bool] = None
     battery_low: Optional[bool] = None
+    watch_failed: bool = False
 
     @classmethod
     def parse(cls, value: Any) -> "TickState":
@@ -577,6 +579,7 @@ class TickState(Record):
             unknown_since=_number(value.get("unknown_since")),
             last_external=_flag(value.get("last_external")),
             battery_low=_flag(value.get("battery_low")),
+            watch_failed=value.get("watch_failed") is True,
         )
 
 

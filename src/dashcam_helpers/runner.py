@@ -71,6 +71,10 @@ class CommandTimeout(CommandError):
     pass
 
 
+class CommandOutputTooLong(CommandError):
+    """The command printed more than the caller's ``max_output``: it was killed, its output dropped."""
+
+
 class CommandFailed(CommandError):
     def __init__(self, argv: Sequence[str], returncode: int, stdout: str, stderr: str, shown: str):
         self.returncode = returncode
@@ -125,6 +129,7 @@ def run(
     check: bool = True,
     secrets: Iterable[str] = (),
     env: Optional[Mapping[str, str]] = None,
+    max_output: Optional[int] = None,
 ) -> Result:
     """Run ``argv`` and return its output as text.
 
@@ -132,6 +137,8 @@ def run(
     the server; under ``dry_run`` it is logged and not run. Read-only commands run
     even in a dry run, so a dry run still sees the real world.
     ``check``: a non-zero exit raises CommandFailed.
+    ``max_output``: bytes a stream (stdout, stderr) may carry; more kills the command and raises
+    CommandOutputTooLong (a tool printing in a loop must not fill the memory within its timeout).
     """
     if isinstance(argv, (str, bytes)):
         raise TypeError("run() takes an argv list, never a command string")
@@ -144,7 +151,7 @@ def run(
     log.debug("running: %s", line)
     full_env = tool_env(env)
     try:
-        returncode, stdout, stderr = _spawn(argv, full_env, timeout)
+        returncode, stdout, stderr = _spawn(argv, full_env, timeout, max_output)
     except (FileNotFoundError, PermissionError) as e:
         # under systemd (which sets INVOCATION_ID for every unit) the file may well exist:
         # ProtectHome=yes hides it (not found or denied); a shell sees it as it is
@@ -158,6 +165,8 @@ def run(
         raise CommandNotFound(argv, f"{argv[0]}: command not found (is it installed and on PATH?)")
     except _Timeout as e:
         raise CommandTimeout(argv, f"{line} did not finish within {timeout:g} s", e.stderr)
+    except _TooLong:
+        raise CommandOutputTooLong(argv, f"{line} printed more than {max_output} bytes: stopped, output dropped")
     proc = Result(argv, returncode, stdout, stderr)
     if proc.returncode != 0:
         # what leaves this function in an error or a log line is masked; Result keeps the raw text
@@ -178,6 +187,10 @@ def tool_env(env: Optional[Mapping[str, str]] = None) -> dict:
 class _Timeout(Exception):
     def __init__(self, stderr: str):
         self.stderr = stderr
+
+
+class _TooLong(Exception):
+    pass
 
 
 def _executable(name: str, env: Mapping[str, str]) -> str:
@@ -201,7 +214,7 @@ def _text(chunks) -> str:
     return b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _spawn(argv: Sequence[str], env: Mapping[str, str], timeout: float):
+def _spawn(argv: Sequence[str], env: Mapping[str, str], timeout: float, max_output: Optional[int] = None):
     """Run argv with stdin from /dev/null and stdout/stderr captured; (returncode, stdout, stderr).
     The return code is negative for a signal, as with subprocess."""
     deadline = time.monotonic() + timeout
@@ -223,6 +236,7 @@ def _spawn(argv: Sequence[str], env: Mapping[str, str], timeout: float):
         os.close(out_w)
         os.close(err_w)
     chunks = {out_r: [], err_r: []}
+    sizes = {out_r: 0, err_r: 0}
     try:
         poller = select.poll()
         for fd in chunks:
@@ -235,6 +249,9 @@ def _spawn(argv: Sequence[str], env: Mapping[str, str], timeout: float):
             for fd, _ in poller.poll(left * 1000):
                 data = os.read(fd, 65536)
                 if data:
+                    sizes[fd] += len(data)
+                    if max_output is not None and sizes[fd] > max_output:
+                        raise _TooLong()
                     chunks[fd].append(data)
                 else:                                      # EOF: the child closed it (or exited)
                     poller.unregister(fd)

@@ -86,6 +86,8 @@ def gather(cfg, source, ledger, clock) -> Gathered:
     now, wall, boot = clock.monotonic(), clock.time(), clock.boot_id()
     st = read_state(ledger)
     same_boot = st.boot_id == boot
+    if same_boot:
+        st = _not_after(st, now)
     reading = source.battery()
     history = samples(ledger.recent_readings(HISTORY - 1))
     history.append(Sample(monotonic=now, boot_id=boot, percent=reading.percent, external=reading.external,
@@ -122,6 +124,22 @@ def gather(cfg, source, ledger, clock) -> Gathered:
     return Gathered(now=now, wall=wall, boot=boot, state=st, reading=reading, history=history, facts=facts,
                     last_ingest=last_ingest, data_ingest=data_ingest, recording_since=recording_since, rates=rates,
                     estimate=estimate)
+
+
+# the tick state's monotonic times of this boot (a time of another boot is never used)
+STATE_TIMES = ("last_tick", "reachable_since", "external_since", "data_since", "unknown_since")
+
+
+def _not_after(st: TickState, now: float) -> TickState:
+    """The state of this boot with every time later than ``now`` dropped: such a time cannot be (the
+    ledger is input: a user that may write it, a bit flipped), and kept it would hold data mode or the
+    window of unknown readings open for ever. A dropped time starts afresh with this tick."""
+    late = {key: None for key in STATE_TIMES if getattr(st, key) is not None and getattr(st, key) > now}
+    if not late:
+        return st
+    log.warning("policy: the ledger's state holds times of this boot after now (%s): taken as starting now",
+                ", ".join(f"{key} {getattr(st, key):.0f} s > {now:.0f} s" for key in late))
+    return st.replace(**late)
 
 
 def _power_streaks(st: TickState, same_boot: bool, reading, now: float) -> Tuple[Optional[float], Optional[bool], Optional[float]]:
@@ -232,11 +250,12 @@ class Outcome:
 
 class Acted(Record):
     """What a tick did: outcome (done, failed), the camera's mode after it, the message of a return
-    to record because the car can move (None: none)."""
+    to record because the car can move (None: none), the start of the watcher failed."""
 
     outcome: Outcome
     mode: str
     back_message: Optional[str]
+    watch_failed: bool = False
 
 
 def _try(outcome: Outcome, what: str, fn, *args) -> bool:
@@ -264,14 +283,18 @@ def act(decision: Decision, seen: Gathered, actions, ledger, dry_run: bool) -> A
         outcome.done.append("copy events only")  # ingest learns it from the budget state at each clip
     # the camera leaves record (or a boot finds it out of record): the watcher puts it back within
     # about a second of the engine starting or the car leaving, the tick only every 30 s
-    if new_mode in ("data", "off") and not decision.shutdown and not dry_run and (
-        new_mode != mode or not seen.same_boot or seen.state.last_mode not in ("data", "off")
+    # (or the last tick's start of it failed: nothing else would try again while the mode stays)
+    watch_failed = False
+    # (a mode that reads unknown is not record either)
+    away = ("data", "off", "unknown")
+    if new_mode in away and not decision.shutdown and not dry_run and (
+        new_mode != mode or not seen.same_boot or seen.state.last_mode not in away or seen.state.watch_failed
     ):
-        _try(outcome, "start " + WATCH_UNIT, actions.start_watch)
+        watch_failed = not _try(outcome, "start " + WATCH_UNIT, actions.start_watch)
     back_message = None
     if decision.back_to_record and new_mode == "record" and mode != "record" and not already:
         back_message = _back_to_record(decision, seen, ledger)
-    return Acted(outcome=outcome, mode=new_mode, back_message=back_message)
+    return Acted(outcome=outcome, mode=new_mode, back_message=back_message, watch_failed=watch_failed)
 
 
 def _switch_camera(decision: Decision, mode: str, actions, outcome: Outcome, dry_run: bool) -> Tuple[str, bool]:
@@ -309,8 +332,8 @@ def _back_to_record(decision: Decision, seen: Gathered, ledger) -> str:
 # --- record ---------------------------------------------------------------------------------------
 
 
-def next_state(seen: Gathered, decision: Decision, new_mode: str) -> TickState:
-    """What this tick leaves for the next."""
+def next_state(seen: Gathered, decision: Decision, new_mode: str, watch_failed: bool = False) -> TickState:
+    """What this tick leaves for the next. ``watch_failed``: this tick's start of the watcher failed."""
     facts = seen.facts
     data_since, data_ingest = facts.data_since, seen.data_ingest
     if new_mode == "data" and facts.camera_mode != "data":
@@ -332,6 +355,7 @@ def next_state(seen: Gathered, decision: Decision, new_mode: str) -> TickState:
         unknown_since=facts.unknown_since,
         last_external=facts.last_external,
         battery_low=decision.battery_low,
+        watch_failed=watch_failed,
     )
 
 
@@ -392,7 +416,7 @@ def record(seen: Gathered, decision: Decision, acted: Acted, ledger, clock, dry_
         ledger.add_reading(wall=wall, boot_id=boot, monotonic=now, millivolts=reading.millivolts,
                            percent=reading.percent, external=reading.external, source=reading.source,
                            reason=reading.reason, keep=KEEP_READINGS)
-        ledger.put_state(STATE_KEY, next_state(seen, decision, acted.mode).asdict())
+        ledger.put_state(STATE_KEY, next_state(seen, decision, acted.mode, acted.watch_failed).asdict())
         ledger.put_state(LAST_KEY, written)
         # for ingest and upload, read at each clip boundary (budget.IngestGate, budget.upload_fit)
         if not dry_run:  # an instruction to the ingest and the upload: a dry run gives none
