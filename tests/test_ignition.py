@@ -142,15 +142,25 @@ def test_a_recording_camera_needs_no_watch(ledger):
     assert car.reads == 0
 
 
-def test_a_failed_switch_is_said_and_not_counted(ledger):
+def test_a_failed_switch_is_said_not_counted_and_tried_again_after_growing_pauses(ledger, caplog):
+    # a hub that does not answer (or no camera plugged in): not a loop of attempts as fast as the
+    # switch fails, and not the end of the watch either (the car still drives)
     car = Car("off", [False, True], ledger=ledger)
+    tries = []
 
-    def broken(mode):
-        raise RuntimeError("uhubctl: expected port power on, found off")
-    car.set_camera = broken
-    done = run(car, ledger)
-    assert done["failed"] and "FAILED: camera record: uhubctl" in done["message"]
-    assert ledger.get_state(ignition.RETURNS_KEY) is None
+    def broken_three_times(mode):
+        tries.append(car.t)
+        if len(tries) <= 3:
+            raise RuntimeError("uhubctl: expected port power on, found off")
+        car.mode = mode
+    car.set_camera = broken_three_times
+    with caplog.at_level("INFO", logger="dashcam"):
+        done = run(car, ledger)
+    assert [round(b - a) for a, b in zip(tries, tries[1:])] == [10, 20, 40]
+    failed = [r.getMessage() for r in caplog.records if "FAILED: camera record: uhubctl" in r.getMessage()]
+    assert len(failed) == 3 and all(r.levelname == "ERROR" for r in caplog.records if "FAILED" in r.getMessage())
+    assert not done["failed"] and car.mode == "record"
+    assert ledger.get_state(ignition.RETURNS_KEY)["counts"] == {"engine_started": 1}  # the one that took
 
 
 def test_a_tick_that_put_the_camera_back_first_is_not_counted_again(ledger):

@@ -45,6 +45,10 @@ LOCK_PATH = "/run/dashcam/policy.lock"
 # the watcher: the power flag every POLL seconds; in data mode on external power, the server
 # every PROBE seconds; the camera's mode (uhubctl) every MODE seconds, to exit once it records
 POLL, PROBE, MODE = 1.0, 1.0, 5.0
+# a switch to record that failed (said at ERROR, not counted) is tried again after a pause that
+# doubles up to RETRY_MAX: a camera unplugged, or a hub that does not answer, must not become a
+# loop of attempts (each may wait 10 s for the camera to enumerate) for as long as the car drives
+RETRY, RETRY_MAX = 10.0, 300.0
 
 WHAT = {
     "engine_started": "the engine started",
@@ -129,9 +133,12 @@ class PolicyLock:
 def watch(cfg, facts, actions, *, ledger_open: Callable[[], Any], lock: Callable[[], Any] = PolicyLock,
           clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
           sleep: Callable[[float], None] = time.sleep, poll: float = POLL, probe: float = PROBE,
-          mode_every: float = MODE, last_external: Optional[bool] = None) -> Optional[Dict[str, Any]]:
+          mode_every: float = MODE, last_external: Optional[bool] = None, retry: float = RETRY,
+          retry_max: float = RETRY_MAX) -> Optional[Dict[str, Any]]:
     """Watch until the camera records. Returns what it did when it put the camera back to record
-    (kind, message, seconds), None when the camera went back to record otherwise.
+    (kind, message, seconds), None when the camera went back to record otherwise. A switch that
+    failed is said and tried again after ``retry`` seconds, then twice as long each time, up to
+    ``retry_max``.
 
     ``facts``: battery(), camera_mode(), server_reachable() (world.SystemFacts);
     ``actions``: stop_units(units), set_camera(mode) (world.SystemActions); ``ledger_open()``:
@@ -139,6 +146,8 @@ def watch(cfg, facts, actions, *, ledger_open: Callable[[], Any], lock: Callable
     engine may have started between that tick and the watcher's first reading)."""
     mode = facts.camera_mode()
     next_mode = next_probe = clock()
+    pending: Optional[str] = None  # a return whose switch failed: tried again from retry_at on
+    retry_at, pause = 0.0, retry
     while True:
         now = clock()
         if now >= next_mode:
@@ -161,11 +170,21 @@ def watch(cfg, facts, actions, *, ledger_open: Callable[[], Any], lock: Callable
                 kind = "leaving_home"
         if external is not None:
             last_external = external
+        if kind is None and pending is not None and external is True:
+            kind = pending
+        if kind is not None and now < retry_at:
+            pending, kind = kind, None  # after a failed switch: not before the pause is over
         if kind is not None:
             done = _back_to_record(cfg, facts, actions, kind, mode, now, ledger_open, lock, clock, wall)
-            if done is not None:
+            if done is not None and not done["failed"]:
                 return done
-            mode = facts.camera_mode()  # checked again and not confirmed: go on watching
+            if done is None:
+                pending = None  # checked again under the lock and not confirmed: go on watching
+            else:
+                pending, retry_at = kind, clock() + pause
+                log.warning("ignition watch: the camera is not back to record; trying again in %.0f s", pause)
+                pause = min(pause * 2, retry_max)
+            mode = facts.camera_mode()
             next_mode = clock() + mode_every
         sleep(poll)
 
