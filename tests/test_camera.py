@@ -287,12 +287,17 @@ def test_the_fake_uhubctl_replays_the_fixture(fake_hw):
     assert json.loads(fake_hw.uhubctl_state.read_text())["1-1"]["1"] is False
 
 
-def test_uhubctl_output_without_a_new_status_is_not_taken_as_success(fake_hw, make_config, tmp_path):
-    odd = tmp_path / "odd-uhubctl"
-    odd.write_text("#!/bin/sh\necho 'Sent power off request'\necho 'something else entirely'\n")
-    odd.chmod(0o755)
+def config_with_uhubctl(fake_hw, make_config, path, script):
+    """A config whose tools.uhubctl is a shell script of these lines (the camera 1-1 present)."""
+    path.write_text("#!/bin/sh\n" + script + "\n")
+    path.chmod(0o755)
     fake_hw.usb_device("1-1")
-    cfg = config.load(str(make_config({"tools": {"uhubctl": str(odd)}})))
+    return config.load(str(make_config({"tools": {"uhubctl": str(path)}})))
+
+
+def test_uhubctl_output_without_a_new_status_is_not_taken_as_success(fake_hw, make_config, tmp_path):
+    cfg = config_with_uhubctl(fake_hw, make_config, tmp_path / "odd-uhubctl",
+                              "echo 'Sent power off request'\necho 'something else entirely'")
     with pytest.raises(camera.CameraError, match="expected port 1 of hub 1-1 powered off, found no 'New status'"):
         camera.set_mode(cfg, "off")
     assert camera.current_mode(cfg) == "unknown"
@@ -403,10 +408,6 @@ def test_dry_run_does_not_touch_the_port_switch(fake_hw, root_hub_camera, caplog
 def test_a_uhubctl_that_floods_its_output_is_a_clear_failure_not_a_full_memory(fake_hw, make_config, tmp_path):
     # 2 MB and then a hang (a wedged USB stack printing in a loop): stopped at once, not read for
     # UHUBCTL_TIMEOUT seconds into memory
-    flood = tmp_path / "uhubctl"
-    flood.write_text("#!/bin/sh\nhead -c 2000000 /dev/zero\nsleep 60\n")
-    flood.chmod(0o755)
-    fake_hw.usb_device("1-1")
-    cfg = config.load(str(make_config({"tools": {"uhubctl": str(flood)}})))
+    cfg = config_with_uhubctl(fake_hw, make_config, tmp_path / "uhubctl", "head -c 2000000 /dev/zero\nsleep 60")
     with pytest.raises(camera.CameraError, match="printed more than"):
         camera.set_mode(cfg, "record")
