@@ -49,6 +49,9 @@ def test_the_watcher_is_started_by_the_policy_only_and_restarted_if_it_fails():
     assert w["Service"]["ExecStart"] == "/usr/bin/dashcamctl watch"
     assert w["Service"]["Restart"] == "on-failure"
     assert "Install" not in w
+    # started by a tick before it records its state: the watcher reads that tick's power source
+    assert "dashcam-policy.service" in w["Unit"]["After"]
+    assert "dashcam-watch.service" not in unit("dashcam-policy.service")["Unit"].get("After", "")
     assert never_started_by_the_package("dashcam-watch")
 
 
