@@ -315,3 +315,20 @@ def test_an_ingest_a_tick_started_while_the_watcher_waited_for_the_lock_is_stopp
                           clock=car.clock, wall=lambda: 1.7e9, sleep=car.sleep)
     assert done["kind"] == "engine_started"
     assert car.calls == [("stop", (INGEST_UNITS,)), ("camera", "record")]
+
+
+def test_a_battery_reading_that_stays_incomplete_is_said_once_by_the_watcher_not_every_second(fake_hw, make_config,
+                                                                                              caplog):
+    # a UPS that is not there yet (a fresh install) or an I2C bus that fails: the watcher reads it
+    # every second, and one WARNING a second would flood the journal for as long as it runs
+    facts = ignition.WatchFacts(config.load(str(make_config())))
+    fake_hw.set_battery("mode = i2c-fail\n")
+    with caplog.at_level("INFO", logger="dashcam"):
+        readings = [facts.battery() for _ in range(5)]
+        fake_hw.set_battery("VIN = 0\n")
+        readings.append(facts.battery())
+        fake_hw.set_battery("mode = i2c-fail\n")
+        readings += [facts.battery() for _ in range(3)]
+    assert [r.external for r in readings] == [None] * 5 + [False] + [None] * 3
+    said = [r for r in caplog.records if "incomplete" in r.getMessage()]
+    assert len(said) == 2 and all(r.levelname == "WARNING" and "ignition watch" in r.getMessage() for r in said)

@@ -131,9 +131,9 @@ def unknown(source: str, reason: str, raw: Optional[Dict[str, Any]] = None) -> R
     return Reading(source, None, None, None, safe_raw(raw or {}), reason)
 
 
-def read(cfg) -> Reading:
-    """One reading from the configured source; unknown (with the reason logged) when it fails.
-    Never raises, whatever the source prints or does."""
+def read(cfg, *, quiet: bool = False) -> Reading:
+    """One reading from the configured source; unknown (with the reason logged, unless ``quiet``:
+    the caller says it) when it fails. Never raises, whatever the source prints or does."""
     source = cfg.battery.source
     if source == "none":
         # A mains-powered bench: external power always, and a "full battery" so that nothing
@@ -149,7 +149,7 @@ def read(cfg) -> Reading:
     except Exception as e:  # a case the parsers missed: still a reading, so the policy's clock runs
         log.error("battery reading (%s) failed unexpectedly: %s: %s", source, type(e).__name__, e, exc_info=True)
         reading = unknown(source, f"reading failed: {type(e).__name__}: {str(e)[:RAW_TEXT]}")
-    if reading.reason:
+    if reading.reason and not quiet:
         log.warning("battery reading (%s) incomplete: %s", source, reading.reason)
     return reading
 

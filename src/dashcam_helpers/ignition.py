@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Dict, Optional, Tuple
 
 from .log import ERROR, INFO, get as get_logger
+from .world import SystemFacts
 
 log = get_logger("dashcam.ignition")
 
@@ -242,11 +243,39 @@ def _back_to_record(cfg, facts, actions, kind, mode, seen, ledger_open, lock, cl
 PROBE_TIMEOUT = 1.0  # seconds: the car leaving is a server that does not answer within one poll
 
 
+class WatchFacts(SystemFacts):
+    """world.SystemFacts as the watcher reads them, once a second: the server probed with a short
+    timeout, and a battery reading that stays incomplete said once (and again when its reason
+    changes), not every second."""
+
+    said: Optional[str] = None
+
+    def battery(self):
+        from . import battery
+
+        self.reading = battery.read(self.cfg, quiet=True)
+        if self.reading.reason != self.said:
+            if self.reading.reason:
+                log.warning("ignition watch: battery reading (%s) incomplete: %s (said again only when it changes)",
+                            self.reading.source, self.reading.reason)
+            self.said = self.reading.reason
+        return self.reading
+
+    def server_reachable(self) -> bool:
+        from . import server
+
+        try:
+            return bool(server.reachable(self.cfg, PROBE_TIMEOUT))
+        except Exception as e:
+            log.debug("reachability probe failed: %s", e)
+            return False
+
+
 def watch_command(args, cfg) -> int:
     """dashcamctl watch: until the camera records, put it back to record when the engine starts or the car leaves."""
     from .policy import read_state
     from .tick import open_ledger
-    from .world import SystemActions, SystemFacts
+    from .world import SystemActions
 
     # the ledger only remembers the last tick's reading and counts the return: opened as the tick
     # opens it (a damaged or locked one is said, and a fallback file takes its place), it never
@@ -255,17 +284,7 @@ def watch_command(args, cfg) -> int:
     with open_ledger(cfg, says) as ledger:
         seen = read_state(ledger).last_external
     log.info("ignition watch: the camera is not recording; watching the power source every %.0f s", POLL)
-    class Facts(SystemFacts):
-        def server_reachable(self) -> bool:
-            from . import server
-
-            try:
-                return bool(server.reachable(self.cfg, PROBE_TIMEOUT))
-            except Exception as e:
-                log.debug("reachability probe failed: %s", e)
-                return False
-
-    done = watch(cfg, Facts(cfg), SystemActions(cfg, args.dry_run),
+    done = watch(cfg, WatchFacts(cfg), SystemActions(cfg, args.dry_run),
                  ledger_open=lambda: open_ledger(cfg, says), last_external=seen)
     if done is None:
         log.info("ignition watch: the camera records; watch ended")

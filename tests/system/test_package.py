@@ -84,6 +84,10 @@ def leftovers(vm, keep=()):
     units = [ln for ln in vm.run(["/bin/systemctl", "list-unit-files", "--no-legend", "--plain", "dashcam*"],
                                  check=False).out.splitlines() if "dashcam" in ln]
     found += ["systemctl: " + ln for ln in units]
+    # a unit still running once its file is gone (one dpkg never started, so never stopped)
+    running = [ln for ln in vm.run(["/bin/systemctl", "list-units", "--no-legend", "--plain", "--state=active",
+                                    "dashcam*"], check=False).out.splitlines() if "dashcam" in ln]
+    found += ["running: " + ln for ln in running]
     return found
 
 
@@ -112,7 +116,10 @@ def test_install_purge_install_upgrade_purge_as_piuparts_does(make_vm, deb_path,
     assert vm.run(["/usr/bin/stat", "-c", "%a %U %G", "/etc/dashcam/config.yaml"]).out.split() == \
         ["640", "root", "dashcam"]
 
-    # purge a fresh install: nothing of it is left
+    # purge a fresh install: nothing of it is left, not even the watcher the policy starts while the
+    # camera is not recording (here: no camera, its mode unknown), which dpkg never started
+    vm.run(["/bin/systemctl", "start", "dashcam-watch.service"])
+    assert vm.run(["/bin/systemctl", "is-active", "dashcam-watch.service"], check=False).out.strip() == "active"
     purge(vm)
     assert leftovers(vm) == []
 
