@@ -65,18 +65,11 @@ def dashcamctl(tmp_path):
     (debian/dashcamctl-launcher, through its #! line: Debian's python3 -S) on the source tree."""
 
     def run(*args: str, env: Optional[Dict[str, str]] = None, timeout: float = 60, input: Optional[str] = None):
-        full_env = dict(os.environ)
-        full_env["PYTHONPATH"] = str(SRC) + os.pathsep + full_env.get("PYTHONPATH", "")
-        full_env.pop("DASHCAM_CONFIG", None)
-        full_env.pop("JOURNAL_STREAM", None)
-        full_env.pop("NOTIFY_SOCKET", None)
-        if env:
-            full_env.update(env)
         return subprocess.run(
             [str(LAUNCHER), *args],
             capture_output=True,
             text=True,
-            env=full_env,
+            env=dashcamctl_env(env),
             timeout=timeout,
             input=input,
         )
@@ -85,6 +78,18 @@ def dashcamctl(tmp_path):
 
 
 LAUNCHER = ROOT / "debian" / "dashcamctl-launcher"
+
+
+def dashcamctl_env(env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The environment dashcamctl runs in under the tests: this source tree first on PYTHONPATH,
+    none of the variables systemd or a user's shell would hand it, then ``env``."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(SRC) + os.pathsep + full_env.get("PYTHONPATH", "")
+    for name in ("DASHCAM_CONFIG", "JOURNAL_STREAM", "NOTIFY_SOCKET", "RUNTIME_DIRECTORY", "CACHE_DIRECTORY"):
+        full_env.pop(name, None)
+    if env:
+        full_env.update(env)
+    return full_env
 FAKES = ROOT / "tests" / "fakes"  # fake lifepo4wered-cli and uhubctl; their knobs are documented at their top
 
 

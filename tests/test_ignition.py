@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import time
 import types
 
 import pytest
 
-from conftest import LAUNCHER, MINIMAL, SRC, Reading, deep_merge
+from conftest import LAUNCHER, MINIMAL, Reading, dashcamctl_env, deep_merge
 from dashcam_helpers import config, ignition
 from dashcam_helpers.ledger import Ledger
 from dashcam_helpers.policy import INGEST_UNITS
@@ -234,10 +233,7 @@ def test_a_damaged_ledger_does_not_keep_the_watcher_from_putting_the_camera_back
     fake_hw.usb_device("1-1", authorized="0")
     fake_hw.uhubctl_state.write_text('{"1-1": {"1": false}}')  # the camera off, as after an ingest on battery
     fake_hw.set_battery("VIN = 0\n")
-    env = dict(os.environ, **fake_hw.env)
-    env.update(PATH=f"{bindir}:{fake_hw.env['PATH']}", PYTHONPATH=str(SRC))
-    for k in ("DASHCAM_CONFIG", "JOURNAL_STREAM", "NOTIFY_SOCKET", "RUNTIME_DIRECTORY", "CACHE_DIRECTORY"):
-        env.pop(k, None)
+    env = dashcamctl_env(dict(fake_hw.env, PATH=f"{bindir}:{fake_hw.env['PATH']}"))
     proc = subprocess.Popen([str(LAUNCHER), "--config", str(cfg), "watch"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
