@@ -281,11 +281,11 @@ def act(decision: Decision, seen: Gathered, actions, ledger, dry_run: bool) -> A
     verdict = decision.verdict or power_budget.Verdict()
     if decision.camera == "data" and verdict.ingest == "events" and new_mode == "data":
         outcome.done.append("copy events only")  # ingest learns it from the budget state at each clip
-    # the camera leaves record (or a boot finds it out of record): the watcher puts it back within
-    # about a second of the engine starting or the car leaving, the tick only every 30 s
-    # (or the last tick's start of it failed: nothing else would try again while the mode stays)
+    # the camera leaves record (data, off, or a mode that reads unknown), a boot finds it out of
+    # record, or the last tick's start of the watcher failed (nothing else would try again while
+    # the mode stays): the watcher puts it back within about a second of the engine starting or the
+    # car leaving, the tick only every 30 s
     watch_failed = False
-    # (a mode that reads unknown is not record either)
     away = ("data", "off", "unknown")
     if new_mode in away and not decision.shutdown and not dry_run and (
         new_mode != mode or not seen.same_boot or seen.state.last_mode not in away or seen.state.watch_failed
