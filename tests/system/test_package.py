@@ -117,10 +117,21 @@ def test_install_purge_install_upgrade_purge_as_piuparts_does(make_vm, deb_path,
         ["640", "root", "dashcam"]
 
     # purge a fresh install: nothing of it is left, not even the watcher the policy starts while the
-    # camera is not recording (here: no camera, its mode unknown), which dpkg never started
+    # camera is not recording (here: no camera, its mode unknown), which dpkg never started; nor one
+    # started by a tick in flight during the removal: this tick waits (a runtime drop-in, gone with
+    # the guest's /run) until the removal has stopped the watcher, then goes on and would start it again
     vm.run(["/bin/systemctl", "start", "dashcam-watch.service"])
     assert vm.run(["/bin/systemctl", "is-active", "dashcam-watch.service"], check=False).out.strip() == "active"
+    vm.write_file("/run/systemd/system/dashcam-policy.service.d/wait-for-removal.conf",
+                  "[Service]\nExecStartPre=+/bin/sh -c 'trap \"exit 0\" TERM;"
+                  " while /bin/systemctl -q is-active dashcam-watch.service; do sleep 0.2; done'\n")
+    vm.run(["/bin/systemctl", "daemon-reload"])
+    vm.run(["/bin/systemctl", "start", "--no-block", "dashcam-policy.service"])
+    wait_for(lambda: vm.run(["/bin/systemctl", "is-active", "dashcam-policy.service"], check=False).out.strip()
+             == "activating", 60, "the policy tick to wait for the removal")
     purge(vm)
+    vm.run(["/bin/rm", "-r", "/run/systemd/system/dashcam-policy.service.d"])
+    vm.run(["/bin/systemctl", "daemon-reload"])
     assert leftovers(vm) == []
 
     # install again, and use it: the user edits the conffile, a clip reaches the ledger, the interval changes
