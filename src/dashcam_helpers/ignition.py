@@ -250,6 +250,9 @@ class WatchFacts(SystemFacts):
 
     said: Optional[str] = None
 
+    def __init__(self, cfg, systemctl=None):
+        super().__init__(cfg, systemctl, probe_timeout=PROBE_TIMEOUT)
+
     def battery(self):
         from . import battery
 
@@ -260,15 +263,6 @@ class WatchFacts(SystemFacts):
                             self.reading.source, self.reading.reason)
             self.said = self.reading.reason
         return self.reading
-
-    def server_reachable(self) -> bool:
-        from . import server
-
-        try:
-            return bool(server.reachable(self.cfg, PROBE_TIMEOUT))
-        except Exception as e:
-            log.debug("reachability probe failed: %s", e)
-            return False
 
 
 def watch_command(args, cfg) -> int:

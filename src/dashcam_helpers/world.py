@@ -23,10 +23,11 @@ log = get_logger("dashcam.policy")
 class SystemFacts:
     """The real gatherers, against the modules of the other concerns (imported on use)."""
 
-    def __init__(self, cfg, systemctl=None):
+    def __init__(self, cfg, systemctl=None, probe_timeout=None):
         from .systemd import Systemctl
 
         self.cfg = cfg
+        self.probe_timeout = probe_timeout  # seconds for the server probe (None: upload.connect_timeout)
         self.reading = None  # the last battery reading
         self.systemctl = systemctl or Systemctl()  # systemd.Systemctl, or a fake with its units()
 
@@ -58,7 +59,7 @@ class SystemFacts:
         from . import server  # not the uploader: a tick must not pay for importing it
 
         try:
-            return bool(server.reachable(self.cfg, None))  # upload.connect_timeout
+            return bool(server.reachable(self.cfg, self.probe_timeout))
         except Exception as e:
             log.debug("reachability probe failed: %s", e)
             return False
