@@ -132,3 +132,67 @@ def test_a_cache_with_its_key_intact_and_a_section_gone_wrong_is_replaced(make_c
         json.dump(data, f)
     assert config.load_cached(path, cache_dir) == config.load(path)
     assert cached(cache_dir)["config"][section] != junk
+
+
+# ---------------------------------------------------------------- the last good configuration (last_good=True)
+
+
+def break_file(path, text="thresholds:\n  shutdown_percent: [oops\n"):
+    """A typo over ssh: the file no longer parses (its stat changes, so the cache's key no longer matches)."""
+    path.write_text(path.read_text() + text)
+
+
+def test_a_broken_file_gives_the_units_the_last_good_configuration_with_its_problems(make_config, cache_dir):
+    path = make_config({"thresholds": {"shutdown_percent": 7}})
+    good = config.load_cached(str(path), cache_dir)
+    before = cached(cache_dir)
+    break_file(path)
+    last = config.load_cached(str(path), cache_dir, last_good=True)
+    assert last.thresholds.shutdown_percent == 7 and last.paths == good.paths
+    assert len(last.broken) == 1 and "not valid YAML" in last.broken[0]
+    assert good.broken == ()
+    assert cached(cache_dir) == before  # the cache stays the last good one: the next tick finds it again
+    assert config.load_cached(str(path), cache_dir, last_good=True).broken == last.broken
+    with pytest.raises(config.ConfigError):  # every other command still refuses the file
+        config.load_cached(str(path), cache_dir)
+
+
+def test_a_file_whose_values_are_wrong_also_gives_the_last_good_one_with_every_problem(make_config, cache_dir):
+    path = make_config()
+    config.load_cached(str(path), cache_dir)
+    break_file(path, "camera:\n  max_data_minutes: -1\ningest:\n  reserve_percent: .nan\n")
+    last = config.load_cached(str(path), cache_dir, last_good=True)
+    assert [p.split(":")[0] for p in last.broken] == ["camera.max_data_minutes", "ingest.reserve_percent"]
+
+
+def test_once_the_file_is_fixed_it_is_used_again(make_config, cache_dir):
+    path = make_config()
+    config.load_cached(str(path), cache_dir)
+    text = path.read_text()
+    break_file(path)
+    assert config.load_cached(str(path), cache_dir, last_good=True).broken
+    path.write_text(text + "thresholds:\n  shutdown_percent: 9\n")
+    fixed = config.load_cached(str(path), cache_dir, last_good=True)
+    assert fixed.broken == () and fixed.thresholds.shutdown_percent == 9
+
+
+@pytest.mark.parametrize("cache", [None, "{not json", json.dumps({"key": [], "warnings": [], "config": {"paths": 1}}),
+                                   json.dumps({"key": [], "warnings": []})])
+def test_without_a_usable_last_good_configuration_a_broken_file_is_refused(make_config, cache_dir, cache):
+    path = make_config()
+    if cache is not None:
+        os.makedirs(cache_dir)
+        with open(os.path.join(cache_dir, config.CACHE_NAME), "w") as f:
+            f.write(cache)
+    break_file(path)
+    with pytest.raises(config.ConfigError):
+        config.load_cached(str(path), cache_dir, last_good=True)
+    with pytest.raises(config.ConfigError):
+        config.load_cached(str(path), None, last_good=True)  # no cache directory at all
+
+
+def test_an_unreadable_file_gives_the_last_good_configuration_too(make_config, cache_dir):
+    path = make_config()
+    config.load_cached(str(path), cache_dir)
+    path.write_bytes(b"\xff\xfe not utf-8")
+    assert "not UTF-8" in config.load_cached(str(path), cache_dir, last_good=True).broken[0]

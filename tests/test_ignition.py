@@ -328,3 +328,25 @@ def test_a_battery_reading_that_stays_incomplete_is_said_once_by_the_watcher_not
     assert [r.external for r in readings] == [None] * 5 + [False] + [None] * 3
     said = [r for r in caplog.records if "incomplete" in r.getMessage()]
     assert len(said) == 2 and all(r.levelname == "WARNING" and "ignition watch" in r.getMessage() for r in said)
+
+
+def test_dashcamctl_boot_with_a_config_broken_since_the_last_boot_still_puts_the_camera_to_record(
+        fake_hw, dashcamctl, make_config, tmp_path):
+    # the engine starts the Pi; the file was broken by an edit since: the boot runs on the last good
+    # configuration (the units' shared cache) and the camera records, as it did with the file intact
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "systemctl").write_text(SYSTEMCTL.format(log=tmp_path / "systemctl.log"))
+    (bindir / "systemctl").chmod(0o755)
+    fake_hw.set_battery("VIN = 5208\n")
+    env = dict(fake_hw.env, PATH=f"{bindir}:{fake_hw.env['PATH']}", CACHE_DIRECTORY=str(tmp_path / "cache"))
+    path = make_config()
+    fake_hw.usb_device("1-1", authorized="1")
+    assert dashcamctl("--config", str(path), "boot", env=env).returncode == 0
+    path.write_text(path.read_text() + "camera:\n  max_data_minutes: -1\n")
+    fake_hw.usb_device("1-1", authorized="1")  # the next power-on: power and data
+    r = dashcamctl("--config", str(path), "boot", env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("camera: record (")
+    assert fake_hw.port_power() is True and fake_hw.authorized("1-1") == "0"
+    assert "is broken: camera.max_data_minutes" in r.stderr and "last good configuration" in r.stderr

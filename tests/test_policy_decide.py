@@ -136,6 +136,15 @@ CASES = [
     ("W data but the storage never appeared -> record", H, dict(reachable=True, was_reachable=True, camera_mode="data", data_since=T0 - 61, camera_attached=False), "record", False, False, "did not appear"),
     ("W watchdog also with unknown readings", batt(80, None), dict(camera_mode="data", data_since=T0 - minutes(45), unknown_since=T0, last_external=False), "record", False, False, "watchdog"),
     ("W data mode and the battery goes low -> off", batt(45, 45, 45), dict(camera_mode="data", data_since=T0 - 60), "off", False, False, "below disconnect_percent"),
+    # --- the configuration file broken, the tick on the last good one: the camera records, the battery is watched,
+    #     nothing is copied nor uploaded (the ingest and the upload refuse the file)
+    ("K broken config: arriving home, no data mode", H, dict(reachable=True, was_reachable=False, config_broken=True), None, False, False, "configuration file is broken"),
+    ("K broken config: parked on external power, no data mode", batt(95, external=True), dict(reachable=True, camera_mode="off", config_broken=True, **PARKED), "record", False, False, "configuration file is broken"),
+    ("K broken config: a backlog at home, no upload", H, dict(reachable=True, was_reachable=True, backlog_files=3, backlog_bytes=300, config_broken=True), None, False, False, "configuration file is broken"),
+    ("K broken config: data mode without an ingest -> back", H, dict(reachable=True, was_reachable=True, camera_mode="data", data_since=T0 - 20, config_broken=True), "off", False, False, "no ingest can start"),
+    ("K broken config: an ingest running goes on", H, dict(reachable=True, was_reachable=True, camera_mode="data", data_since=T0 - 20, ingest_running=True, config_broken=True), None, False, False, "ingest running"),
+    ("K broken config: low battery -> shutdown", batt(20, 20, 20), dict(camera_mode="off", config_broken=True), None, False, True, "shutdown"),
+    ("K broken config: away, camera off -> record", H, dict(camera_mode="off", config_broken=True), "record", False, False, "server unreachable"),
 ]
 
 

@@ -992,3 +992,46 @@ def test_a_camera_mode_that_reads_unknown_is_watched_as_off_or_data_are(rig):
     assert actions.watches == 1
     run()
     assert actions.watches == 1  # started: not again at every tick
+
+
+def test_dashcamctl_policy_with_a_config_broken_since_the_last_tick_still_powers_off(tmp_path, fake_hw):
+    """A typo typed over ssh at 10 %: the tick says the file is broken and runs on the last good
+    configuration (the cache the last tick left); the shutdown comes as it would have."""
+    import subprocess
+
+    import yaml
+
+    from conftest import LAUNCHER, SRC, MINIMAL, deep_merge as merge
+
+    env, systemctl_log = policy_env(tmp_path, fake_hw)
+    env = {**os.environ, **env, "PYTHONPATH": str(SRC)}
+    env.pop("JOURNAL_STREAM", None)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(merge(MINIMAL, {
+        "paths": {"local_staging": str(tmp_path / "staging"), "state_dir": str(tmp_path / "state")},
+        "upload": {"port": away_port(), "connect_timeout": 1},
+    })))
+
+    def tick():
+        return subprocess.run([str(LAUNCHER), "--config", str(cfg), "policy"], capture_output=True, text=True,
+                              env=env, timeout=60)
+
+    def powered_off():
+        return "poweroff" in (systemctl_log.read_text() if systemctl_log.exists() else "")
+
+    broken = "thresholds:\n  shutdown_percent: [oops\n"
+    good = cfg.read_text()
+    cfg.write_text(good + broken)
+    r = tick()  # no tick ever loaded it: there is no last good configuration to run on
+    assert r.returncode == 78 and "not valid YAML" in r.stderr and "Traceback" not in r.stderr
+    cfg.write_text(good)
+    r = tick()
+    assert r.returncode == 0 and "broken" not in r.stderr, r.stderr
+    cfg.write_text(good + broken)
+    for n in range(2):
+        assert not powered_off()
+        r = tick()
+        assert r.returncode == 0, r.stderr
+        said = [ln for ln in r.stderr.splitlines() if "is broken" in ln]
+        assert len(said) == 1 and "last good configuration" in said[0] and "not valid YAML" in said[0], r.stderr
+    assert powered_off()

@@ -28,7 +28,10 @@ log = get_logger("dashcam")
 #   "config"  the configuration (--config, $DASHCAM_CONFIG or /etc/dashcam/config.yaml) loaded here:
 #             a broken one ends the run with every problem printed and exit 78
 #   "cached"  the same through the JSON cache in $CACHE_DIRECTORY (config.load_cached): a tick every
-#             30 s on battery parses no YAML
+#             30 s on battery parses no YAML. For these units, which keep the camera recording and
+#             the battery safe, a broken file is said (ERROR) and the last good configuration the
+#             cache holds is used in its place (config.broken): a typo over ssh must not stop a
+#             low-battery shutdown nor leave the camera off the road. Exit 78 only without one.
 #   "loader"  load_config itself: the command answers a broken configuration its own way (match
 #             exits 255, policy-interval only leaves out a note, keygen first checks its argument)
 #   None      nothing: the command reads the file itself (check-config names it, doctor checks it)
@@ -45,7 +48,7 @@ COMMANDS: Dict[str, Tuple[str, str, Optional[str], str]] = {
     "keygen": ("ssh", "cmd_keygen", "loader", "create the upload ssh key, print the server's authorized_keys line"),
     "trust-host": ("ssh", "cmd_trust_host", "config", "fetch the server's host key, show its fingerprint, pin it"),
     "ingest": ("ingest", "command", "config", "copy new footage from the camera (or a directory) into staging"),
-    "boot": ("ignition", "boot_command", "config", "at power-on: camera to record on external power, else off (start disconnected)"),
+    "boot": ("ignition", "boot_command", "cached", "at power-on: camera to record on external power, else off (start disconnected)"),
     "doctor": ("doctor", "doctor_command", None, "check the whole chain (config, tools, battery, USB, camera, staging, server, systemd) and say what to fix"),
     "watch": ("ignition", "watch_command", "cached", "while the camera is not recording: back to record when the engine starts or the car leaves"),
 }
@@ -228,11 +231,17 @@ def load_config(args: argparse.Namespace, cached: bool = False) -> Config:
     from . import config
 
     if cached:
-        cfg = config.load_cached(args.config, os.environ.get("CACHE_DIRECTORY"))
+        cfg = config.load_cached(args.config, os.environ.get("CACHE_DIRECTORY"), last_good=True)
     else:
         cfg = config.load(args.config)
     for warning in cfg.warnings:
         get_logger("dashcam.config").warning("%s: %s", cfg.path, warning)
+    if cfg.broken:
+        more = f" (and {len(cfg.broken) - 1} more)" if len(cfg.broken) > 1 else ""
+        get_logger("dashcam.config").error(
+            "%s is broken: %s%s; %s runs on the last good configuration: the camera records and the battery"
+            " is watched, no copy or upload until `dashcamctl check-config` passes",
+            cfg.path, cfg.broken[0], more, args.command)
     return cfg
 
 

@@ -177,6 +177,9 @@ class Config(Record):
     tools: Tools
     mqtt: Optional[Mqtt] = None  # optional section: None when absent or enabled: false
     warnings: Tuple[str, ...] = ()
+    # the file's problems, when this is the last good configuration the units run on in its place
+    # (load_cached(last_good=True)); () when it is the file's own
+    broken: Tuple[str, ...] = ()
 
 
 SECTION_CLASSES = {
@@ -602,6 +605,7 @@ def as_dict(cfg: Config) -> Dict[str, Any]:
 
     out = asdict_deep(cfg)
     out.pop("warnings", None)
+    out.pop("broken", None)
     return out
 
 
@@ -641,26 +645,38 @@ def from_dict(data: Dict[str, Any], path: str, warnings: Sequence[str] = ()) -> 
     return Config(path=path, warnings=tuple(warnings), **built)
 
 
-def load_cached(path: Optional[str] = None, cache_dir: Optional[str] = None) -> Config:
-    """load(), through a JSON cache in ``cache_dir`` (None: no cache). Never returns a stale config."""
+def load_cached(path: Optional[str] = None, cache_dir: Optional[str] = None, last_good: bool = False) -> Config:
+    """load(), through a JSON cache in ``cache_dir`` (None: no cache). Never returns a stale config,
+    but for ``last_good``: a file that no longer loads (a typo over ssh, a half-written edit) gives
+    the configuration the cache last held, its ``broken`` the file's problems (ConfigError when there
+    is none). The units that keep the camera recording and the battery safe run on it until the file
+    is fixed; every other command refuses the file."""
     path = config_path(path)
     if not cache_dir:
         return load(path)
-    try:
-        key = _cache_key(path)  # taken before the file is read: an edit during load only costs a reload
-    except OSError:
-        return load(path)  # load() says what is wrong with the file
     import json
 
     cache = os.path.join(cache_dir, CACHE_NAME)
+    data: Any = None
+    try:
+        key = _cache_key(path)  # taken before the file is read: an edit during load only costs a reload
+    except OSError:
+        key = None  # the file is gone or unreadable: load() says what is wrong with it
     try:
         with open(cache, encoding="utf-8") as f:
             data = json.load(f)
-        if data["key"] == key:
+        if key is not None and data["key"] == key:
             return from_dict(data["config"], path, data["warnings"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass  # no cache, an unreadable one, one from another version of the records, a section not an object
-    cfg = load(path)
+    try:
+        cfg = load(path)
+    except ConfigError as e:
+        if last_good:
+            good = _last_good(data, path, e.problems)
+            if good is not None:
+                return good
+        raise
     tmp = f"{cache}.{os.getpid()}.tmp"
     try:
         os.makedirs(cache_dir, exist_ok=True)
@@ -674,3 +690,12 @@ def load_cached(path: Optional[str] = None, cache_dir: Optional[str] = None) -> 
         except OSError:
             pass
     return cfg
+
+
+def _last_good(data: Any, path: str, problems: Sequence[str]) -> Optional[Config]:
+    """The configuration a cache document holds, marked with the file's ``problems`` (None: none)."""
+    try:
+        cfg = from_dict(data["config"], path, data["warnings"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None  # no cache, or one of another version of the records: nothing to run on
+    return cfg.replace(broken=tuple(problems) or ("not loadable",))

@@ -32,6 +32,8 @@ log = get_logger("dashcam.policy")
 INGEST_UNITS = "dashcam-ingest@*.service"
 UPLOAD_UNIT = "dashcam-upload.service"
 WATCH_UNIT = "dashcam-watch.service"
+# why nothing is copied nor uploaded while the tick runs on the last good configuration
+BROKEN = "the configuration file is broken (the last good one is used): no copy or upload until it is fixed"
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 
 # the tick reads the last HISTORY battery readings, enough for the debounce and the noise filter
@@ -91,6 +93,9 @@ class Facts(Record):
     staging_free, staging_reserve: bytes
     backlog_files, backlog_bytes: staged, not yet verified on the server
     ingest_running, upload_running: the units are active (None: not asked, it did not matter)
+    config_broken: the configuration file does not load; the tick runs on the last good one
+      (config.load_cached): no copy nor upload starts (they would refuse the file), the camera
+      records and the battery is watched
     """
 
     now: float
@@ -119,6 +124,7 @@ class Facts(Record):
     upload_failed_recently: bool = False
     upload_held: bool = False  # the last upload found only clips held for a cut session, still held
     budget: Any = None  # budget.Estimate: the runtime left on battery, the rates, the footage waiting (None: none)
+    config_broken: bool = False
 
     @property
     def staging_has_room(self) -> bool:
@@ -296,6 +302,9 @@ def _in_data(power: Power, facts: Facts, cfg, verdict) -> Tuple[Optional[str], s
     if facts.ingest_running:
         note = _budget_note(verdict, external)
         return None, f"ingest running: camera stays in data ({held:.0f} s){note}", (), ""
+    if facts.config_broken:
+        back = mode_after_ingest(cfg, power.state == "external")
+        return back, f"{BROKEN}: no ingest can start, back to {back}", (), ""
     if facts.ingested_since_data:
         back = mode_after_ingest(cfg, power.state == "external")
         return back, f"ingest finished but left the camera in data: back to {back}", (), ""
@@ -337,7 +346,9 @@ def _to_data(power: Power, facts: Facts, cfg, verdict) -> Tuple[Optional[Tuple[s
         arrived = "the server just became reachable"
     recorded = facts.recorded_seconds >= cfg.camera.min_record_minutes * 60
     why_not = None
-    if not parked:
+    if facts.config_broken:
+        why_not = BROKEN
+    elif not parked:
         answering = facts.now - facts.reachable_since if facts.reachable_since is not None else 0.0
         external_for = facts.now - facts.external_since if facts.external_since is not None else 0.0
         why_not = (
@@ -401,6 +412,8 @@ def _upload(facts: Facts, verdict=None) -> Tuple[bool, str]:
         return False, f"{waiting}, server unreachable"
     if facts.upload_running:
         return False, f"{waiting}, upload running"
+    if facts.config_broken:
+        return False, f"{waiting}, {BROKEN}"
     if facts.upload_failed_recently:
         return False, f"{waiting}, the last upload failed: next try after a pause"
     if facts.upload_held:

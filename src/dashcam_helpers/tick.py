@@ -119,7 +119,7 @@ def gather(cfg, source, ledger, clock) -> Gathered:
         unknown_since=unknown_since, last_external=last_external, battery_low=st.battery_low, staging_free=free,
         staging_reserve=reserve, backlog_files=backlog[0], backlog_bytes=backlog[1], ingest_running=ingest_running,
         upload_running=upload_running, upload_failed_recently=upload_failed_recently, upload_held=upload_held,
-        budget=estimate,
+        budget=estimate, config_broken=bool(cfg.broken),
     )
     return Gathered(now=now, wall=wall, boot=boot, state=st, reading=reading, history=history, facts=facts,
                     last_ingest=last_ingest, data_ingest=data_ingest, recording_since=recording_since, rates=rates,
