@@ -196,3 +196,46 @@ def test_an_unreadable_file_gives_the_last_good_configuration_too(make_config, c
     config.load_cached(str(path), cache_dir)
     path.write_bytes(b"\xff\xfe not utf-8")
     assert "not UTF-8" in config.load_cached(str(path), cache_dir, last_good=True).broken[0]
+
+
+def older(cache_dir, change):
+    """The cache as an older version of the program left it: its key names that version, ``change``
+    edits its config document."""
+    data = cached(cache_dir)
+    data["key"][-1] = "0.0.0-older"
+    change(data["config"])
+    with open(os.path.join(cache_dir, config.CACHE_NAME), "w") as f:
+        json.dump(data, f)
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("thresholds", "shutdown_percent", "10"),  # another version's type: the tick would compare it to a percent
+    ("thresholds", "shutdown_percent", 95),  # above disconnect_percent: never a configuration that loads
+    ("budget", "capacity_wh", float("nan")),  # JSON takes NaN back
+    ("battery", "voltage_table", [[3000, 100], [3400, 0]]),  # the steps upside down
+    ("camera", "backend", "teleport"),
+])
+def test_a_last_good_configuration_that_does_not_validate_is_not_run_on(make_config, cache_dir, section, key, value):
+    # the last good configuration is taken whatever the cache's key (the file changed): one left by
+    # another version of the program, or damaged on the card, must still be one that validates now,
+    # or the tick fails deep inside (no low-battery shutdown) or acts on values no file could hold
+    path = make_config()
+    config.load_cached(str(path), cache_dir)
+    older(cache_dir, lambda c: c[section].__setitem__(key, value))
+    break_file(path)
+    with pytest.raises(config.ConfigError) as e:
+        config.load_cached(str(path), cache_dir, last_good=True)
+    assert "not valid YAML" in e.value.problems[0]  # the file's problems, as with no cache at all
+
+
+def test_the_last_good_configuration_of_an_older_version_without_a_newer_key_gets_its_default(make_config, cache_dir):
+    # unattended-upgrades installs a version with one more key (it has a default) while the file is
+    # broken: the older cache still holds a configuration that validates, and the tick runs on it
+    path = make_config({"thresholds": {"shutdown_percent": 7}})
+    config.load_cached(str(path), cache_dir)
+    older(cache_dir, lambda c: c["budget"].pop("event_percent"))
+    break_file(path)
+    last = config.load_cached(str(path), cache_dir, last_good=True)
+    assert last.thresholds.shutdown_percent == 7 and last.broken
+    assert last.budget.event_percent == config.load(str(make_config(name="fresh.yaml"))).budget.event_percent
+
