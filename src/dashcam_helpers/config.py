@@ -693,9 +693,16 @@ def load_cached(path: Optional[str] = None, cache_dir: Optional[str] = None, las
 
 
 def _last_good(data: Any, path: str, problems: Sequence[str]) -> Optional[Config]:
-    """The configuration a cache document holds, marked with the file's ``problems`` (None: none)."""
+    """The configuration a cache document holds, marked with the file's ``problems`` (None: none).
+
+    Validated again, as the file would be: unlike a cache whose key matches, this one may have been
+    left by another version of the program (a key it did not have gets its default, a value of
+    another type or range is refused) or damaged on the card; a value no file could hold would
+    fail the tick deep inside, and with it the low-battery shutdown."""
     try:
-        cfg = from_dict(data["config"], path, data["warnings"])
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None  # no cache, or one of another version of the records: nothing to run on
-    return cfg.replace(broken=tuple(problems) or ("not loadable",))
+        raw = {name: section for name, section in data["config"].items() if name != "path"}
+        cfg = validate(raw, path)
+        warnings = tuple(w for w in data["warnings"] if isinstance(w, str))
+    except (ConfigError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # no cache, or one that does not validate now: nothing to run on
+    return cfg.replace(warnings=warnings, broken=tuple(problems) or ("not loadable",))
