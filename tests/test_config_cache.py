@@ -239,3 +239,26 @@ def test_the_last_good_configuration_of_an_older_version_without_a_newer_key_get
     assert last.thresholds.shutdown_percent == 7 and last.broken
     assert last.budget.event_percent == config.load(str(make_config(name="fresh.yaml"))).budget.event_percent
 
+
+
+def test_the_last_good_configuration_of_another_file_is_not_this_files(make_config, cache_dir):
+    # DASHCAM_CONFIG changed for the units (a drop-in): the new file never loaded; the cache holds
+    # the old file's configuration, which is no last good configuration of this one
+    a = make_config({"upload": {"port": 2200}}, name="a.yaml")
+    config.load_cached(str(a), cache_dir)
+    b = make_config(name="b.yaml")
+    break_file(b)
+    with pytest.raises(config.ConfigError):
+        config.load_cached(str(b), cache_dir, last_good=True)
+
+
+@pytest.mark.parametrize("last_good", [False, True])
+def test_a_cache_nested_too_deep_for_the_json_parser_is_replaced(make_config, cache_dir, last_good):
+    # json raises RecursionError (not a ValueError) on it: it went past the command at every tick,
+    # a good file and all (no low-battery shutdown, no watcher)
+    path = str(make_config())
+    os.makedirs(cache_dir)
+    with open(os.path.join(cache_dir, config.CACHE_NAME), "w") as f:
+        f.write("[" * 100000)
+    assert config.load_cached(path, cache_dir, last_good=last_good) == config.load(path)
+    assert cached(cache_dir)["key"] == config._cache_key(path)
