@@ -700,9 +700,11 @@ def _last_good(data: Any, path: str, problems: Sequence[str]) -> Optional[Config
     another type or range is refused) or damaged on the card; a value no file could hold would
     fail the tick deep inside, and with it the low-battery shutdown."""
     try:
+        if data["key"][0] != os.path.abspath(path):
+            return None  # the configuration of another file: this one never loaded
         raw = {name: section for name, section in data["config"].items() if name != "path"}
         cfg = validate(raw, path)
         warnings = tuple(w for w in data["warnings"] if isinstance(w, str))
-    except (ConfigError, ValueError, KeyError, TypeError, AttributeError):
-        return None  # no cache, or one that does not validate now: nothing to run on
+    except (ConfigError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None  # no cache, another file's, or one that does not validate now: nothing to run on
     return cfg.replace(warnings=warnings, broken=tuple(problems) or ("not loadable",))
