@@ -667,8 +667,10 @@ def load_cached(path: Optional[str] = None, cache_dir: Optional[str] = None, las
             data = json.load(f)
         if key is not None and data["key"] == key:
             return from_dict(data["config"], path, data["warnings"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass  # no cache, an unreadable one, one from another version of the records, a section not an object
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        # no cache, an unreadable one, one from another version of the records, a section not an
+        # object, one nested deeper than json recurses (RecursionError is no ValueError): replaced
+        pass
     try:
         cfg = load(path)
     except ConfigError as e:
