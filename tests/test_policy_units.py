@@ -5,6 +5,8 @@ from __future__ import annotations
 import configparser
 import re
 
+import pytest
+
 from conftest import ROOT
 
 SYSTEMD = ROOT / "systemd"
@@ -98,3 +100,17 @@ def test_a_watcher_that_cannot_read_its_configuration_is_not_restarted_every_two
     # (never hitting the start limit) the watcher would start Python on battery for nothing
     w = unit("dashcam-watch.service")
     assert "78" in w["Service"].get("RestartPreventExitStatus", "").split()
+
+
+@pytest.mark.parametrize("name", ["dashcam-policy.service", "dashcam-watch.service", "dashcam-boot.service"])
+def test_a_unit_that_runs_on_the_last_good_configuration_runs_without_the_file_too(name):
+    # the file deleted or moved aside after it worked (a hand edit, a copy over it): the unit runs on
+    # the last good configuration its cache holds (config.load_cached, last_good), so its condition
+    # holds with the file or with that cache; a condition on the file alone skipped every policy
+    # tick (no low-battery shutdown) and the boot (the camera never back to record)
+    from dashcam_helpers.config import CACHE_NAME, DEFAULT_PATH
+
+    conditions = [line.split("=", 1)[1] for line in (SYSTEMD / name).read_text().splitlines()
+                  if line.startswith("ConditionPathExists=")]
+    assert sorted(conditions) == sorted([f"|{DEFAULT_PATH}", f"|/var/cache/dashcam/{CACHE_NAME}"]), conditions
+    assert unit(name)["Service"]["CacheDirectory"] == "dashcam"
