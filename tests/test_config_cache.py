@@ -262,3 +262,24 @@ def test_a_cache_nested_too_deep_for_the_json_parser_is_replaced(make_config, ca
         f.write("[" * 100000)
     assert config.load_cached(path, cache_dir, last_good=last_good) == config.load(path)
     assert cached(cache_dir)["key"] == config._cache_key(path)
+
+
+@pytest.mark.parametrize("last_good", [False, True])
+def test_a_cache_that_is_a_fifo_is_replaced_not_waited_on(make_config, cache_dir, last_good):
+    # a FIFO in its place (no writer): opened as a file, it blocked the policy tick, the watcher and
+    # the boot until systemd killed them, at every run (no low-battery shutdown); read as the
+    # configuration file is read (non-blocking, a regular file only), it is one more cache to replace
+    import subprocess
+    import sys
+
+    from conftest import SRC
+
+    path = str(make_config())
+    os.makedirs(cache_dir)
+    os.mkfifo(os.path.join(cache_dir, config.CACHE_NAME))
+    code = ("import sys; from dashcam_helpers import config; "
+            "print(config.load_cached(sys.argv[1], sys.argv[2], last_good=sys.argv[3] == 'True').upload.port)")
+    r = subprocess.run([sys.executable, "-c", code, path, cache_dir, str(last_good)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(SRC)}, timeout=30)
+    assert r.returncode == 0 and r.stdout == "22\n", r.stderr
+    assert cached(cache_dir)["key"] == config._cache_key(path)
