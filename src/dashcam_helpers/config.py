@@ -663,11 +663,12 @@ def load_cached(path: Optional[str] = None, cache_dir: Optional[str] = None, las
     except OSError:
         key = None  # the file is gone or unreadable: load() says what is wrong with it
     try:
-        with open(cache, encoding="utf-8") as f:
-            data = json.load(f)
+        # read as the file is (non-blocking, a regular file, at most MAX_BYTES): a FIFO or a device
+        # in its place would block every run of the units until systemd killed them
+        data = json.loads(read_text(cache))
         if key is not None and data["key"] == key:
             return from_dict(data["config"], path, data["warnings"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+    except (ConfigError, OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         # no cache, an unreadable one, one from another version of the records, a section not an
         # object, one nested deeper than json recurses (RecursionError is no ValueError): replaced
         pass
