@@ -283,3 +283,17 @@ def test_a_cache_that_is_a_fifo_is_replaced_not_waited_on(make_config, cache_dir
                        env={**os.environ, "PYTHONPATH": str(SRC)}, timeout=30)
     assert r.returncode == 0 and r.stdout == "22\n", r.stderr
     assert cached(cache_dir)["key"] == config._cache_key(path)
+
+
+@pytest.mark.parametrize("said", ["a string, not a list", [1, None, "kept"], None])
+def test_the_warnings_of_a_last_good_configuration_are_strings_of_a_list_or_none(make_config, cache_dir, said):
+    path = make_config()
+    config.load_cached(str(path), cache_dir)
+    older(cache_dir, lambda c: None)
+    data = cached(cache_dir)
+    data["warnings"] = said
+    with open(os.path.join(cache_dir, config.CACHE_NAME), "w") as f:
+        json.dump(data, f)
+    break_file(path)
+    last = config.load_cached(str(path), cache_dir, last_good=True)
+    assert last.broken and last.warnings == (("kept",) if isinstance(said, list) else ())
