@@ -707,7 +707,8 @@ def _last_good(data: Any, path: str, problems: Sequence[str]) -> Optional[Config
             return None  # the configuration of another file: this one never loaded
         raw = {name: section for name, section in data["config"].items() if name != "path"}
         cfg = validate(raw, path)
-        warnings = tuple(w for w in data["warnings"] if isinstance(w, str))
+        said = data["warnings"]  # the file's warnings when it loaded: the strings of a list, else none
+        warnings = tuple(w for w in said if isinstance(w, str)) if isinstance(said, list) else ()
     except (ConfigError, ValueError, KeyError, IndexError, TypeError, AttributeError):
         return None  # no cache, another file's, or one that does not validate now: nothing to run on
     return cfg.replace(warnings=warnings, broken=tuple(problems) or ("not loadable",))
