@@ -297,3 +297,22 @@ def test_the_warnings_of_a_last_good_configuration_are_strings_of_a_list_or_none
     break_file(path)
     last = config.load_cached(str(path), cache_dir, last_good=True)
     assert last.broken and last.warnings == (("kept",) if isinstance(said, list) else ())
+
+
+@pytest.mark.parametrize("gone", ["deleted", "a directory", "a FIFO", "too big", "a symlink loop"])
+def test_a_file_gone_or_not_a_file_gives_the_last_good_configuration(make_config, cache_dir, gone):
+    # the units run without the file too (ConditionPathExists= on the file or this cache): a file
+    # deleted or replaced by something that is no configuration is one more broken file
+    path = make_config({"thresholds": {"shutdown_percent": 7}})
+    config.load_cached(str(path), cache_dir)
+    path.unlink()
+    if gone == "a directory":
+        path.mkdir()
+    elif gone == "a FIFO":
+        os.mkfifo(path)
+    elif gone == "too big":
+        path.write_bytes(b"#" * (config.MAX_BYTES + 1))
+    elif gone == "a symlink loop":
+        path.symlink_to(path)
+    last = config.load_cached(str(path), cache_dir, last_good=True)
+    assert last.thresholds.shutdown_percent == 7 and len(last.broken) == 1
