@@ -316,3 +316,18 @@ def test_a_file_gone_or_not_a_file_gives_the_last_good_configuration(make_config
         path.symlink_to(path)
     last = config.load_cached(str(path), cache_dir, last_good=True)
     assert last.thresholds.shutdown_percent == 7 and len(last.broken) == 1
+
+
+@pytest.mark.parametrize("section", ["paths", "camera", "thresholds"])
+def test_a_cache_with_its_key_intact_and_a_section_gone_null_is_replaced(make_config, cache_dir, section):
+    # null is no section the policy tick can run on (cfg.camera.name of None): only an optional
+    # section (mqtt) may be absent; any other null is a cache to replace, as a section not an
+    # object is, or the tick fails at every run and the cache, its key intact, is never rewritten
+    path = str(make_config())
+    config.load_cached(path, cache_dir)
+    data = cached(cache_dir)
+    data["config"][section] = None
+    with open(os.path.join(cache_dir, config.CACHE_NAME), "w") as f:
+        json.dump(data, f)
+    assert config.load_cached(path, cache_dir) == config.load(path)
+    assert cached(cache_dir)["config"][section] is not None
