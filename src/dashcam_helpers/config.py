@@ -638,8 +638,10 @@ def _frozen(value: Any) -> Any:
 
 def from_dict(data: Dict[str, Any], path: str, warnings: Sequence[str] = ()) -> Config:
     """Rebuild a Config from as_dict() output (lists become the tuples validate() makes)."""
+    # null only for a section the Config gives a default (mqtt): any other null is a broken cache
+    # (AttributeError here, the cache replaced), not a cfg.camera of None failing every tick
     built = {
-        name: None if data[name] is None else cls(**{k: _frozen(v) for k, v in data[name].items()})
+        name: None if data[name] is None and name in Config.__dict__ else cls(**{k: _frozen(v) for k, v in data[name].items()})
         for name, cls in SECTION_CLASSES.items()
     }
     return Config(path=path, warnings=tuple(warnings), **built)
