@@ -1035,3 +1035,25 @@ def test_dashcamctl_policy_with_a_config_broken_since_the_last_tick_still_powers
         said = [ln for ln in r.stderr.splitlines() if "is broken" in ln]
         assert len(said) == 1 and "last good configuration" in said[0] and "not valid YAML" in said[0], r.stderr
     assert powered_off()
+
+
+def test_dashcamctl_policy_on_the_last_good_configuration_an_older_version_cached_still_powers_off(
+    tmp_path, fake_hw, make_config, dashcamctl
+):
+    # the package upgraded (one more key, with a default) while the file was broken: the cache the
+    # older version left is validated again, the new key gets its default, and the shutdown comes
+    import json
+
+    env, systemctl_log = policy_env(tmp_path, fake_hw)
+    cfg = make_config({"upload": {"port": away_port(), "connect_timeout": 1}})
+    assert dashcamctl("--config", str(cfg), "policy", env=env).returncode == 0
+    cache = tmp_path / "cache" / "config-cache.json"
+    data = json.loads(cache.read_text())
+    data["key"][-1] = "0.0.0-older"
+    del data["config"]["budget"]["event_percent"]
+    cache.write_text(json.dumps(data))
+    cfg.write_text(cfg.read_text() + "thresholds:\n  shutdown_percent: [oops\n")
+    for n in range(2):
+        r = dashcamctl("--config", str(cfg), "policy", env=env)
+        assert r.returncode == 0 and "last good configuration" in r.stderr, r.stderr
+    assert "poweroff" in systemctl_log.read_text()
